@@ -1,0 +1,43 @@
+# twins-np: the two commands are `make demo` and `make test` (see README.md).
+PY       ?= python3
+VENV     ?= .venv
+BIN      := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint typecheck pytest notebooks bench docs clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+# runtime install (numpy, scipy, matplotlib, tqdm, scikit-learn for the digits data)
+$(VENV)/.stamp-run: $(BIN)/python setup.cfg pyproject.toml
+	$(BIN)/pip install -q -e .
+	touch $@
+
+# dev + notebook extras: pytest, hypothesis, ruff, mypy, torch/timm parity oracle, nbmake
+$(VENV)/.stamp-dev: $(BIN)/python setup.cfg pyproject.toml
+	$(BIN)/pip install -q -e ".[dev,notebooks]"
+	touch $@ $(VENV)/.stamp-run
+
+demo: $(VENV)/.stamp-run
+	$(BIN)/twins-np gradcheck
+	@if $(BIN)/twins-np train --help >/dev/null 2>&1; then \
+		$(BIN)/twins-np demo --out outputs; fi
+
+lint: $(VENV)/.stamp-dev
+	$(BIN)/ruff check twins_np tests benchmarks
+
+typecheck: $(VENV)/.stamp-dev
+	$(BIN)/mypy twins_np
+
+pytest: $(VENV)/.stamp-dev
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test: lint typecheck pytest
+
+bench: $(VENV)/.stamp-dev
+	$(BIN)/python -m benchmarks.run_all
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache outputs

@@ -1,0 +1,209 @@
+"""The array backend: NumPy on the CPU, CuPy on an NVIDIA GPU, one code path.
+
+This is the only module of twins-np that imports ``cupy``. Every operation
+finds its array module with :func:`get_xp` from the arrays it is given, so the
+same line of code runs on ``numpy.ndarray`` and on ``cupy.ndarray``::
+
+    xp = get_xp(x=x, weight=w)      # numpy or cupy; TypeError if they are mixed
+    out = xp.matmul(x, w.T)
+
+Importing twins-np never fails because of CUDA: a missing cupy, a cupy without
+a driver, or a machine without a GPU all mean "NumPy only", and
+:func:`cupy_available` says which case holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+try:  # cupy is optional; a broken CUDA install must not break `import twins_np`.
+    import cupy as _cupy
+    import cupyx.scipy.special as _cupy_special
+except Exception:  # pragma: no cover - depends on the machine
+    _cupy = None
+    _cupy_special = None
+
+__all__ = [
+    "cupy_available",
+    "is_cupy_array",
+    "get_xp",
+    "asnumpy",
+    "to_device",
+    "device_of",
+    "erf",
+    "default_rng",
+    "host_normal",
+    "host_uniform",
+    "fuse",
+    "cupy_version",
+    "gpu_description",
+    "synchronize",
+]
+
+Device = str  # "cpu" or "gpu"
+
+
+def cupy_available() -> bool:
+    """True when CuPy is installed *and* sees at least one CUDA device."""
+    if _cupy is None:
+        return False
+    try:
+        return bool(_cupy.cuda.is_available())
+    except Exception:  # pragma: no cover - driver errors vary
+        return False
+
+
+def is_cupy_array(a: Any) -> bool:
+    """True for a ``cupy.ndarray`` (False for everything when cupy is absent)."""
+    return _cupy is not None and isinstance(a, _cupy.ndarray)
+
+
+def get_xp(*arrays: Any, **named: Any) -> Any:
+    """Return the array module (``numpy`` or ``cupy``) of the given arrays.
+
+    Positional and keyword arguments are both accepted; ``None`` and Python
+    scalars are ignored. Keyword names are used in the error message, so ops
+    call it as ``get_xp(x=x, weight=w, bias=b)``.
+
+    Raises:
+        TypeError: if NumPy and CuPy arrays are mixed. The message names the
+            argument that lives on the other device and suggests ``to_device``.
+    """
+    items = [(f"argument {i}", a) for i, a in enumerate(arrays)] + list(named.items())
+    first_name, first_dev = None, None
+    for name, a in items:
+        if a is None or np.isscalar(a):
+            continue
+        dev = "gpu" if is_cupy_array(a) else "cpu"
+        if first_dev is None:
+            first_name, first_dev = name, dev
+        elif dev != first_dev:
+            raise TypeError(
+                f"'{name}' is a {_kind(dev)} array but '{first_name}' is a "
+                f"{_kind(first_dev)} array; move them to one device first, e.g. "
+                f"twins_np.to_device({name}, {first_dev!r})"
+            )
+    return _cupy if first_dev == "gpu" else np
+
+
+def _kind(dev: str) -> str:
+    return "CuPy (GPU)" if dev == "gpu" else "NumPy (CPU)"
+
+
+def device_of(a: Any) -> Device:
+    """``"gpu"`` for a CuPy array, ``"cpu"`` otherwise."""
+    return "gpu" if is_cupy_array(a) else "cpu"
+
+
+def asnumpy(a: Any) -> np.ndarray:
+    """Copy a CuPy array to the host; NumPy arrays and scalars pass through."""
+    if is_cupy_array(a):
+        return _cupy.asnumpy(a)  # type: ignore[union-attr]
+    return np.asarray(a)
+
+
+def to_device(obj: Any, device: Device) -> Any:
+    """Move an array, a module, or a (nested) list/tuple/dict of them.
+
+    Args:
+        obj: ``numpy.ndarray``, ``cupy.ndarray``, an object with a
+            ``to_device(device)`` method (every twins-np module has one), or a
+            list / tuple / dict of those. Anything else is returned unchanged.
+        device: ``"cpu"`` or ``"gpu"``.
+
+    Raises:
+        ValueError: for an unknown device name.
+        RuntimeError: when ``"gpu"`` is asked for but CuPy sees no GPU.
+    """
+    if device not in ("cpu", "gpu"):
+        raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
+    if device == "gpu" and not cupy_available():
+        raise RuntimeError(
+            "device='gpu' needs CuPy and a CUDA GPU; none was found (install twins-np[gpu] on a machine with an NVIDIA GPU)"
+        )
+    if hasattr(obj, "to_device") and not isinstance(obj, (np.ndarray,)) and not is_cupy_array(obj):
+        return obj.to_device(device)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_device(v, device) for v in obj)
+    if isinstance(obj, np.ndarray) or is_cupy_array(obj):
+        if device == "cpu":
+            return asnumpy(obj)
+        return _cupy.asarray(obj)  # type: ignore[union-attr]
+    return obj
+
+
+def erf(x: Any) -> Any:
+    """Elementwise error function on either backend, keeping the dtype.
+
+    NumPy: ``scipy.special.erf``; CuPy: ``cupyx.scipy.special.erf``.
+    """
+    if is_cupy_array(x):
+        return _cupy_special.erf(x)  # type: ignore[union-attr]
+    from scipy.special import erf as _scipy_erf
+
+    return _scipy_erf(x)
+
+
+# --- randomness ------------------------------------------------------------------
+# All random numbers are drawn on the host from an explicit numpy Generator and then
+# moved to the array's device. This costs a copy on the GPU but makes a seed give the
+# same numbers on both backends, which is what a student comparing runs expects.
+
+
+def default_rng(seed: int | None | np.random.Generator = None) -> np.random.Generator:
+    """A ``numpy.random.Generator`` from a seed (a Generator passes through)."""
+    if isinstance(seed, np.random.Generator):
+        return seed
+    return np.random.default_rng(seed)
+
+
+def host_normal(rng: np.random.Generator, shape: tuple[int, ...], dtype: Any = np.float32, xp: Any = np) -> Any:
+    """Standard-normal array drawn on the host from ``rng``, returned on ``xp``."""
+    a = rng.standard_normal(shape).astype(dtype, copy=False)
+    return a if xp is np else xp.asarray(a)
+
+
+def host_uniform(rng: np.random.Generator, shape: tuple[int, ...], dtype: Any = np.float32, xp: Any = np) -> Any:
+    """Uniform [0, 1) array drawn on the host from ``rng``, returned on ``xp``."""
+    a = rng.random(shape).astype(dtype, copy=False)
+    return a if xp is np else xp.asarray(a)
+
+
+def _identity_decorator(*args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        return fn
+
+    return wrap
+
+
+# ``fuse()`` turns an elementwise Python function into one GPU kernel when CuPy is
+# present; called with NumPy arrays, a cupy-fused function simply runs as NumPy.
+# Without cupy it is an identity decorator, so the same function is the NumPy twin.
+fuse: Callable[..., Callable[[Callable[..., Any]], Callable[..., Any]]] = _cupy.fuse if _cupy is not None else _identity_decorator
+
+
+def cupy_version() -> str | None:
+    """CuPy's version string, or None when it is not importable."""
+    return None if _cupy is None else str(_cupy.__version__)
+
+
+def gpu_description() -> str | None:
+    """``"NAME (XX.X GiB)"`` of the current CUDA device, or None without a GPU."""
+    if not cupy_available():
+        return None
+    dev = _cupy.cuda.Device()  # type: ignore[union-attr]
+    props = _cupy.cuda.runtime.getDeviceProperties(dev.id)  # type: ignore[union-attr]
+    name = props["name"]
+    name = name.decode() if isinstance(name, bytes) else str(name)
+    return f"{name} ({dev.mem_info[1] / 2**30:.1f} GiB)"
+
+
+def synchronize() -> None:
+    """Wait for queued GPU work (a no-op on the CPU); needed before timing CuPy code."""
+    if cupy_available():
+        _cupy.cuda.Stream.null.synchronize()  # type: ignore[union-attr]

@@ -1,0 +1,1 @@
+"""One module per ``twins-np`` subcommand (see :mod:`twins_np.cli`)."""

@@ -1,0 +1,49 @@
+"""Pure forward/backward pairs for every layer of Twins.
+
+Each op is a pair ``*_forward(...) -> (out, cache)`` and ``*_backward(dout, cache) ->
+grads``; the cache is a small NamedTuple holding only what the backward needs, so
+``cache._fields`` shows it. Every op takes its array module from its inputs and runs on
+NumPy and CuPy alike.
+"""
+
+from .activation import GeluCache, gelu_backward, gelu_forward
+from .attention import (
+    AttentionCache,
+    attention_backward,
+    attention_forward,
+    merge_heads,
+    split_heads,
+)
+from .conv import (
+    DWConvCache,
+    PatchConvCache,
+    depthwise_conv3x3_backward,
+    depthwise_conv3x3_forward,
+    patch_conv_backward,
+    patch_conv_forward,
+)
+from .dropout import (
+    DropoutCache,
+    drop_path_backward,
+    drop_path_forward,
+    dropout_backward,
+    dropout_forward,
+)
+from .gsa import GSACache, gsa_backward, gsa_forward
+from .layernorm import LayerNormCache, layernorm_backward, layernorm_forward
+from .linear import LinearCache, linear_backward, linear_forward
+from .loss import CrossEntropyCache, cross_entropy_backward, cross_entropy_forward
+from .lsa import LSACache, join_qkv, lsa_backward, lsa_forward, split_qkv
+from .mlp import MlpCache, mlp_backward, mlp_forward
+from .peg import PEGCache, peg_backward, peg_forward
+from .softmax import SoftmaxCache, softmax_backward, softmax_forward
+from .windows import (
+    WindowCache,
+    window_pads,
+    window_partition_backward,
+    window_partition_forward,
+    window_reverse_backward,
+    window_reverse_forward,
+)
+
+__all__ = [name for name in dir() if not name.startswith("_")]

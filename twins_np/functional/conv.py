@@ -1,0 +1,152 @@
+"""The two convolutions Twins needs, both written with operations NumPy and CuPy share.
+
+1. :func:`patch_conv_forward`: kernel = stride = k, no padding (patch embedding with
+   k = 4 or 2; GSA sub-sampling with k = sr). Windows never overlap, so the conv is a
+   reshape ("patchify") followed by one matrix product. The output size floors:
+   trailing rows/columns that do not fill a patch are dropped and get zero gradient.
+2. :func:`depthwise_conv3x3_forward`: 3x3 depthwise conv, stride 1, padding 1 (the PEG).
+   It is 9 shifted multiply-adds over a zero-padded copy.
+
+Layout: both work channels-last, x of shape (B, H, W, C), because Twins keeps its
+tokens as (B, N, C) with N = H*W row-major, and (B, H, W, C) is then a free reshape.
+Weights keep PyTorch's layout: (C_out, C_in, k, k) and (C, 1, 3, 3).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from ..backend import get_xp
+from ._checks import check_float, check_ndim, check_same_dtype, check_weight
+
+
+class PatchConvCache(NamedTuple):
+    cols: Any  # (B*Ho*Wo, C_in*k*k) the patches, needed for dW
+    w: Any  # (C_out, C_in, k, k)
+    x_shape: tuple[int, int, int, int]  # (B, H, W, C_in) to restore floor-dropped pixels
+
+
+def patch_conv_forward(x: Any, w: Any, b: Any | None) -> tuple[Any, PatchConvCache]:
+    """Non-overlapping conv, kernel = stride = k, channels-last.
+
+    Args:
+        x: (B, H, W, C_in).
+        w: (C_out, C_in, k, k).
+        b: (C_out,) or None.
+
+    Returns:
+        out: (B, H // k, W // k, C_out); cache for :func:`patch_conv_backward`.
+
+    Raises:
+        ValueError: when k > H or k > W (the output would be empty).
+    """
+    get_xp(x=x, weight=w, bias=b)
+    check_float("x", x)
+    check_ndim("x", x, 4, "(B, H, W, C_in)")
+    check_same_dtype(x=x, weight=w, bias=b)
+    B, H, W, Cin = x.shape
+    Cout, k = w.shape[0], w.shape[-1]
+    check_weight("weight", w, (Cout, Cin, k, k))
+    if k > H or k > W:
+        raise ValueError(
+            f"patch conv: kernel = stride = {k} is larger than the {H}x{W} map; "
+            f"the map must be at least {k}x{k} (for a whole Twins model, images at least 32x32)"
+        )
+    Ho, Wo = H // k, W // k
+    # (B, Ho, k, Wo, k, Cin) -> (B, Ho, Wo, Cin, k, k): patch pixels in the weight's order
+    patches = x[:, : Ho * k, : Wo * k, :].reshape(B, Ho, k, Wo, k, Cin)
+    cols = patches.transpose(0, 1, 3, 5, 2, 4).reshape(B * Ho * Wo, Cin * k * k)
+    out = cols @ w.reshape(Cout, -1).T
+    if b is not None:
+        out += b
+    return out.reshape(B, Ho, Wo, Cout), PatchConvCache(cols, w, (B, H, W, Cin))
+
+
+def patch_conv_backward(dout: Any, cache: PatchConvCache) -> tuple[Any, Any, Any]:
+    """Gradients of :func:`patch_conv_forward`.
+
+    Math: with cols the patch matrix, out = cols W^T + b, so
+        dcols = dout W,  dW = dout^T cols,  db = sum dout,
+    and dx is dcols scattered back to the pixels (each pixel is in exactly one patch,
+    so it is a reshape, not a sum); floor-dropped pixels get 0.
+
+    Returns:
+        dx (B, H, W, C_in), dw (C_out, C_in, k, k), db (C_out,).
+    """
+    cols, w, (B, H, W, Cin) = cache
+    xp = get_xp(dout)
+    Cout, k = w.shape[0], w.shape[-1]
+    Ho, Wo = dout.shape[1], dout.shape[2]
+    dout2 = dout.reshape(-1, Cout)
+    dw = (dout2.T @ cols).reshape(w.shape)
+    db = dout2.sum(axis=0)
+    dcols = (dout2 @ w.reshape(Cout, -1)).reshape(B, Ho, Wo, Cin, k, k)
+    dpatch = dcols.transpose(0, 1, 4, 2, 5, 3).reshape(B, Ho * k, Wo * k, Cin)
+    if Ho * k == H and Wo * k == W:
+        return dpatch, dw, db
+    dx = xp.zeros((B, H, W, Cin), dtype=dout.dtype)
+    dx[:, : Ho * k, : Wo * k, :] = dpatch
+    return dx, dw, db
+
+
+class DWConvCache(NamedTuple):
+    xpad: Any  # (B, H+2, W+2, C) zero-padded input, needed for dW
+    w: Any  # (C, 1, 3, 3)
+
+
+def depthwise_conv3x3_forward(x: Any, w: Any, b: Any | None) -> tuple[Any, DWConvCache]:
+    """3x3 depthwise conv, stride 1, zero padding 1, channels-last.
+
+    out[b, i, j, c] = bias[c] + sum_{u,v in 0..2} xpad[b, i+u, j+v, c] * w[c, 0, u, v]
+
+    Args:
+        x: (B, H, W, C).
+        w: (C, 1, 3, 3).
+        b: (C,) or None.
+
+    Returns:
+        out: (B, H, W, C); cache for :func:`depthwise_conv3x3_backward`.
+    """
+    xp = get_xp(x=x, weight=w, bias=b)
+    check_float("x", x)
+    check_ndim("x", x, 4, "(B, H, W, C)")
+    check_same_dtype(x=x, weight=w, bias=b)
+    B, H, W, C = x.shape
+    check_weight("weight", w, (C, 1, 3, 3))
+    xpad = xp.zeros((B, H + 2, W + 2, C), dtype=x.dtype)
+    xpad[:, 1:-1, 1:-1, :] = x
+    out = xp.zeros_like(x) if b is None else xp.broadcast_to(b, x.shape).copy()
+    wt = w[:, 0].transpose(1, 2, 0)  # (3, 3, C): one channel vector per tap
+    for u in range(3):
+        for v in range(3):
+            out += xpad[:, u : u + H, v : v + W, :] * wt[u, v]
+    return out, DWConvCache(xpad, w)
+
+
+def depthwise_conv3x3_backward(dout: Any, cache: DWConvCache) -> tuple[Any, Any, Any]:
+    """Gradients of :func:`depthwise_conv3x3_forward`.
+
+    Math: each tap (u, v) is a shifted elementwise product, so
+        dW[c, 0, u, v] = sum_{b,i,j} dout[b,i,j,c] * xpad[b, i+u, j+v, c]
+        dxpad[:, i+u, j+v] += dout * w[:, 0, u, v]   (then crop the pad)
+        db = sum dout
+
+    Returns:
+        dx (B, H, W, C), dw (C, 1, 3, 3), db (C,).
+    """
+    xpad, w = cache
+    xp = get_xp(dout)
+    B, H, W, C = dout.shape
+    wt = w[:, 0].transpose(1, 2, 0)
+    dxpad = xp.zeros_like(xpad)
+    dwt = xp.empty((3, 3, C), dtype=dout.dtype)
+    dout2 = dout.reshape(-1, C)
+    for u in range(3):
+        for v in range(3):
+            window = xpad[:, u : u + H, v : v + W, :]
+            # sum over (B, H, W) of dout * window, per channel
+            dwt[u, v] = (dout * window).reshape(-1, C).sum(axis=0)
+            dxpad[:, u : u + H, v : v + W, :] += dout * wt[u, v]
+    dw = dwt.transpose(2, 0, 1).reshape(C, 1, 3, 3)
+    db = dout2.sum(axis=0)
+    return dxpad[:, 1:-1, 1:-1, :], dw, db

@@ -1,0 +1,130 @@
+"""Global sub-sampled attention (GSA), Twins section 3.2 (PVT's spatial reduction).
+
+Every token is a query; the keys and values come from a sub-sampled summary of the
+map, so the cost is N * Ns instead of N^2:
+
+    q  = Linear_q(x)                                 (B, N, C) -> heads
+    s  = LayerNorm(conv_{k=s=sr}(x as B,H,W,C))      (B, Ns, C), Ns = (H//sr)(W//sr)   [sr > 1]
+    s  = x                                           [sr == 1: plain global MHSA, no LN]
+    k, v = Linear_kv(s)                              (B, Ns, 2C) -> heads
+    out = Linear_proj(attention(q, k, v))            (B, N, C)
+
+The number of queries stays N, so the output has the input's size. The sub-sampling
+conv floors, so trailing rows/columns of a map not divisible by sr feed no key.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from ._checks import check_heads, check_tokens, check_weight
+from .attention import AttentionCache, attention_backward, attention_forward, merge_heads, split_heads
+from .conv import PatchConvCache, patch_conv_backward, patch_conv_forward
+from .layernorm import LayerNormCache, layernorm_backward, layernorm_forward
+from .linear import LinearCache, linear_backward, linear_forward
+from .lsa import join_qkv, split_qkv
+
+
+class GSACache(NamedTuple):
+    q: LinearCache
+    sr: PatchConvCache | None  # None when sr == 1
+    norm: LayerNormCache | None
+    kv: LinearCache
+    attn: AttentionCache
+    proj: LinearCache
+    num_heads: int
+    size: tuple[int, int]
+
+
+def gsa_forward(
+    x: Any,
+    size: tuple[int, int],
+    q_w: Any,
+    q_b: Any,
+    kv_w: Any,
+    kv_b: Any,
+    proj_w: Any,
+    proj_b: Any,
+    num_heads: int,
+    sr_ratio: int = 1,
+    sr_w: Any | None = None,
+    sr_b: Any | None = None,
+    norm_w: Any | None = None,
+    norm_b: Any | None = None,
+    norm_eps: float = 1e-5,
+    attn_drop: float = 0.0,
+    rng: np.random.Generator | None = None,
+    training: bool = True,
+) -> tuple[Any, GSACache]:
+    """Global sub-sampled attention.
+
+    Args:
+        x: (B, N, C) tokens, N = H*W.
+        size: (H, W).
+        q_w (C, C), q_b (C,); kv_w (2C, C), kv_b (2C,); proj_w (C, C), proj_b (C,).
+        num_heads: heads; C must be divisible by it.
+        sr_ratio: sub-sampling ratio; 1 means keys/values are all N tokens.
+        sr_w (C, C, sr, sr), sr_b (C,): the sub-sampling conv (sr > 1 only).
+        norm_w, norm_b (C,): LayerNorm after the conv, eps ``norm_eps`` (1e-5 in timm).
+        attn_drop, rng, training: dropout on the attention probabilities.
+
+    Returns:
+        out: (B, N, C); cache for :func:`gsa_backward`.
+    """
+    B, H, W, C = check_tokens("x", x, size)
+    scale = float(check_heads(C, num_heads)) ** -0.5
+    check_weight("q_w", q_w, (C, C))
+    check_weight("kv_w", kv_w, (2 * C, C))
+    check_weight("proj_w", proj_w, (C, C))
+    if int(sr_ratio) != sr_ratio or sr_ratio < 1:
+        raise ValueError(f"sr_ratio must be a positive integer, got {sr_ratio!r}")
+    q, q_cache = linear_forward(x, q_w, q_b)
+    sr_cache = norm_cache = None
+    if sr_ratio > 1:
+        if sr_w is None or norm_w is None or norm_b is None:
+            raise ValueError("gsa with sr_ratio > 1 needs sr_w, norm_w and norm_b")
+        if sr_ratio > H or sr_ratio > W:
+            raise ValueError(
+                f"GSA sub-sampling ratio sr = {sr_ratio} is larger than the {H}x{W} map: "
+                f"no key would remain (use a larger input or a smaller sr_ratio)"
+            )
+        check_weight("sr_w", sr_w, (C, C, sr_ratio, sr_ratio))
+        s, sr_cache = patch_conv_forward(x.reshape(B, H, W, C), sr_w, sr_b)
+        s, norm_cache = layernorm_forward(s.reshape(B, -1, C), norm_w, norm_b, norm_eps)
+    else:
+        s = x
+    kv, kv_cache = linear_forward(s, kv_w, kv_b)  # (B, Ns, 2C)
+    k, v = split_qkv(kv, 2, num_heads)  # (B, heads, Ns, hd)
+    o, attn_cache = attention_forward(split_heads(q, num_heads), k, v, scale, attn_drop, rng, training=training)
+    out, proj_cache = linear_forward(merge_heads(o), proj_w, proj_b)
+    cache = GSACache(q_cache, sr_cache, norm_cache, kv_cache, attn_cache, proj_cache, num_heads, (H, W))
+    return out, cache
+
+
+def gsa_backward(dout: Any, cache: GSACache) -> dict[str, Any]:
+    """Gradients of :func:`gsa_forward`.
+
+    x feeds two paths (queries, and the keys/values summary), so dx is their sum.
+
+    Returns:
+        dict with ``x``, ``q_w``, ``q_b``, ``kv_w``, ``kv_b``, ``proj_w``, ``proj_b`` and,
+        when sr > 1, ``sr_w``, ``sr_b``, ``norm_w``, ``norm_b``.
+    """
+    q_cache, sr_cache, norm_cache, kv_cache, attn_cache, proj_cache, heads, (H, W) = cache
+    g: dict[str, Any] = {}
+    do, g["proj_w"], g["proj_b"] = linear_backward(dout, proj_cache)
+    dq, dk, dv = attention_backward(split_heads(do, heads), attn_cache)
+    ds, g["kv_w"], g["kv_b"] = linear_backward(join_qkv([dk, dv]), kv_cache)
+    dx, g["q_w"], g["q_b"] = linear_backward(merge_heads(dq), q_cache)
+    if sr_cache is not None and norm_cache is not None:
+        B, C = ds.shape[0], ds.shape[-1]
+        ds, g["norm_w"], g["norm_b"] = layernorm_backward(ds, norm_cache)
+        Hs, Ws = H // sr_cache.w.shape[-1], W // sr_cache.w.shape[-1]
+        dx4, g["sr_w"], g["sr_b"] = patch_conv_backward(ds.reshape(B, Hs, Ws, C), sr_cache)
+        dx += dx4.reshape(B, H * W, C)
+    else:
+        dx += ds  # sr == 1: x itself was the key/value source
+    g["x"] = dx
+    return g

@@ -1,0 +1,126 @@
+"""Window partition and reverse for LSA, with timm's right/bottom zero padding.
+
+Notation: tokens x of shape (B, N, C) on an H x W map (N = H*W, row-major); window
+size ws; padded map Hp x Wp with Hp = ceil(H/ws)*ws, Wp = ceil(W/ws)*ws; nW = (Hp/ws) *
+(Wp/ws) windows of T = ws*ws tokens each.
+
+Padding: zeros are added on the right (pad_r = (ws - W % ws) % ws columns) and bottom
+(pad_b = (ws - H % ws) % ws rows) only. The padded tokens are *not masked* in the
+attention that follows: they act as keys and values whose value after the qkv Linear
+is its bias. This is what timm does, and the outputs differ a lot from a masked version
+on small maps, so twins-np matches it on purpose.
+
+Partition and reverse are each other's adjoint: the backward of "pad then cut into
+windows" is "glue windows then crop" and vice versa. A pad's backward is a slice.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from ..backend import get_xp
+from ._checks import check_tokens
+
+
+class WindowCache(NamedTuple):
+    size: tuple[int, int]  # (H, W) of the unpadded map
+    ws: int
+
+
+def window_pads(size: tuple[int, int], ws: int) -> tuple[int, int]:
+    """``(pad_b, pad_r)``: rows added at the bottom and columns on the right."""
+    H, W = size
+    return (ws - H % ws) % ws, (ws - W % ws) % ws
+
+
+def _check_ws(ws: int) -> None:
+    if int(ws) != ws or ws < 1:
+        raise ValueError(f"window size ws must be a positive integer, got {ws!r}")
+
+
+def _partition(x4: Any, ws: int) -> Any:
+    """(B, H, W, C) -> pad -> (B, nW, ws*ws, C), windows and tokens row-major."""
+    xp = get_xp(x4)
+    B, H, W, C = x4.shape
+    pad_b, pad_r = window_pads((H, W), ws)
+    if pad_b or pad_r:
+        xpad = xp.zeros((B, H + pad_b, W + pad_r, C), dtype=x4.dtype)
+        xpad[:, :H, :W, :] = x4
+        x4 = xpad
+    Hp, Wp = H + pad_b, W + pad_r
+    x6 = x4.reshape(B, Hp // ws, ws, Wp // ws, ws, C).transpose(0, 1, 3, 2, 4, 5)
+    return x6.reshape(B, (Hp // ws) * (Wp // ws), ws * ws, C)
+
+
+def _reverse(win: Any, size: tuple[int, int], ws: int) -> Any:
+    """(B, nW, ws*ws, C) -> glue windows -> crop -> (B, H, W, C)."""
+    H, W = size
+    pad_b, pad_r = window_pads(size, ws)
+    Hp, Wp = H + pad_b, W + pad_r
+    B, C = win.shape[0], win.shape[-1]
+    x4 = win.reshape(B, Hp // ws, Wp // ws, ws, ws, C).transpose(0, 1, 3, 2, 4, 5)
+    x4 = x4.reshape(B, Hp, Wp, C)
+    return x4[:, :H, :W, :] if (pad_b or pad_r) else x4
+
+
+def window_partition_forward(x: Any, size: tuple[int, int], ws: int) -> tuple[Any, WindowCache]:
+    """Cut tokens into non-overlapping ws x ws windows, zero-padding right/bottom.
+
+    Args:
+        x: (B, N, C) tokens, N = H*W.
+        size: (H, W).
+        ws: window size.
+
+    Returns:
+        windows: (B, nW, ws*ws, C); cache for :func:`window_partition_backward`.
+    """
+    _check_ws(ws)
+    B, H, W, C = check_tokens("x", x, size)
+    return _partition(x.reshape(B, H, W, C), ws), WindowCache((H, W), ws)
+
+
+def window_partition_backward(dwin: Any, cache: WindowCache) -> Any:
+    """Adjoint of the partition: glue the window gradients and crop the pad away.
+
+    Gradients that reached padded positions are dropped: those zeros were constants.
+
+    Returns:
+        dx: (B, N, C).
+    """
+    size, ws = cache
+    dx4 = _reverse(dwin, size, ws)
+    return dx4.reshape(dx4.shape[0], size[0] * size[1], dx4.shape[-1])
+
+
+def window_reverse_forward(win: Any, size: tuple[int, int], ws: int) -> tuple[Any, WindowCache]:
+    """Glue windows back into a map and crop the padded rows/columns.
+
+    Args:
+        win: (B, nW, ws*ws, C).
+        size: (H, W) of the unpadded map.
+        ws: window size.
+
+    Returns:
+        x: (B, N, C); cache for :func:`window_reverse_backward`.
+    """
+    _check_ws(ws)
+    H, W = size
+    pad_b, pad_r = window_pads((H, W), ws)
+    nW = ((H + pad_b) // ws) * ((W + pad_r) // ws)
+    if win.ndim != 4 or win.shape[1] != nW or win.shape[2] != ws * ws:
+        raise ValueError(f"windows must have shape (B, {nW}, {ws * ws}, C) for size {(H, W)} and ws {ws}, got {tuple(win.shape)}")
+    x4 = _reverse(win, (H, W), ws)
+    return x4.reshape(x4.shape[0], H * W, x4.shape[-1]), WindowCache((H, W), ws)
+
+
+def window_reverse_backward(dx: Any, cache: WindowCache) -> Any:
+    """Adjoint of reverse+crop: zero-pad the gradient and cut it into windows.
+
+    Padded query rows receive zero gradient, since they were cropped away.
+
+    Returns:
+        dwin: (B, nW, ws*ws, C).
+    """
+    (H, W), ws = cache
+    B, C = dx.shape[0], dx.shape[-1]
+    return _partition(dx.reshape(B, H, W, C), ws)

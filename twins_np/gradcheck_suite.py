@@ -1,0 +1,223 @@
+"""The gradient checks of every layer, as one list used by ``twins-np gradcheck`` and the tests.
+
+Each case builds small float64 inputs from a seed, with random gamma/beta and biases
+(zero biases and unit gammas hide bugs), and maps sizes that need LSA padding and GSA
+flooring (H, W = 5, 6 with ws = 3 and sr = 2 or 4).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import functional as F
+from .gradcheck import GradCheckResult, check_backward, check_module
+
+
+@dataclass
+class Case:
+    """One gradient check: ``run(device)`` returns the result rows (or raises)."""
+
+    name: str
+    run: Callable[[str], list[GradCheckResult]]
+    tags: list[str] = field(default_factory=list)
+
+
+def _op(
+    name: str,
+    fwd: Callable[..., Any],
+    bwd: Callable[..., Any],
+    make_args: Callable[[np.random.Generator], list[Any]],
+    names: list[str],
+    wrt: list[int] | None = None,
+    mode: str = "full",
+    seed: int = 0,
+) -> Case:
+    def run(device: str) -> list[GradCheckResult]:
+        args = make_args(np.random.default_rng(seed))
+        return check_backward(fwd, bwd, args, wrt=wrt, names=names, mode=mode, seed=seed, device=device)
+
+    return Case(name, run)
+
+
+def _module(
+    name: str, make: Callable[[np.random.Generator], tuple[Any, list[Any]]], mode: str = "sampled", seed: int = 0
+) -> Case:
+    def run(device: str) -> list[GradCheckResult]:
+        rng = np.random.default_rng(seed)
+        module, inputs = make(rng)
+        # random, non-trivial parameters: unit gammas and zero biases would hide bugs
+        for p in module.parameters():
+            p.data = p.data + 0.2 * rng.standard_normal(p.shape).astype(p.data.dtype)
+        return check_module(module, *inputs, mode=mode, seed=seed, device=device)
+
+    return Case(name, run)
+
+
+def cases() -> list[Case]:
+    """Every layer of Twins, smallest shapes that still exercise padding and flooring."""
+    from .nn import Block, GlobalSubSampleAttn, LocallyGroupedAttn, PatchEmbed, PosConv
+
+    H, W, C, heads = 5, 6, 8, 2
+    n = lambda r, *s: r.standard_normal(s)  # noqa: E731
+    labels = np.array([1, 0, 3])
+    out: list[Case] = [
+        _op("linear", F.linear_forward, F.linear_backward, lambda r: [n(r, 2, 3, 4), n(r, 5, 4), n(r, 5)], ["x", "w", "b"]),
+        _op("gelu", F.gelu_forward, F.gelu_backward, lambda r: [2.0 * n(r, 4, 6)], ["x"]),
+        _op("softmax", F.softmax_forward, F.softmax_backward, lambda r: [n(r, 3, 5)], ["x"]),
+        _op(
+            "layernorm",
+            lambda x, g, b: F.layernorm_forward(x, g, b, 1e-6),
+            F.layernorm_backward,
+            lambda r: [n(r, 2, 3, 6), 1.0 + n(r, 6), n(r, 6)],
+            ["x", "gamma", "beta"],
+        ),
+        _op(
+            "dropout (fixed mask)",
+            lambda x: F.dropout_forward(x, 0.5, np.random.default_rng(1)),
+            F.dropout_backward,
+            lambda r: [n(r, 4, 5)],
+            ["x"],
+        ),
+        _op(
+            "drop path (fixed mask)",
+            lambda x: F.drop_path_forward(x, 0.5, np.random.default_rng(1)),
+            F.drop_path_backward,
+            lambda r: [n(r, 4, 3, 2)],
+            ["x"],
+        ),
+        _op(
+            "patch conv (floors)",
+            F.patch_conv_forward,
+            F.patch_conv_backward,
+            lambda r: [n(r, 2, 7, 9, 3), n(r, 4, 3, 2, 2), n(r, 4)],
+            ["x", "w", "b"],
+        ),
+        _op(
+            "depthwise conv 3x3",
+            F.depthwise_conv3x3_forward,
+            F.depthwise_conv3x3_backward,
+            lambda r: [n(r, 2, H, W, 3), n(r, 3, 1, 3, 3), n(r, 3)],
+            ["x", "w", "b"],
+        ),
+        _op(
+            "window partition (pads)",
+            lambda x: F.window_partition_forward(x, (H, W), 4),
+            F.window_partition_backward,
+            lambda r: [n(r, 2, H * W, 3)],
+            ["x"],
+        ),
+        _op(
+            "window reverse (crops)",
+            lambda w: F.window_reverse_forward(w, (H, W), 4),
+            F.window_reverse_backward,
+            lambda r: [n(r, 2, 4, 16, 3)],
+            ["windows"],
+        ),
+        _op(
+            "attention core",
+            lambda q, k, v: F.attention_forward(q, k, v),
+            F.attention_backward,
+            lambda r: [n(r, 2, heads, 5, 4), n(r, 2, heads, 7, 4), n(r, 2, heads, 7, 4)],
+            ["q", "k", "v"],
+        ),
+        _op(
+            "LSA (ws 3, padded)",
+            F.lsa_forward,
+            F.lsa_backward,
+            lambda r: [n(r, 2, H * W, C), (H, W), n(r, 3 * C, C), n(r, 3 * C), n(r, C, C), n(r, C), heads, 3],
+            ["x", "qkv_w", "qkv_b", "proj_w", "proj_b"],
+            wrt=[0, 2, 3, 4, 5],
+        ),
+        _op(
+            "GSA (sr 1)",
+            F.gsa_forward,
+            F.gsa_backward,
+            lambda r: [
+                n(r, 2, H * W, C),
+                (H, W),
+                n(r, C, C),
+                n(r, C),
+                n(r, 2 * C, C),
+                n(r, 2 * C),
+                n(r, C, C),
+                n(r, C),
+                heads,
+                1,
+            ],
+            ["x", "q_w", "q_b", "kv_w", "kv_b", "proj_w", "proj_b"],
+            wrt=[0, 2, 3, 4, 5, 6, 7],
+        ),
+        _op(
+            "GSA (sr 4, floors)",
+            F.gsa_forward,
+            F.gsa_backward,
+            lambda r: [
+                n(r, 2, H * W, C),
+                (H, W),
+                n(r, C, C),
+                n(r, C),
+                n(r, 2 * C, C),
+                n(r, 2 * C),
+                n(r, C, C),
+                n(r, C),
+                heads,
+                4,
+                n(r, C, C, 4, 4),
+                n(r, C),
+                1.0 + n(r, C),
+                n(r, C),
+            ],
+            ["x", "q_w", "q_b", "kv_w", "kv_b", "proj_w", "proj_b", "sr_w", "sr_b", "norm_w", "norm_b"],
+            wrt=[0, 2, 3, 4, 5, 6, 7, 10, 11, 12, 13],
+        ),
+        _op(
+            "PEG",
+            F.peg_forward,
+            F.peg_backward,
+            lambda r: [n(r, 2, H * W, C), (H, W), n(r, C, 1, 3, 3), n(r, C)],
+            ["x", "w", "b"],
+            wrt=[0, 2, 3],
+        ),
+        _op(
+            "FFN (Mlp)",
+            F.mlp_forward,
+            F.mlp_backward,
+            lambda r: [n(r, 2, 3, C), n(r, 4 * C, C), n(r, 4 * C), n(r, C, 4 * C), n(r, C)],
+            ["x", "fc1_w", "fc1_b", "fc2_w", "fc2_b"],
+        ),
+        _op(
+            "cross-entropy (smoothing 0.1)",
+            lambda z: F.cross_entropy_forward(z, labels, 0.1),
+            lambda d, c: F.cross_entropy_backward(float(d), c),
+            lambda r: [n(r, 3, 4)],
+            ["logits"],
+        ),
+        _module("LocallyGroupedAttn", lambda r: (LocallyGroupedAttn(C, heads, ws=4, rng=1), [n(r, 2, H * W, C), (H, W)])),
+        _module("GlobalSubSampleAttn", lambda r: (GlobalSubSampleAttn(C, heads, sr_ratio=2, rng=1), [n(r, 2, H * W, C), (H, W)])),
+        _module("PosConv", lambda r: (PosConv(C, C, rng=1), [n(r, 2, H * W, C), (H, W)])),
+        _module("PatchEmbed", lambda r: (PatchEmbed(9, 2, 3, C, rng=1), [n(r, 2, 3, 9, 7)])),
+        _module("Block (LSA)", lambda r: (Block(C, heads, 2.0, ws=4, rng=1), [n(r, 2, H * W, C), (H, W)]), mode="directional"),
+        _module(
+            "Block (GSA)",
+            lambda r: (Block(C, heads, 2.0, sr_ratio=2, ws=1, rng=1), [n(r, 2, H * W, C), (H, W)]),
+            mode="directional",
+        ),
+    ]
+    return out
+
+
+def run_all(device: str = "cpu", progress: bool = True) -> list[tuple[str, list[GradCheckResult] | None, str | None]]:
+    """Run every case; returns (name, rows or None, error message or None) per case."""
+    from tqdm.auto import tqdm
+
+    results: list[tuple[str, list[GradCheckResult] | None, str | None]] = []
+    for case in tqdm(cases(), desc=f"gradcheck ({device})", disable=not progress or None, leave=False):
+        try:
+            results.append((case.name, case.run(device), None))
+        except AssertionError as e:
+            results.append((case.name, None, str(e)))
+    return results

@@ -1,0 +1,50 @@
+"""Named configurations: timm's six Twins variants and small teaching configs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from .twins import Twins
+
+_PCPVT = dict(
+    patch_size=4, embed_dims=(64, 128, 320, 512), num_heads=(1, 2, 5, 8), mlp_ratios=(8, 8, 4, 4), sr_ratios=(8, 4, 2, 1)
+)
+_SVT = dict(patch_size=4, mlp_ratios=(4, 4, 4, 4), sr_ratios=(8, 4, 2, 1), wss=(7, 7, 7, 7))
+
+# Teaching configs: three stages on a 16x16 / 8x8 / 4x4 token grid, windows of 4x4, so a
+# stage-1 LSA window sees 1/16 of the map and the GSA summary keys number 16 / 16 / 16.
+_TEACH = dict(
+    embed_dims=(32, 64, 128), num_heads=(1, 2, 4), mlp_ratios=(4, 4, 4), depths=(2, 2, 2), sr_ratios=(4, 2, 1), num_classes=10
+)
+
+MODEL_CONFIGS: dict[str, dict[str, Any]] = {
+    "twins_pcpvt_small": dict(_PCPVT, depths=(3, 4, 6, 3)),
+    "twins_pcpvt_base": dict(_PCPVT, depths=(3, 4, 18, 3)),
+    "twins_pcpvt_large": dict(_PCPVT, depths=(3, 8, 27, 3)),
+    "twins_svt_small": dict(_SVT, embed_dims=(64, 128, 256, 512), num_heads=(2, 4, 8, 16), depths=(2, 2, 10, 4)),
+    "twins_svt_base": dict(_SVT, embed_dims=(96, 192, 384, 768), num_heads=(3, 6, 12, 24), depths=(2, 2, 18, 2)),
+    "twins_svt_large": dict(_SVT, embed_dims=(128, 256, 512, 1024), num_heads=(4, 8, 16, 32), depths=(2, 2, 18, 2)),
+    # 32x32 inputs (digits, CIFAR-10): patch 2 -> 16x16 tokens
+    "twins_svt_teach32": dict(_TEACH, img_size=32, patch_size=2, wss=(4, 4, 4)),
+    "twins_pcpvt_teach32": dict(_TEACH, img_size=32, patch_size=2),
+    # 64x64 inputs: patch 4 -> 16x16 tokens
+    "twins_svt_teach64": dict(_TEACH, img_size=64, patch_size=4, wss=(4, 4, 4)),
+    "twins_pcpvt_teach64": dict(_TEACH, img_size=64, patch_size=4),
+}
+
+
+def list_models() -> list[str]:
+    """Names accepted by :func:`create_model`."""
+    return sorted(MODEL_CONFIGS)
+
+
+def create_model(name: str, **overrides: Any) -> Twins:
+    """Build a named Twins; keyword overrides replace config entries (e.g. num_classes, seed, dtype)."""
+    if name not in MODEL_CONFIGS:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(list_models())}")
+    return Twins(**{**MODEL_CONFIGS[name], **overrides})
+
+
+def model_factory(name: str) -> Callable[..., Twins]:
+    return lambda **kw: create_model(name, **kw)

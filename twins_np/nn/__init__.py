@@ -1,0 +1,25 @@
+"""Modules that own parameters and call the functional pairs; names and state_dict keys as timm."""
+
+from .attention import GlobalSubSampleAttn, LocallyGroupedAttn
+from .blocks import Block, PatchEmbed, PosConv
+from .layers import Conv2d, Dropout, DropPath, LayerNorm, Linear, Mlp
+from .module import Identity, Module, ModuleList, Parameter, Sequential
+
+__all__ = [
+    "Block",
+    "Conv2d",
+    "DropPath",
+    "Dropout",
+    "GlobalSubSampleAttn",
+    "Identity",
+    "LayerNorm",
+    "Linear",
+    "LocallyGroupedAttn",
+    "Mlp",
+    "Module",
+    "ModuleList",
+    "Parameter",
+    "PatchEmbed",
+    "PosConv",
+    "Sequential",
+]

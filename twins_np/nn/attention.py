@@ -1,0 +1,135 @@
+"""LSA and GSA as modules, with timm's class names, arguments and parameter names.
+
+Both take ``forward(x, size)`` with x (B, N, C) and size = (H, W), and return (B, N, C).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .. import functional as F
+from ..backend import default_rng
+from ..functional._checks import check_heads
+from .layers import Conv2d, Dropout, LayerNorm, Linear, Rng
+from .module import Module
+
+
+class LocallyGroupedAttn(Module):
+    """LSA: self-attention inside non-overlapping ws x ws windows (Twins-SVT).
+
+    Parameters: ``qkv`` Linear(C, 3C), ``proj`` Linear(C, C).
+
+    Args:
+        dim: channels C.  num_heads: heads (C divisible by it).
+        attn_drop: dropout on attention probabilities.  proj_drop: dropout after proj.
+        ws: window size (>= 2; ws = 1 selects GSA in Twins, so it is refused here as in timm).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        ws: int = 1,
+        rng: Rng = None,
+        dtype: Any = np.float32,
+    ) -> None:
+        super().__init__()
+        check_heads(dim, num_heads)
+        if int(ws) != ws or ws < 2:
+            raise ValueError(
+                f"LocallyGroupedAttn needs a window size ws >= 2, got {ws!r} "
+                "(in Twins, ws = 1 means the block uses GlobalSubSampleAttn instead)"
+            )
+        g = default_rng(rng)
+        self.dim, self.num_heads, self.ws = dim, num_heads, int(ws)
+        self.attn_drop = attn_drop
+        self.qkv = Linear(dim, dim * 3, rng=g, dtype=dtype)
+        self.proj = Linear(dim, dim, rng=g, dtype=dtype)
+        self.proj_drop = Dropout(proj_drop, rng=g)
+        self.rng = g
+
+    def forward(self, x: Any, size: tuple[int, int]) -> Any:
+        out, cache = F.lsa_forward(
+            x, size, self.qkv.weight.data, self.qkv.b, self.proj.weight.data, self.proj.b,
+            num_heads=self.num_heads, ws=self.ws, attn_drop=self.attn_drop, rng=self.rng, training=self.training,
+        )  # fmt: skip
+        self._save(cache)
+        return self.proj_drop(out)
+
+    def backward(self, dout: Any) -> Any:
+        dx, dqkv_w, dqkv_b, dproj_w, dproj_b = F.lsa_backward(self.proj_drop.backward(dout), self._pop())
+        self.qkv.accumulate_grads(dqkv_w, dqkv_b)
+        self.proj.accumulate_grads(dproj_w, dproj_b)
+        return dx
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, num_heads={self.num_heads}, ws={self.ws}"
+
+
+class GlobalSubSampleAttn(Module):
+    """GSA: every token queries keys/values sub-sampled by a k = s = sr conv (+ LayerNorm).
+
+    Parameters: ``q`` Linear(C, C), ``kv`` Linear(C, 2C), ``proj`` Linear(C, C) and, when
+    sr_ratio > 1, ``sr`` Conv2d(C, C, sr, sr) and ``norm`` LayerNorm(C, eps=1e-5).
+    With sr_ratio = 1 it is plain global multi-head self-attention.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        sr_ratio: int = 1,
+        rng: Rng = None,
+        dtype: Any = np.float32,
+    ) -> None:
+        super().__init__()
+        check_heads(dim, num_heads)
+        if int(sr_ratio) != sr_ratio or sr_ratio < 1:
+            raise ValueError(f"sr_ratio must be a positive integer, got {sr_ratio!r}")
+        g = default_rng(rng)
+        self.dim, self.num_heads, self.sr_ratio = dim, num_heads, int(sr_ratio)
+        self.attn_drop = attn_drop
+        self.q = Linear(dim, dim, rng=g, dtype=dtype)
+        self.kv = Linear(dim, dim * 2, rng=g, dtype=dtype)
+        self.proj = Linear(dim, dim, rng=g, dtype=dtype)
+        self.proj_drop = Dropout(proj_drop, rng=g)
+        # sr_ratio == 1: no sub-sampling conv and no extra LayerNorm (plain global MHSA)
+        self.sr: Conv2d | None = None
+        self.norm: LayerNorm | None = None
+        if sr_ratio > 1:
+            self.sr = Conv2d(dim, dim, kernel_size=sr_ratio, stride=sr_ratio, rng=g, dtype=dtype)
+            self.norm = LayerNorm(dim, eps=1e-5, dtype=dtype)
+        self.rng = g
+
+    def forward(self, x: Any, size: tuple[int, int]) -> Any:
+        sub: dict[str, Any] = {}
+        if self.sr is not None and self.norm is not None:
+            sub = dict(sr_w=self.sr.weight.data, sr_b=self.sr.b, norm_w=self.norm.weight.data,
+                       norm_b=self.norm.bias.data, norm_eps=self.norm.eps)  # fmt: skip
+        out, cache = F.gsa_forward(
+            x, size, self.q.weight.data, self.q.b, self.kv.weight.data, self.kv.b, self.proj.weight.data, self.proj.b,
+            num_heads=self.num_heads, sr_ratio=self.sr_ratio, attn_drop=self.attn_drop, rng=self.rng,
+            training=self.training, **sub,
+        )  # fmt: skip
+        self._save(cache)
+        return self.proj_drop(out)
+
+    def backward(self, dout: Any) -> Any:
+        g = F.gsa_backward(self.proj_drop.backward(dout), self._pop())
+        self.q.accumulate_grads(g["q_w"], g["q_b"])
+        self.kv.accumulate_grads(g["kv_w"], g["kv_b"])
+        self.proj.accumulate_grads(g["proj_w"], g["proj_b"])
+        if self.sr is not None and self.norm is not None:
+            self.sr.accumulate_grads(g["sr_w"], g["sr_b"])
+            self.norm.weight.accumulate(g["norm_w"])
+            self.norm.bias.accumulate(g["norm_b"])
+        return g["x"]
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, num_heads={self.num_heads}, sr_ratio={self.sr_ratio}"

@@ -1,0 +1,276 @@
+"""Parameters and the Module base class.
+
+A :class:`Module` owns :class:`Parameter` objects and child modules, calls the pure
+functional pairs of :mod:`twins_np.functional` in ``forward``/``backward``, and keeps
+the cache between the two. The naming rules follow PyTorch, so ``state_dict`` keys
+equal timm's (``blocks.0.1.attn.qkv.weight``).
+
+Gradient rule: ``backward`` *adds* into ``param.grad`` (like PyTorch), so call
+``zero_grad()`` before each step. A cache is used once: a second ``backward``
+without a new ``forward`` raises, because it would silently double the gradients.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from ..backend import asnumpy, get_xp
+from ..backend import to_device as _to_device
+
+__all__ = ["Parameter", "Module", "ModuleList", "Sequential", "Identity"]
+
+
+class Parameter:
+    """A trainable array and its gradient.
+
+    Attributes:
+        data: the values, a NumPy or CuPy array.
+        grad: the accumulated gradient (same shape and dtype), or ``None`` before the
+            first backward / after ``zero_grad``.
+        no_weight_decay: True for biases, norms and the PEG (timm's
+            ``no_weight_decay``); the optimiser reads it.
+    """
+
+    __slots__ = ("data", "grad", "no_weight_decay")
+
+    def __init__(self, data: Any, no_weight_decay: bool = False) -> None:
+        self.data = data
+        self.grad: Any = None
+        self.no_weight_decay = no_weight_decay
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.data.shape)
+
+    @property
+    def dtype(self) -> Any:
+        return self.data.dtype
+
+    def accumulate(self, g: Any) -> None:
+        """Add ``g`` to ``.grad`` (creating it on first use)."""
+        if self.grad is None:
+            self.grad = g.copy() if g.dtype == self.data.dtype else g.astype(self.data.dtype)
+        else:
+            self.grad += g
+
+    def __repr__(self) -> str:
+        return f"Parameter(shape={self.shape}, dtype={self.dtype})"
+
+
+class Module:
+    """Base class: registers parameters and child modules by attribute name.
+
+    Subclasses implement ``forward(...)`` (storing what backward needs with
+    :meth:`_save`) and ``backward(dout)`` (reading it back with :meth:`_pop`).
+    """
+
+    training: bool
+    _parameters: dict[str, Parameter]
+    _modules: dict[str, Module]
+    _cache: Any
+
+    def __init__(self) -> None:
+        object.__setattr__(self, "_parameters", {})
+        object.__setattr__(self, "_modules", {})
+        object.__setattr__(self, "training", True)
+        object.__setattr__(self, "_cache", None)
+
+    # -- registration ---------------------------------------------------------------
+    def __setattr__(self, name: str, value: Any) -> None:
+        params = self.__dict__.get("_parameters")
+        if params is None:
+            raise RuntimeError("call Module.__init__() before assigning attributes")
+        self._parameters.pop(name, None)
+        self._modules.pop(name, None)
+        if isinstance(value, Parameter):
+            self._parameters[name] = value
+        elif isinstance(value, Module):
+            self._modules[name] = value
+        object.__setattr__(self, name, value)
+
+    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
+        """Yield ``(dotted_name, module)`` for this module and every descendant."""
+        yield prefix, self
+        for name, m in self._modules.items():
+            yield from m.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
+        """Yield ``(dotted_name, Parameter)`` in registration order, like PyTorch."""
+        for name, p in self._parameters.items():
+            yield (f"{prefix}.{name}" if prefix else name), p
+        for name, m in self._modules.items():
+            yield from m.named_parameters(f"{prefix}.{name}" if prefix else name)
+
+    def parameters(self) -> list[Parameter]:
+        return [p for _, p in self.named_parameters()]
+
+    def zero_grad(self) -> None:
+        """Forget every accumulated gradient (sets ``.grad`` to None)."""
+        for p in self.parameters():
+            p.grad = None
+
+    # -- modes, dtype, device -------------------------------------------------------------
+    def train(self, mode: bool = True) -> Module:
+        for _, m in self.named_modules():
+            object.__setattr__(m, "training", mode)
+        return self
+
+    def eval(self) -> Module:
+        return self.train(False)
+
+    def astype(self, dtype: Any) -> Module:
+        """Cast every parameter (and gradient) to ``dtype`` in place; returns self."""
+        dtype = np.dtype(dtype)
+        if dtype.kind != "f":
+            raise TypeError(f"astype needs a floating dtype, got {dtype}")
+        if dtype == np.float16:
+            raise TypeError(
+                "float16 is not supported: LayerNorm and softmax statistics overflow/underflow "
+                "in half precision; use float32 (or float64 for gradient checks)"
+            )
+        for p in self.parameters():
+            p.data = p.data.astype(dtype)
+            if p.grad is not None:
+                p.grad = p.grad.astype(dtype)
+        self._clear_caches()
+        return self
+
+    def to_device(self, device: str) -> Module:
+        """Move every parameter to ``"cpu"`` or ``"gpu"`` in place; returns self."""
+        for p in self.parameters():
+            p.data = _to_device(p.data, device)
+            if p.grad is not None:
+                p.grad = _to_device(p.grad, device)
+        self._clear_caches()
+        return self
+
+    def _clear_caches(self) -> None:
+        for _, m in self.named_modules():
+            object.__setattr__(m, "_cache", None)
+
+    @property
+    def dtype(self) -> Any:
+        ps = self.parameters()
+        return ps[0].data.dtype if ps else np.dtype(np.float32)
+
+    @property
+    def xp(self) -> Any:
+        ps = self.parameters()
+        return get_xp(ps[0].data) if ps else np
+
+    # -- state dict ---------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """``{name: array}`` with timm's key names (the arrays themselves, not copies)."""
+        return {name: p.data for name, p in self.named_parameters()}
+
+    def load_state_dict(self, state: dict[str, Any], strict: bool = True) -> Module:
+        """Copy arrays into the parameters, converting dtype and device to the module's.
+
+        Raises:
+            KeyError: (strict) listing missing and unexpected keys.
+            ValueError: listing every key whose shape differs, expected vs received.
+        """
+        own = dict(self.named_parameters())
+        missing = [k for k in own if k not in state]
+        unexpected = [k for k in state if k not in own]
+        wrong = [
+            f"{k}: expected {own[k].shape}, got {tuple(np.shape(state[k]))}"
+            for k in own
+            if k in state and tuple(np.shape(state[k])) != own[k].shape
+        ]
+        if wrong:
+            raise ValueError("state_dict has wrongly shaped keys:\n  " + "\n  ".join(wrong))
+        if strict and (missing or unexpected):
+            raise KeyError(
+                f"state_dict does not match {type(self).__name__}: missing keys {missing}, unexpected keys {unexpected}"
+            )
+        for k, p in own.items():
+            if k in state:
+                xp = get_xp(p.data)
+                value = state[k]
+                value = asnumpy(value) if xp is np else value
+                p.data = xp.asarray(value, dtype=p.data.dtype).copy()
+        self._clear_caches()
+        return self
+
+    # -- forward / backward plumbing ----------------------------------------------------
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.forward(*args, **kwargs)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError(f"{type(self).__name__} does not define forward()")
+
+    def backward(self, dout: Any) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError(f"{type(self).__name__} does not define backward()")
+
+    def _save(self, cache: Any) -> None:
+        object.__setattr__(self, "_cache", cache)
+
+    def _pop(self) -> Any:
+        """Return the cache saved by the last forward and forget it."""
+        cache = self._cache
+        if cache is None:
+            raise RuntimeError(
+                f"{type(self).__name__}.backward() called without a forward() before it "
+                "(or twice for one forward): run forward again first"
+            )
+        object.__setattr__(self, "_cache", None)
+        return cache
+
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        lines = [f"{type(self).__name__}({self.extra_repr()}"]
+        for name, m in self._modules.items():
+            sub = repr(m).replace("\n", "\n  ")
+            lines.append(f"  ({name}): {sub}")
+        return lines[0] + ")" if len(lines) == 1 else "\n".join(lines) + "\n)"
+
+
+class ModuleList(Module):
+    """A list of modules registered under ``"0"``, ``"1"``, ... (timm's key names)."""
+
+    def __init__(self, modules: list[Module] | None = None) -> None:
+        super().__init__()
+        for m in modules or []:
+            self.append(m)
+
+    def append(self, m: Module) -> None:
+        setattr(self, str(len(self._modules)), m)
+
+    def __getitem__(self, i: int) -> Any:
+        return list(self._modules.values())[i]
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(list(self._modules.values()))
+
+
+class Sequential(ModuleList):
+    """Modules applied in order; backward runs them in reverse."""
+
+    def forward(self, x: Any, *args: Any) -> Any:
+        for m in self:
+            x = m(x, *args)
+        return x
+
+    def backward(self, dout: Any) -> Any:
+        for m in reversed(list(self)):
+            dout = m.backward(dout)
+        return dout
+
+
+class Identity(Module):
+    """Returns its input; backward returns the upstream gradient."""
+
+    def forward(self, x: Any, *args: Any) -> Any:
+        return x
+
+    def backward(self, dout: Any) -> Any:
+        return dout
