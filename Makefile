@@ -26,13 +26,18 @@ demo: $(VENV)/.stamp-run
 		$(BIN)/twins-np demo --out outputs; fi
 
 lint: $(VENV)/.stamp-dev
-	$(BIN)/ruff check twins_np tests benchmarks
+	$(BIN)/ruff check twins_np tests tools $(wildcard benchmarks)
 
 typecheck: $(VENV)/.stamp-dev
 	$(BIN)/mypy twins_np
 
+# every test, then every notebook executed top to bottom (nbmake: one test per notebook)
 pytest: $(VENV)/.stamp-dev
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests notebooks --nbmake --nbmake-timeout=900 $(PYTEST_ARGS)
+
+# regenerate notebooks/*.ipynb (no outputs) from the jupytext sources notebooks/*.py
+notebooks: $(VENV)/.stamp-dev
+	$(BIN)/python tools/sync_notebooks.py
 
 test: lint typecheck pytest
 
