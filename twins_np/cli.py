@@ -15,6 +15,7 @@ from collections.abc import Sequence
 COMMANDS = {
     "info": "info",
     "gradcheck": "gradcheck",
+    "flops": "flops",
 }
 
 

@@ -36,10 +36,12 @@ def linear_forward(x: Any, w: Any, b: Any | None = None) -> tuple[Any, LinearCac
             f"linear: x has {x.shape[-1]} input features (shape {tuple(x.shape)}) but the "
             f"weight expects {w.shape[1] if w.ndim == 2 else '?'} (weight shape {tuple(w.shape)})"
         )
-    out = x @ w.T
+    # One (M, D_in) x (D_in, D_out) product over all leading axes: a 3-D/4-D ``x @ w.T``
+    # would broadcast into a batch of many small matrix products, several times slower.
+    out = x.reshape(-1, x.shape[-1]) @ w.T
     if b is not None:
         out += b
-    return out, LinearCache(x, w)
+    return out.reshape(*x.shape[:-1], w.shape[0]), LinearCache(x, w)
 
 
 def linear_backward(dout: Any, cache: LinearCache) -> tuple[Any, Any, Any]:
@@ -54,7 +56,7 @@ def linear_backward(dout: Any, cache: LinearCache) -> tuple[Any, Any, Any]:
     x, w = cache
     d_out = w.shape[0]
     dout2 = dout.reshape(-1, d_out)
-    dx = dout @ w
+    dx = (dout2 @ w).reshape(x.shape)
     dw = dout2.T @ x.reshape(-1, x.shape[-1])
     db = dout2.sum(axis=0)
     return dx, dw, db
