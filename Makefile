@@ -17,7 +17,7 @@ $(VENV)/.stamp-run: $(BIN)/python setup.cfg pyproject.toml
 
 # dev + notebook extras: pytest, hypothesis, ruff, mypy, torch/timm parity oracle, nbmake
 $(VENV)/.stamp-dev: $(BIN)/python setup.cfg pyproject.toml
-	$(BIN)/pip install -q -e ".[dev,notebooks]"
+	$(BIN)/pip install -q -e ".[dev,notebooks,docs]"
 	touch $@ $(VENV)/.stamp-run
 
 demo: $(VENV)/.stamp-run
@@ -31,18 +31,36 @@ lint: $(VENV)/.stamp-dev
 typecheck: $(VENV)/.stamp-dev
 	$(BIN)/mypy twins_np
 
-# every test, then every notebook executed top to bottom (nbmake: one test per notebook)
+# every test and every notebook, executed top to bottom (nbmake: one test per notebook).
+# The notebooks run from copies in build/notebooks, which keep their outputs for the docs.
 pytest: $(VENV)/.stamp-dev
-	$(BIN)/python -m pytest tests notebooks --nbmake --nbmake-timeout=900 $(PYTEST_ARGS)
+	rm -rf build/notebooks && mkdir -p build/notebooks && cp notebooks/[0-9]*.ipynb build/notebooks/
+	$(BIN)/python -m pytest tests build/notebooks --nbmake --overwrite --nbmake-timeout=900 $(PYTEST_ARGS)
 
 # regenerate notebooks/*.ipynb (no outputs) from the jupytext sources notebooks/*.py
 notebooks: $(VENV)/.stamp-dev
 	$(BIN)/python tools/sync_notebooks.py
 
-test: lint typecheck pytest
+test: lint typecheck pytest docs
+
+# The site, with warnings as errors. MathJax 3 is fetched once from the npm registry into
+# docs/_static/mathjax so the built pages render math offline.
+MATHJAX_VERSION := 3.2.2
+docs/_static/mathjax/tex-svg.js:
+	rm -rf build/mathjax && mkdir -p build/mathjax docs/_static/mathjax
+	cd build/mathjax && npm pack --silent mathjax@$(MATHJAX_VERSION) >/dev/null && tar xzf mathjax-$(MATHJAX_VERSION).tgz package/es5/tex-svg.js
+	cp build/mathjax/package/es5/tex-svg.js $@
+
+docs: $(VENV)/.stamp-dev docs/_static/mathjax/tex-svg.js
+	mkdir -p docs/notebooks
+	for nb in notebooks/[0-9]*.ipynb; do \
+		[ -e "$$nb" ] || continue; b=$$(basename $$nb); if [ -f build/notebooks/$$b ]; then cp build/notebooks/$$b docs/notebooks/; else cp $$nb docs/notebooks/; fi; \
+	done
+	TQDM_DISABLE=1 $(BIN)/sphinx-build -W --keep-going -q -b html docs docs/_build/html
+	@echo "docs: open docs/_build/html/index.html"
 
 bench: $(VENV)/.stamp-dev
 	$(BIN)/python -m benchmarks.run_all
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache outputs
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache outputs docs/_build docs/notebooks/*.ipynb docs/_static/mathjax

@@ -9,16 +9,20 @@ Three rules make a gradient check trustworthy, and this module enforces all thre
 2. **float64 on the host.** Central differences with eps = 1e-6 have truncation error
    ~eps^2 and rounding error ~1e-16 / eps; only float64 makes both far smaller than the
    errors we hunt. The arrays are copied to NumPy float64 whatever they came as.
-3. **A stated tolerance.** The error of one array is
-       rel_err = max_i |analytic_i - numeric_i| / max(max_i |numeric_i|, max_i |analytic_i|, tiny)
-   (the worst entry, measured against the array's own scale, so tiny entries do not
-   blow it up), and it must be below ``TOLERANCES["gradcheck_rel"]`` (1e-6).
+3. **A stated tolerance.** The error of one array is the worst entry measured against
+   the array's own scale, so tiny entries do not blow it up::
+
+       rel_err = max_i abs(analytic_i - numeric_i) / max(max_i abs(numeric_i), max_i abs(analytic_i), tiny)
+
+   and it must be below ``TOLERANCES["gradcheck_rel"]`` (1e-6).
 
 Modes: ``full`` perturbs every element (small inputs), ``sampled`` a random subset,
 ``directional`` one random unit direction per input (for whole blocks and models).
-Directional checks use the fourth-order stencil
+Directional checks use the fourth-order stencil (four evaluations)::
+
     f'(0) ~ (-f(2h) + 8 f(h) - 8 f(-h) + f(-2h)) / (12 h),  h = 1e-2
-(four evaluations): in a deep float64 model the two-point quotient with h = 1e-6 is
+
+Why: in a deep float64 model the two-point quotient with h = 1e-6 is
 limited by rounding noise (~1e-10 absolute), which is 1e-4 relative for a parameter
 whose directional derivative is 1e-6; the fourth-order stencil allows a step 10^4 times
 larger with truncation error O(h^4), and brings such rows to ~1e-8.

@@ -65,8 +65,10 @@ def patch_conv_forward(x: Any, w: Any, b: Any | None) -> tuple[Any, PatchConvCac
 def patch_conv_backward(dout: Any, cache: PatchConvCache) -> tuple[Any, Any, Any]:
     """Gradients of :func:`patch_conv_forward`.
 
-    Math: with cols the patch matrix, out = cols W^T + b, so
-        dcols = dout W,  dW = dout^T cols,  db = sum dout,
+    Math: with cols the patch matrix, out = cols W^T + b, so::
+
+        dcols = dout W,  dW = dout^T cols,  db = sum dout
+
     and dx is dcols scattered back to the pixels (each pixel is in exactly one patch,
     so it is a reshape, not a sum); floor-dropped pixels get 0.
 

@@ -1,9 +1,11 @@
 """Softmax cross-entropy with label smoothing (the DeiT/Twins training loss).
 
-With K classes and smoothing eps, the target for label y is
+With K classes and smoothing eps, the target for label y is (as
+``torch.nn.functional.cross_entropy(..., label_smoothing=eps)``)::
+
     t = (1 - eps) * onehot(y) + eps / K
-(as ``torch.nn.functional.cross_entropy(..., label_smoothing=eps)``), and
     loss = mean_b  -sum_k t[b, k] * log softmax(z[b])_k
+
 Soft targets (B, K), e.g. from mixup, are accepted as they are.
 """
 

@@ -1,6 +1,6 @@
 """The Twins model (PCPVT and SVT), built like timm's ``timm.models.twins.Twins``.
 
-Flow, for S stages (4 in the paper's models):
+Flow, for S stages (4 in the paper's models)::
 
     image (B, C_in, H, W)
     for stage s:

@@ -1,0 +1,62 @@
+"""Sphinx configuration for the twins-np documentation (``make docs``)."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import twins_np  # noqa: E402
+
+project = "twins-np"
+author = "the twins-np developers"
+copyright = "2026, the twins-np developers"
+release = version = twins_np.__version__
+
+extensions = [
+    "myst_nb",  # Markdown pages and notebooks
+    "sphinx.ext.autodoc",
+    "sphinx.ext.autosummary",
+    "sphinx.ext.napoleon",  # Google-style docstrings
+    "sphinx.ext.viewcode",
+    "sphinx.ext.mathjax",
+]
+
+myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist"]
+myst_heading_anchors = 3
+math_numfig = True
+
+# Notebooks: the executed copies made by `make pytest` (nbmake --overwrite) are in
+# docs/notebooks/; any notebook that arrives without outputs is executed here.
+nb_execution_mode = "auto"
+nb_execution_timeout = 900
+nb_execution_raise_on_error = True
+nb_merge_streams = True
+
+autodoc_default_options = {"members": True, "undoc-members": False, "show-inheritance": False}
+autodoc_typehints = "description"
+autodoc_mock_imports = ["cupy", "cupyx"]
+napoleon_google_docstring = True
+napoleon_numpy_docstring = False
+napoleon_use_ivar = True  # "Attributes:" as fields, so dataclass members are not documented twice
+autosummary_generate = False
+
+exclude_patterns = ["_build", "conf.py", "**.ipynb_checkpoints", "derivations/README.md"]
+source_suffix = {".md": "myst-nb", ".ipynb": "myst-nb"}
+
+html_theme = "sphinx_book_theme"
+html_title = "twins-np"
+html_static_path = ["_static"]
+html_theme_options = {"show_toc_level": 2, "use_download_button": False}
+
+# MathJax 3 is served from the built site itself (fetched from npm by `make docs` into
+# docs/_static/mathjax), so formulas render without reaching the internet at view time.
+_mathjax = pathlib.Path(__file__).parent / "_static" / "mathjax" / "tex-svg.js"
+if _mathjax.exists() or os.environ.get("TWINS_NP_DOCS_OFFLINE"):
+    mathjax_path = "mathjax/tex-svg.js"
+
+# short names such as `x` in docstrings match several NamedTuple fields; they are prose, not links
+suppress_warnings = ["mystnb.unknown_mime_type", "ref.python"]
