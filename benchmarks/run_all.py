@@ -1,0 +1,166 @@
+"""Run the twins-np vs PyTorch benchmarks and print ratios measured in the same run.
+
+    python -m benchmarks.run_all                 # everything on the CPU (about 15-25 minutes)
+    python -m benchmarks.run_all --only models   # models | ops | scaling
+    python -m benchmarks.run_all --device gpu    # CuPy vs PyTorch CUDA (needs a GPU)
+    python -m benchmarks.run_all --quick         # fewer rounds, for a smoke test
+
+Each measurement runs in its own process (benchmarks/worker.py); the two libraries are
+interleaved round by round (the machine's speed drifts over minutes, so back-to-back
+pairs compare fairly), and the ratio is twins-np's median over torch's median.
+Results are printed as Markdown and written to benchmarks/results/<device>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import pathlib
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = pathlib.Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+MODELS = [
+    # (name, batch, image size)
+    ("twins_svt_small", 8, 224),
+    ("twins_pcpvt_small", 8, 224),
+    ("twins_svt_teach32", 64, 32),
+    ("twins_pcpvt_teach32", 64, 32),
+]
+OPS = [
+    # (op, batch, token-map side, channels, heads, sr): stage-1 sizes of twins_svt_small at batch 8
+    ("lsa", 8, 56, 64, 2, 8),
+    ("gsa", 8, 56, 64, 2, 8),
+    ("peg", 8, 56, 64, 2, 8),
+    ("layernorm", 8, 56, 64, 2, 8),
+    ("gelu", 8, 56, 64, 2, 8),
+    ("softmax", 8, 56, 64, 2, 8),
+]
+SCALING_SIZES = [28, 56, 112, 224]
+
+
+def _worker(args: list[str]) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.worker", *args], capture_output=True, text=True, cwd=ROOT, env=env
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"worker {' '.join(args)} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _pair(common: list[str], rounds: int) -> dict:
+    """Interleave the two libraries for `rounds` rounds; medians of the per-round medians."""
+    res: dict[str, list[dict]] = {"twins-np": [], "torch": []}
+    for r in range(rounds):
+        order = ["twins-np", "torch"] if r % 2 == 0 else ["torch", "twins-np"]
+        for lib in order:
+            res[lib].append(_worker(["--lib", lib, *common]))
+    t_np = statistics.median(x["median_s"] for x in res["twins-np"])
+    t_pt = statistics.median(x["median_s"] for x in res["torch"])
+    m_np = statistics.median(x["peak_mib"] for x in res["twins-np"])
+    m_pt = statistics.median(x["peak_mib"] for x in res["torch"])
+    return {"twins_np_s": t_np, "torch_s": t_pt, "ratio": t_np / t_pt, "twins_np_mib": m_np, "torch_mib": m_pt,
+            "mem_ratio": (m_np / m_pt) if m_pt > 0 else float("nan")}  # fmt: skip
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def versions() -> str:
+    import numpy
+
+    import twins_np
+
+    parts = [f"twins-np {twins_np.__version__}", f"numpy {numpy.__version__}"]
+    try:
+        import timm
+        import torch
+
+        parts += [f"torch {torch.__version__}", f"timm {timm.__version__}"]
+    except ImportError:
+        parts.append("torch not installed")
+    return ", ".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", choices=["models", "ops", "scaling"], action="append")
+    p.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--quick", action="store_true", help="1 round, 2 repeats (smoke test)")
+    args = p.parse_args(argv)
+    only = set(args.only or ["models", "ops", "scaling"])
+    rounds = 1 if args.quick else args.rounds
+    rep = ["--warmup", "1", "--repeats", "2"] if args.quick else ["--warmup", "2", "--repeats", "5"]
+    dev = ["--device", args.device]
+    results: dict = {"machine": machine(), "versions": versions(), "device": args.device,
+                     "date": time.strftime("%Y-%m-%d"), "models": [], "ops": [], "scaling": []}  # fmt: skip
+    print(f"# twins-np vs PyTorch ({args.device})\n\n{results['machine']}\n{results['versions']}\n")
+
+    if "models" in only:
+        print("| model | batch | size | task | twins-np s | torch s | time ratio | twins-np MiB | torch MiB | memory ratio |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for name, batch, size in MODELS:
+            for task in ("forward", "train"):
+                common = ["--task", task, "--model", name, "--batch", str(batch), "--size", str(size), *dev, *rep]
+                r = _pair(common, rounds)
+                results["models"].append({"model": name, "batch": batch, "size": size, "task": task, **r})
+                print(f"| {name} | {batch} | {size} | {task} | {r['twins_np_s']:.3f} | {r['torch_s']:.3f} | "
+                      f"{r['ratio']:.2f} | {r['twins_np_mib']:.0f} | {r['torch_mib']:.0f} | {r['mem_ratio']:.2f} |", flush=True)  # fmt: skip
+        print()
+
+    if "ops" in only:
+        print("| op (forward + backward) | shape | twins-np ms | torch ms | ratio |")
+        print("|---|---|---|---|---|")
+        for op, batch, side, dim, heads, sr in OPS:
+            common = ["--task", "op", "--op", op, "--batch", str(batch), "--size", str(side), "--dim", str(dim),
+                      "--heads", str(heads), "--sr", str(sr), *dev, *rep]  # fmt: skip
+            r = _pair(common, rounds)
+            results["ops"].append({"op": op, "batch": batch, "side": side, "dim": dim, **r})
+            print(f"| {op} | B={batch}, {side}x{side}, C={dim} | {1e3 * r['twins_np_s']:.1f} | {1e3 * r['torch_s']:.1f} | "
+                  f"{r['ratio']:.2f} |", flush=True)  # fmt: skip
+        print()
+
+    if "scaling" in only:
+        print("| layer | " + " | ".join(f"{s}x{s}" for s in SCALING_SIZES) + " | fitted exponent in HW |")
+        print("|---|" + "---|" * (len(SCALING_SIZES) + 1))
+        for op, sr in (("lsa", 7), ("gsa", 7)):
+            times = []
+            for s in SCALING_SIZES:
+                common = ["--task", "op", "--op", op, "--batch", "1", "--size", str(s), "--dim", "64", "--heads", "2",
+                          "--sr", str(sr), *dev, *rep]  # fmt: skip
+                times.append(statistics.median(_worker(["--lib", "twins-np", *common])["median_s"] for _ in range(rounds)))
+            xs = [math.log(s * s) for s in SCALING_SIZES]
+            ys = [math.log(t) for t in times]
+            mx, my = statistics.mean(xs), statistics.mean(ys)
+            slope = sum((a - mx) * (b - my) for a, b in zip(xs, ys)) / sum((a - mx) ** 2 for a in xs)
+            results["scaling"].append({"layer": op, "sizes": SCALING_SIZES, "seconds": times, "exponent": slope})
+            print(f"| {op} (ws/sr 7, C=64, B=1) | " + " | ".join(f"{1e3 * t:.1f} ms" for t in times) + f" | {slope:.2f} |")
+        print()
+
+    out = HERE / "results"
+    out.mkdir(exist_ok=True)
+    (out / f"{args.device}.json").write_text(json.dumps(results, indent=2))
+    print(f"(written to {out / (args.device + '.json')})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

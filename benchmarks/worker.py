@@ -1,0 +1,253 @@
+"""One benchmark measurement in a fresh process; prints one JSON line.
+
+    python -m benchmarks.worker --lib twins-np --task train --model twins_svt_small --batch 8 --size 224
+
+``--lib``: ``twins-np`` or ``torch`` (timm's Twins, or torch's own ops for ``--task op``).
+``--task``: ``forward``, ``train`` (forward + cross-entropy + backward) or ``op`` (one layer's
+forward and backward, ``--op lsa|gsa|peg|layernorm|gelu|softmax``).
+
+Each library runs in its own process because NumPy's and torch's thread pools fight for
+the cores when both are loaded. Times are medians over ``--repeats`` runs after
+``--warmup`` runs. Peak memory is the highest resident set size sampled during the runs
+minus the resident size just before them (model, inputs and library already loaded),
+measured the same way for both libraries: on the GPU it is host memory only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import threading
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+
+def _rss_now_mib() -> float:
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    return pages * resource.getpagesize() / 2**20
+
+
+class _PeakRSS:
+    """Samples the resident set size every millisecond in a thread; ``peak`` in MiB.
+
+    NumPy and torch release the GIL inside their kernels, so the thread keeps sampling
+    while the arrays of a step are alive.
+    """
+
+    def __init__(self) -> None:
+        self.peak = _rss_now_mib()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _rss_now_mib())
+            time.sleep(0.001)
+
+    def __enter__(self) -> "_PeakRSS":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_now_mib())
+
+
+def _time(fn: Callable[[], Any], warmup: int, repeats: int, sync: Callable[[], None]) -> tuple[float, list[float], float]:
+    """Median time of ``fn`` and the peak RSS growth over the RSS before the first call."""
+    sync()
+    base = _rss_now_mib()
+    with _PeakRSS() as mem:
+        for _ in range(warmup):
+            fn()
+        sync()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times), times, max(0.0, mem.peak - base)
+
+
+# --- twins-np ---------------------------------------------------------------------------
+
+
+def twins_np_task(args: argparse.Namespace) -> tuple[Callable[[], Any], Callable[[], None]]:
+    import twins_np
+    import twins_np.functional as F
+    from twins_np.backend import synchronize, to_device
+    from twins_np.cli import _tune_malloc
+
+    _tune_malloc()
+    rng = np.random.default_rng(0)
+    dev = args.device
+    if args.task in ("forward", "train"):
+        model = twins_np.create_model(args.model, num_classes=1000 if "teach" not in args.model else 10)
+        model.to_device(dev)
+        x = to_device(rng.standard_normal((args.batch, 3, args.size, args.size)).astype(np.float32), dev)
+        y = to_device(rng.integers(0, model.num_classes, args.batch), dev)
+        if args.task == "forward":
+            model.eval()
+            return (lambda: model.forward(x)), synchronize
+
+        def step() -> None:
+            model.zero_grad()
+            model.loss(x, y)
+            model.backward_loss()
+
+        model.train()
+        return step, synchronize
+
+    # single ops: (B, N, C) tokens on an H x W map
+    B, H, C, heads = args.batch, args.size, args.dim, args.heads
+    n = lambda *s: to_device(rng.standard_normal(s).astype(np.float32) * 0.1, dev)  # noqa: E731
+    x = n(B, H * H, C)
+    dout = n(B, H * H, C)
+    if args.op == "lsa":
+        p = [n(3 * C, C), n(3 * C), n(C, C), n(C)]
+
+        def op() -> None:
+            out, cache = F.lsa_forward(x, (H, H), *p, num_heads=heads, ws=7)
+            F.lsa_backward(dout, cache)
+    elif args.op == "gsa":
+        sr = args.sr
+        p = [n(C, C), n(C), n(2 * C, C), n(2 * C), n(C, C), n(C)]
+        sub = [n(C, C, sr, sr), n(C), n(C) + 1.0, n(C)] if sr > 1 else []
+
+        def op() -> None:
+            out, cache = F.gsa_forward(x, (H, H), *p, heads, sr, *sub)
+            F.gsa_backward(dout, cache)
+    elif args.op == "peg":
+        w, b = n(C, 1, 3, 3), n(C)
+
+        def op() -> None:
+            out, cache = F.peg_forward(x, (H, H), w, b)
+            F.peg_backward(dout, cache)
+    elif args.op == "layernorm":
+        g, b = n(C) + 1.0, n(C)
+
+        def op() -> None:
+            out, cache = F.layernorm_forward(x, g, b, 1e-6)
+            F.layernorm_backward(dout, cache)
+    elif args.op == "gelu":
+        xh, dh = n(B, H * H, 4 * C), n(B, H * H, 4 * C)
+
+        def op() -> None:
+            out, cache = F.gelu_forward(xh)
+            F.gelu_backward(dh, cache)
+    elif args.op == "softmax":
+        s, ds = n(B * 64, heads, 49, 49), n(B * 64, heads, 49, 49)
+
+        def op() -> None:
+            out, cache = F.softmax_forward(s)
+            F.softmax_backward(ds, cache)
+    else:
+        raise SystemExit(f"unknown op {args.op}")
+    return op, synchronize
+
+
+# --- torch / timm -----------------------------------------------------------------------
+
+
+def torch_task(args: argparse.Namespace) -> tuple[Callable[[], Any], Callable[[], None]]:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    dev = "cuda" if args.device == "gpu" else "cpu"
+    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+    g = torch.Generator().manual_seed(0)
+    if args.task in ("forward", "train"):
+        from timm.models.twins import Twins
+
+        from twins_np.models import MODEL_CONFIGS
+
+        cfg = dict(MODEL_CONFIGS[args.model])
+        cfg.setdefault("num_classes", 1000)
+        model = Twins(**cfg).to(dev)
+        x = torch.randn(args.batch, 3, args.size, args.size, generator=g).to(dev)
+        y = torch.randint(0, cfg["num_classes"], (args.batch,), generator=g).to(dev)
+        if args.task == "forward":
+            model.eval()
+
+            def fwd() -> None:
+                with torch.no_grad():
+                    model(x)
+
+            return fwd, sync
+
+        model.train()
+
+        def step() -> None:
+            model.zero_grad(set_to_none=True)
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+
+        return step, sync
+
+    from timm.models.twins import GlobalSubSampleAttn, LocallyGroupedAttn, PosConv
+
+    B, H, C, heads = args.batch, args.size, args.dim, args.heads
+    x = (torch.randn(B, H * H, C, generator=g) * 0.1).to(dev).requires_grad_(True)
+    dout = (torch.randn(B, H * H, C, generator=g) * 0.1).to(dev)
+    if args.op in ("lsa", "gsa", "peg"):
+        if args.op == "lsa":
+            m = LocallyGroupedAttn(C, heads, ws=7)
+        elif args.op == "gsa":
+            m = GlobalSubSampleAttn(C, heads, sr_ratio=args.sr)
+        else:
+            m = PosConv(C, C)
+        m = m.to(dev)
+        fn = lambda: m(x, (H, H))  # noqa: E731
+    elif args.op == "layernorm":
+        m = torch.nn.LayerNorm(C, eps=1e-6).to(dev)
+        fn = lambda: m(x)  # noqa: E731
+    elif args.op == "gelu":
+        x = (torch.randn(B, H * H, 4 * C, generator=g) * 0.1).to(dev).requires_grad_(True)
+        dout = (torch.randn(B, H * H, 4 * C, generator=g) * 0.1).to(dev)
+        fn = lambda: torch.nn.functional.gelu(x)  # noqa: E731
+    elif args.op == "softmax":
+        x = (torch.randn(B * 64, heads, 49, 49, generator=g) * 0.1).to(dev).requires_grad_(True)
+        dout = (torch.randn(B * 64, heads, 49, 49, generator=g) * 0.1).to(dev)
+        fn = lambda: torch.softmax(x, dim=-1)  # noqa: E731
+    else:
+        raise SystemExit(f"unknown op {args.op}")
+
+    def op() -> None:
+        fn().backward(dout)
+        x.grad = None
+
+    return op, sync
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--lib", choices=["twins-np", "torch"], required=True)
+    p.add_argument("--task", choices=["forward", "train", "op"], required=True)
+    p.add_argument("--model", default="twins_svt_small")
+    p.add_argument("--op", default="lsa")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--size", type=int, default=224, help="image side (models) or token-map side (ops)")
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--heads", type=int, default=2)
+    p.add_argument("--sr", type=int, default=8)
+    p.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5)
+    args = p.parse_args(argv)
+    fn, sync = (twins_np_task if args.lib == "twins-np" else torch_task)(args)
+    median, times, peak = _time(fn, args.warmup, args.repeats, sync)
+    print(json.dumps({"lib": args.lib, "median_s": median, "times_s": times, "peak_mib": peak}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
