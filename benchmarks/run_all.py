@@ -122,8 +122,9 @@ def main(argv: list[str] | None = None) -> int:
                 common = ["--task", task, "--model", name, "--batch", str(batch), "--size", str(size), *dev, *rep]
                 r = _pair(common, rounds)
                 results["models"].append({"model": name, "batch": batch, "size": size, "task": task, **r})
-                print(f"| {name} | {batch} | {size} | {task} | {r['twins_np_s']:.3f} | {r['torch_s']:.3f} | "
-                      f"{r['ratio']:.2f} | {r['twins_np_mib']:.0f} | {r['torch_mib']:.0f} | {r['mem_ratio']:.2f} |", flush=True)  # fmt: skip
+                row = [name, batch, size, task, f"{r['twins_np_s']:.3f}", f"{r['torch_s']:.3f}", f"{r['ratio']:.2f}",
+                       f"{r['twins_np_mib']:.0f}", f"{r['torch_mib']:.0f}", f"{r['mem_ratio']:.2f}"]  # fmt: skip
+                print("| " + " | ".join(str(c) for c in row) + " |", flush=True)
         print()
 
     if "ops" in only:
