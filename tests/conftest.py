@@ -30,3 +30,20 @@ def _close_figures():
     import matplotlib.pyplot as plt
 
     plt.close("all")
+
+
+def pytest_configure(config):
+    """Register one marker per assignment task (see twins_np/assignments.py)."""
+    from twins_np.assignments import TASKS
+
+    for name, task in TASKS.items():
+        config.addinivalue_line("markers", f"{name}: assignment task - {task.title}")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Attach each assignment task's marker to its tests, so `pytest -m lsa_backward` grades one task."""
+    from twins_np.assignments import task_of_test
+
+    for item in items:
+        for task in task_of_test(item.nodeid):
+            item.add_marker(getattr(pytest.mark, task))

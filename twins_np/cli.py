@@ -16,6 +16,9 @@ COMMANDS = {
     "info": "info",
     "gradcheck": "gradcheck",
     "flops": "flops",
+    "assignment": "assignment",
+    "convert": "convert",
+    "predict": "predict",
 }
 
 

@@ -289,6 +289,7 @@ class AdamW(Optimizer):
         t = state["step"]
         g, m, v = p.grad, state["exp_avg"], state["exp_avg_sq"]
 
+        # BEGIN SOLUTION adamw_step
         if wd != 0.0:
             p.data *= 1.0 - lr * wd
         m += (1.0 - beta1) * (g - m)  # = beta1*m + (1-beta1)*g, written as torch's lerp
@@ -297,6 +298,7 @@ class AdamW(Optimizer):
         step_size = lr / (1.0 - beta1**t)
         denom = xp.sqrt(v) / math.sqrt(1.0 - beta2**t) + eps
         p.data -= step_size * (m / denom)
+        # END SOLUTION
 
 
 # --- SGD ---------------------------------------------------------------------------------

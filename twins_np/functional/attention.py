@@ -92,6 +92,7 @@ def attention_backward(dout: Any, cache: AttentionCache) -> tuple[Any, Any, Any]
     Returns:
         dq, dk, dv with the shapes of q, k, v.
     """
+    # BEGIN SOLUTION attention_backward
     q, k, v, probs_d, sm_cache, drop_cache, scale = cache
     dv = probs_d.swapaxes(-1, -2) @ dout
     dprobs = dropout_backward(dout @ v.swapaxes(-1, -2), drop_cache)
@@ -100,3 +101,4 @@ def attention_backward(dout: Any, cache: AttentionCache) -> tuple[Any, Any, Any]
     dq = dscores @ k
     dk = dscores.swapaxes(-1, -2) @ q
     return dq, dk, dv
+    # END SOLUTION

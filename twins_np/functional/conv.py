@@ -136,6 +136,7 @@ def depthwise_conv3x3_backward(dout: Any, cache: DWConvCache) -> tuple[Any, Any,
     Returns:
         dx (B, H, W, C), dw (C, 1, 3, 3), db (C,).
     """
+    # BEGIN SOLUTION peg_backward
     xpad, w = cache
     xp = get_xp(dout)
     B, H, W, C = dout.shape
@@ -152,3 +153,4 @@ def depthwise_conv3x3_backward(dout: Any, cache: DWConvCache) -> tuple[Any, Any,
     dw = dwt.transpose(2, 0, 1).reshape(C, 1, 3, 3)
     db = dout2.sum(axis=0)
     return dxpad[:, 1:-1, 1:-1, :], dw, db
+    # END SOLUTION

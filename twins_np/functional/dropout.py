@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..backend import get_xp, host_uniform
+from ._checks import check_float, check_same_dtype
 
 
 class DropoutCache(NamedTuple):
@@ -43,6 +44,8 @@ def dropout_forward(
         out: same shape as x; cache for :func:`dropout_backward`.
     """
     _check_p("p", p)
+    check_float("x", x)
+    check_same_dtype(x=x, mask=mask)
     if not training or (p == 0.0 and mask is None):
         return x, DropoutCache(None)
     xp = get_xp(x=x, mask=mask)
@@ -80,6 +83,8 @@ def drop_path_forward(
         out: x with each sample's branch kept (scaled by 1/keep) or zeroed.
     """
     _check_p("drop_prob", drop_prob)
+    check_float("x", x)
+    check_same_dtype(x=x, mask=mask)
     if not training or (drop_prob == 0.0 and mask is None):
         return x, DropoutCache(None)
     xp = get_xp(x=x, mask=mask)

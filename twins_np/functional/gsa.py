@@ -112,6 +112,7 @@ def gsa_backward(dout: Any, cache: GSACache) -> dict[str, Any]:
         dict with ``x``, ``q_w``, ``q_b``, ``kv_w``, ``kv_b``, ``proj_w``, ``proj_b`` and,
         when sr > 1, ``sr_w``, ``sr_b``, ``norm_w``, ``norm_b``.
     """
+    # BEGIN SOLUTION gsa_backward
     q_cache, sr_cache, norm_cache, kv_cache, attn_cache, proj_cache, heads, (H, W) = cache
     g: dict[str, Any] = {}
     do, g["proj_w"], g["proj_b"] = linear_backward(dout, proj_cache)
@@ -128,3 +129,4 @@ def gsa_backward(dout: Any, cache: GSACache) -> dict[str, Any]:
         dx += ds  # sr == 1: x itself was the key/value source
     g["x"] = dx
     return g
+    # END SOLUTION

@@ -62,6 +62,7 @@ def layernorm_backward(dout: Any, cache: LayerNormCache) -> tuple[Any, Any, Any]
     Returns:
         dx (..., C), dgamma (C,), dbeta (C,).
     """
+    # BEGIN SOLUTION layernorm_backward
     xhat, inv_std, gamma = cache
     C = xhat.shape[-1]
     dgamma = (dout * xhat).reshape(-1, C).sum(axis=0)
@@ -71,3 +72,4 @@ def layernorm_backward(dout: Any, cache: LayerNormCache) -> tuple[Any, Any, Any]
     dx -= xhat * (g * xhat).mean(axis=-1, keepdims=True)
     dx *= inv_std
     return dx, dgamma, dbeta
+    # END SOLUTION

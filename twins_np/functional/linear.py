@@ -38,6 +38,8 @@ def linear_forward(x: Any, w: Any, b: Any | None = None) -> tuple[Any, LinearCac
         )
     # One (M, D_in) x (D_in, D_out) product over all leading axes: a 3-D/4-D ``x @ w.T``
     # would broadcast into a batch of many small matrix products, several times slower.
+    if b is not None and tuple(b.shape) != (w.shape[0],):
+        raise ValueError(f"linear: bias must have shape ({w.shape[0]},) to match the weight, got {tuple(b.shape)}")
     out = x.reshape(-1, x.shape[-1]) @ w.T
     if b is not None:
         out += b

@@ -51,6 +51,10 @@ def cross_entropy_forward(logits: Any, target: Any, label_smoothing: float = 0.0
     else:
         if target.shape != (B, K):
             raise ValueError(f"soft target must have shape {(B, K)}, got {tuple(target.shape)}")
+        sums = target.sum(axis=1)
+        if not bool(xp.all(xp.abs(sums - 1.0) <= 1e-4)) or bool((target < 0).any()):
+            # the backward (probs - t) / B assumes each target row is a distribution
+            raise ValueError("soft targets must be non-negative and each row must sum to 1")
         t = target.astype(logits.dtype) * (1.0 - label_smoothing) + label_smoothing / K
     z = logits - logits.max(axis=1, keepdims=True)
     logsumexp = xp.log(xp.exp(z).sum(axis=1, keepdims=True))

@@ -119,6 +119,7 @@ def lsa_backward(dout: Any, cache: LSACache) -> tuple[Any, Any, Any, Any, Any]:
     Returns:
         dx (B, N, C), dqkv_w (3C, C), dqkv_b (3C,), dproj_w (C, C), dproj_b (C,).
     """
+    # BEGIN SOLUTION lsa_backward
     part_cache, qkv_cache, attn_cache, rev_cache, proj_cache, num_heads = cache
     dy, dproj_w, dproj_b = linear_backward(dout, proj_cache)
     do = window_reverse_backward(dy, rev_cache)  # cropped (padded) queries get 0
@@ -127,3 +128,4 @@ def lsa_backward(dout: Any, cache: LSACache) -> tuple[Any, Any, Any, Any, Any]:
     dwin, dqkv_w, dqkv_b = linear_backward(dqkv, qkv_cache)
     dx = window_partition_backward(dwin, part_cache)  # the pad's backward is a slice
     return dx, dqkv_w, dqkv_b, dproj_w, dproj_b
+    # END SOLUTION

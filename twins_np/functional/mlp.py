@@ -39,7 +39,9 @@ def mlp_backward(dout: Any, cache: MlpCache) -> tuple[Any, Any, Any, Any, Any]:
     Returns:
         dx, dfc1_w, dfc1_b, dfc2_w, dfc2_b.
     """
+    # BEGIN SOLUTION ffn_backward
     da, dfc2_w, dfc2_b = linear_backward(dout, cache.fc2)
     dh = gelu_backward(da, cache.act)
     dx, dfc1_w, dfc1_b = linear_backward(dh, cache.fc1)
     return dx, dfc1_w, dfc1_b, dfc2_w, dfc2_b
+    # END SOLUTION

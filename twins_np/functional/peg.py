@@ -46,9 +46,11 @@ def peg_backward(dout: Any, cache: PEGCache) -> tuple[Any, Any, Any]:
     Returns:
         dx (B, N, C), dw (C, 1, 3, 3), db (C,).
     """
+    # BEGIN SOLUTION peg_backward
     conv_cache, (H, W) = cache
     B, N, C = dout.shape
     dx4, dw, db = depthwise_conv3x3_backward(dout.reshape(B, H, W, C), conv_cache)
     dx = dx4.reshape(B, N, C)
     dx += dout
     return dx, dw, db
+    # END SOLUTION

@@ -40,8 +40,10 @@ def softmax_backward(dout: Any, cache: SoftmaxCache) -> Any:
     Math:
         J = diag(y) - y y^T, so  dx = J^T dout = y * (dout - sum(dout * y)).
     """
+    # BEGIN SOLUTION attention_backward
     y, axis = cache
     dx = dout * y
     s = dx.sum(axis=axis, keepdims=True)
     dx -= y * s
     return dx
+    # END SOLUTION

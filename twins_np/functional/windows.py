@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from ..backend import get_xp
 from ._checks import check_tokens
 
@@ -33,13 +35,16 @@ def window_pads(size: tuple[int, int], ws: int) -> tuple[int, int]:
     return (ws - H % ws) % ws, (ws - W % ws) % ws
 
 
-def _check_ws(ws: int) -> None:
-    if int(ws) != ws or ws < 1:
+def _check_ws(ws: Any) -> int:
+    """``ws`` as a Python int; integral floats (7.0) are accepted, anything else refused."""
+    if isinstance(ws, bool) or not isinstance(ws, (int, float, np.integer, np.floating)) or ws != int(ws) or ws < 1:
         raise ValueError(f"window size ws must be a positive integer, got {ws!r}")
+    return int(ws)
 
 
 def _partition(x4: Any, ws: int) -> Any:
     """(B, H, W, C) -> pad -> (B, nW, ws*ws, C), windows and tokens row-major."""
+    # BEGIN SOLUTION windows
     xp = get_xp(x4)
     B, H, W, C = x4.shape
     pad_b, pad_r = window_pads((H, W), ws)
@@ -50,10 +55,12 @@ def _partition(x4: Any, ws: int) -> Any:
     Hp, Wp = H + pad_b, W + pad_r
     x6 = x4.reshape(B, Hp // ws, ws, Wp // ws, ws, C).transpose(0, 1, 3, 2, 4, 5)
     return x6.reshape(B, (Hp // ws) * (Wp // ws), ws * ws, C)
+    # END SOLUTION
 
 
 def _reverse(win: Any, size: tuple[int, int], ws: int) -> Any:
     """(B, nW, ws*ws, C) -> glue windows -> crop -> (B, H, W, C)."""
+    # BEGIN SOLUTION windows
     H, W = size
     pad_b, pad_r = window_pads(size, ws)
     Hp, Wp = H + pad_b, W + pad_r
@@ -61,6 +68,7 @@ def _reverse(win: Any, size: tuple[int, int], ws: int) -> Any:
     x4 = win.reshape(B, Hp // ws, Wp // ws, ws, ws, C).transpose(0, 1, 3, 2, 4, 5)
     x4 = x4.reshape(B, Hp, Wp, C)
     return x4[:, :H, :W, :] if (pad_b or pad_r) else x4
+    # END SOLUTION
 
 
 def window_partition_forward(x: Any, size: tuple[int, int], ws: int) -> tuple[Any, WindowCache]:
@@ -74,7 +82,7 @@ def window_partition_forward(x: Any, size: tuple[int, int], ws: int) -> tuple[An
     Returns:
         windows: (B, nW, ws*ws, C); cache for :func:`window_partition_backward`.
     """
-    _check_ws(ws)
+    ws = _check_ws(ws)
     B, H, W, C = check_tokens("x", x, size)
     return _partition(x.reshape(B, H, W, C), ws), WindowCache((H, W), ws)
 
@@ -103,7 +111,7 @@ def window_reverse_forward(win: Any, size: tuple[int, int], ws: int) -> tuple[An
     Returns:
         x: (B, N, C); cache for :func:`window_reverse_backward`.
     """
-    _check_ws(ws)
+    ws = _check_ws(ws)
     H, W = size
     pad_b, pad_r = window_pads((H, W), ws)
     nW = ((H + pad_b) // ws) * ((W + pad_r) // ws)

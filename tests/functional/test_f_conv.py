@@ -1,0 +1,305 @@
+"""Tests of twins_np.functional.conv: the patch conv (kernel = stride = k) and the 3x3 depthwise conv.
+
+Both are channels-last, x of shape (B, H, W, C), with PyTorch's weight layout.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from twins_np import functional as F
+from twins_np.backend import asnumpy, cupy_available
+from twins_np.gradcheck import TOLERANCES, check_backward
+
+
+def rel_err(a, b, scale: float | None = None) -> float:
+    """max|a - b| / max(max|b|, floor) with floor = 1e-12 * scale (a global magnitude)."""
+    a = np.asarray(asnumpy(a), dtype=np.float64)
+    b = np.asarray(asnumpy(b), dtype=np.float64)
+    bmax = float(np.max(np.abs(b)))
+    floor = 1e-12 * (bmax if scale is None else scale)
+    return float(np.max(np.abs(a - b))) / max(bmax, floor, 1e-300)
+
+
+def patch_args(seed: int, B: int, H: int, W: int, cin: int, cout: int, k: int):
+    r = np.random.default_rng(seed)
+    return r.standard_normal((B, H, W, cin)), r.standard_normal((cout, cin, k, k)), r.standard_normal(cout)
+
+
+def dw_args(seed: int, B: int, H: int, W: int, C: int):
+    r = np.random.default_rng(seed)
+    return r.standard_normal((B, H, W, C)), r.standard_normal((C, 1, 3, 3)), r.standard_normal(C)
+
+
+def patch_conv_loop(x, w, b):
+    """One output pixel at a time: out[b, i, j, o] = b[o] + sum_{c,u,v} x[b, k i + u, k j + v, c] w[o, c, u, v]."""
+    B, H, W, Cin = x.shape
+    Cout, k = w.shape[0], w.shape[-1]
+    out = np.zeros((B, H // k, W // k, Cout))
+    for bb in range(B):
+        for i in range(H // k):
+            for j in range(W // k):
+                for o in range(Cout):
+                    s = 0.0 if b is None else b[o]
+                    for c in range(Cin):
+                        for u in range(k):
+                            for v in range(k):
+                                s += x[bb, k * i + u, k * j + v, c] * w[o, c, u, v]
+                    out[bb, i, j, o] = s
+    return out
+
+
+def dw_conv_loop(x, w, b):
+    """One pixel and tap at a time, taps outside the map read zero (padding 1)."""
+    B, H, W, C = x.shape
+    out = np.zeros_like(x)
+    for bb in range(B):
+        for i in range(H):
+            for j in range(W):
+                for c in range(C):
+                    s = 0.0 if b is None else b[c]
+                    for u in range(3):
+                        for v in range(3):
+                            ii, jj = i + u - 1, j + v - 1
+                            if 0 <= ii < H and 0 <= jj < W:
+                                s += x[bb, ii, jj, c] * w[c, 0, u, v]
+                    out[bb, i, j, c] = s
+    return out
+
+
+# --- patch conv --------------------------------------------------------------------
+
+PATCH_CASES = [  # (B, H, W, C_in, C_out, k)
+    (2, 8, 8, 3, 5, 4),  # divisible
+    (1, 9, 10, 3, 4, 4),  # floors: rows 8 and cols 8-9 dropped
+    (2, 7, 5, 2, 3, 2),  # floors, non-square
+    (1, 3, 3, 2, 2, 3),  # a single patch
+    (1, 2, 3, 3, 2, 1),  # k = 1 is a per-pixel Linear
+]
+
+
+@pytest.mark.parametrize("case", PATCH_CASES)
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_patch_conv_matches_loop(xp, case, with_bias):
+    B, H, W, cin, cout, k = case
+    x, w, b = patch_args(1, *case)
+    b = b if with_bias else None
+    out, _ = F.patch_conv_forward(xp.asarray(x), xp.asarray(w), None if b is None else xp.asarray(b))
+    assert out.shape == (B, H // k, W // k, cout)
+    assert rel_err(out, patch_conv_loop(x, w, b)) < TOLERANCES["parity_f64_rel"]
+
+
+@pytest.mark.parametrize("case", PATCH_CASES[:4])
+def test_patch_conv_gradcheck(xp, case):
+    device = "cpu" if xp is np else "gpu"
+    rows = check_backward(
+        F.patch_conv_forward, F.patch_conv_backward, list(patch_args(2, *case)), names=["x", "w", "b"], device=device
+    )
+    assert max(r.max_rel_err for r in rows) < TOLERANCES["gradcheck_rel"]
+
+
+def test_patch_conv_floor_dropped_pixels_get_exactly_zero_gradient():
+    """As a 230 input at patch 4: a 9x9 map with k = 4 uses 8x8; row 8 and column 8 get dx = 0 exactly."""
+    x, w, b = patch_args(3, 2, 9, 9, 3, 4, 4)
+    out, cache = F.patch_conv_forward(x, w, b)
+    assert out.shape == (2, 2, 2, 4)
+    dx, _, _ = F.patch_conv_backward(np.random.default_rng(4).standard_normal(out.shape), cache)
+    assert np.all(dx[:, 8, :, :] == 0.0) and np.all(dx[:, :, 8, :] == 0.0)
+    assert np.all(dx[:, :8, :8, :] != 0.0)
+    # and the forward really ignores them
+    x2 = x.copy()
+    x2[:, 8, :, :] = 1e6
+    x2[:, :, 8, :] = -1e6
+    np.testing.assert_array_equal(F.patch_conv_forward(x2, w, b)[0], out)
+
+
+def test_patch_conv_backward_of_one_pixel_is_a_weight_slice():
+    """Each pixel is in exactly one patch: dx at (k i + u, k j + v, c) = sum_o dout[i, j, o] w[o, c, u, v]."""
+    x, w, b = patch_args(5, 1, 6, 4, 2, 3, 2)
+    out, cache = F.patch_conv_forward(x, w, b)
+    dout = np.random.default_rng(6).standard_normal(out.shape)
+    dx, dw, db = F.patch_conv_backward(dout, cache)
+    for i in range(3):
+        for j in range(2):
+            for u in range(2):
+                for v in range(2):
+                    for c in range(2):
+                        ref = sum(dout[0, i, j, o] * w[o, c, u, v] for o in range(3))
+                        assert abs(dx[0, 2 * i + u, 2 * j + v, c] - ref) < 1e-13
+    assert rel_err(db, dout.sum(axis=(0, 1, 2))) < TOLERANCES["parity_f64_rel"]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("H", [8, 9])
+def test_patch_conv_dtype_preserved(xp, dtype, H):
+    x, w, b = (xp.asarray(a.astype(dtype)) for a in patch_args(7, 2, H, 8, 3, 4, 4))
+    out, cache = F.patch_conv_forward(x, w, b)
+    assert out.dtype == dtype
+    grads = F.patch_conv_backward(xp.asarray(np.ones(out.shape, dtype=dtype)), cache)
+    for g, a in zip(grads, (x, w, b)):
+        assert g.dtype == dtype and g.shape == a.shape
+
+
+# --- depthwise 3x3 -----------------------------------------------------------------
+
+DW_CASES = [(2, 5, 6, 3), (1, 1, 1, 2), (1, 2, 1, 3), (1, 4, 4, 1)]
+
+
+@pytest.mark.parametrize("case", DW_CASES)
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_depthwise_matches_loop(xp, case, with_bias):
+    x, w, b = dw_args(8, *case)
+    b = b if with_bias else None
+    out, _ = F.depthwise_conv3x3_forward(xp.asarray(x), xp.asarray(w), None if b is None else xp.asarray(b))
+    assert rel_err(out, dw_conv_loop(x, w, b)) < TOLERANCES["parity_f64_rel"]
+
+
+@pytest.mark.parametrize("case", DW_CASES)
+def test_depthwise_gradcheck(xp, case):
+    device = "cpu" if xp is np else "gpu"
+    rows = check_backward(
+        F.depthwise_conv3x3_forward, F.depthwise_conv3x3_backward, list(dw_args(9, *case)), names=["x", "w", "b"], device=device
+    )
+    assert max(r.max_rel_err for r in rows) < TOLERANCES["gradcheck_rel"]
+
+
+def test_depthwise_single_pixel_uses_only_the_centre_tap():
+    """On a 1x1 map every tap but the centre reads padding: dW is zero there."""
+    x, w, b = dw_args(10, 2, 1, 1, 3)
+    out, cache = F.depthwise_conv3x3_forward(x, w, b)
+    np.testing.assert_allclose(out, x * w[:, 0, 1, 1] + b, rtol=1e-15)
+    _, dw, _ = F.depthwise_conv3x3_backward(np.random.default_rng(11).standard_normal(out.shape), cache)
+    centre = np.zeros((3, 1, 3, 3), dtype=bool)
+    centre[:, :, 1, 1] = True
+    assert np.all(dw[~centre] == 0.0) and np.all(dw[centre] != 0.0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_depthwise_dtype_preserved(xp, dtype):
+    x, w, b = (xp.asarray(a.astype(dtype)) for a in dw_args(12, 2, 5, 6, 3))
+    out, cache = F.depthwise_conv3x3_forward(x, w, b)
+    assert out.dtype == dtype
+    grads = F.depthwise_conv3x3_backward(xp.asarray(np.ones(out.shape, dtype=dtype)), cache)
+    for g, a in zip(grads, (x, w, b)):
+        assert g.dtype == dtype and g.shape == a.shape
+
+
+# --- parity with torch.nn.functional.conv2d on NCHW --------------------------------
+
+
+def _torch_conv(torch, x, w, b, dout, **conv_kwargs):
+    """conv2d on the NCHW view of channels-last x; returns out (NHWC) and grads (x NHWC, w, b)."""
+    tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+    tout = torch.nn.functional.conv2d(tx.permute(0, 3, 1, 2), tw, tb, **conv_kwargs).permute(0, 2, 3, 1)
+    tout.backward(torch.tensor(dout))
+    return tout.detach().numpy(), [tx.grad.numpy(), tw.grad.numpy(), tb.grad.numpy()]
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize(("dtype", "tol"), [(np.float64, "parity_f64_rel"), (np.float32, "parity_f32_rel")])
+@pytest.mark.parametrize("case", [(2, 8, 8, 3, 5, 4), (1, 9, 9, 3, 4, 4), (1, 57, 57, 4, 4, 8), (2, 7, 5, 6, 6, 2)])
+def test_patch_conv_parity_with_torch(dtype, tol, case):
+    """stride = kernel conv2d (patch embedding, GSA sub-sampling), including floored sizes."""
+    torch = pytest.importorskip("torch")
+    x, w, b = (a.astype(dtype) for a in patch_args(13, *case))
+    out, cache = F.patch_conv_forward(x, w, b)
+    dout = np.random.default_rng(14).standard_normal(out.shape).astype(dtype)
+    grads = F.patch_conv_backward(dout, cache)
+    t_out, t_grads = _torch_conv(torch, x, w, b, dout, stride=case[-1])
+    scale = max(float(np.abs(g).max()) for g in t_grads)
+    assert rel_err(out, t_out) < TOLERANCES[tol]
+    for mine, ref in zip(grads, t_grads):
+        assert rel_err(mine, ref, scale) < TOLERANCES[tol]
+    np.testing.assert_array_equal(t_grads[0][:, (x.shape[1] // case[-1]) * case[-1] :], 0.0)  # torch floors too
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize(("dtype", "tol"), [(np.float64, "parity_f64_rel"), (np.float32, "parity_f32_rel")])
+@pytest.mark.parametrize("case", [(2, 5, 6, 3), (1, 1, 1, 4), (1, 14, 14, 8)])
+def test_depthwise_parity_with_torch(dtype, tol, case):
+    """groups = C, padding = 1: the PEG's conv."""
+    torch = pytest.importorskip("torch")
+    x, w, b = (a.astype(dtype) for a in dw_args(15, *case))
+    out, cache = F.depthwise_conv3x3_forward(x, w, b)
+    dout = np.random.default_rng(16).standard_normal(out.shape).astype(dtype)
+    grads = F.depthwise_conv3x3_backward(dout, cache)
+    t_out, t_grads = _torch_conv(torch, x, w, b, dout, padding=1, groups=case[-1])
+    scale = max(float(np.abs(g).max()) for g in t_grads)
+    assert rel_err(out, t_out) < TOLERANCES[tol]
+    for mine, ref in zip(grads, t_grads):
+        assert rel_err(mine, ref, scale) < TOLERANCES[tol]
+
+
+# --- bad inputs --------------------------------------------------------------------
+
+
+def test_patch_conv_wrong_ndim_raises():
+    x, w, b = patch_args(17, 1, 8, 8, 3, 4, 4)
+    with pytest.raises(ValueError, match=r"'x' must have shape \(B, H, W, C_in\)"):
+        F.patch_conv_forward(x[0], w, b)
+
+
+@pytest.mark.parametrize("w_shape", [(4, 2, 4, 4), (4, 3, 2, 4), (4, 3, 4)])
+def test_patch_conv_weight_wrong_shape_raises(w_shape):
+    x, _, b = patch_args(18, 1, 8, 8, 3, 4, 4)
+    with pytest.raises(ValueError, match="'weight' must have shape"):
+        F.patch_conv_forward(x, np.ones(w_shape), b)
+
+
+def test_patch_conv_kernel_larger_than_map_raises():
+    x, w, b = patch_args(19, 1, 3, 8, 3, 4, 4)
+    with pytest.raises(ValueError, match="larger than the 3x8 map"):
+        F.patch_conv_forward(x, w, b)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int64])
+def test_patch_conv_integer_images_raise(dtype):
+    x, w, b = patch_args(20, 1, 8, 8, 3, 4, 4)
+    with pytest.raises(TypeError, match=r"float32 or float64.*astype"):
+        F.patch_conv_forward((255 * np.abs(x)).astype(dtype), w.astype(np.float32), b.astype(np.float32))
+
+
+def test_float16_raises():
+    x, w, b = patch_args(21, 1, 8, 8, 3, 4, 4)
+    with pytest.raises(TypeError, match="'x' must be float32 or float64, got float16"):
+        F.patch_conv_forward(x.astype(np.float16), w.astype(np.float16), b.astype(np.float16))
+    x, w, b = dw_args(21, 1, 4, 4, 3)
+    with pytest.raises(TypeError, match="'x' must be float32 or float64, got float16"):
+        F.depthwise_conv3x3_forward(x.astype(np.float16), w.astype(np.float16), b.astype(np.float16))
+
+
+def test_mixed_precision_raises():
+    x, w, b = patch_args(22, 1, 8, 8, 3, 4, 4)
+    with pytest.raises(TypeError, match="'weight' is float64 but 'x' is float32"):
+        F.patch_conv_forward(x.astype(np.float32), w, b)
+    x, w, b = dw_args(22, 1, 4, 4, 3)
+    with pytest.raises(TypeError, match="'bias' is float32 but 'x' is float64"):
+        F.depthwise_conv3x3_forward(x, w, b.astype(np.float32))
+
+
+@pytest.mark.parametrize("w_shape", [(3, 3, 3), (4, 1, 3, 3), (3, 1, 5, 5), (3, 3, 3, 3)])
+def test_depthwise_weight_wrong_shape_raises(w_shape):
+    x, _, b = dw_args(23, 1, 4, 4, 3)
+    with pytest.raises(ValueError, match=r"'weight' must have shape \(3, 1, 3, 3\)"):
+        F.depthwise_conv3x3_forward(x, np.ones(w_shape), b)
+
+
+def test_depthwise_wrong_ndim_raises():
+    x, w, b = dw_args(24, 1, 4, 4, 3)
+    with pytest.raises(ValueError, match=r"'x' must have shape \(B, H, W, C\)"):
+        F.depthwise_conv3x3_forward(x.reshape(1, 16, 3), w, b)
+
+
+@pytest.mark.gpu
+def test_mixed_numpy_cupy_raises():
+    if not cupy_available():
+        pytest.skip("CuPy with a CUDA GPU is not available")
+    import cupy
+
+    x, w, b = patch_args(25, 1, 8, 8, 3, 4, 4)
+    with pytest.raises(TypeError, match="'weight' is a CuPy"):
+        F.patch_conv_forward(x, cupy.asarray(w), b)
+    x, w, b = dw_args(25, 1, 4, 4, 3)
+    with pytest.raises(TypeError, match="'x' is a NumPy"):
+        F.depthwise_conv3x3_forward(x, cupy.asarray(w), cupy.asarray(b))

@@ -1,0 +1,34 @@
+"""``twins-np convert``: rewrite a checkpoint in another format (.npz, .safetensors, .pth)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+
+def add_parser(sub: Any, name: str) -> None:
+    p = sub.add_parser(
+        name,
+        help="convert weights between .npz, .safetensors and .pth (.pth needs torch)",
+        description="Read a checkpoint and write the same arrays (names, shapes, dtypes, values) in the format "
+        "given by OUT's suffix. A .pth training checkpoint is reduced to its model state dict "
+        "(nested under 'model', 'state_dict' or 'model_state'; a 'module.' prefix is removed).",
+    )
+    p.add_argument("input", metavar="IN", help="checkpoint to read (.npz, .safetensors, .pth, .pt, .pth.tar)")
+    p.add_argument("output", metavar="OUT", help="file to write; replaced atomically if it exists")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..io import convert_weights
+
+    try:
+        arrays = convert_weights(args.input, args.output)
+    except ImportError as e:  # a .pth file without torch installed
+        print(f"twins-np {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    n = sum(int(a.size) for a in arrays.values())
+    dtypes = ", ".join(sorted({str(a.dtype) for a in arrays.values()}))
+    print(f"wrote {len(arrays)} arrays ({n:,} values; {dtypes}) to {args.output}")
+    return 0

@@ -1,0 +1,488 @@
+"""Saving and loading weights: ``.npz``, ``.safetensors`` and PyTorch ``.pth``.
+
+A checkpoint is a flat ``{name: array}`` dict with timm's key names
+(``blocks.0.1.attn.qkv.weight``), so a file written by twins-np loads into timm and a
+timm/official Twins ``.pth`` loads into twins-np. The format follows the file's suffix:
+
+========================  ======================================================
+``.npz``                  NumPy zip archive; read with ``allow_pickle=False``
+``.safetensors``          8-byte little-endian header length, JSON header, raw
+                          little-endian bytes; read and written here with NumPy
+``.pth`` ``.pt``          PyTorch pickle, read with ``torch.load(weights_only=True)``
+``.pth.tar``              (needs torch; ``pip install twins-np[parity]``)
+========================  ======================================================
+
+Loading never runs code from the file: ``.npz`` object arrays and ``.pth`` files with
+Python objects other than tensors and plain containers are refused with a ``ValueError``.
+Writes are atomic: the bytes go to a temporary file next to the target, which replaces
+the target only once it is complete and flushed to disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import pickle
+import tempfile
+import zipfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from .backend import asnumpy
+
+__all__ = ["FORMATS", "weights_format", "read_weights", "save_weights", "convert_weights", "load_weights", "load_arrays"]
+
+PathLike = str | os.PathLike
+
+# suffix -> format name; ".pth.tar" is checked first because Path.suffix would say ".tar"
+FORMATS: dict[str, str] = {".npz": "npz", ".safetensors": "safetensors", ".pth.tar": "pth", ".pth": "pth", ".pt": "pth"}
+
+# keys under which training scripts nest the model's state dict (official Twins: "model";
+# timm's train.py: "state_dict"; others: "model_state"), tried in this order
+_NESTED_KEYS = ("model", "state_dict", "model_state")
+
+# safetensors dtype codes <-> little-endian NumPy dtypes; BF16 is handled apart (no NumPy dtype)
+_ST_DTYPES: dict[str, np.dtype] = {
+    "F64": np.dtype("<f8"),
+    "F32": np.dtype("<f4"),
+    "F16": np.dtype("<f2"),
+    "I64": np.dtype("<i8"),
+    "I32": np.dtype("<i4"),
+    "I16": np.dtype("<i2"),
+    "I8": np.dtype("i1"),
+    "U64": np.dtype("<u8"),
+    "U32": np.dtype("<u4"),
+    "U16": np.dtype("<u2"),
+    "U8": np.dtype("u1"),
+    "BOOL": np.dtype("?"),
+}
+_ST_CODES = {dt.newbyteorder("="): code for code, dt in _ST_DTYPES.items()}
+_ST_MAX_HEADER = 100_000_000  # the reference implementation's limit, bytes
+
+
+def weights_format(path: PathLike) -> str:
+    """``"npz"``, ``"safetensors"`` or ``"pth"`` from the file name's suffix.
+
+    Raises:
+        ValueError: for any other suffix.
+    """
+    name = Path(path).name.lower()
+    for suffix, fmt in FORMATS.items():
+        if name.endswith(suffix):
+            return fmt
+    raise ValueError(f"{path}: unknown weights format; use one of the suffixes {', '.join(FORMATS)}")
+
+
+# -- reading -----------------------------------------------------------------------------
+def read_weights(path: PathLike) -> dict[str, np.ndarray]:
+    """Read a checkpoint into ``{name: numpy array}`` (file order, dtypes as stored).
+
+    ``.pth`` files may nest the state dict under ``"model"``, ``"state_dict"`` or
+    ``"model_state"`` and carry DataParallel's ``"module."`` prefix; both are undone.
+    A safetensors ``BF16`` tensor is returned as float32 (exact: bfloat16 is the upper
+    half of a float32).
+
+    Raises:
+        FileNotFoundError: if ``path`` does not exist.
+        ValueError: for an unknown suffix and for corrupt, truncated or unsafe files
+            (the message names the file).
+        ImportError: for ``.pth`` when PyTorch is not installed.
+    """
+    fmt = weights_format(path)
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no such weights file: {path}")
+    if fmt == "npz":
+        return _read_npz(path)
+    if fmt == "safetensors":
+        return _read_safetensors(path)[0]
+    return _read_pth(path)
+
+
+def _read_npz(path: PathLike) -> dict[str, np.ndarray]:
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except ValueError as e:  # a pickle file in disguise
+        raise ValueError(f"{path}: refused to load: not an .npz archive of plain arrays ({e})") from e
+    except (OSError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path}: not a readable .npz archive (truncated or corrupt?): {e}") from e
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path}: holds a single .npy array, not an .npz archive of named arrays")
+    out: dict[str, np.ndarray] = {}
+    with archive:
+        for name in archive.files:
+            try:
+                out[name] = archive[name]
+            except ValueError as e:
+                if "allow_pickle" in str(e):
+                    raise ValueError(
+                        f"{path}: refused to load array {name!r}: it is an object array, whose loading "
+                        "would unpickle (and could run) arbitrary code"
+                    ) from e
+                raise ValueError(f"{path}: array {name!r} is corrupt: {e}") from e
+            except (OSError, EOFError, zipfile.BadZipFile) as e:
+                raise ValueError(f"{path}: array {name!r} cannot be read (truncated or corrupt?): {e}") from e
+    return out
+
+
+def _read_safetensors(path: PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Validate and read a safetensors file; returns (arrays, metadata)."""
+
+    def bad(msg: str) -> ValueError:
+        return ValueError(f"{path}: corrupt safetensors file: {msg}")
+
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size < 8:
+            raise bad(f"{size} bytes, shorter than the 8-byte header length")
+        n = int.from_bytes(f.read(8), "little")
+        if n < 2 or n > min(size - 8, _ST_MAX_HEADER):
+            raise bad(f"header length {n} does not fit a file of {size} bytes")
+        header = _parse_st_header(f.read(n), bad)
+        buf_len = size - 8 - n
+        metadata = header.pop("__metadata__", {})
+        if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+            raise bad("__metadata__ must map strings to strings")
+        entries = [(name, *_check_st_entry(name, info, buf_len, bad)) for name, info in header.items()]
+
+        # the tensors must tile the buffer exactly: contiguous, no overlap, no gap, no tail
+        end = 0
+        for name, _, _, start, stop in sorted(entries, key=lambda e: (e[3], e[4])):
+            if start != end:
+                kind = "overlaps the previous tensor" if start < end else f"leaves a gap of {start - end} bytes"
+                raise bad(f"tensor {name!r} at bytes [{start}, {stop}) {kind}")
+            end = stop
+        if end != buf_len:
+            raise bad(f"the tensors cover {end} bytes but the data buffer has {buf_len}")
+        # entries are now known to tile the buffer in offset order: read each straight into its array
+        arrays: dict[str, np.ndarray] = {}
+        for name, code, shape, start, stop in sorted(entries, key=lambda e: (e[3], e[4])):
+            dt = np.dtype("<u2") if code == "BF16" else _ST_DTYPES[code]
+            arr = np.empty(math.prod(shape), dtype=dt)
+            if f.readinto(arr.view(np.uint8).data) != stop - start:  # the file shrank while we read it
+                raise bad(f"tensor {name!r}: the file ends inside its bytes")
+            if code == "BF16":  # bfloat16 = the high 16 bits of a float32
+                arr = (arr.astype(np.uint32) << 16).view(np.float32)
+            elif not dt.isnative:  # big-endian machines
+                arr = arr.astype(dt.newbyteorder("="))
+            arrays[name] = arr.reshape(shape)
+    out = {name: arrays[name] for name, *_ in entries}  # header order
+    return out, metadata
+
+
+def _parse_st_header(raw: bytes, bad: Callable[[str], ValueError]) -> dict[str, Any]:
+    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        d = dict(pairs)
+        if len(d) != len(pairs):
+            raise bad("the JSON header repeats a key")
+        return d
+
+    try:
+        # the reference writer pads the header with spaces to a multiple of 8 bytes
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=no_duplicates)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise bad(f"the header is not valid UTF-8 JSON ({e})") from e
+    if not isinstance(header, dict):
+        raise bad("the header is not a JSON object")
+    return header
+
+
+def _check_st_entry(
+    name: str, info: Any, buf_len: int, bad: Callable[[str], ValueError]
+) -> tuple[str, tuple[int, ...], int, int]:
+    """Check one header entry; returns (dtype code, shape, start, stop)."""
+    if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+        raise bad(f"entry {name!r} must have exactly the keys dtype, shape, data_offsets")
+    code, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+    if code not in _ST_DTYPES and code != "BF16":
+        raise bad(f"tensor {name!r} has unknown or unsupported dtype {code!r}")
+
+    def is_count(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+    if not isinstance(shape, list) or not all(is_count(d) for d in shape):
+        raise bad(f"tensor {name!r} has an invalid shape {shape!r}")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(is_count(o) for o in offsets):
+        raise bad(f"tensor {name!r} has invalid data_offsets {offsets!r}")
+    start, stop = offsets
+    if start > stop or stop > buf_len:
+        raise bad(f"tensor {name!r} at bytes [{start}, {stop}) lies outside the {buf_len}-byte data buffer (truncated file?)")
+    itemsize = 2 if code == "BF16" else _ST_DTYPES[code].itemsize
+    nbytes = math.prod(shape) * itemsize
+    if nbytes != stop - start:
+        raise bad(f"tensor {name!r}: shape {tuple(shape)} of {code} needs {nbytes} bytes, its offsets give {stop - start}")
+    return code, tuple(shape), start, stop
+
+
+def _import_torch(path: PathLike) -> Any:
+    try:
+        import torch
+    except ImportError as e:
+        raise ImportError(
+            f"reading or writing {path} needs PyTorch: pip install twins-np[parity], or convert the file "
+            "to .npz or .safetensors on a machine with torch (twins-np convert IN.pth OUT.safetensors)"
+        ) from e
+    return torch
+
+
+def _read_pth(path: PathLike) -> dict[str, np.ndarray]:
+    torch = _import_torch(path)
+    try:
+        # Training checkpoints (official Twins, timm's train.py) keep their command line
+        # as an argparse.Namespace: a plain attribute holder, safe to rebuild.
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        lines = [ln for ln in str(e).splitlines() if "Unsupported global" in ln or "WeightsUnpickler" in ln]
+        reason = lines[0].strip() if lines else str(e).splitlines()[0]
+        raise ValueError(
+            f"{path}: refused to load: the file holds Python objects other than tensors, and unpickling them "
+            f"could run arbitrary code (torch.load weights_only=True: {reason})"
+        ) from e
+    except (RuntimeError, EOFError, OSError) as e:
+        raise ValueError(f"{path}: not a readable PyTorch file (truncated or corrupt?): {str(e).splitlines()[0]}") from e
+
+    state = obj
+    if isinstance(obj, Mapping):
+        for key in _NESTED_KEYS:
+            if isinstance(obj.get(key), Mapping):
+                state = obj[key]
+                break
+    if not isinstance(state, Mapping) or not state:
+        raise ValueError(f"{path}: expected a state dict (name -> tensor), found {type(state).__name__}")
+    not_tensors = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise ValueError(
+            f"{path}: not a state dict of tensors: {not_tensors[0]!r} is a {type(state[not_tensors[0]]).__name__} "
+            f"(top-level keys: {', '.join(map(str, list(obj)[:8]))})"
+        )
+    names = list(state)
+    if all(str(k).startswith("module.") for k in names):  # saved from nn.DataParallel / DDP
+        names = [str(k)[len("module.") :] for k in names]
+    out = {}
+    for name, t in zip(names, state.values()):
+        t = t.detach().cpu()
+        if t.dtype == torch.bfloat16:  # NumPy has no bfloat16; float32 holds it exactly
+            t = t.float()
+        out[str(name)] = t.numpy().copy()
+    return out
+
+
+# -- writing -----------------------------------------------------------------------------
+def save_weights(model_or_state_dict: Any, path: PathLike, metadata: Mapping[str, str] | None = None) -> Path:
+    """Write a model's parameters (or a ``{name: array}`` dict) to ``path``, atomically.
+
+    Args:
+        model_or_state_dict: a twins-np module (its ``state_dict()`` is written) or a
+            mapping from names to NumPy/CuPy arrays. Arrays are written as they are:
+            names, shapes and dtypes are kept.
+        path: target file; the suffix picks the format (see :data:`FORMATS`).
+        metadata: string key/values stored in the ``__metadata__`` of a ``.safetensors``
+            file (only that format has a place for them).
+
+    Returns:
+        The path written.
+
+    Raises:
+        ValueError: for an unknown suffix, metadata for a format without it, or an
+            array dtype the format cannot hold. The existing file at ``path`` is left
+            untouched on any error.
+        ImportError: for ``.pth`` when PyTorch is not installed.
+    """
+    fmt = weights_format(path)
+    state = model_or_state_dict.state_dict() if hasattr(model_or_state_dict, "state_dict") else model_or_state_dict
+    if not isinstance(state, Mapping):
+        raise TypeError(f"expected a module or a mapping of arrays, got {type(model_or_state_dict).__name__}")
+    arrays = {str(k): _c_order(asnumpy(v)) for k, v in state.items()}
+    if metadata and fmt != "safetensors":
+        raise ValueError(f"{path}: only .safetensors files can hold metadata")
+    if fmt == "npz":
+        _atomic_write(path, lambda f: _write_npz(f, arrays))
+    elif fmt == "safetensors":
+        header = _safetensors_header(arrays, dict(metadata or {}), path)  # validate before touching the disk
+        _atomic_write(path, lambda f: _write_safetensors(f, header, arrays))
+    else:
+        torch = _import_torch(path)
+        native = {k: a.astype(a.dtype.newbyteorder("="), copy=False) for k, a in arrays.items()}  # torch wants native order
+        _atomic_write(path, lambda f: _write_pth(f, native, torch))
+    return Path(path)
+
+
+def _c_order(a: np.ndarray) -> np.ndarray:
+    # not np.ascontiguousarray, which turns a 0-d array into shape (1,)
+    return a if a.flags.c_contiguous else a.copy(order="C")
+
+
+def _atomic_write(path: PathLike, write: Callable[[IO[bytes]], None]) -> None:
+    """Run ``write(f)`` on a temporary file beside ``path``, then move it over ``path``.
+
+    The temporary file is flushed and fsync'ed before ``os.replace`` so that a crash
+    leaves either the old file or the complete new one, never a mix. On any error the
+    temporary file is deleted and ``path`` is not touched.
+    """
+    target = Path(os.path.realpath(path))  # through a symlink: replace the file it points to, not the link
+    if not target.parent.is_dir():
+        raise FileNotFoundError(f"cannot write {path}: directory {target.parent} does not exist")
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        # mkstemp creates the file 0600; give it the mode a plain open() would have
+        os.chmod(tmp, target.stat().st_mode & 0o7777 if target.exists() else 0o666 & ~_umask())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(target.parent)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Persist the rename itself (POSIX); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_npz(f: IO[bytes], arrays: dict[str, np.ndarray]) -> None:
+    # np.savez would take names such as "file" as its own arguments, so the archive is
+    # written member by member, exactly as np.savez lays it out (uncompressed, name.npy)
+    with zipfile.ZipFile(f, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name, a in arrays.items():
+            if a.dtype.hasobject:
+                raise ValueError(f"array {name!r} has dtype object, which .npz can only store by pickling")
+            with zf.open(name + ".npy", mode="w", force_zip64=True) as member:
+                np.lib.format.write_array(member, a, allow_pickle=False)
+
+
+def _safetensors_header(arrays: dict[str, np.ndarray], metadata: dict[str, str], path: PathLike) -> bytes:
+    """The 8-byte length plus the JSON header, padded with spaces to a multiple of 8 bytes."""
+    header: dict[str, Any] = {}
+    if metadata:
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+            raise ValueError(f"{path}: safetensors metadata must map strings to strings")
+        header["__metadata__"] = metadata
+    offset = 0
+    for name, a in arrays.items():
+        code = _ST_CODES.get(a.dtype.newbyteorder("="))
+        if code is None:
+            raise ValueError(f"{path}: array {name!r} has dtype {a.dtype}, which safetensors cannot hold")
+        header[name] = {"dtype": code, "shape": list(a.shape), "data_offsets": [offset, offset + a.nbytes]}
+        offset += a.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)  # keeps the data buffer 8-byte aligned, as the reference writer does
+    return len(raw).to_bytes(8, "little") + raw
+
+
+def _write_safetensors(f: IO[bytes], header: bytes, arrays: dict[str, np.ndarray]) -> None:
+    f.write(header)
+    for a in arrays.values():
+        le = a.astype(a.dtype.newbyteorder("<"), copy=False)  # no copy on little-endian machines
+        f.write(np.ascontiguousarray(le).reshape(-1).view(np.uint8).data)
+
+
+def _write_pth(f: IO[bytes], arrays: dict[str, np.ndarray], torch: Any) -> None:
+    torch.save({name: torch.from_numpy(a.copy()) for name, a in arrays.items()}, f)
+
+
+def convert_weights(src: PathLike, dst: PathLike) -> dict[str, np.ndarray]:
+    """Rewrite checkpoint ``src`` in ``dst``'s format; returns the arrays written.
+
+    Names, shapes, dtypes and values are kept exactly (a safetensors BF16 tensor
+    becomes float32, exactly); safetensors-to-safetensors also keeps ``__metadata__``.
+    """
+    metadata: dict[str, str] = {}
+    if weights_format(src) == "safetensors" and weights_format(dst) == "safetensors":
+        if not Path(src).is_file():
+            raise FileNotFoundError(f"no such weights file: {src}")
+        arrays, metadata = _read_safetensors(src)
+    else:
+        arrays = read_weights(src)
+    save_weights(arrays, dst, metadata=metadata)
+    return arrays
+
+
+# -- loading into a model ------------------------------------------------------------------
+def load_weights(model: Any, path: PathLike, strict: bool = True) -> Any:
+    """Read ``path`` and copy its arrays into ``model`` (dtype and device become the model's).
+
+    Args:
+        model: a twins-np module, e.g. from :func:`twins_np.create_model`.
+        path: a ``.npz``, ``.safetensors`` or ``.pth`` checkpoint.
+        strict: if True, a missing or an unexpected key is an error.
+
+    Returns:
+        ``model``, for chaining.
+
+    Raises:
+        ValueError: if a shape differs; the message names the model, the first
+            mismatched key and both shapes. Also for unreadable files (see
+            :func:`read_weights`).
+        KeyError: (strict) if keys are missing or unexpected, naming the first few.
+    """
+    return load_arrays(model, read_weights(path), strict=strict, source=f"checkpoint {path}")
+
+
+def load_arrays(model: Any, state: Mapping[str, Any], strict: bool = True, source: str = "checkpoint") -> Any:
+    """Copy ``{name: array}`` into ``model`` with :func:`load_weights`'s checks and messages.
+
+    ``source`` names where the arrays came from in error messages.
+    """
+    label = _model_label(model)
+    own = dict(model.named_parameters())
+    wrong = [(k, p.shape, tuple(state[k].shape)) for k, p in own.items() if k in state and p.shape != tuple(state[k].shape)]
+    if wrong:
+        k, want, got = wrong[0]
+        more = f" (and {len(wrong) - 1} more keys)" if len(wrong) > 1 else ""
+        raise ValueError(f"{source} does not fit {label}: {k} expected {want}, got {got}{more}")
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if strict and (missing or unexpected):
+        parts = [
+            f"{len(v)} {what} keys (first: {', '.join(v[:3])})"
+            for what, v in (("missing", missing), ("unexpected", unexpected))
+            if v
+        ]
+        raise KeyError(f"{source} does not fit {label}: " + "; ".join(parts))
+    return model.load_state_dict(state, strict=strict)
+
+
+def _model_label(model: Any) -> str:
+    """The registry name whose architecture ``model`` has (e.g. ``twins_svt_small``), else its class name."""
+    config = getattr(model, "config", None)
+    if isinstance(config, dict):
+        from .models import MODEL_CONFIGS
+
+        arch = ("patch_size", "embed_dims", "num_heads", "mlp_ratios", "depths", "sr_ratios", "wss")
+        for name, cfg in MODEL_CONFIGS.items():
+            if all(_same(config.get(k), cfg.get(k, _TWINS_DEFAULTS.get(k))) for k in arch):
+                n = config.get("num_classes")
+                return name if n == cfg.get("num_classes", 1000) else f"{name} (num_classes={n})"
+    return type(model).__name__
+
+
+_TWINS_DEFAULTS: dict[str, Any] = {"wss": None}
+
+
+def _same(a: Any, b: Any) -> bool:
+    if a is None or b is None:
+        return a is b
+    return tuple(a) == tuple(b) if isinstance(a, (tuple, list)) else a == b
