@@ -24,7 +24,8 @@ def render(source: pathlib.Path) -> str:
     """The .ipynb text for one jupytext percent source: no outputs, fixed metadata."""
     nb = jupytext.read(source, fmt="py:percent")
     nb.metadata = {"kernelspec": KERNELSPEC, "language_info": {"name": "python"}}
-    for cell in nb.cells:
+    for i, cell in enumerate(nb.cells):
+        cell.id = f"cell-{i:03d}"  # nbformat would draw random ids: fixed ones keep the output deterministic
         cell.metadata = {}
         if cell.cell_type == "code":
             cell.outputs = []

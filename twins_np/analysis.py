@@ -105,6 +105,16 @@ def count_params_from_config(config: str | Mapping[str, Any]) -> int:
 # ---------------------------------------------------------------------------------------------
 # structure: what count_flops needs to know about a model, from a config or from modules
 # ---------------------------------------------------------------------------------------------
+def _subsample_params(mode: str, sr: int, C: int) -> int:
+    """Parameters of GSA's sub-sampling function (see twins_np.functional.subsample)."""
+    return {"conv": sr * sr * C * C + C, "avg": 0, "sep": sr * sr * C + C + C * C + C}[mode]
+
+
+def _subsample_macs(mode: str, sr: int, C: int, Ns: int) -> int:
+    """Multiply-adds per image of the sub-sampling: pooling counts none (it only adds)."""
+    return {"conv": Ns * C * C * sr * sr, "avg": 0, "sep": Ns * (C * sr * sr + C * C)}[mode]
+
+
 @dataclass(frozen=True)
 class _BlockSpec:
     kind: Literal["lsa", "gsa"]
@@ -113,6 +123,7 @@ class _BlockSpec:
     ws: int  # LSA window (0 for GSA)
     sr: int  # GSA sub-sampling ratio (0 for LSA)
     hidden: int  # MLP hidden width
+    sr_mode: str = "conv"  # GSA sub-sampling function: conv (timm), avg or sep
 
     def params(self) -> int:
         C, h = self.dim, self.hidden
@@ -121,7 +132,7 @@ class _BlockSpec:
             return n + (3 * C * C + 3 * C) + (C * C + C)
         n += (C * C + C) + (2 * C * C + 2 * C) + (C * C + C)
         if self.sr > 1:
-            n += self.sr * self.sr * C * C + C + 2 * C
+            n += _subsample_params(self.sr_mode, self.sr, C) + 2 * C  # + the LayerNorm
         return n
 
 
@@ -186,7 +197,11 @@ def _structure_from_config(cfg: Mapping[str, Any]) -> _Structure:
         for i in range(depths[s]):
             ws = 1 if wss is None or i % 2 == 1 else int(wss[s])  # ws = 1 selects GSA, as in timm
             if ws == 1:
-                blocks.append(_BlockSpec("gsa", C, int(cfg["num_heads"][s]), 0, int(cfg["sr_ratios"][s]), hidden))
+                blocks.append(
+                    _BlockSpec(
+                        "gsa", C, int(cfg["num_heads"][s]), 0, int(cfg["sr_ratios"][s]), hidden, cfg.get("sr_mode", "conv")
+                    )
+                )
             else:
                 blocks.append(_BlockSpec("lsa", C, int(cfg["num_heads"][s]), ws, 0, hidden))
         stages.append(_StageSpec(p, prev, C, tuple(blocks)))
@@ -198,7 +213,7 @@ def _attn_block_spec(attn: Module, hidden: int) -> _BlockSpec:
     if isinstance(attn, LocallyGroupedAttn):
         return _BlockSpec("lsa", attn.dim, attn.num_heads, attn.ws, 0, hidden)
     if isinstance(attn, GlobalSubSampleAttn):
-        return _BlockSpec("gsa", attn.dim, attn.num_heads, 0, attn.sr_ratio, hidden)
+        return _BlockSpec("gsa", attn.dim, attn.num_heads, 0, attn.sr_ratio, hidden, attn.sr_mode)
     raise TypeError(f"unexpected attention module {type(attn).__name__}")
 
 
@@ -268,7 +283,13 @@ def _attn_rows(prefix: str, b: _BlockSpec, H: int, W: int, B: int, include_atten
                 )
             Hs, Ws = H // sr, W // sr  # the conv floors
             Ns = Hs * Ws
-            yield FlopRow(f"{prefix}.sr", "sr", (B, C, Hs, Ws), sr * sr * C * C + C, B * Ns * C * C * sr * sr)
+            yield FlopRow(
+                f"{prefix}.sr",
+                "sr",
+                (B, C, Hs, Ws),
+                _subsample_params(b.sr_mode, sr, C),
+                B * _subsample_macs(b.sr_mode, sr, C, Ns),
+            )
             yield FlopRow(f"{prefix}.norm", "norm", (B, Ns, C), 2 * C, 0)
         yield FlopRow(f"{prefix}.kv", "kv", (B, Ns, 2 * C), 2 * C * C + 2 * C, B * Ns * C * 2 * C)
         mm = 2 * N * Ns * C if include_attention else 0

@@ -66,6 +66,10 @@ def cases() -> list[Case]:
     H, W, C, heads = 5, 6, 8, 2
     n = lambda r, *s: r.standard_normal(s)  # noqa: E731
     labels = np.array([1, 0, 3])
+    # fixed LayerNorm and attention weights for the sub-sampling-mode cases
+    fixed = np.random.default_rng(7)
+    NW, NB = 1.0 + fixed.standard_normal(C), fixed.standard_normal(C)
+    GSA_P = [fixed.standard_normal(s) for s in [(C, C), (C,), (2 * C, C), (2 * C,), (C, C), (C,)]]
     out: list[Case] = [
         _op("linear", F.linear_forward, F.linear_backward, lambda r: [n(r, 2, 3, 4), n(r, 5, 4), n(r, 5)], ["x", "w", "b"]),
         _op("gelu", F.gelu_forward, F.gelu_backward, lambda r: [2.0 * n(r, 4, 6)], ["x"]),
@@ -178,6 +182,33 @@ def cases() -> list[Case]:
             wrt=[0, 2, 3, 4, 5, 6, 7, 10, 11, 12, 13],
         ),
         _op(
+            "depthwise patch conv (floors)",
+            F.depthwise_patch_conv_forward,
+            F.depthwise_patch_conv_backward,
+            lambda r: [n(r, 2, 7, 9, 3), n(r, 3, 1, 2, 2), n(r, 3)],
+            ["x", "w", "b"],
+        ),
+        _op("avg pool (floors)", lambda x: F.avg_pool_forward(x, 2), F.avg_pool_backward, lambda r: [n(r, 2, 7, 9, 3)], ["x"]),
+        _op(
+            "GSA (sr 4, avg pool)",
+            lambda x, q_w, q_b, kv_w, kv_b, proj_w, proj_b: F.gsa_forward(
+                x, (9, 10), q_w, q_b, kv_w, kv_b, proj_w, proj_b, heads, 4, norm_w=NW, norm_b=NB, sr_mode="avg"
+            ),
+            F.gsa_backward,
+            lambda r: [n(r, 2, 90, C), n(r, C, C), n(r, C), n(r, 2 * C, C), n(r, 2 * C), n(r, C, C), n(r, C)],
+            ["x", "q_w", "q_b", "kv_w", "kv_b", "proj_w", "proj_b"],
+        ),
+        _op(
+            "GSA (sr 4, separable)",
+            lambda x, dw_w, dw_b, pw_w, pw_b: F.gsa_forward(
+                x, (9, 10), GSA_P[0], GSA_P[1], GSA_P[2], GSA_P[3], GSA_P[4], GSA_P[5], heads, 4,
+                norm_w=NW, norm_b=NB, sr_mode="sep", sr_params=dict(dw_w=dw_w, dw_b=dw_b, pw_w=pw_w, pw_b=pw_b),
+            ),
+            F.gsa_backward,
+            lambda r: [n(r, 2, 90, C), n(r, C, 1, 4, 4), n(r, C), n(r, C, C), n(r, C)],
+            ["x", "dw_w", "dw_b", "pw_w", "pw_b"],
+        ),  # fmt: skip
+        _op(
             "PEG",
             F.peg_forward,
             F.peg_backward,
@@ -201,6 +232,10 @@ def cases() -> list[Case]:
         ),
         _module("LocallyGroupedAttn", lambda r: (LocallyGroupedAttn(C, heads, ws=4, rng=1), [n(r, 2, H * W, C), (H, W)])),
         _module("GlobalSubSampleAttn", lambda r: (GlobalSubSampleAttn(C, heads, sr_ratio=2, rng=1), [n(r, 2, H * W, C), (H, W)])),
+        _module(
+            "GlobalSubSampleAttn (sep)",
+            lambda r: (GlobalSubSampleAttn(C, heads, sr_ratio=2, rng=1, sr_mode="sep"), [n(r, 2, H * W, C), (H, W)]),
+        ),
         _module("PosConv", lambda r: (PosConv(C, C, rng=1), [n(r, 2, H * W, C), (H, W)])),
         _module("PatchEmbed", lambda r: (PatchEmbed(9, 2, 3, C, rng=1), [n(r, 2, 3, 9, 7)])),
         _module("Block (LSA)", lambda r: (Block(C, heads, 2.0, ws=4, rng=1), [n(r, 2, H * W, C), (H, W)]), mode="directional"),

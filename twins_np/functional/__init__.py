@@ -15,10 +15,16 @@ from .attention import (
     split_heads,
 )
 from .conv import (
+    AvgPoolCache,
     DWConvCache,
+    DWPatchConvCache,
     PatchConvCache,
+    avg_pool_backward,
+    avg_pool_forward,
     depthwise_conv3x3_backward,
     depthwise_conv3x3_forward,
+    depthwise_patch_conv_backward,
+    depthwise_patch_conv_forward,
     patch_conv_backward,
     patch_conv_forward,
 )
@@ -37,6 +43,7 @@ from .lsa import LSACache, join_qkv, lsa_backward, lsa_forward, split_qkv
 from .mlp import MlpCache, mlp_backward, mlp_forward
 from .peg import PEGCache, peg_backward, peg_forward
 from .softmax import SoftmaxCache, softmax_backward, softmax_forward
+from .subsample import SUBSAMPLE_MODES, SubsampleCache, subsample_backward, subsample_forward
 from .windows import (
     WindowCache,
     window_pads,

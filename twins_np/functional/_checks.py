@@ -17,13 +17,41 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def check_float(name: str, a: Any) -> None:
-    """``a`` must be a float32 or float64 array."""
+    """``a`` must be a float32 or float64 NumPy/CuPy array.
+
+    Refused, each with a message that says why: non-arrays (lists), arrays of other
+    libraries (a ``torch.Tensor``), integer and bool arrays (images as uint8 must be
+    converted and scaled explicitly, never cast behind the user's back), float16
+    (half precision) and anything else that is not float32/float64.
+    """
     dtype = getattr(a, "dtype", None)
     if dtype is None:
-        raise TypeError(f"'{name}' must be an array, got {type(a).__name__}")
-    if np.dtype(dtype) not in FLOAT_DTYPES:
-        hint = " (convert images with x.astype(np.float32))" if np.dtype(dtype).kind in "iub" else ""
-        raise TypeError(f"'{name}' must be float32 or float64, got {dtype}{hint}")
+        raise TypeError(
+            f"'{name}' must be an array (NumPy or CuPy), got {type(a).__name__} (use np.asarray({name}, dtype=np.float32))"
+        )
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        # e.g. a torch.Tensor: its dtype (torch.float32, torch.bfloat16) is not a NumPy dtype
+        kind = f"{type(a).__module__}.{type(a).__name__}"
+        raise TypeError(
+            f"'{name}' must be an array (NumPy or CuPy), got a {kind} of dtype {dtype}; convert it first, "
+            "e.g. tensor.detach().cpu().float().numpy()"
+        ) from None
+    if dt not in FLOAT_DTYPES:
+        raise TypeError(f"'{name}' must be float32 or float64, got {dt}{_dtype_hint(name, dt)}")
+
+
+def _dtype_hint(name: str, dt: np.dtype) -> str:
+    """Why a dtype is refused and what to do instead (appended to check_float's message)."""
+    if dt.kind in "iub":
+        return f" (convert images with {name}.astype(np.float32); integer arrays are never cast silently)"
+    if dt == np.float16 or "bfloat16" in dt.name:
+        return (
+            " (half precision is refused: LayerNorm variances and softmax sums lose too much precision "
+            f"in 16 bits; use {name}.astype(np.float32))"
+        )
+    return ""
 
 
 def check_same_dtype(**arrays: Any) -> None:
@@ -33,7 +61,7 @@ def check_same_dtype(**arrays: Any) -> None:
         if d != seen[0][1]:
             raise TypeError(
                 f"'{n}' is {d} but '{seen[0][0]}' is {seen[0][1]}; cast both to one dtype "
-                "(module.astype(dtype) casts all parameters)"
+                "(module.astype(dtype) casts all parameters); twins-np never upcasts silently"
             )
 
 
@@ -48,8 +76,11 @@ def check_tokens(name: str, x: Any, size: tuple[int, int]) -> tuple[int, int, in
     check_ndim(name, x, 3, "(B, N, C)")
     try:
         H, W = (int(s) for s in size)
+        integral = all(int(s) == s for s in size)
     except (TypeError, ValueError):
-        raise ValueError(f"'size' must be a pair (H, W), got {size!r}") from None
+        raise ValueError(f"'size' must be a pair of integers (H, W), got {size!r}") from None
+    if not integral:
+        raise ValueError(f"'size' must be a pair of integers (H, W), got {size!r}")
     if H < 1 or W < 1:
         raise ValueError(f"'size' must be positive, got (H, W) = ({H}, {W})")
     B, N, C = x.shape

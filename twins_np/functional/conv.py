@@ -154,3 +154,103 @@ def depthwise_conv3x3_backward(dout: Any, cache: DWConvCache) -> tuple[Any, Any,
     db = dout2.sum(axis=0)
     return dxpad[:, 1:-1, 1:-1, :], dw, db
     # END SOLUTION
+
+
+class DWPatchConvCache(NamedTuple):
+    patches: Any  # (B, Ho, Wo, k, k, C) the input windows, needed for dW
+    w: Any  # (C, 1, k, k)
+    x_shape: tuple[int, int, int, int]
+
+
+def depthwise_patch_conv_forward(x: Any, w: Any, b: Any | None) -> tuple[Any, DWPatchConvCache]:
+    """Depthwise conv with kernel = stride = k (each channel summarises its own k x k window).
+
+    The first half of the depthwise-separable sub-sampling that GSA can use instead of
+    the dense strided conv (Twins Table 9). Floors like :func:`patch_conv_forward`.
+
+    out[b, i, j, c] = bias[c] + sum_{u,v} x[b, i*k+u, j*k+v, c] * w[c, 0, u, v]
+
+    Args:
+        x: (B, H, W, C).  w: (C, 1, k, k).  b: (C,) or None.
+
+    Returns:
+        out: (B, H // k, W // k, C); cache for :func:`depthwise_patch_conv_backward`.
+    """
+    get_xp(x=x, weight=w, bias=b)
+    check_float("x", x)
+    check_ndim("x", x, 4, "(B, H, W, C)")
+    check_same_dtype(x=x, weight=w, bias=b)
+    B, H, W, C = x.shape
+    k = w.shape[-1]
+    check_weight("weight", w, (C, 1, k, k))
+    if k > H or k > W:
+        raise ValueError(f"depthwise patch conv: kernel = stride = {k} is larger than the {H}x{W} map")
+    Ho, Wo = H // k, W // k
+    patches = x[:, : Ho * k, : Wo * k, :].reshape(B, Ho, k, Wo, k, C).transpose(0, 1, 3, 2, 4, 5)
+    wt = w[:, 0].transpose(1, 2, 0)  # (k, k, C)
+    out = (patches * wt).sum(axis=(3, 4))
+    if b is not None:
+        out += b
+    return out, DWPatchConvCache(patches, w, (B, H, W, C))
+
+
+def depthwise_patch_conv_backward(dout: Any, cache: DWPatchConvCache) -> tuple[Any, Any, Any]:
+    """Gradients of :func:`depthwise_patch_conv_forward`.
+
+    Math: dW[c, 0, u, v] = sum_{b,i,j} dout[b,i,j,c] x[b, i*k+u, j*k+v, c];
+    dx at a window pixel (u, v) = dout * w[:, 0, u, v]; floor-dropped pixels get 0.
+
+    Returns:
+        dx (B, H, W, C), dw (C, 1, k, k), db (C,).
+    """
+    patches, w, (B, H, W, C) = cache
+    xp = get_xp(dout)
+    k = w.shape[-1]
+    Ho, Wo = dout.shape[1], dout.shape[2]
+    d = dout[:, :, :, None, None, :]  # (B, Ho, Wo, 1, 1, C)
+    dwt = (d * patches).sum(axis=(0, 1, 2))  # (k, k, C)
+    dw = dwt.transpose(2, 0, 1).reshape(C, 1, k, k)
+    db = dout.reshape(-1, C).sum(axis=0)
+    dpatch = d * w[:, 0].transpose(1, 2, 0)  # (B, Ho, Wo, k, k, C)
+    dx = xp.zeros((B, H, W, C), dtype=dout.dtype)
+    dx[:, : Ho * k, : Wo * k, :] = dpatch.transpose(0, 1, 3, 2, 4, 5).reshape(B, Ho * k, Wo * k, C)
+    return dx, dw, db
+
+
+class AvgPoolCache(NamedTuple):
+    k: int
+    x_shape: tuple[int, int, int, int]
+
+
+def avg_pool_forward(x: Any, k: int) -> tuple[Any, AvgPoolCache]:
+    """Average pooling over non-overlapping k x k windows (stride k, floors), channels-last.
+
+    Args:
+        x: (B, H, W, C).  k: window = stride.
+
+    Returns:
+        out: (B, H // k, W // k, C); cache for :func:`avg_pool_backward`.
+    """
+    check_float("x", x)
+    check_ndim("x", x, 4, "(B, H, W, C)")
+    B, H, W, C = x.shape
+    if int(k) != k or k < 1 or k > H or k > W:
+        raise ValueError(f"avg pool: window k = {k!r} must be a positive integer no larger than the {H}x{W} map")
+    Ho, Wo = H // k, W // k
+    out = x[:, : Ho * k, : Wo * k, :].reshape(B, Ho, k, Wo, k, C).mean(axis=(2, 4))
+    return out, AvgPoolCache(int(k), (B, H, W, C))
+
+
+def avg_pool_backward(dout: Any, cache: AvgPoolCache) -> Any:
+    """Each pixel of a window receives dout / k^2; floor-dropped pixels get 0.
+
+    Returns:
+        dx: (B, H, W, C).
+    """
+    k, (B, H, W, C) = cache
+    xp = get_xp(dout)
+    Ho, Wo = dout.shape[1], dout.shape[2]
+    share = (dout * (1.0 / (k * k)))[:, :, None, :, None, :]
+    dx = xp.zeros((B, H, W, C), dtype=dout.dtype)
+    dx[:, : Ho * k, : Wo * k, :] = xp.broadcast_to(share, (B, Ho, k, Wo, k, C)).reshape(B, Ho * k, Wo * k, C)
+    return dx

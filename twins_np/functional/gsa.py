@@ -21,21 +21,22 @@ import numpy as np
 
 from ._checks import check_heads, check_tokens, check_weight
 from .attention import AttentionCache, attention_backward, attention_forward, merge_heads, split_heads
-from .conv import PatchConvCache, patch_conv_backward, patch_conv_forward
 from .layernorm import LayerNormCache, layernorm_backward, layernorm_forward
 from .linear import LinearCache, linear_backward, linear_forward
 from .lsa import join_qkv, split_qkv
+from .subsample import SubsampleCache, subsample_backward, subsample_forward
 
 
 class GSACache(NamedTuple):
     q: LinearCache
-    sr: PatchConvCache | None  # None when sr == 1
+    sr: SubsampleCache | None  # None when sr == 1
     norm: LayerNormCache | None
     kv: LinearCache
     attn: AttentionCache
     proj: LinearCache
     num_heads: int
     size: tuple[int, int]
+    sr_ratio: int
 
 
 def gsa_forward(
@@ -57,6 +58,8 @@ def gsa_forward(
     attn_drop: float = 0.0,
     rng: np.random.Generator | None = None,
     training: bool = True,
+    sr_mode: str = "conv",
+    sr_params: dict[str, Any] | None = None,
 ) -> tuple[Any, GSACache]:
     """Global sub-sampled attention.
 
@@ -69,6 +72,10 @@ def gsa_forward(
         sr_w (C, C, sr, sr), sr_b (C,): the sub-sampling conv (sr > 1 only).
         norm_w, norm_b (C,): LayerNorm after the conv, eps ``norm_eps`` (1e-5 in timm).
         attn_drop, rng, training: dropout on the attention probabilities.
+        sr_mode: the sub-sampling function (sr > 1): ``"conv"`` (timm's, uses sr_w/sr_b),
+            ``"avg"`` (average pooling) or ``"sep"`` (depthwise-separable, parameters in
+            ``sr_params``: dw_w (C, 1, sr, sr), dw_b, pw_w (C, C), pw_b); see
+            :mod:`twins_np.functional.subsample`.
 
     Returns:
         out: (B, N, C); cache for :func:`gsa_backward`.
@@ -83,15 +90,18 @@ def gsa_forward(
     q, q_cache = linear_forward(x, q_w, q_b)
     sr_cache = norm_cache = None
     if sr_ratio > 1:
-        if sr_w is None or norm_w is None or norm_b is None:
-            raise ValueError("gsa with sr_ratio > 1 needs sr_w, norm_w and norm_b")
+        if norm_w is None or norm_b is None or (sr_mode == "conv" and sr_w is None):
+            what = "sr_w, norm_w and norm_b" if sr_mode == "conv" else "norm_w and norm_b"
+            raise ValueError(f"gsa with sr_ratio > 1 needs {what} (sr_mode {sr_mode!r})")
         if sr_ratio > H or sr_ratio > W:
             raise ValueError(
                 f"GSA sub-sampling ratio sr = {sr_ratio} is larger than the {H}x{W} map: "
                 f"no key would remain (use a larger input or a smaller sr_ratio)"
             )
-        check_weight("sr_w", sr_w, (C, C, sr_ratio, sr_ratio))
-        s, sr_cache = patch_conv_forward(x.reshape(B, H, W, C), sr_w, sr_b)
+        if sr_mode == "conv":
+            check_weight("sr_w", sr_w, (C, C, sr_ratio, sr_ratio))
+            sr_params = {"sr_w": sr_w, "sr_b": sr_b}
+        s, sr_cache = subsample_forward(x.reshape(B, H, W, C), sr_mode, sr_ratio, sr_params or {})
         s, norm_cache = layernorm_forward(s.reshape(B, -1, C), norm_w, norm_b, norm_eps)
     else:
         s = x
@@ -99,7 +109,7 @@ def gsa_forward(
     k, v = split_qkv(kv, 2, num_heads)  # (B, heads, Ns, hd)
     o, attn_cache = attention_forward(split_heads(q, num_heads), k, v, scale, attn_drop, rng, training=training)
     out, proj_cache = linear_forward(merge_heads(o), proj_w, proj_b)
-    cache = GSACache(q_cache, sr_cache, norm_cache, kv_cache, attn_cache, proj_cache, num_heads, (H, W))
+    cache = GSACache(q_cache, sr_cache, norm_cache, kv_cache, attn_cache, proj_cache, num_heads, (H, W), int(sr_ratio))
     return out, cache
 
 
@@ -110,10 +120,11 @@ def gsa_backward(dout: Any, cache: GSACache) -> dict[str, Any]:
 
     Returns:
         dict with ``x``, ``q_w``, ``q_b``, ``kv_w``, ``kv_b``, ``proj_w``, ``proj_b`` and,
-        when sr > 1, ``sr_w``, ``sr_b``, ``norm_w``, ``norm_b``.
+        when sr > 1, ``norm_w``, ``norm_b`` and the sub-sampling's parameters (``sr_w``,
+        ``sr_b`` for the default conv).
     """
     # BEGIN SOLUTION gsa_backward
-    q_cache, sr_cache, norm_cache, kv_cache, attn_cache, proj_cache, heads, (H, W) = cache
+    q_cache, sr_cache, norm_cache, kv_cache, attn_cache, proj_cache, heads, (H, W), sr = cache
     g: dict[str, Any] = {}
     do, g["proj_w"], g["proj_b"] = linear_backward(dout, proj_cache)
     dq, dk, dv = attention_backward(split_heads(do, heads), attn_cache)
@@ -122,8 +133,8 @@ def gsa_backward(dout: Any, cache: GSACache) -> dict[str, Any]:
     if sr_cache is not None and norm_cache is not None:
         B, C = ds.shape[0], ds.shape[-1]
         ds, g["norm_w"], g["norm_b"] = layernorm_backward(ds, norm_cache)
-        Hs, Ws = H // sr_cache.w.shape[-1], W // sr_cache.w.shape[-1]
-        dx4, g["sr_w"], g["sr_b"] = patch_conv_backward(ds.reshape(B, Hs, Ws, C), sr_cache)
+        dx4, sub_grads = subsample_backward(ds.reshape(B, H // sr, W // sr, C), sr_cache)
+        g.update(sub_grads)
         dx += dx4.reshape(B, H * W, C)
     else:
         dx += ds  # sr == 1: x itself was the key/value source

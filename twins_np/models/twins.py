@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 
 from .. import functional as F
-from ..backend import default_rng
-from ..functional._checks import check_finite
+from ..backend import default_rng, device_of
+from ..functional._checks import FLOAT_DTYPES, check_finite, check_float, check_ndim
 from ..nn import Block, Dropout, Identity, LayerNorm, Linear, Module, ModuleList, PatchEmbed, PosConv
 
 
@@ -39,8 +39,9 @@ class Twins(Module):
 
     Keyword names and meaning follow timm's ``Twins``. Extra twins-np arguments:
     ``norm_eps`` (1e-6, the blocks' and final LayerNorm eps), ``seed`` (weight init and
-    dropout generators), ``dtype`` (float32 or float64) and ``check_finite`` (raise on
-    NaN/Inf input).
+    dropout generators), ``dtype`` (float32 or float64), ``check_finite`` (raise on
+    NaN/Inf input) and ``sr_mode`` (GSA's sub-sampling function: ``"conv"`` as timm,
+    ``"avg"`` or ``"sep"``; see :class:`twins_np.nn.GlobalSubSampleAttn`).
 
     Shapes: ``forward(x)``: x (B, in_chans, H, W) NCHW -> logits (B, num_classes).
     """
@@ -67,6 +68,7 @@ class Twins(Module):
         seed: int | None = 0,
         dtype: Any = np.float32,
         check_finite: bool = False,
+        sr_mode: str = "conv",
     ) -> None:
         super().__init__()
         if global_pool not in ("", "avg"):
@@ -101,6 +103,7 @@ class Twins(Module):
             attn_drop_rate=attn_drop_rate,
             drop_path_rate=drop_path_rate,
             norm_eps=norm_eps,
+            sr_mode=sr_mode,
         )
 
         size: tuple[int, int] = (img_size, img_size) if isinstance(img_size, int) else (int(img_size[0]), int(img_size[1]))
@@ -133,6 +136,7 @@ class Twins(Module):
                         norm_eps,
                         rng=g,
                         dtype=dtype,
+                        sr_mode=sr_mode,
                     )
                 )
             self.blocks.append(stage)
@@ -143,8 +147,74 @@ class Twins(Module):
         self.head: Module = Linear(self.num_features, num_classes, rng=g, dtype=dtype) if num_classes > 0 else Identity()
 
     # -- forward -------------------------------------------------------------------------
+    def _min_input_side(self) -> tuple[int, list[tuple[int, int, int]]]:
+        """Smallest H (and W) the model accepts, and per stage (stride, patch, need).
+
+        Stage s sees ``side // stride_s`` tokens per side (the patch convs floor, and
+        floor(floor(n/a)/b) = floor(n/(ab))). It needs at least one token, and at least
+        ``sr`` tokens for each GSA with sub-sampling ratio sr > 1 (the k = s = sr conv
+        would have no output). So the minimum side is max_s need_s * stride_s.
+        """
+        stages, stride = [], 1
+        for embed, stage in zip(self.patch_embeds, self.blocks):
+            stride *= embed.patch_size
+            srs = [blk.attn.sr_ratio for blk in stage if hasattr(blk.attn, "sr_ratio")]
+            stages.append((stride, embed.patch_size, max([1, *srs])))
+        return max(need * st for st, _, need in stages), stages
+
+    def _check_input(self, x: Any) -> None:
+        """Refuse an image the model cannot run, with a message that says why."""
+        check_float("x", x)
+        check_ndim("x", x, 4, "(B, C, H, W)")
+        B, C, H, W = x.shape
+        if B < 1:
+            raise ValueError(f"'x' holds no image: batch size B = 0 (shape {tuple(x.shape)})")
+        if C != self.in_chans:
+            hint = ""
+            if x.shape[-1] == self.in_chans:
+                hint = "; it looks channels-last (B, H, W, C): use x.transpose(0, 3, 1, 2)"
+            raise ValueError(f"'x' must have {self.in_chans} channels on axis 1 (B, C, H, W), got shape {tuple(x.shape)}{hint}")
+        params = self.parameters()
+        dtype = params[0].data.dtype if params else x.dtype
+        if dtype not in FLOAT_DTYPES:
+            raise TypeError(
+                f"the model's parameters are {dtype}; twins-np runs in float32 or float64 only: call model.astype(np.float32)"
+            )
+        if x.dtype != dtype:
+            raise TypeError(
+                f"'x' is {x.dtype} but the model's parameters are {dtype}; twins-np never upcasts silently: "
+                f"cast the input (x.astype(np.{dtype})) or the model (model.astype(np.{x.dtype}))"
+            )
+        if params and device_of(x) != device_of(params[0].data):
+            dev = device_of(params[0].data)
+            raise TypeError(
+                f"'x' is on the {device_of(x)} but the model is on the {dev}; "
+                f"move one of them, e.g. twins_np.to_device(x, {dev!r})"
+            )
+        m, stages = self._min_input_side()
+        if H >= m and W >= m:
+            return
+        why = ""
+        for s, (stride, p, need) in enumerate(stages):
+            h, w = H // stride, W // stride
+            if h < 1 or w < 1:
+                hp, wp = H // (stride // p), W // (stride // p)
+                why = f"stage {s + 1}'s patch embedding (patch size {p}) gets a {hp}x{wp} map, smaller than one patch"
+                break
+            if h < need or w < need:
+                why = (
+                    f"stage {s + 1} has a {h}x{w} token map (the input divided by {stride}), smaller than its "
+                    f"GSA sub-sampling ratio sr = {need}, so the sub-sampling conv would have no output"
+                )
+                break
+        raise ValueError(
+            f"input image {H}x{W} is too small for this model: {why}; the smallest input it accepts is {m}x{m} "
+            f"(H >= {m} and W >= {m}; non-square sizes are fine)"
+        )
+
     def forward_features(self, x: Any) -> Any:
         """Image (B, C_in, H, W) -> normalised last-stage tokens (B, N_S, C_S)."""
+        self._check_input(x)
         if self.check_inputs_finite:
             check_finite("x", x)
         sizes = []

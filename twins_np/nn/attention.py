@@ -76,6 +76,11 @@ class GlobalSubSampleAttn(Module):
     Parameters: ``q`` Linear(C, C), ``kv`` Linear(C, 2C), ``proj`` Linear(C, C) and, when
     sr_ratio > 1, ``sr`` Conv2d(C, C, sr, sr) and ``norm`` LayerNorm(C, eps=1e-5).
     With sr_ratio = 1 it is plain global multi-head self-attention.
+
+    ``sr_mode`` picks the sub-sampling function (Twins Table 9): ``"conv"`` (timm's, the
+    default), ``"avg"`` (average pooling, no ``sr`` parameters) or ``"sep"``
+    (depthwise-separable: ``sr_dw`` Conv2d(C, C, sr, sr, groups=C) then ``sr_pw`` Linear(C, C)).
+    Only ``"conv"`` has timm's state_dict keys.
     """
 
     def __init__(
@@ -87,11 +92,15 @@ class GlobalSubSampleAttn(Module):
         sr_ratio: int = 1,
         rng: Rng = None,
         dtype: Any = np.float32,
+        sr_mode: str = "conv",
     ) -> None:
         super().__init__()
         check_heads(dim, num_heads)
         if int(sr_ratio) != sr_ratio or sr_ratio < 1:
             raise ValueError(f"sr_ratio must be a positive integer, got {sr_ratio!r}")
+        if sr_mode not in F.SUBSAMPLE_MODES:
+            raise ValueError(f"sr_mode must be one of {F.SUBSAMPLE_MODES}, got {sr_mode!r}")
+        self.sr_mode = sr_mode
         g = default_rng(rng)
         self.dim, self.num_heads, self.sr_ratio = dim, num_heads, int(sr_ratio)
         self.attn_drop = attn_drop
@@ -101,17 +110,28 @@ class GlobalSubSampleAttn(Module):
         self.proj_drop = Dropout(proj_drop, rng=g)
         # sr_ratio == 1: no sub-sampling conv and no extra LayerNorm (plain global MHSA)
         self.sr: Conv2d | None = None
+        self.sr_dw: Conv2d | None = None
+        self.sr_pw: Linear | None = None
         self.norm: LayerNorm | None = None
         if sr_ratio > 1:
-            self.sr = Conv2d(dim, dim, kernel_size=sr_ratio, stride=sr_ratio, rng=g, dtype=dtype)
+            if sr_mode == "conv":
+                self.sr = Conv2d(dim, dim, kernel_size=sr_ratio, stride=sr_ratio, rng=g, dtype=dtype)
+            elif sr_mode == "sep":
+                self.sr_dw = Conv2d(dim, dim, kernel_size=sr_ratio, stride=sr_ratio, groups=dim, rng=g, dtype=dtype)
+                self.sr_pw = Linear(dim, dim, rng=g, dtype=dtype)
             self.norm = LayerNorm(dim, eps=1e-5, dtype=dtype)
         self.rng = g
 
     def forward(self, x: Any, size: tuple[int, int]) -> Any:
         sub: dict[str, Any] = {}
-        if self.sr is not None and self.norm is not None:
-            sub = dict(sr_w=self.sr.weight.data, sr_b=self.sr.b, norm_w=self.norm.weight.data,
-                       norm_b=self.norm.bias.data, norm_eps=self.norm.eps)  # fmt: skip
+        if self.norm is not None:
+            sub = dict(norm_w=self.norm.weight.data, norm_b=self.norm.bias.data, norm_eps=self.norm.eps, sr_mode=self.sr_mode)
+            if self.sr is not None:
+                sub.update(sr_w=self.sr.weight.data, sr_b=self.sr.b)
+            if self.sr_dw is not None and self.sr_pw is not None:
+                sub["sr_params"] = dict(
+                    dw_w=self.sr_dw.weight.data, dw_b=self.sr_dw.b, pw_w=self.sr_pw.weight.data, pw_b=self.sr_pw.b
+                )
         out, cache = F.gsa_forward(
             x, size, self.q.weight.data, self.q.b, self.kv.weight.data, self.kv.b, self.proj.weight.data, self.proj.b,
             num_heads=self.num_heads, sr_ratio=self.sr_ratio, attn_drop=self.attn_drop, rng=self.rng,
@@ -125,11 +145,16 @@ class GlobalSubSampleAttn(Module):
         self.q.accumulate_grads(g["q_w"], g["q_b"])
         self.kv.accumulate_grads(g["kv_w"], g["kv_b"])
         self.proj.accumulate_grads(g["proj_w"], g["proj_b"])
-        if self.sr is not None and self.norm is not None:
-            self.sr.accumulate_grads(g["sr_w"], g["sr_b"])
+        if self.norm is not None:
             self.norm.weight.accumulate(g["norm_w"])
             self.norm.bias.accumulate(g["norm_b"])
+        if self.sr is not None:
+            self.sr.accumulate_grads(g["sr_w"], g["sr_b"])
+        if self.sr_dw is not None and self.sr_pw is not None:
+            self.sr_dw.accumulate_grads(g["dw_w"], g["dw_b"])
+            self.sr_pw.accumulate_grads(g["pw_w"], g["pw_b"])
         return g["x"]
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, num_heads={self.num_heads}, sr_ratio={self.sr_ratio}"
+        mode = "" if self.sr_mode == "conv" else f", sr_mode={self.sr_mode!r}"
+        return f"dim={self.dim}, num_heads={self.num_heads}, sr_ratio={self.sr_ratio}{mode}"

@@ -116,6 +116,7 @@ class Block(Module):
         norm_eps: float = 1e-6,
         rng: Rng = None,
         dtype: Any = np.float32,
+        sr_mode: str = "conv",
     ) -> None:
         super().__init__()
         g = default_rng(rng)
@@ -123,7 +124,9 @@ class Block(Module):
         if ws is None or ws == 1:
             # timm's `ws is None` branch (plain ViT Attention) is never reached from Twins;
             # sr_ratio = 1 GSA is exactly that attention, so None maps to it.
-            self.attn: Module = GlobalSubSampleAttn(dim, num_heads, attn_drop, proj_drop, sr_ratio, rng=g, dtype=dtype)
+            self.attn: Module = GlobalSubSampleAttn(
+                dim, num_heads, attn_drop, proj_drop, sr_ratio, rng=g, dtype=dtype, sr_mode=sr_mode
+            )
         else:
             self.attn = LocallyGroupedAttn(dim, num_heads, attn_drop, proj_drop, ws, rng=g, dtype=dtype)
         self.drop_path1 = DropPath(drop_path, rng=g) if drop_path > 0.0 else Identity()

@@ -6,6 +6,7 @@ Shapes follow PyTorch's modules except for Conv2d, which works channels-last (se
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -106,30 +107,39 @@ class Conv2d(_WeightBias):
         dtype: Any = np.float32,
     ) -> None:
         super().__init__()
-        patch = kernel_size == stride and padding == 0 and groups == 1
-        depthwise = (kernel_size, stride, padding) == (3, 1, 1) and groups == in_channels == out_channels
-        if not (patch or depthwise):
+        patch = kernel_size == stride and padding == 0
+        dw = groups == in_channels == out_channels
+        if patch and groups == 1:
+            self.kind = "patch"  # patch embedding, GSA sub-sampling
+        elif patch and dw:
+            self.kind = "depthwise_patch"  # depthwise-separable GSA sub-sampling
+        elif (kernel_size, stride, padding) == (3, 1, 1) and dw:
+            self.kind = "depthwise3x3"  # the PEG
+        else:
             raise ValueError(
                 "twins-np's Conv2d implements only the convolutions Twins needs: kernel_size == "
-                "stride with padding 0 and groups 1, or a 3x3 depthwise conv with stride 1 and "
-                f"padding 1; got kernel_size={kernel_size}, stride={stride}, padding={padding}, "
-                f"groups={groups}"
+                "stride with padding 0 (groups 1, or depthwise with groups == channels), or a 3x3 "
+                f"depthwise conv with stride 1 and padding 1; got kernel_size={kernel_size}, "
+                f"stride={stride}, padding={padding}, groups={groups}"
             )
-        self.depthwise = depthwise
         self.kernel_size, self.stride, self.padding, self.groups = kernel_size, stride, padding, groups
         shape = (out_channels, in_channels // groups, kernel_size, kernel_size)
         self.weight = Parameter(as_dtype(conv_normal(default_rng(rng), shape, groups), dtype))
         self.bias: Parameter | None = Parameter(np.zeros(out_channels, dtype=dtype), no_weight_decay=True) if bias else None
 
+    _OPS: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {
+        "patch": (F.patch_conv_forward, F.patch_conv_backward),
+        "depthwise_patch": (F.depthwise_patch_conv_forward, F.depthwise_patch_conv_backward),
+        "depthwise3x3": (F.depthwise_conv3x3_forward, F.depthwise_conv3x3_backward),
+    }
+
     def forward(self, x: Any) -> Any:
-        fwd = F.depthwise_conv3x3_forward if self.depthwise else F.patch_conv_forward
-        out, cache = fwd(x, self.weight.data, self.b)
+        out, cache = self._OPS[self.kind][0](x, self.weight.data, self.b)
         self._save(cache)
         return out
 
     def backward(self, dout: Any) -> Any:
-        bwd = F.depthwise_conv3x3_backward if self.depthwise else F.patch_conv_backward
-        dx, dw, db = bwd(dout, self._pop())
+        dx, dw, db = self._OPS[self.kind][1](dout, self._pop())
         self.accumulate_grads(dw, db)
         return dx
 

@@ -1,0 +1,72 @@
+"""The sub-sampling function of GSA: how the key/value summary of the map is made.
+
+Twins (Table 9) compares three ways to summarise each sr x sr window into one token;
+timm's Twins (and the default here) uses the first:
+
+- ``"conv"``: a dense strided conv, kernel = stride = sr (params ``sr_w`` (C, C, sr, sr),
+  ``sr_b``), C^2 sr^2 multiply-adds per summary token;
+- ``"avg"``: average pooling over each window, no parameters;
+- ``"sep"``: depthwise-separable, a depthwise strided conv (``dw_w`` (C, 1, sr, sr),
+  ``dw_b``) then a pointwise Linear (``pw_w`` (C, C), ``pw_b``): C sr^2 + C^2 per token.
+
+All three work channels-last, x (B, H, W, C) -> (B, H // sr, W // sr, C), and floor.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from .conv import (
+    avg_pool_backward,
+    avg_pool_forward,
+    depthwise_patch_conv_backward,
+    depthwise_patch_conv_forward,
+    patch_conv_backward,
+    patch_conv_forward,
+)
+from .linear import linear_backward, linear_forward
+
+SUBSAMPLE_MODES = ("conv", "avg", "sep")
+
+
+class SubsampleCache(NamedTuple):
+    mode: str
+    caches: tuple[Any, ...]
+
+
+def subsample_forward(x: Any, mode: str, sr: int, params: dict[str, Any]) -> tuple[Any, SubsampleCache]:
+    """Summarise each sr x sr window of x (B, H, W, C) into one token.
+
+    Args:
+        x: (B, H, W, C).
+        mode: ``"conv"``, ``"avg"`` or ``"sep"``.
+        sr: window = stride.
+        params: ``{"sr_w", "sr_b"}`` for conv, ``{}`` for avg, ``{"dw_w", "dw_b", "pw_w", "pw_b"}`` for sep.
+
+    Returns:
+        s: (B, H // sr, W // sr, C); cache for :func:`subsample_backward`.
+    """
+    if mode == "conv":
+        s, conv_cache = patch_conv_forward(x, params["sr_w"], params.get("sr_b"))
+        return s, SubsampleCache(mode, (conv_cache,))
+    if mode == "avg":
+        s, pool_cache = avg_pool_forward(x, sr)
+        return s, SubsampleCache(mode, (pool_cache,))
+    if mode == "sep":
+        h, c1 = depthwise_patch_conv_forward(x, params["dw_w"], params.get("dw_b"))
+        s, c2 = linear_forward(h, params["pw_w"], params.get("pw_b"))
+        return s, SubsampleCache(mode, (c1, c2))
+    raise ValueError(f"sub-sampling mode must be one of {SUBSAMPLE_MODES}, got {mode!r}")
+
+
+def subsample_backward(ds: Any, cache: SubsampleCache) -> tuple[Any, dict[str, Any]]:
+    """Gradients of :func:`subsample_forward`: (dx (B, H, W, C), {param name: grad})."""
+    mode, caches = cache
+    if mode == "conv":
+        dx, dw, db = patch_conv_backward(ds, caches[0])
+        return dx, {"sr_w": dw, "sr_b": db}
+    if mode == "avg":
+        return avg_pool_backward(ds, caches[0]), {}
+    dh, dpw, dpb = linear_backward(ds, caches[1])
+    dx, ddw, ddb = depthwise_patch_conv_backward(dh, caches[0])
+    return dx, {"dw_w": ddw, "dw_b": ddb, "pw_w": dpw, "pw_b": dpb}
