@@ -3,6 +3,11 @@ PY       ?= python3
 VENV     ?= .venv
 BIN      := $(VENV)/bin
 PYTEST_ARGS ?=
+# The tests run in JOBS processes with one BLAS/OpenMP thread each: on a 2-core machine two
+# worker processes with two BLAS threads each make OpenBLAS's threads wait for each other
+# (a 0.6 ms matrix product took 200 ms that way).
+JOBS     ?= 2
+TEST_ENV := OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 TQDM_DISABLE=1
 
 .PHONY: demo test lint typecheck pytest notebooks bench docs clean
 
@@ -35,7 +40,7 @@ typecheck: $(VENV)/.stamp-dev
 # The notebooks run from copies in build/notebooks, which keep their outputs for the docs.
 pytest: $(VENV)/.stamp-dev
 	rm -rf build/notebooks && mkdir -p build/notebooks && cp notebooks/[0-9]*.ipynb build/notebooks/
-	$(BIN)/python -m pytest tests build/notebooks --nbmake --overwrite --nbmake-timeout=900 $(PYTEST_ARGS)
+	$(TEST_ENV) $(BIN)/python -m pytest tests build/notebooks --nbmake --overwrite --nbmake-timeout=900 -n $(JOBS) $(PYTEST_ARGS)
 
 # regenerate notebooks/*.ipynb (no outputs) from the jupytext sources notebooks/*.py
 notebooks: $(VENV)/.stamp-dev
