@@ -19,6 +19,9 @@ COMMANDS = {
     "assignment": "assignment",
     "convert": "convert",
     "predict": "predict",
+    "train": "train",
+    "evaluate": "evaluate",
+    "demo": "demo",
 }
 
 

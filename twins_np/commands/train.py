@@ -1,0 +1,192 @@
+"""``twins-np train``: train a Twins model on digits, CIFAR-10 or the long-range task.
+
+Exit codes: 0 when training finished (or stopped early on request), 1 when a NaN/Inf
+stopped it, 2 for bad arguments (argparse's own code too).
+
+Every option's default lives in :class:`twins_np.training.TrainConfig`; argparse gets
+``None`` instead, so that with ``--resume`` the options given explicitly can be told
+apart and compared with the saved run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+# option name (argparse dest) -> TrainConfig field, for the settings saved with the run
+_CONFIG_OPTIONS = (
+    "model",
+    "model_overrides",
+    "data",
+    "data_dir",
+    "data_seed",
+    "epochs",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "warmup_epochs",
+    "warmup_lr",
+    "min_lr",
+    "label_smoothing",
+    "drop_path",
+    "clip_grad",
+    "seed",
+    "augment",
+    "limit_train",
+    "limit_test",
+)
+
+
+def json_object(text: str) -> dict[str, Any]:
+    """argparse type: a JSON object such as ``'{"depths": [1, 1, 1]}'``."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {err}") from err
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"depths\": [1, 1, 1]}}', got {text!r}")
+    return value
+
+
+def add_model_data_options(p: argparse.ArgumentParser, defaults: Any) -> None:
+    """--model, --model-overrides, --data, --data-dir, --data-seed (shared with ``evaluate``)."""
+    from ..data import DATASETS
+    from ..models import list_models
+
+    names = ", ".join(list_models())
+    p.add_argument("--model", choices=list_models(), metavar="NAME", help=f"one of: {names} (default {defaults.model})")
+    p.add_argument(
+        "--model-overrides",
+        type=json_object,
+        metavar="JSON",
+        help="replace entries of the model's config, e.g. '{\"depths\": [1, 1, 1]}'",
+    )
+    p.add_argument("--data", choices=DATASETS, help=f"dataset; sets the input channels and classes (default {defaults.data})")
+    p.add_argument("--data-dir", metavar="DIR", help="where CIFAR-10's python archive (or its folder) lies")
+    p.add_argument(
+        "--data-seed", type=int, metavar="S", help=f"seed of the digits split / long-range draws (default {defaults.data_seed})"
+    )
+
+
+def add_parser(sub: Any, name: str) -> None:
+    from ..training import TrainConfig
+
+    d = TrainConfig()
+    p = sub.add_parser(
+        name,
+        help="train a Twins model (AdamW, cosine schedule, checkpoints, metrics, learning curves)",
+        description="Train with AdamW (no weight decay on biases, norms and the PEG), a per-update cosine schedule with "
+        "linear warm-up, gradient clipping, label smoothing and drop path. After every epoch the test split is "
+        "evaluated and OUT/checkpoint.npz, OUT/metrics.csv, OUT/metrics.json and OUT/learning_curves.png are "
+        "written; at the end OUT/weights.npz and OUT/confusion_matrix.png. Exit codes: 0 ok, 1 stopped by a "
+        "NaN/Inf, 2 bad arguments.",
+    )
+    add_model_data_options(p, d)
+    p.add_argument("--epochs", type=int, metavar="N", help=f"passes over the training split (default {d.epochs})")
+    p.add_argument("--batch-size", type=int, metavar="B", help=f"images per update (default {d.batch_size})")
+    p.add_argument("--lr", type=float, metavar="LR", help=f"peak learning rate (default {d.lr:g})")
+    p.add_argument("--weight-decay", type=float, metavar="WD", help=f"AdamW weight decay (default {d.weight_decay:g})")
+    p.add_argument("--warmup-epochs", type=float, metavar="W", help=f"linear warm-up, in epochs (default {d.warmup_epochs:g})")
+    p.add_argument("--warmup-lr", type=float, metavar="LR", help=f"lr of the first update (default {d.warmup_lr:g})")
+    p.add_argument("--min-lr", type=float, metavar="LR", help=f"lr at the end of the cosine (default {d.min_lr:g})")
+    p.add_argument("--label-smoothing", type=float, metavar="EPS", help=f"(default {d.label_smoothing:g})")
+    p.add_argument("--drop-path", type=float, metavar="P", help=f"stochastic depth of the last block (default {d.drop_path:g})")
+    p.add_argument("--clip-grad", type=float, metavar="NORM", help=f"max global gradient norm, 0 = off (default {d.clip_grad:g})")
+    p.add_argument("--seed", type=int, metavar="S", help=f"seed of weights, dropout, data order, augmentation (default {d.seed})")
+    p.add_argument(
+        "--augment",
+        action=argparse.BooleanOptionalAction,
+        help="random crop (digits: 2 px, no flip; CIFAR-10: 4 px + flip) or flip (long-range) (default on)",
+    )
+    p.add_argument("--device", choices=["cpu", "gpu"], help="where to train (default cpu)")
+    p.add_argument("--threads", type=int, metavar="N", help="BLAS threads (default: the library's; 1 helps on a busy machine)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--resume", action="store_true", help="continue the run saved in OUT/checkpoint.npz")
+    p.add_argument("--overwrite", action="store_true", help="start afresh even if OUT already holds a checkpoint")
+    # quick runs and tests: a subset of the data, or an early stop that acts like an interruption
+    p.add_argument("--limit-train", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--limit-test", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--stop-after", type=int, metavar="N", help=argparse.SUPPRESS)
+    p.set_defaults(func=run)
+
+
+def _error(args: argparse.Namespace, message: str) -> int:
+    print(f"twins-np {args.command}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..backend import cupy_available
+    from ..training import CHECKPOINT_NAME, NonFiniteLossError, TrainConfig, Trainer, blas_threads
+
+    if args.device == "gpu" and not cupy_available():
+        return _error(
+            args,
+            "--device gpu needs CuPy and a CUDA GPU, and none was found (pip install twins-np[gpu] on a "
+            "machine with an NVIDIA GPU); use --device cpu",
+        )
+    out = Path(args.out)
+    given = {name: getattr(args, name) for name in _CONFIG_OPTIONS if getattr(args, name) is not None}
+    checkpoint = out / CHECKPOINT_NAME
+    if args.resume and args.overwrite:
+        return _error(args, "--resume and --overwrite exclude each other")
+    if args.resume:
+        if not checkpoint.is_file():
+            return _error(args, f"--resume: no checkpoint at {checkpoint} (run without --resume to start)")
+        from ..training import load_checkpoint
+
+        saved = load_checkpoint(checkpoint)["config"]
+        differ = [f"--{k.replace('_', '-')} {v!r} (saved: {saved.get(k)!r})" for k, v in given.items() if saved.get(k) != v]
+        if differ:
+            return _error(
+                args,
+                "--resume continues the saved run unchanged, but these options differ from it: "
+                + ", ".join(differ)
+                + "; drop them, or start a new run in another --out",
+            )
+    elif checkpoint.is_file() and not args.overwrite:
+        return _error(
+            args,
+            f"{out} already holds a checkpoint: pass --resume to continue it, --overwrite to start afresh, "
+            "or choose another --out",
+        )
+
+    start = time.perf_counter()
+    with blas_threads(args.threads):
+        if args.resume:
+            trainer = Trainer.resume(out, device=args.device)
+            cfg = trainer.config
+            print(f"resuming {out} after epoch {trainer.epoch}/{cfg.epochs}")
+        else:
+            cfg = TrainConfig(**given, device=args.device or "cpu")
+            trainer = Trainer(cfg, out)
+        print(
+            f"training {cfg.model} on {cfg.data} ({len(trainer.train_set)} train / {len(trainer.test_set)} test images, "
+            f"{trainer.train_set.images.shape[1]} channel(s), {trainer.train_set.num_classes} classes) on {cfg.device}: "
+            f"{cfg.epochs} epochs of {len(trainer.loader)} steps, batch {cfg.batch_size}, lr {cfg.lr:g}"
+        )
+        try:
+            history = trainer.fit(stop_after=args.stop_after)
+        except NonFiniteLossError as err:
+            print(f"twins-np {args.command}: {err}", file=sys.stderr)
+            return 1
+    seconds = time.perf_counter() - start
+    if not history:
+        print("nothing to do")
+        return 0
+    last = history[-1]
+    finished = trainer.epoch >= cfg.epochs
+    status = "finished" if finished else f"stopped after epoch {trainer.epoch}/{cfg.epochs} (continue with --resume)"
+    print(
+        f"{status}: test accuracy {100 * last['test_acc']:.2f}%, test loss {last['test_loss']:.4f} "
+        f"after epoch {last['epoch']} ({seconds:.1f} s in this call)"
+    )
+    files = ["checkpoint.npz", "metrics.csv", "metrics.json", "learning_curves.png"]
+    if finished:
+        files += ["weights.npz", "confusion_matrix.png"]
+    print(f"files in {out}: {', '.join(files)}")
+    return 0

@@ -1,0 +1,65 @@
+"""Training Twins models on the twins-np datasets: the loop, checkpoints and metrics.
+
+Typical use (what ``twins-np train`` does)::
+
+    from twins_np.training import TrainConfig, Trainer
+
+    trainer = Trainer(TrainConfig(model="twins_svt_teach32", data="digits", epochs=10), "runs/digits")
+    history = trainer.fit()                     # one metric dict per epoch
+    trainer = Trainer.resume("runs/digits")     # after an interruption: continue bit for bit
+
+See :mod:`twins_np.training.trainer` for the update rule and the files written.
+"""
+
+from .checkpoint import atomic_write, load_checkpoint, restore_rng_states, rng_states, save_checkpoint, save_npz
+from .metrics import (
+    METRIC_COLUMNS,
+    confusion_matrix,
+    format_confusion_matrix,
+    per_class_accuracy,
+    plot_confusion_matrix,
+    plot_learning_curves,
+    plot_predictions,
+    read_metrics,
+    write_metrics,
+)
+from .trainer import (
+    CHECKPOINT_NAME,
+    WEIGHTS_NAME,
+    EvalResult,
+    NonFiniteLossError,
+    TrainConfig,
+    Trainer,
+    blas_threads,
+    default_augment,
+    evaluate_model,
+    load_split,
+)
+
+__all__ = [
+    "CHECKPOINT_NAME",
+    "WEIGHTS_NAME",
+    "METRIC_COLUMNS",
+    "EvalResult",
+    "NonFiniteLossError",
+    "TrainConfig",
+    "Trainer",
+    "atomic_write",
+    "blas_threads",
+    "confusion_matrix",
+    "default_augment",
+    "evaluate_model",
+    "format_confusion_matrix",
+    "load_checkpoint",
+    "load_split",
+    "per_class_accuracy",
+    "plot_confusion_matrix",
+    "plot_learning_curves",
+    "plot_predictions",
+    "read_metrics",
+    "restore_rng_states",
+    "rng_states",
+    "save_checkpoint",
+    "save_npz",
+    "write_metrics",
+]

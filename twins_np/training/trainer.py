@@ -1,0 +1,532 @@
+"""The training loop: AdamW, a per-update cosine schedule, clipping, checkpoints, metrics.
+
+Notation: B batch size, E epochs, S steps (updates) per epoch, K classes.
+
+One update, as DeiT/Twins train (and as :mod:`twins_np.optim` documents)::
+
+    lr = schedule.step(optimizer)         # linear warm-up, then cosine, per update
+    optimizer.zero_grad()
+    loss, logits = model.loss(x, y, label_smoothing)
+    model.backward_loss()                 # fills every parameter's .grad
+    clip_grad_norm(params, clip_grad)     # global 2-norm
+    optimizer.step()                      # AdamW, no decay on biases, norms, PEG
+
+After every epoch the test split is evaluated, the metric files and the learning
+curves are rewritten, and a checkpoint is saved atomically (see
+:mod:`twins_np.training.checkpoint`). Everything random depends only on the seed:
+the model's initial weights and its dropout / drop-path generators (``seed``), the
+data order and augmentation (``(seed, epoch, batch)``, see
+:class:`twins_np.data.DataLoader`). So a run resumed from a checkpoint gives the same
+weights, bit for bit on the CPU, as one that was never interrupted.
+
+A non-finite loss or gradient norm stops training at once with
+:class:`NonFiniteLossError`; no checkpoint is written in that epoch, so the last
+good one stays as it was.
+
+Output directory::
+
+    checkpoint.npz         after every epoch: weights, optimizer, schedule, loader, RNGs
+    metrics.csv / .json    one row per epoch (columns: metrics.METRIC_COLUMNS)
+    learning_curves.png    loss and accuracy against the epoch, train and test
+    weights.npz            at the end: the model's state dict only (timm's names)
+    confusion_matrix.png   at the end: on the test split
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from .. import functional as F
+from ..backend import asnumpy, cupy_available, synchronize, to_device
+from ..data import DATASETS, DataLoader, Dataset, HorizontalFlip, RandomCrop, load_dataset, standard_augment
+from ..models import Twins, create_model, list_models
+from ..optim import AdamW, CosineSchedule, clip_grad_norm, param_groups
+from .checkpoint import load_checkpoint, restore_rng_states, save_checkpoint, save_npz
+from .metrics import confusion_matrix, plot_confusion_matrix, plot_learning_curves, write_metrics
+
+__all__ = [
+    "CHECKPOINT_NAME",
+    "WEIGHTS_NAME",
+    "TrainConfig",
+    "Trainer",
+    "EvalResult",
+    "NonFiniteLossError",
+    "default_augment",
+    "load_split",
+    "blas_threads",
+    "evaluate_model",
+]
+
+CHECKPOINT_NAME = "checkpoint.npz"
+WEIGHTS_NAME = "weights.npz"
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss (or the gradient norm, or a weight) became NaN or infinite.
+
+    Attributes:
+        epoch: the epoch (1-based) in which it happened.
+        step: the update (1-based) within that epoch; 0 when found after the epoch.
+        checkpoint: the last good checkpoint (left untouched), or None if there is none yet.
+    """
+
+    def __init__(self, what: str, value: float, epoch: int, step: int, steps: int, checkpoint: Path | None, last_epoch: int):
+        self.epoch, self.step, self.checkpoint = epoch, step, checkpoint
+        where = f"epoch {epoch}, step {step}/{steps}" if step else f"the end of epoch {epoch}"
+        if checkpoint is None:
+            kept = "No checkpoint had been written yet (this was the first epoch of the run)."
+        else:
+            kept = f"The last good checkpoint, {checkpoint} (after epoch {last_epoch}), was left untouched."
+        super().__init__(
+            f"training stopped: the {what} is {value} at {where}. {kept} "
+            "Try a lower --lr, a longer --warmup-epochs, or keep --clip-grad on."
+        )
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run; saved in the checkpoint as JSON.
+
+    Attributes:
+        model: a name from :func:`twins_np.models.list_models`.
+        model_overrides: config entries of that model to replace, e.g.
+            ``{"depths": [1, 1, 1]}`` (JSON-serialisable).
+        data: ``"digits"``, ``"cifar10"`` or ``"long-range"``; input channels and
+            number of classes come from it.
+        data_dir: where CIFAR-10 lies (unused by the other datasets).
+        data_seed: seed of the digits train/test split and of the long-range draws;
+            apart from ``seed`` so that runs with different seeds share one test set.
+        epochs: E, number of passes over the training split.
+        batch_size: B.
+        lr: peak learning rate of AdamW.
+        weight_decay: AdamW's decoupled decay (not on biases, norms and the PEG).
+        warmup_epochs: length of the linear warm-up, in epochs (may be fractional).
+        warmup_lr: lr of the first update.
+        min_lr: lr at the end of the cosine.
+        label_smoothing: eps of the smoothed cross-entropy.
+        drop_path: stochastic-depth rate of the last block (linear in depth).
+        clip_grad: max global gradient norm; 0 turns clipping off.
+        seed: seed of the weights, dropout and drop path, data order and augmentation.
+        augment: random crop (digits: 2 px, CIFAR-10: 4 px + flips) or flips (long-range).
+        device: ``"cpu"`` or ``"gpu"``.
+        limit_train: use only the first N training images (quick runs, tests).
+        limit_test: use only the first N test images.
+    """
+
+    model: str = "twins_svt_teach32"
+    model_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+    data: str = "digits"
+    data_dir: str | None = None
+    data_seed: int = 0
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    warmup_lr: float = 1e-6
+    min_lr: float = 1e-5
+    label_smoothing: float = 0.1
+    drop_path: float = 0.1
+    clip_grad: float = 5.0
+    seed: int = 0
+    augment: bool = True
+    device: str = "cpu"
+    limit_train: int | None = None
+    limit_test: int | None = None
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad setting."""
+        if self.model not in list_models():
+            raise ValueError(f"unknown model {self.model!r}; choose one of {', '.join(list_models())}")
+        reserved = {"in_chans", "num_classes", "drop_path_rate", "seed", "dtype"} & set(self.model_overrides)
+        if reserved:
+            raise ValueError(f"model_overrides must not set {sorted(reserved)}: they come from the data and the run's settings")
+        if self.data not in DATASETS:
+            raise ValueError(f"unknown dataset {self.data!r}; choose one of {', '.join(DATASETS)}")
+        if self.device not in ("cpu", "gpu"):
+            raise ValueError(f"device must be 'cpu' or 'gpu', got {self.device!r}")
+        for name in ("epochs", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("seed", "data_seed"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not self.lr > 0.0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        for name in ("weight_decay", "warmup_epochs", "warmup_lr", "min_lr", "clip_grad"):
+            if not getattr(self, name) >= 0.0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.warmup_epochs > self.epochs:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must not exceed epochs ({self.epochs})")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not 0.0 <= self.drop_path < 1.0:
+            raise ValueError(f"drop_path must be in [0, 1), got {self.drop_path}")
+        for name in ("limit_train", "limit_test"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 (or None for all), got {value}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """Rebuild from :meth:`to_dict`; unknown keys raise ``ValueError``."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown training settings {unknown}")
+        return cls(**d)
+
+
+class EvalResult(NamedTuple):
+    """Loss, accuracy and predictions on one split (host arrays)."""
+
+    loss: float  # mean cross-entropy, with the run's label smoothing
+    accuracy: float  # fraction in [0, 1]
+    preds: np.ndarray  # (N,) int64 predicted classes
+    labels: np.ndarray  # (N,) int64 true classes
+
+
+# --- data -----------------------------------------------------------------------------------
+
+
+def default_augment(data: str) -> Callable[[Any, np.random.Generator], Any]:
+    """The training augmentation of a dataset.
+
+    digits: random translation by up to 2 pixels (zero padding + crop); no flip, a
+    mirrored digit is another glyph. cifar10: the usual 4-pixel crop and horizontal
+    flip. long-range: horizontal flip only; a crop could move a mark out of its edge
+    band, which the task's construction relies on, while a flip keeps both marks'
+    shapes (plus and cross are mirror-symmetric) and their distance.
+    """
+    if data == "digits":
+        return RandomCrop(pad=2)
+    if data == "cifar10":
+        return standard_augment(pad=4, p=0.5)
+    if data == "long-range":
+        return HorizontalFlip(p=0.5)
+    raise ValueError(f"unknown dataset {data!r}")
+
+
+def load_split(config: TrainConfig, split: str) -> Dataset:
+    """One split of ``config.data``, cut to ``limit_train`` / ``limit_test`` images."""
+    data = load_dataset(config.data, split, data_dir=config.data_dir, seed=config.data_seed)
+    limit = config.limit_train if split == "train" else config.limit_test
+    if limit is not None and limit < len(data):
+        data = data.subset(np.arange(limit))
+    return data
+
+
+@contextlib.contextmanager
+def blas_threads(n: int | None) -> Iterator[None]:
+    """Limit the BLAS library to ``n`` threads inside the block (None: leave it alone).
+
+    On a machine whose cores are busy with other work, BLAS worker threads that wait
+    for a core can make the many small matrix products of a training step several
+    times slower; one thread is then faster. Uses ``threadpoolctl`` (installed with
+    scikit-learn).
+    """
+    if n is None:
+        yield
+        return
+    if n < 1:
+        raise ValueError(f"threads must be >= 1, got {n}")
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError as err:  # pragma: no cover - scikit-learn brings it
+        raise RuntimeError("--threads needs the threadpoolctl package: pip install threadpoolctl") from err
+    with threadpool_limits(limits=n, user_api="blas"):
+        yield
+
+
+# --- the trainer ------------------------------------------------------------------------------
+
+
+class Trainer:
+    """Train a Twins model on one of the twins-np datasets (see the module docstring).
+
+    Args:
+        config: the run's settings (validated here).
+        out_dir: directory for the checkpoint, metrics, figures and weights (created).
+        train_set, test_set: datasets to use instead of loading ``config.data``
+            (their channels and classes then define the model).
+        progress: show tqdm bars; None shows them only on a terminal.
+        log: called with one summary line per epoch (None: silent).
+
+    Attributes:
+        model, optimizer, schedule, loader: the training objects.
+        epoch: number of finished epochs.
+        history: one metric dict per finished epoch.
+
+    Raises:
+        ValueError: for a bad config. RuntimeError: ``device="gpu"`` without a GPU.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        out_dir: str | Path,
+        *,
+        train_set: Dataset | None = None,
+        test_set: Dataset | None = None,
+        progress: bool | None = None,
+        log: Callable[[str], None] | None = print,
+    ) -> None:
+        config.validate()
+        if config.device == "gpu" and not cupy_available():
+            raise RuntimeError("--device gpu needs CuPy and a CUDA GPU, and none was found; use --device cpu")
+        self.config = config
+        self.out_dir = Path(out_dir)
+        self.progress = progress
+        self.log = log
+        self.train_set = train_set if train_set is not None else load_split(config, "train")
+        self.test_set = test_set if test_set is not None else load_split(config, "test")
+        in_chans = self.train_set.images.shape[1]
+        self.model: Twins = create_model(
+            config.model,
+            **config.model_overrides,
+            in_chans=in_chans,
+            num_classes=self.train_set.num_classes,
+            drop_path_rate=config.drop_path,
+            seed=config.seed,
+            dtype=np.float32,
+        )
+        self.model.to_device(config.device)
+        self.optimizer = AdamW(param_groups(self.model, config.weight_decay), lr=config.lr)
+        self.loader = DataLoader(
+            self.train_set,
+            config.batch_size,
+            shuffle=True,
+            seed=config.seed,
+            augment=default_augment(config.data) if config.augment else None,
+            device=config.device,
+        )
+        steps = len(self.loader)
+        self.schedule = CosineSchedule(
+            config.lr,
+            total_steps=config.epochs * steps,
+            warmup_steps=int(round(config.warmup_epochs * steps)),
+            warmup_lr=min(config.warmup_lr, config.lr),
+            min_lr=min(config.min_lr, config.lr),
+        )
+        self.epoch = 0
+        self.history: list[dict[str, Any]] = []
+        self.last_eval: EvalResult | None = None
+
+    # -- resume ------------------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out_dir / CHECKPOINT_NAME
+
+    @classmethod
+    def resume(cls, out_dir: str | Path, device: str | None = None, **kwargs: Any) -> Trainer:
+        """A trainer restored from ``out_dir/checkpoint.npz``, ready to continue with :meth:`fit`.
+
+        Args:
+            out_dir: the run's directory.
+            device: run on another device than the saved run (None: the same).
+            **kwargs: passed to the constructor (``progress``, ``log``, datasets).
+
+        Raises:
+            FileNotFoundError: if there is no checkpoint; ValueError: if it does not fit.
+        """
+        ckpt = load_checkpoint(Path(out_dir) / CHECKPOINT_NAME)
+        config = TrainConfig.from_dict(ckpt["config"])
+        if device is not None:
+            config.device = device
+        trainer = cls(config, out_dir, **kwargs)
+        trainer.load_state(ckpt)
+        return trainer
+
+    def load_state(self, ckpt: dict[str, Any]) -> None:
+        """Restore the state read by :func:`~twins_np.training.checkpoint.load_checkpoint`."""
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.schedule.load_state_dict(ckpt["schedule"])
+        self.loader.load_state_dict({key: int(v) for key, v in ckpt["loader"].items()})
+        restore_rng_states(self.model, ckpt["rng"])
+        self.epoch = int(ckpt["epoch"])
+        self.history = list(ckpt["history"])
+
+    def save_checkpoint(self) -> Path:
+        """Atomically write ``checkpoint.npz`` with the state after ``self.epoch`` epochs."""
+        return save_checkpoint(
+            self.checkpoint_path,
+            epoch=self.epoch,
+            config=self.config.to_dict(),
+            model=self.model,
+            optimizer=self.optimizer,
+            schedule=self.schedule,
+            loader=self.loader,
+            history=self.history,
+        )
+
+    # -- loops -------------------------------------------------------------------------------
+    def fit(self, stop_after: int | None = None) -> list[dict[str, Any]]:
+        """Train until ``config.epochs`` epochs are done, then write the final files.
+
+        Args:
+            stop_after: run at most this many epochs in this call (the run can be
+                continued later with :meth:`resume`); None runs to the end.
+
+        Returns:
+            the history, one metric dict per epoch.
+
+        Raises:
+            NonFiniteLossError: when the loss, the gradient norm or a weight is not finite.
+        """
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        done = 0
+        while self.epoch < self.config.epochs and (stop_after is None or done < stop_after):
+            self.run_epoch()
+            done += 1
+        if self.epoch >= self.config.epochs:
+            self.finish()
+        return self.history
+
+    def run_epoch(self) -> dict[str, Any]:
+        """Train one epoch, evaluate the test split, save the checkpoint and the metrics."""
+        start = time.perf_counter()
+        train_loss, train_acc, train_seconds, images = self.train_epoch()
+        result = self.evaluate(self.test_set)
+        self.epoch += 1
+        row = {
+            "epoch": self.epoch,
+            "train_loss": train_loss,
+            "train_acc": train_acc,
+            "test_loss": result.loss,
+            "test_acc": result.accuracy,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "seconds": time.perf_counter() - start,
+            "images_per_s": images / max(train_seconds, 1e-9),
+        }
+        self.history.append(row)
+        self.last_eval = result
+        self.save_checkpoint()
+        write_metrics(self.out_dir, self.history)
+        eps = self.config.label_smoothing
+        loss_label = f"cross-entropy (label smoothing {eps:g})" if eps else "cross-entropy"
+        plot_learning_curves(self.history, self.out_dir / "learning_curves.png", title=self._title(), loss_label=loss_label)
+        if self.log is not None:
+            self.log(
+                f"epoch {self.epoch}/{self.config.epochs}  train loss {train_loss:.4f} acc {100 * train_acc:5.1f}%  "
+                f"test loss {result.loss:.4f} acc {100 * result.accuracy:5.1f}%  lr {row['lr']:.2e}  "
+                f"{row['seconds']:.1f} s  {row['images_per_s']:.0f} img/s"
+            )
+        return row
+
+    def train_epoch(self) -> tuple[float, float, float, int]:
+        """One pass over the training split.
+
+        Returns:
+            mean training loss, training accuracy (on the augmented batches, in
+            training mode), seconds spent, number of images.
+        """
+        from tqdm.auto import tqdm
+
+        cfg, model = self.config, self.model
+        params = model.parameters()
+        max_norm = cfg.clip_grad if cfg.clip_grad > 0 else math.inf
+        steps = len(self.loader)
+        epoch = self.epoch + 1
+        model.train()
+        loss_sum, correct, seen = 0.0, 0, 0
+        disable = None if self.progress is None else not self.progress  # None: only on a terminal
+        bar = tqdm(total=steps, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", disable=disable, leave=False)
+        start = time.perf_counter()
+        try:
+            # Over/underflow warnings are silenced on purpose: non-finite values are
+            # caught explicitly below and reported with the epoch and step.
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+                for step, (x, y) in enumerate(self.loader, 1):
+                    lr = self.schedule.step(self.optimizer)
+                    self.optimizer.zero_grad()
+                    loss, logits = model.loss(x, y, cfg.label_smoothing)
+                    if not math.isfinite(loss):
+                        raise self._non_finite("loss", loss, epoch, step, steps)
+                    model.backward_loss()
+                    norm = clip_grad_norm(params, max_norm)
+                    if not math.isfinite(norm):
+                        raise self._non_finite("gradient norm", norm, epoch, step, steps)
+                    self.optimizer.step()
+                    n = int(y.shape[0])
+                    seen += n
+                    loss_sum += loss * n
+                    correct += int((logits.argmax(axis=1) == y).sum())
+                    bar.update(1)
+                    rate = seen / max(time.perf_counter() - start, 1e-9)
+                    bar.set_postfix(loss=f"{loss:.3f}", acc=f"{100 * correct / seen:.1f}%", lr=f"{lr:.1e}", img_s=f"{rate:.0f}")
+            synchronize()
+        finally:
+            bar.close()
+        seconds = time.perf_counter() - start
+        # The last update of the epoch could still have broken a weight; the next loss
+        # would show it, but only after a bad checkpoint had been written.
+        bad = [name for name, p in model.named_parameters() if not bool(model.xp.isfinite(p.data).all())]
+        if bad:
+            raise self._non_finite(f"weight {bad[0]}", math.nan, epoch, 0, steps)
+        return loss_sum / seen, correct / seen, seconds, seen
+
+    def evaluate(self, dataset: Dataset, batch_size: int | None = None) -> EvalResult:
+        """Loss, accuracy and predictions on ``dataset`` in eval mode (no dropout, no drop path).
+
+        Args:
+            dataset: the split to evaluate, in its order.
+            batch_size: images per forward (default: twice the training batch).
+        """
+        cfg = self.config
+        return evaluate_model(self.model, dataset, batch_size or 2 * cfg.batch_size, cfg.device, cfg.label_smoothing)
+
+    def finish(self) -> None:
+        """Write ``weights.npz`` and the test split's ``confusion_matrix.png``."""
+        save_npz(self.out_dir / WEIGHTS_NAME, self.model.state_dict())
+        result = self.last_eval if self.last_eval is not None else self.evaluate(self.test_set)
+        self.last_eval = result
+        cm = confusion_matrix(result.labels, result.preds, self.test_set.num_classes)
+        plot_confusion_matrix(cm, self.test_set.classes, self.out_dir / "confusion_matrix.png", title=self._title("test"))
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _title(self, split: str = "") -> str:
+        parts = [self.config.model, self.config.data] + ([split] if split else [])
+        return " / ".join(parts)
+
+    def _non_finite(self, what: str, value: float, epoch: int, step: int, steps: int) -> NonFiniteLossError:
+        ckpt = self.checkpoint_path if self.checkpoint_path.is_file() else None
+        return NonFiniteLossError(what, value, epoch, step, steps, ckpt, self.epoch)
+
+
+def evaluate_model(model: Twins, dataset: Dataset, batch_size: int, device: str, label_smoothing: float = 0.0) -> EvalResult:
+    """Run ``model`` in eval mode over ``dataset`` in order; its train/eval mode is restored after.
+
+    Args:
+        model: a Twins model on ``device``.
+        dataset: images (N, C, H, W) and labels (N,).
+        batch_size: images per forward.
+        device: ``"cpu"`` or ``"gpu"``.
+        label_smoothing: eps of the reported cross-entropy.
+    """
+    was_training = model.training
+    model.eval()
+    n = len(dataset)
+    preds = np.empty(n, dtype=np.int64)
+    loss_sum = 0.0
+    for start in range(0, n, batch_size):
+        x = to_device(dataset.images[start : start + batch_size], device)
+        y = to_device(dataset.labels[start : start + batch_size], device)
+        logits = model(x)
+        loss, _ = F.cross_entropy_forward(logits, y, label_smoothing)
+        loss_sum += loss * int(y.shape[0])
+        preds[start : start + len(y)] = asnumpy(logits.argmax(axis=1))
+    model.train(was_training)
+    return EvalResult(loss_sum / n, float((preds == dataset.labels).mean()), preds, dataset.labels.copy())
