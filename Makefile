@@ -58,10 +58,11 @@ docs/_static/mathjax/tex-svg.js:
 
 docs: $(VENV)/.stamp-dev docs/_static/mathjax/tex-svg.js
 	mkdir -p docs/notebooks
-	for nb in notebooks/[0-9]*.ipynb; do \
-		[ -e "$$nb" ] || continue; b=$$(basename $$nb); if [ -f build/notebooks/$$b ]; then cp build/notebooks/$$b docs/notebooks/; else cp $$nb docs/notebooks/; fi; \
-	done
-	TQDM_DISABLE=1 $(BIN)/sphinx-build -W --keep-going -q -b html docs docs/_build/html
+	executed=1; for nb in notebooks/[0-9]*.ipynb; do \
+		[ -e "$$nb" ] || continue; b=$$(basename $$nb); \
+		if [ -f build/notebooks/$$b ]; then cp build/notebooks/$$b docs/notebooks/; else cp $$nb docs/notebooks/; executed=0; fi; \
+	done; \
+	TQDM_DISABLE=1 TWINS_NP_NOTEBOOKS_EXECUTED=$$executed $(BIN)/sphinx-build -W --keep-going -q -b html docs docs/_build/html
 	@echo "docs: open docs/_build/html/index.html"
 
 bench: $(VENV)/.stamp-dev

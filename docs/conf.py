@@ -32,9 +32,17 @@ math_numfig = True
 # Notebooks: the executed copies made by `make pytest` (nbmake --overwrite) are in
 # docs/notebooks/; any notebook that arrives without outputs is executed here.
 nb_execution_mode = "auto"
+# `make docs` sets TWINS_NP_NOTEBOOKS_EXECUTED=1 when it copied the notebooks nbmake has just
+# executed: they are shown as they are (auto mode would run them again, since cells that
+# print nothing count as unexecuted). Pages with code cells (e.g. derivations/gradcheck) still run.
+if os.environ.get("TWINS_NP_NOTEBOOKS_EXECUTED") == "1":
+    nb_execution_excludepatterns = ["notebooks/*"]
 nb_execution_timeout = 900
 nb_execution_raise_on_error = True
 nb_merge_streams = True
+# Markdown that code cells display (the tables computed at build time) is parsed as MyST,
+# so pipe tables and $math$ in it render like the page around it.
+nb_render_markdown_format = "myst"
 
 autodoc_default_options = {"members": True, "undoc-members": False, "show-inheritance": False}
 autodoc_typehints = "description"
