@@ -1,0 +1,501 @@
+"""Run every bad-input case of twins-np and write docs/reliability.md.
+
+    python tools/bad_input_table.py          # write docs/reliability.md
+    python tools/bad_input_table.py --check  # exit 1 if docs/reliability.md is out of date
+
+Each :class:`Case` gives one public entry point (a functional op, a module, the model,
+the command line) one bad input, and records what twins-np does: the exception type and
+its message, or the exit status and the stderr line of the CLI. The page is the intro
+below plus that table, so it shows what a user sees today, not what we hope they see.
+
+``tests/reliability/test_bad_inputs.py`` runs the same cases under ``pytest.raises``
+(``expect`` and ``match``), turns the cases with an ``issue`` into strict xfails, and
+checks that the committed page equals what this script writes now.
+
+Only cases whose outcome is the same on every machine belong here: no GPU, no torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import io
+import pathlib
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+import twins_np.functional as F
+from twins_np.cli import main as cli_main
+from twins_np.models import create_model
+from twins_np.nn import Block, GlobalSubSampleAttn, Linear, LocallyGroupedAttn, PosConv
+from twins_np.optim import AdamW, clip_grad_norm
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+PAGE = ROOT / "docs" / "reliability.md"
+MAX_MESSAGE = 320  # characters shown per message; longer ones (key lists) are cut
+
+
+@dataclass(frozen=True)
+class Case:
+    """One bad input for one entry point.
+
+    Attributes:
+        entry: the public entry point, as a user writes it.
+        bad: what is wrong with the input, in a few words.
+        expect: the exception a user should get (``SystemExit`` for an argparse error;
+            CLI cases that return 2 use ``expect=None``).
+        match: a regular expression the message (or the CLI's stderr) must contain.
+        run: calls the entry point; if it returns instead of raising, it returns a
+            short description of what came back (shown in the table).
+        argv: for a CLI case, the arguments of ``twins_np.cli.main`` (then ``run`` is None).
+        issue: non-empty when today's behaviour is a known gap: what is wrong and what
+            should change. The test for such a case is a strict xfail.
+    """
+
+    entry: str
+    bad: str
+    expect: type[BaseException] | None
+    match: str
+    run: Callable[[], str] | None = None
+    argv: tuple[str, ...] | None = None
+    issue: str = ""
+
+    @property
+    def id(self) -> str:
+        return f"{self.entry} | {self.bad}"
+
+
+# --- inputs -----------------------------------------------------------------------------
+
+
+def _rand(*shape: int, dtype: Any = np.float32) -> np.ndarray:
+    return np.random.default_rng(0).standard_normal(shape).astype(dtype)
+
+
+def _lsa(**over: Any) -> str:
+    """F.lsa_forward on x (2, 12, 8), size (3, 4), 2 heads, ws 2, with overrides."""
+    args: dict[str, Any] = dict(
+        x=_rand(2, 12, 8), size=(3, 4), qkv_w=_rand(24, 8), qkv_b=_rand(24), proj_w=_rand(8, 8), proj_b=_rand(8),
+        num_heads=2, ws=2,
+    )  # fmt: skip
+    args.update(over)
+    F.lsa_forward(**args)
+    return "returned"
+
+
+def _gsa(**over: Any) -> str:
+    """F.gsa_forward on x (2, 12, 8), size (3, 4), 2 heads, sr 2, with overrides."""
+    args: dict[str, Any] = dict(
+        x=_rand(2, 12, 8), size=(3, 4), q_w=_rand(8, 8), q_b=_rand(8), kv_w=_rand(16, 8), kv_b=_rand(16),
+        proj_w=_rand(8, 8), proj_b=_rand(8), num_heads=2, sr_ratio=2, sr_w=_rand(8, 8, 2, 2), sr_b=_rand(8),
+        norm_w=_rand(8), norm_b=_rand(8),
+    )  # fmt: skip
+    args.update(over)
+    F.gsa_forward(**args)
+    return "returned"
+
+
+def _ce(target: Any, logits: Any = None, label_smoothing: float = 0.0) -> str:
+    logits = _rand(4, 5) if logits is None else logits
+    F.cross_entropy_forward(logits, target, label_smoothing)
+    return "returned"
+
+
+@functools.cache
+def _svt_small() -> Any:
+    return create_model("twins_svt_small", num_classes=10).eval()
+
+
+@functools.cache
+def _teach(**kw: Any) -> Any:
+    return create_model("twins_svt_teach32", **kw).eval()
+
+
+def _forward(model: Any, x: Any) -> str:
+    out = model(x)
+    return f"returned logits {tuple(out.shape)} {out.dtype}"
+
+
+def _backward_twice() -> str:
+    lsa = LocallyGroupedAttn(8, 2, ws=2, rng=0)
+    dout = _rand(2, 12, 8)
+    lsa(_rand(2, 12, 8), (3, 4))
+    lsa.backward(dout)
+    lsa.backward(dout)
+    return "returned"
+
+
+def _linear_backward_f64() -> str:
+    lin = Linear(3, 4, rng=0)
+    lin(_rand(2, 3))
+    dx = lin.backward(_rand(2, 4, dtype=np.float64))
+    return f"returned dx of dtype {dx.dtype} (float32 module)"
+
+
+def _twins_backward(dlogits: Any, forward: bool = True) -> str:
+    m = create_model("twins_svt_teach32", seed=0)
+    if forward:
+        m(_rand(2, 3, 32, 32))
+    m.backward(dlogits)
+    return "returned"
+
+
+def _load(state: Any) -> str:
+    create_model("twins_svt_teach32").load_state_dict(state)
+    return "returned"
+
+
+def _state(**change: Any) -> dict[str, Any]:
+    sd = dict(create_model("twins_svt_teach32").state_dict())
+    for k, v in change.items():
+        if v is None:
+            sd.pop(k.replace("__", "."))
+        else:
+            sd[k.replace("__", ".")] = v
+    return sd
+
+
+def _built(**kw: Any) -> str:
+    m = create_model("twins_svt_teach32", **kw)
+    return f"built a model with {m.dtype} parameters"
+
+
+def _nan_image(value: float) -> np.ndarray:
+    x = _rand(1, 3, 32, 32)
+    x[0, 0, :2, :3] = value
+    return x
+
+
+# --- the cases --------------------------------------------------------------------------
+
+CASES: list[Case] = [
+    # functional ops
+    Case("F.lsa_forward", "x 2-D (N, C) instead of (B, N, C)", ValueError,
+         r"'x' must have shape \(B, N, C\) \(3-D\), got shape \(12, 8\)",
+         lambda: _lsa(x=_rand(12, 8))),
+    Case("F.lsa_forward", "N = 12 tokens with size (3, 3)", ValueError,
+         r"N = 12 tokens but size \(H, W\) = \(3, 3\) needs H\*W = 9",
+         lambda: _lsa(size=(3, 3))),
+    Case("F.lsa_forward", "C = 8 with num_heads = 3", ValueError, r"dim = 8 is not divisible by num_heads = 3",
+         lambda: _lsa(num_heads=3)),
+    Case("F.lsa_forward", "qkv_w of shape (16, 8) for C = 8", ValueError, r"'qkv_w' must have shape \(24, 8\), got \(16, 8\)",
+         lambda: _lsa(qkv_w=_rand(16, 8))),
+    Case("F.lsa_forward", "window size ws = 0", ValueError, r"ws must be a positive integer, got 0",
+         lambda: _lsa(ws=0)),
+    Case("F.lsa_forward", "float16 tokens", TypeError, r"'x' must be float32 or float64, got float16 \(half precision is refused",
+         lambda: _lsa(x=_rand(2, 12, 8, dtype=np.float16))),
+    Case("F.lsa_forward", "size (3.5, 4): not integers", ValueError, r"'size' must be a pair of integers",
+         lambda: _lsa(size=(3.5, 4))),
+    Case("F.gsa_forward", "sr_ratio = 4 on a 3x4 map", ValueError, r"sr = 4 is larger than the 3x4 map",
+         lambda: _gsa(sr_ratio=4, sr_w=_rand(8, 8, 4, 4))),
+    Case("F.gsa_forward", "sr_ratio = 2 without sr_w", ValueError, r"sr_ratio > 1 needs sr_w",
+         lambda: _gsa(sr_w=None)),
+    Case("F.gsa_forward", "sr_ratio = 0", ValueError, r"sr_ratio must be a positive integer, got 0",
+         lambda: _gsa(sr_ratio=0)),
+    Case("F.gsa_forward", "x 4-D (B, H, W, C) instead of tokens", ValueError, r"'x' must have shape \(B, N, C\)",
+         lambda: _gsa(x=_rand(2, 3, 4, 8))),
+    Case("F.peg_forward", "depthwise weight (8, 3, 3) without the group axis", ValueError,
+         r"'weight' must have shape \(8, 1, 3, 3\), got \(8, 3, 3\)",
+         lambda: (F.peg_forward(_rand(2, 12, 8), (3, 4), _rand(8, 3, 3), _rand(8)), "returned")[1]),
+    Case("F.depthwise_patch_conv_forward", "kernel 4 on a 3x3 map", ValueError, r"kernel = stride = 4 is larger than the 3x3 map",
+         lambda: (F.depthwise_patch_conv_forward(_rand(1, 3, 3, 2), _rand(2, 1, 4, 4), _rand(2)), "returned")[1]),
+    Case("F.avg_pool_forward", "window k = 4 on a 3x4 map", ValueError,
+         r"window k = 4 must be a positive integer no larger than the 3x4 map",
+         lambda: (F.avg_pool_forward(_rand(1, 3, 4, 2), 4), "returned")[1]),
+    Case("F.subsample_forward", "mode 'max'", ValueError, r"mode must be one of .*'conv'.*got 'max'",
+         lambda: (F.subsample_forward(_rand(1, 4, 4, 2), "max", 2, {}), "returned")[1]),
+    Case("F.softmax_forward", "int64 logits", TypeError, r"'x' must be float32 or float64, got int64",
+         lambda: (F.softmax_forward(np.arange(6).reshape(2, 3)), "returned")[1]),
+    Case("F.layernorm_forward", "float64 x with float32 gamma/beta", TypeError, r"'gamma' is float32 but 'x' is float64",
+         lambda: (F.layernorm_forward(_rand(2, 3, dtype=np.float64), _rand(3), _rand(3)), "returned")[1]),
+    Case("F.linear_forward", "x with 3 features, weight for 4", ValueError, r"x has 3 input features",
+         lambda: (F.linear_forward(_rand(2, 3), _rand(5, 4), _rand(5)), "returned")[1]),
+    Case("F.attention_forward", "k with 5 keys, v with 6", ValueError, r"do not fit",
+         lambda: (F.attention_forward(_rand(2, 3, 4), _rand(2, 5, 4), _rand(2, 6, 4)), "returned")[1]),
+    Case("F.patch_conv_forward", "kernel 4 on a 3x3 map", ValueError, r"kernel = stride = 4 is larger than the 3x3 map",
+         lambda: (F.patch_conv_forward(_rand(1, 3, 3, 2), _rand(4, 2, 4, 4), _rand(4)), "returned")[1]),
+    Case("F.dropout_forward", "p = 1.5", ValueError, r"p must be in \[0, 1\], got 1.5",
+         lambda: (F.dropout_forward(_rand(3), 1.5), "returned")[1]),
+    Case("F.gelu_forward", "float16 input", TypeError, r"got float16 \(half precision is refused",
+         lambda: (F.gelu_forward(_rand(3, dtype=np.float16)), "returned")[1]),
+    Case("F.mlp_forward", "fc1_w for 3 features, x with 4", ValueError, r"x has 4 input features .* weight expects 3",
+         lambda: (F.mlp_forward(_rand(2, 4), _rand(16, 3), _rand(16), _rand(4, 16), _rand(4)), "returned")[1]),
+    Case("F.window_partition_forward", "N = 12 tokens with size (3, 3)", ValueError, r"N = 12 tokens but size",
+         lambda: (F.window_partition_forward(_rand(2, 12, 8), (3, 3), 2), "returned")[1]),
+    Case("F.window_reverse_forward", "windows (2, 3, 4, 8) for size (3, 4), ws 2", ValueError,
+         r"windows must have shape \(B, 4, 4, C\) for size \(3, 4\) and ws 2, got \(2, 3, 4, 8\)",
+         lambda: (F.window_reverse_forward(_rand(2, 3, 4, 8), (3, 4), 2), "returned")[1]),
+    Case("F.depthwise_conv3x3_forward", "x 3-D (H, W, C)", ValueError, r"'x' must have shape \(B, H, W, C\) \(4-D\)",
+         lambda: (F.depthwise_conv3x3_forward(_rand(3, 3, 2), _rand(2, 1, 3, 3), _rand(2)), "returned")[1]),
+    Case("F.drop_path_forward", "mask of shape (3,) for a batch of 2", ValueError,
+         r"mask must have shape \(B,\) = \(2,\), got \(3,\)",
+         lambda: (F.drop_path_forward(_rand(2, 3), 0.5, mask=np.ones(3, np.float32)), "returned")[1]),
+    Case("F.cross_entropy_forward", "float labels [0., 1., 2., 4.]", TypeError, r"integer labels expected .* got float64",
+         lambda: _ce(np.array([0.0, 1.0, 2.0, 4.0]))),
+    Case("F.cross_entropy_forward", "label 5 with K = 5 classes", ValueError, r"labels must be in \[0, 5\), got range \[0, 5\]",
+         lambda: _ce(np.array([0, 1, 2, 5]))),
+    Case("F.cross_entropy_forward", "label -1", ValueError, r"labels must be in \[0, 5\), got range \[-1, 4\]",
+         lambda: _ce(np.array([0, 1, -1, 4]))),
+    Case("F.cross_entropy_forward", "3 labels for a batch of 4", ValueError, r"target has 3 labels for a batch of 4",
+         lambda: _ce(np.array([0, 1, 2]))),
+    Case("F.cross_entropy_forward", "bool labels", TypeError, r"integer labels expected .* got bool",
+         lambda: _ce(np.array([True, False, True, True]))),
+    Case("F.cross_entropy_forward", "soft target (4, 4) for logits (4, 5)", ValueError,
+         r"soft target must have shape \(4, 5\), got \(4, 4\)",
+         lambda: _ce(_rand(4, 4))),
+    Case("F.cross_entropy_forward", "label_smoothing = 1.0", ValueError, r"label_smoothing must be in \[0, 1\), got 1.0",
+         lambda: _ce(np.array([0, 1, 2, 4]), label_smoothing=1.0)),
+    Case("F.cross_entropy_forward", "logits 1-D (K,)", ValueError, r"'logits' must have shape \(B, K\) \(2-D\)",
+         lambda: _ce(np.array([0]), logits=_rand(5))),
+    Case("F.cross_entropy_forward", "target as a Python list", TypeError, r"target",
+         lambda: _ce([0, 1, 2, 4]),
+         issue="fails with an AttributeError inside the op; cross_entropy_forward should check that target "
+         "is an array and raise a TypeError naming 'target'"),
+    # modules
+    Case("LocallyGroupedAttn(8, num_heads=3)", "dim not divisible by heads", ValueError,
+         r"dim = 8 is not divisible by num_heads = 3",
+         lambda: (LocallyGroupedAttn(8, 3, ws=2), "built")[1]),
+    Case("LocallyGroupedAttn(8, 2, ws=1)", "ws = 1", ValueError, r"ws >= 2, got 1 \(in Twins, ws = 1 means .*GlobalSubSampleAttn",
+         lambda: (LocallyGroupedAttn(8, 2, ws=1), "built")[1]),
+    Case("LocallyGroupedAttn(8, 2, ws=2)", "tokens with C = 6 channels", ValueError, r"channels",
+         lambda: (LocallyGroupedAttn(8, 2, ws=2, rng=0)(_rand(2, 12, 6), (3, 4)), "returned")[1],
+         issue="the message names the internal weight 'qkv_w' ((18, 6) expected from x, got (24, 8)); the module "
+         "should first compare x's C with its dim: 'built for dim = 8 channels, x has C = 6'"),
+    Case("LocallyGroupedAttn.backward", "called twice for one forward", RuntimeError, r"LocallyGroupedAttn",
+         _backward_twice,
+         issue="the RuntimeError names the Dropout child ('Dropout.backward() called without a forward()'), not the "
+         "module the user called; LSA/GSA backward should pop their own cache before the children's"),
+    Case("GlobalSubSampleAttn(8, 2, sr_ratio=4)", "a 3x4 map", ValueError, r"sr = 4 is larger than the 3x4 map",
+         lambda: (GlobalSubSampleAttn(8, 2, sr_ratio=4, rng=0)(_rand(2, 12, 8), (3, 4)), "returned")[1]),
+    Case("GlobalSubSampleAttn(8, 2, sr_ratio=2)", "float64 tokens, float32 parameters", TypeError,
+         r"'weight' is float32 but 'x' is float64; cast both to one dtype",
+         lambda: (GlobalSubSampleAttn(8, 2, sr_ratio=2, rng=0)(_rand(2, 12, 8, dtype=np.float64), (3, 4)), "returned")[1]),
+    Case("PosConv(8, 8)", "N = 12 tokens with size (4, 4)", ValueError, r"N = 12 tokens but size \(H, W\) = \(4, 4\)",
+         lambda: (PosConv(8, 8, rng=0)(_rand(2, 12, 8), (4, 4)), "returned")[1]),
+    Case("Block(8, 2, ws=2)", "float16 tokens", TypeError, r"got float16 \(half precision is refused",
+         lambda: (Block(8, 2, ws=2, rng=0)(_rand(2, 12, 8, dtype=np.float16), (3, 4)), "returned")[1]),
+    Case("Block(8, 2, ws=2)", "int64 tokens", TypeError, r"'x' must be float32 or float64, got int64",
+         lambda: (Block(8, 2, ws=2, rng=0)(np.ones((2, 12, 8), np.int64), (3, 4)), "returned")[1]),
+    Case("Linear(3, 4).backward", "float64 dout after a float32 forward", TypeError, r"dout",
+         _linear_backward_f64,
+         issue="silent upcast: dx comes back float64 while the parameters stay float32; a module's backward "
+         "should refuse a dout whose dtype (or shape) differs from its forward output's"),
+    Case("Module.astype", "np.float16", TypeError, r"float16 is not supported",
+         lambda: (create_model("twins_svt_teach32").astype(np.float16), "returned")[1]),
+    Case("Module.astype", "'bfloat16'", TypeError, r"bfloat16",
+         lambda: (create_model("twins_svt_teach32").astype("bfloat16"), "returned")[1]),
+    Case("Module.astype", "np.int32", TypeError, r"astype needs a floating dtype, got int32",
+         lambda: (create_model("twins_svt_teach32").astype(np.int32), "returned")[1]),
+    Case("Module.load_state_dict", "a key missing", KeyError, r"missing keys \['head.bias'\]",
+         lambda: _load(_state(head__bias=None))),
+    Case("Module.load_state_dict", "an unexpected key", KeyError, r"unexpected keys \['head.scale'\]",
+         lambda: _load(_state(head__scale=np.ones(10, np.float32)))),
+    Case("Module.load_state_dict", "head.weight of shape (3, 3)", ValueError, r"head.weight: expected \(10, 128\), got \(3, 3\)",
+         lambda: _load(_state(head__weight=np.ones((3, 3), np.float32)))),
+    Case("Module.load_state_dict", "a model instead of its state_dict()", TypeError, r"state_dict\(\)",
+         lambda: _load(create_model("twins_svt_teach32")),
+         issue="raises 'argument of type 'Twins' is not iterable'; load_state_dict should check that state is a "
+         "mapping and say: expected a dict of arrays, got Twins (pass other.state_dict())"),
+    Case("Module.load_state_dict", "a file name instead of a dict", TypeError, r"load_weights",
+         lambda: _load("weights.npz"),
+         issue="raises a KeyError that lists every parameter as missing and the file name's characters as "
+         "unexpected keys; it should be a TypeError pointing to twins_np.io.load_weights(model, path)"),
+    # the model
+    Case("create_model", "unknown name 'twins_svt_tiny'", ValueError, r"unknown model 'twins_svt_tiny'; choose one of",
+         lambda: (create_model("twins_svt_tiny"), "built")[1]),
+    Case("create_model", "dtype=np.float16", TypeError, r"float16",
+         lambda: _built(dtype=np.float16),
+         issue="a float16 model is built; only its first forward refuses it. Twins.__init__ should refuse "
+         "non-float32/float64 dtypes, as Module.astype does"),
+    Case("twins_svt_small", "16x16 image", ValueError,
+         r"input image 16x16 is too small .* 4x4 token map .* sr = 8, .* smallest input it accepts is 32x32",
+         lambda: _forward(_svt_small(), _rand(1, 3, 16, 16))),
+    Case("twins_svt_small", "31x31 image", ValueError,
+         r"input image 31x31 is too small .* stage 1 has a 7x7 token map .* sr = 8, .* 32x32",
+         lambda: _forward(_svt_small(), _rand(1, 3, 31, 31))),
+    Case("twins_svt_small", "32x16 image (one side too small)", ValueError, r"input image 32x16 is too small .* 8x4 token map",
+         lambda: _forward(_svt_small(), _rand(1, 3, 32, 16))),
+    Case("twins_svt_small", "3x3 image, smaller than a patch", ValueError,
+         r"patch embedding \(patch size 4\) gets a 3x3 map, smaller than one patch",
+         lambda: _forward(_svt_small(), _rand(1, 3, 3, 3))),
+    Case("twins_svt_teach32", "4x4 image", ValueError, r"smallest input it accepts is 8x8",
+         lambda: _forward(_teach(), _rand(1, 3, 4, 4))),
+    Case("twins_svt_teach32", "image 3-D (C, H, W), no batch axis", ValueError, r"'x' must have shape \(B, C, H, W\) \(4-D\)",
+         lambda: _forward(_teach(), _rand(3, 32, 32))),
+    Case("twins_svt_teach32", "channels-last image (B, H, W, C)", ValueError, r"looks channels-last .* x.transpose\(0, 3, 1, 2\)",
+         lambda: _forward(_teach(), _rand(1, 32, 32, 3))),
+    Case("twins_svt_teach32", "1 channel instead of 3", ValueError, r"'x' must have 3 channels on axis 1",
+         lambda: _forward(_teach(), _rand(1, 1, 32, 32))),
+    Case("twins_svt_teach32", "empty batch (0, 3, 32, 32)", ValueError, r"batch size B = 0",
+         lambda: _forward(_teach(), _rand(0, 3, 32, 32))),
+    Case("twins_svt_teach32", "uint8 image", TypeError, r"got uint8 \(convert images with x.astype\(np.float32\)",
+         lambda: _forward(_teach(), np.zeros((1, 3, 32, 32), np.uint8))),
+    Case("twins_svt_teach32", "float16 image", TypeError, r"got float16 \(half precision is refused",
+         lambda: _forward(_teach(), _rand(1, 3, 32, 32, dtype=np.float16))),
+    Case("twins_svt_teach32", "float64 image, float32 model", TypeError,
+         r"'x' is float64 but the model's parameters are float32; twins-np never upcasts silently",
+         lambda: _forward(_teach(), _rand(1, 3, 32, 32, dtype=np.float64))),
+    Case("twins_svt_teach32", "a nested list", TypeError, r"'x' must be an array \(NumPy or CuPy\), got list",
+         lambda: _forward(_teach(), [[[[0.0]]]])),
+    Case("twins_svt_teach32, check_finite=True", "6 NaN pixels", ValueError, r"'x' contains 6 NaN and 0 Inf values",
+         lambda: _forward(_teach(check_finite=True), _nan_image(np.nan))),
+    Case("twins_svt_teach32, check_finite=True", "6 Inf pixels", ValueError, r"'x' contains 0 NaN and 6 Inf values",
+         lambda: _forward(_teach(check_finite=True), _nan_image(np.inf))),
+    Case("Twins.loss", "label 10 for 10 classes", ValueError, r"labels must be in \[0, 10\), got range \[0, 10\]",
+         lambda: (_teach().loss(_rand(2, 3, 32, 32), np.array([0, 10])), "returned")[1]),
+    Case("Twins.backward_loss", "without loss() before it", RuntimeError, r"backward_loss\(\) needs a loss\(\) call",
+         lambda: (create_model("twins_svt_teach32").backward_loss(), "returned")[1]),
+    Case("Twins.backward", "dlogits (3, 10) after a forward on 2 images", ValueError, r"\(2, 10\)",
+         lambda: _twins_backward(_rand(3, 10)),
+         issue="fails deep inside with 'cannot reshape array of size 384 into shape (2,128)'; Twins.backward "
+         "should check dlogits.shape against the logits' shape (2, 10)"),
+    Case("Twins.backward", "without a forward", RuntimeError, r"Twins",
+         lambda: _twins_backward(_rand(2, 10), forward=False),
+         issue="the RuntimeError names the head ('Linear.backward() called without a forward()'), not the model"),
+    # training
+    Case("AdamW", "a model instead of its parameters", TypeError, r"got a Module; pass model.parameters\(\)",
+         lambda: (AdamW(_teach()), "built")[1]),
+    Case("AdamW", "lr = -1", ValueError, r"lr must be >= 0, got -1",
+         lambda: (AdamW(_teach().parameters(), lr=-1), "built")[1]),
+    Case("AdamW", "betas (1.0, 0.9)", ValueError, r"betas must be two numbers in \[0, 1\)",
+         lambda: (AdamW(_teach().parameters(), betas=(1.0, 0.9)), "built")[1]),
+    Case("clip_grad_norm", "max_norm = -1", ValueError, r"max_norm must be > 0, got -1",
+         lambda: (clip_grad_norm(_teach().parameters(), -1.0), "returned")[1]),
+    # the command line
+    Case("twins-np flops", "unknown model", SystemExit, r"invalid choice: 'twins_svt_tiny'",
+         argv=("flops", "twins_svt_tiny")),
+    Case("twins-np flops", "--size 16 16 for twins_svt_small", None, r"4x4 token grid is smaller than .* sr=8",
+         argv=("flops", "twins_svt_small", "--size", "16", "16")),
+    Case("twins-np flops", "--depth -1", None, r"--depth must be >= 0, got -1",
+         argv=("flops", "twins_svt_small", "--depth", "-1")),
+    Case("twins-np flops", "--batch x", SystemExit, r"argument --batch: invalid int value: 'x'",
+         argv=("flops", "twins_svt_small", "--batch", "x")),
+    Case("twins-np predict", "a weights file that does not exist", None, r"no such weights file: /nonexistent/w.npz",
+         argv=("predict", "/nonexistent/cat.png", "--model", "twins_svt_teach32", "--weights", "/nonexistent/w.npz")),
+    Case("twins-np convert", "an input with an unknown suffix", None, r"weights.txt: unknown weights format",
+         argv=("convert", "weights.txt", "out.npz")),
+    Case("twins-np", "no command", SystemExit, r"the following arguments are required: COMMAND",
+         argv=()),
+]  # fmt: skip
+
+
+# --- running the cases ------------------------------------------------------------------
+
+
+def run_cli(argv: tuple[str, ...]) -> tuple[int, str, bool]:
+    """``twins_np.cli.main(argv)`` -> (exit status, stderr, whether argparse exited)."""
+    err, out = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        try:
+            rc, by_argparse = cli_main(list(argv)), False
+        except SystemExit as e:
+            rc, by_argparse = (e.code if isinstance(e.code, int) else 1), True
+    return rc, err.getvalue(), by_argparse
+
+
+def outcome(case: Case) -> tuple[str, str]:
+    """What the case does now: (exception column, message column) of the table."""
+    if case.argv is not None:
+        rc, err, by_argparse = run_cli(case.argv)
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        return f"exit {rc}" + (" (argparse)" if by_argparse else ""), (lines[-1] if lines else "")
+    assert case.run is not None
+    try:
+        result = case.run()
+    except Exception as e:  # the point: record whatever is raised
+        return type(e).__name__, str(e)
+    return "no error", result
+
+
+def _cell(text: str) -> str:
+    text = " ".join(text.split())  # one line: multi-line messages (shape lists) are joined
+    if len(text) > MAX_MESSAGE:
+        text = text[: MAX_MESSAGE - 3] + "..."
+    return text.replace("`", "'").replace("|", "\\|")
+
+
+INTRO = """\
+# Reliability: what twins-np refuses, and how it says so
+
+twins-np checks its inputs where they enter: every functional op (`twins_np.functional`),
+the modules that call them, the model's `forward`, `load_state_dict`, the optimisers and
+the command line. A bad input raises a `ValueError` (wrong shape, size, range) or a
+`TypeError` (wrong dtype, wrong kind of object, NumPy and CuPy mixed) whose message names
+the argument, what was expected and what was received, as early as it can be known, so the
+error does not surface as a broadcasting failure three calls deeper.
+
+What is refused, and why:
+
+- **Only float32 and float64.** float16 (and bfloat16, which NumPy does not have) is refused
+  with a `TypeError`: LayerNorm variances and softmax sums lose too much precision in 16
+  bits. `Module.astype(np.float16)` is refused for the same reason.
+- **No silent casts.** Integer and bool images are refused rather than cast (a uint8 image
+  needs scaling, which only the caller knows); float64 inputs into a float32 model (or the
+  other way round) are a `TypeError`, never a silent upcast. `model.astype(dtype)` casts
+  every parameter; `x.astype(np.float32)` casts an image.
+- **Images too small for the model.** The model checks the image before the first layer. Stage
+  *s* sees the input divided by the product of the patch sizes so far, and each GSA with
+  sub-sampling ratio sr > 1 needs at least sr tokens per side (its k = s = sr convolution
+  would have no output otherwise). For the six ImageNet configurations the minimum is 32x32
+  (stage 1 of a 31x31 image is 7x7, smaller than sr = 8); it is 8x8 for the `*_teach32`
+  configurations and 16x16 for the `*_teach64` ones. Any larger size works, square or not.
+- **Windows larger than the map are allowed.** LSA pads the map on the right and bottom to
+  a multiple of ws, as timm does, so a 1x1 map with ws = 7 is one window of 49 tokens, 48 of
+  them padding. Only GSA's sub-sampling ratio has a hard limit (sr <= H and sr <= W).
+- **NaN and Inf are checked only on request.** `create_model(name, check_finite=True)` makes
+  the model refuse an image holding NaN or Inf (the message counts them). It is off by
+  default because it costs a full pass over the input; without it, NaN propagates to the
+  logits as in NumPy.
+- **NumPy and CuPy are not mixed.** An op given arrays from both raises a `TypeError` naming
+  the argument on the other device and suggesting `twins_np.to_device(...)`; the model says
+  which of image and model is on the GPU.
+- **State dicts must match.** `load_state_dict` lists missing and unexpected keys
+  (`KeyError`, unless `strict=False`) and every wrongly shaped key, expected vs received
+  (`ValueError`).
+- **The command line** prints `twins-np <command>: error: <message>` to stderr and exits with
+  status 2, for its own errors (`main()` returns 2) and for argparse's (which exits with 2).
+
+The table below is generated by `tools/bad_input_table.py`, which runs each case and records
+what happens now; `tests/reliability/test_bad_inputs.py` fails when this page is out of date
+(run `python tools/bad_input_table.py` to regenerate it). Rows marked *known gap* are
+behaviours still to improve; they are listed with the change they need after the table.
+"""
+
+
+def render() -> str:
+    """The whole page: intro, the table, and the known gaps."""
+    lines = [INTRO, "| entry point | bad input | exception | message |", "|---|---|---|---|"]
+    gaps = []
+    for case in CASES:
+        exc, msg = outcome(case)
+        bad = case.bad + (" (*known gap*)" if case.issue else "")
+        lines.append(f"| `{_cell(case.entry)}` | {_cell(bad)} | {exc} | `{_cell(msg)}` |")
+        if case.issue:
+            gaps.append(f"- `{case.entry}`, {case.bad}: {case.issue}.")
+    if gaps:
+        lines += ["", "## Known gaps", "", *gaps]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--check", action="store_true", help="exit 1 if the page is out of date, write nothing")
+    args = parser.parse_args(argv)
+    text = render()
+    if args.check:
+        if not PAGE.exists() or PAGE.read_text() != text:
+            print(f"{PAGE.relative_to(ROOT)} is out of date: run python tools/bad_input_table.py", file=sys.stderr)
+            return 1
+        return 0
+    PAGE.write_text(text)
+    print(f"wrote {PAGE.relative_to(ROOT)} ({len(CASES)} cases)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
