@@ -253,9 +253,7 @@ CASES: list[Case] = [
     Case("F.cross_entropy_forward", "logits 1-D (K,)", ValueError, r"'logits' must have shape \(B, K\) \(2-D\)",
          lambda: _ce(np.array([0]), logits=_rand(5))),
     Case("F.cross_entropy_forward", "target as a Python list", TypeError, r"target",
-         lambda: _ce([0, 1, 2, 4]),
-         issue="fails with an AttributeError inside the op; cross_entropy_forward should check that target "
-         "is an array and raise a TypeError naming 'target'"),
+         lambda: _ce([0, 1, 2, 4])),
     # modules
     Case("LocallyGroupedAttn(8, num_heads=3)", "dim not divisible by heads", ValueError,
          r"dim = 8 is not divisible by num_heads = 3",
@@ -263,13 +261,9 @@ CASES: list[Case] = [
     Case("LocallyGroupedAttn(8, 2, ws=1)", "ws = 1", ValueError, r"ws >= 2, got 1 \(in Twins, ws = 1 means .*GlobalSubSampleAttn",
          lambda: (LocallyGroupedAttn(8, 2, ws=1), "built")[1]),
     Case("LocallyGroupedAttn(8, 2, ws=2)", "tokens with C = 6 channels", ValueError, r"channels",
-         lambda: (LocallyGroupedAttn(8, 2, ws=2, rng=0)(_rand(2, 12, 6), (3, 4)), "returned")[1],
-         issue="the message names the internal weight 'qkv_w' ((18, 6) expected from x, got (24, 8)); the module "
-         "should first compare x's C with its dim: 'built for dim = 8 channels, x has C = 6'"),
+         lambda: (LocallyGroupedAttn(8, 2, ws=2, rng=0)(_rand(2, 12, 6), (3, 4)), "returned")[1]),
     Case("LocallyGroupedAttn.backward", "called twice for one forward", RuntimeError, r"LocallyGroupedAttn",
-         _backward_twice,
-         issue="the RuntimeError names the Dropout child ('Dropout.backward() called without a forward()'), not the "
-         "module the user called; LSA/GSA backward should pop their own cache before the children's"),
+         _backward_twice),
     Case("GlobalSubSampleAttn(8, 2, sr_ratio=4)", "a 3x4 map", ValueError, r"sr = 4 is larger than the 3x4 map",
          lambda: (GlobalSubSampleAttn(8, 2, sr_ratio=4, rng=0)(_rand(2, 12, 8), (3, 4)), "returned")[1]),
     Case("GlobalSubSampleAttn(8, 2, sr_ratio=2)", "float64 tokens, float32 parameters", TypeError,
@@ -282,9 +276,7 @@ CASES: list[Case] = [
     Case("Block(8, 2, ws=2)", "int64 tokens", TypeError, r"'x' must be float32 or float64, got int64",
          lambda: (Block(8, 2, ws=2, rng=0)(np.ones((2, 12, 8), np.int64), (3, 4)), "returned")[1]),
     Case("Linear(3, 4).backward", "float64 dout after a float32 forward", TypeError, r"dout",
-         _linear_backward_f64,
-         issue="silent upcast: dx comes back float64 while the parameters stay float32; a module's backward "
-         "should refuse a dout whose dtype (or shape) differs from its forward output's"),
+         _linear_backward_f64),
     Case("Module.astype", "np.float16", TypeError, r"float16 is not supported",
          lambda: (create_model("twins_svt_teach32").astype(np.float16), "returned")[1]),
     Case("Module.astype", "'bfloat16'", TypeError, r"bfloat16",
@@ -298,20 +290,14 @@ CASES: list[Case] = [
     Case("Module.load_state_dict", "head.weight of shape (3, 3)", ValueError, r"head.weight: expected \(10, 128\), got \(3, 3\)",
          lambda: _load(_state(head__weight=np.ones((3, 3), np.float32)))),
     Case("Module.load_state_dict", "a model instead of its state_dict()", TypeError, r"state_dict\(\)",
-         lambda: _load(create_model("twins_svt_teach32")),
-         issue="raises 'argument of type 'Twins' is not iterable'; load_state_dict should check that state is a "
-         "mapping and say: expected a dict of arrays, got Twins (pass other.state_dict())"),
+         lambda: _load(create_model("twins_svt_teach32"))),
     Case("Module.load_state_dict", "a file name instead of a dict", TypeError, r"load_weights",
-         lambda: _load("weights.npz"),
-         issue="raises a KeyError that lists every parameter as missing and the file name's characters as "
-         "unexpected keys; it should be a TypeError pointing to twins_np.io.load_weights(model, path)"),
+         lambda: _load("weights.npz")),
     # the model
     Case("create_model", "unknown name 'twins_svt_tiny'", ValueError, r"unknown model 'twins_svt_tiny'; choose one of",
          lambda: (create_model("twins_svt_tiny"), "built")[1]),
     Case("create_model", "dtype=np.float16", TypeError, r"float16",
-         lambda: _built(dtype=np.float16),
-         issue="a float16 model is built; only its first forward refuses it. Twins.__init__ should refuse "
-         "non-float32/float64 dtypes, as Module.astype does"),
+         lambda: _built(dtype=np.float16)),
     Case("twins_svt_small", "16x16 image", ValueError,
          r"input image 16x16 is too small .* 4x4 token map .* sr = 8, .* smallest input it accepts is 32x32",
          lambda: _forward(_svt_small(), _rand(1, 3, 16, 16))),
@@ -351,12 +337,9 @@ CASES: list[Case] = [
     Case("Twins.backward_loss", "without loss() before it", RuntimeError, r"backward_loss\(\) needs a loss\(\) call",
          lambda: (create_model("twins_svt_teach32").backward_loss(), "returned")[1]),
     Case("Twins.backward", "dlogits (3, 10) after a forward on 2 images", ValueError, r"\(2, 10\)",
-         lambda: _twins_backward(_rand(3, 10)),
-         issue="fails deep inside with 'cannot reshape array of size 384 into shape (2,128)'; Twins.backward "
-         "should check dlogits.shape against the logits' shape (2, 10)"),
+         lambda: _twins_backward(_rand(3, 10))),
     Case("Twins.backward", "without a forward", RuntimeError, r"Twins",
-         lambda: _twins_backward(_rand(2, 10), forward=False),
-         issue="the RuntimeError names the head ('Linear.backward() called without a forward()'), not the model"),
+         lambda: _twins_backward(_rand(2, 10), forward=False)),
     # training
     Case("AdamW", "a model instead of its parameters", TypeError, r"got a Module; pass model.parameters\(\)",
          lambda: (AdamW(_teach()), "built")[1]),

@@ -139,10 +139,7 @@ class Optimizer:
             if p.grad is None:
                 continue
             if tuple(p.grad.shape) != tuple(p.data.shape):
-                raise ValueError(
-                    f"parameter {i}: grad has shape {tuple(p.grad.shape)}, "
-                    f"data has shape {tuple(p.data.shape)}"
-                )
+                raise ValueError(f"parameter {i}: grad has shape {tuple(p.grad.shape)}, data has shape {tuple(p.data.shape)}")
             self._update(p, group, self.state[i])
 
     def zero_grad(self) -> None:
@@ -203,8 +200,7 @@ class Optimizer:
                 state[i][name] = int(_python(value))
             elif tuple(np.shape(value)) != params[i].shape:
                 raise ValueError(
-                    f"state_dict['{key}'] has shape {tuple(np.shape(value))}, "
-                    f"parameter {i} has shape {params[i].shape}"
+                    f"state_dict['{key}'] has shape {tuple(np.shape(value))}, parameter {i} has shape {params[i].shape}"
                 )
             else:
                 xp = get_xp(params[i].data)
@@ -348,9 +344,7 @@ class SGD(Optimizer):
         _check_nonneg("momentum", group["momentum"], where)
         _check_nonneg("weight_decay", group["weight_decay"], where)
         if group["nesterov"] and not float(group["momentum"]) > 0.0:
-            raise ValueError(
-                f"nesterov=True needs momentum > 0, got momentum={group['momentum']}{where}"
-            )
+            raise ValueError(f"nesterov=True needs momentum > 0, got momentum={group['momentum']}{where}")
 
     def _update(self, p: Parameter, group: dict[str, Any], state: dict[str, Any]) -> None:
         get_xp(param=p.data, grad=p.grad)  # TypeError with names if devices are mixed
@@ -374,9 +368,7 @@ class SGD(Optimizer):
 # --- parameter groups --------------------------------------------------------------------
 
 
-def param_groups(
-    model: Module, weight_decay: float, no_weight_decay: Collection[str] = ()
-) -> list[dict[str, Any]]:
+def param_groups(model: Module, weight_decay: float, no_weight_decay: Collection[str] = ()) -> list[dict[str, Any]]:
     """Split a model's parameters into a no-decay and a decay group (timm's rule).
 
     A parameter gets no weight decay when any of these holds:
@@ -536,9 +528,7 @@ class CosineSchedule:
 # --- gradient clipping -------------------------------------------------------------------
 
 
-def clip_grad_norm(
-    params: Parameter | Iterable[Parameter], max_norm: float, eps: float = 1e-6
-) -> float:
+def clip_grad_norm(params: Parameter | Iterable[Parameter], max_norm: float, eps: float = 1e-6) -> float:
     """Scale all gradients together so their global 2-norm is at most ``max_norm``.
 
     Reproduces ``torch.nn.utils.clip_grad_norm_`` (2-norm): parameters whose ``.grad``

@@ -28,8 +28,7 @@ from .loader import Dataset
 __all__ = ["load_digits", "digits_split"]
 
 _INSTALL_HINT = (
-    "the 'digits' dataset needs scikit-learn (its images ship inside the wheel, no "
-    "download): pip install scikit-learn"
+    "the 'digits' dataset needs scikit-learn (its images ship inside the wheel, no download): pip install scikit-learn"
 )
 
 

@@ -61,13 +61,9 @@ class Dataset:
         if self.images.dtype != np.float32:
             raise ValueError(f"'images' must be float32, got {self.images.dtype}")
         if not isinstance(self.labels, np.ndarray) or self.labels.dtype != np.int64:
-            raise ValueError(
-                f"'labels' must be an int64 NumPy array, got {getattr(self.labels, 'dtype', type(self.labels))}"
-            )
+            raise ValueError(f"'labels' must be an int64 NumPy array, got {getattr(self.labels, 'dtype', type(self.labels))}")
         if self.labels.shape != (len(self.images),):
-            raise ValueError(
-                f"'labels' must have shape (N,) = ({len(self.images)},), got {self.labels.shape}"
-            )
+            raise ValueError(f"'labels' must have shape (N,) = ({len(self.images)},), got {self.labels.shape}")
         if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= len(self.classes)):
             raise ValueError(
                 f"'labels' must lie in [0, {len(self.classes)}) (one per class name), "
@@ -88,9 +84,7 @@ class Dataset:
         Args:
             indices: integer index array or slice, e.g. ``np.arange(256)`` for a quick run.
         """
-        return Dataset(
-            self.images[indices], self.labels[indices], list(self.classes), self.name, self.mean, self.std
-        )
+        return Dataset(self.images[indices], self.labels[indices], list(self.classes), self.name, self.mean, self.std)
 
 
 class DataLoader:

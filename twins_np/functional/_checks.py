@@ -113,3 +113,12 @@ def check_finite(name: str, a: Any) -> None:
         n_nan = int(xp.isnan(a).sum())
         n_inf = int(xp.isinf(a).sum())
         raise ValueError(f"'{name}' contains {n_nan} NaN and {n_inf} Inf values")
+
+
+def check_channels(module: str, x: Any, dim: int) -> None:
+    """Tokens (..., C) given to a module built for ``dim`` channels."""
+    C = x.shape[-1] if getattr(x, "ndim", 0) else None
+    if C != dim:
+        raise ValueError(
+            f"{module} was built for dim = {dim} channels, but x has C = {C} (shape {tuple(getattr(x, 'shape', ()))})"
+        )

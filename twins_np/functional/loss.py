@@ -33,6 +33,8 @@ def cross_entropy_forward(logits: Any, target: Any, label_smoothing: float = 0.0
     Returns:
         loss: a Python float; cache for :func:`cross_entropy_backward`.
     """
+    if not hasattr(target, "shape"):
+        raise TypeError(f"target must be an array of labels (B,) or probabilities (B, K), got {type(target).__name__}")
     xp = get_xp(logits=logits, target=target)
     check_float("logits", logits)
     check_ndim("logits", logits, 2, "(B, K)")

@@ -71,6 +71,11 @@ class Twins(Module):
         sr_mode: str = "conv",
     ) -> None:
         super().__init__()
+        if np.dtype(dtype) not in FLOAT_DTYPES:
+            raise TypeError(
+                f"dtype must be float32 or float64, got {np.dtype(dtype)} (float16 loses too much precision in "
+                "LayerNorm and softmax; integers cannot hold gradients)"
+            )
         if global_pool not in ("", "avg"):
             raise ValueError(f"global_pool must be 'avg' or '' (none), got {global_pool!r}")
         S = len(depths)
@@ -235,6 +240,7 @@ class Twins(Module):
 
     def forward_head(self, x: Any) -> Any:
         """Tokens (B, N, C) -> logits (B, num_classes) (mean over tokens, then head)."""
+        self._batch = x.shape[0]  # for the shape check of backward's dlogits
         if self.global_pool == "avg":
             self._pool_n = x.shape[1]
             x = x.mean(axis=1)
@@ -272,6 +278,11 @@ class Twins(Module):
 
     def backward(self, dlogits: Any) -> Any:
         """dlogits (B, num_classes) -> dx (B, C_in, H, W); fills every parameter's .grad."""
+        if self._cache is None:
+            raise RuntimeError("Twins.backward() called without a forward() before it (or twice for one forward)")
+        expected = (self._batch, self.num_classes) if self.num_classes > 0 else None
+        if expected is not None and tuple(getattr(dlogits, "shape", ())) != expected:
+            raise ValueError(f"dlogits must have the logits' shape {expected}, got {tuple(getattr(dlogits, 'shape', ()))}")
         return self.backward_features(self.backward_head(dlogits))
 
     def no_weight_decay(self) -> set[str]:

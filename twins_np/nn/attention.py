@@ -11,7 +11,7 @@ import numpy as np
 
 from .. import functional as F
 from ..backend import default_rng
-from ..functional._checks import check_heads
+from ..functional._checks import check_channels, check_heads
 from .layers import Conv2d, Dropout, LayerNorm, Linear, Rng
 from .module import Module
 
@@ -53,6 +53,7 @@ class LocallyGroupedAttn(Module):
         self.rng = g
 
     def forward(self, x: Any, size: tuple[int, int]) -> Any:
+        check_channels(type(self).__name__, x, self.dim)
         out, cache = F.lsa_forward(
             x, size, self.qkv.weight.data, self.qkv.b, self.proj.weight.data, self.proj.b,
             num_heads=self.num_heads, ws=self.ws, attn_drop=self.attn_drop, rng=self.rng, training=self.training,
@@ -61,7 +62,8 @@ class LocallyGroupedAttn(Module):
         return self.proj_drop(out)
 
     def backward(self, dout: Any) -> Any:
-        dx, dqkv_w, dqkv_b, dproj_w, dproj_b = F.lsa_backward(self.proj_drop.backward(dout), self._pop())
+        cache = self._pop()  # first, so a second backward names this module
+        dx, dqkv_w, dqkv_b, dproj_w, dproj_b = F.lsa_backward(self.proj_drop.backward(dout), cache)
         self.qkv.accumulate_grads(dqkv_w, dqkv_b)
         self.proj.accumulate_grads(dproj_w, dproj_b)
         return dx
@@ -123,6 +125,7 @@ class GlobalSubSampleAttn(Module):
         self.rng = g
 
     def forward(self, x: Any, size: tuple[int, int]) -> Any:
+        check_channels(type(self).__name__, x, self.dim)
         sub: dict[str, Any] = {}
         if self.norm is not None:
             sub = dict(norm_w=self.norm.weight.data, norm_b=self.norm.bias.data, norm_eps=self.norm.eps, sr_mode=self.sr_mode)
@@ -141,7 +144,8 @@ class GlobalSubSampleAttn(Module):
         return self.proj_drop(out)
 
     def backward(self, dout: Any) -> Any:
-        g = F.gsa_backward(self.proj_drop.backward(dout), self._pop())
+        cache = self._pop()  # first, so a second backward names this module
+        g = F.gsa_backward(self.proj_drop.backward(dout), cache)
         self.q.accumulate_grads(g["q_w"], g["q_b"])
         self.kv.accumulate_grads(g["kv_w"], g["kv_b"])
         self.proj.accumulate_grads(g["proj_w"], g["proj_b"])

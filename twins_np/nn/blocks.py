@@ -8,7 +8,7 @@ import numpy as np
 
 from .. import functional as F
 from ..backend import default_rng
-from ..functional._checks import check_float, check_ndim
+from ..functional._checks import check_channels, check_float, check_ndim
 from .attention import GlobalSubSampleAttn, LocallyGroupedAttn
 from .layers import Conv2d, DropPath, LayerNorm, Mlp, Rng
 from .module import Identity, Module, Sequential
@@ -79,6 +79,7 @@ class PosConv(Module):
 
     def forward(self, x: Any, size: tuple[int, int]) -> Any:
         conv = self.proj[0]
+        check_channels("PosConv", x, conv.weight.shape[0])
         out, cache = F.peg_forward(x, size, conv.weight.data, conv.bias.data)
         self._save(cache)
         return out

@@ -53,7 +53,13 @@ class Linear(_WeightBias):
         return out
 
     def backward(self, dout: Any) -> Any:
-        dx, dw, db = F.linear_backward(dout, self._pop())
+        cache = self._pop()
+        if getattr(dout, "dtype", None) != cache.x.dtype:
+            # a float64 dout would make dx float64 while the parameters stay float32
+            raise TypeError(
+                f"Linear.backward: dout is {getattr(dout, 'dtype', type(dout).__name__)} but the forward ran in {cache.x.dtype}"
+            )
+        dx, dw, db = F.linear_backward(dout, cache)
         self.accumulate_grads(dw, db)
         return dx
 

@@ -173,6 +173,15 @@ class Module:
             KeyError: (strict) listing missing and unexpected keys.
             ValueError: listing every key whose shape differs, expected vs received.
         """
+        if not hasattr(state, "keys") or isinstance(state, Module):
+            hint = (
+                "a file name: use twins_np.io.load_weights(model, path)"
+                if isinstance(state, (str, bytes)) or hasattr(state, "__fspath__")
+                else "pass other.state_dict() for a module"
+            )
+            raise TypeError(
+                f"load_state_dict needs a mapping {{name: array}} (model.state_dict()), got {type(state).__name__}; {hint}"
+            )
         own = dict(self.named_parameters())
         missing = [k for k in own if k not in state]
         unexpected = [k for k in state if k not in own]

@@ -1,0 +1,233 @@
+"""Linear, LayerNorm, Mlp and Conv2d modules against their PyTorch/timm counterparts.
+
+Each parity test builds the PyTorch module, randomises every parameter (biases and
+LayerNorm affine included, so nothing sits at its init), loads the very same arrays
+into the twins-np module through ``load_state_dict`` (which checks the key names and
+shapes), and compares the output, the input gradient and every parameter gradient for
+a random upstream gradient.
+
+Error measure: rel = max|ours - torch| / max(max|torch|, floor), per array. The
+output and the input gradient use floor = 0 (they are compared to their own scale).
+A parameter gradient uses floor = 10 * eps(dtype) * scale / tol, where scale is the
+largest parameter-gradient magnitude of the module and tol the tolerance in use: it
+is compared to its own scale too, except that one whose entries are all zero in
+theory is held to an absolute error of 10 units in the last place of the module's
+largest gradient, which is what the rounding of the reference can deliver.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+from twins_np.gradcheck import TOLERANCES
+from twins_np.nn import Conv2d, LayerNorm, Linear, Mlp
+
+DTYPES = [pytest.param(np.float64, id="f64"), pytest.param(np.float32, id="f32")]
+STD = 0.2  # parameter noise: N(0, 0.2), LayerNorm gammas 1 + N(0, 0.2)
+FLOOR_ULPS = 10.0
+
+
+def _timm_mlp(**kwargs: Any) -> Any:
+    """timm's Mlp, or a clean skip when torch/timm are not installed."""
+    pytest.importorskip("torch")
+    return pytest.importorskip("timm.layers").Mlp(**kwargs)
+
+
+# ---- parity helpers -------------------------------------------------------------------
+def _tol(dtype: Any) -> float:
+    return TOLERANCES["parity_f64_rel"] if dtype == np.float64 else TOLERANCES["parity_f32_rel"]
+
+
+def _torch_module(m: Any, dtype: Any, seed: int = 0) -> Any:
+    """Cast ``m`` to ``dtype`` and overwrite every parameter with seeded noise."""
+    torch = pytest.importorskip("torch")
+    m = m.to(torch.float64 if dtype == np.float64 else torch.float32)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for mod in m.modules():
+            for name, p in mod.named_parameters(recurse=False):
+                noise = STD * torch.randn(p.shape, generator=g, dtype=p.dtype)
+                is_gamma = isinstance(mod, torch.nn.LayerNorm) and name == "weight"
+                p.copy_(1.0 + noise if is_gamma else noise)
+    return m
+
+
+def _copy_weights(tm: Any, ours: Any) -> None:
+    """Load the torch module's parameters; names, their order and shapes must agree."""
+    ref = {k: v.detach().numpy() for k, v in tm.state_dict().items()}
+    own = ours.state_dict()
+    assert list(own) == list(ref), f"parameter names differ:\n ours {list(own)}\n torch {list(ref)}"
+    for k, v in ref.items():
+        assert own[k].shape == v.shape, f"{k}: ours {own[k].shape}, torch {v.shape}"
+    ours.load_state_dict(ref)
+
+
+def _run(
+    tm: Any, ours: Any, x: np.ndarray, *args: Any, tcall: Callable | None = None, seed: int = 1
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Forward + backward through both with one random upstream gradient.
+
+    Returns two dicts ``{"out", "dx", "grad <name>"...}``: torch's and ours. A module
+    returning ``(tokens, (H, W))`` (PatchEmbed) is compared on the tokens, after
+    checking that both report the same size.
+    """
+    torch = pytest.importorskip("torch")
+    xt = torch.tensor(x, requires_grad=True)
+    out_t, out = (tcall or tm)(xt, *args), ours(x, *args)
+    if isinstance(out, tuple):
+        assert tuple(out[1]) == tuple(out_t[1]), f"output size {out[1]}, torch {out_t[1]}"
+        out, out_t = out[0], out_t[0]
+    dout = np.random.default_rng(seed).standard_normal(out.shape).astype(x.dtype)
+    out_t.backward(torch.tensor(dout))
+    dx = ours.backward(dout)
+    ref = {"out": out_t.detach().numpy(), "dx": xt.grad.numpy()}
+    ref.update({f"grad {k}": p.grad.numpy() for k, p in tm.named_parameters()})
+    got = {"out": out, "dx": dx}
+    got.update({f"grad {k}": p.grad for k, p in ours.named_parameters()})
+    return ref, got
+
+
+def _assert_parity(ref: dict[str, np.ndarray], got: dict[str, Any], dtype: Any) -> None:
+    """Every array within the dtype's parity tolerance (see the module docstring)."""
+    tol = _tol(dtype)
+    scale = max(float(np.abs(v).max()) for k, v in ref.items() if k.startswith("grad "))
+    floor = FLOOR_ULPS * float(np.finfo(dtype).eps) * scale / tol
+    errs = {}
+    for k, b in ref.items():
+        a = got[k]
+        assert a is not None, f"{k}: twins-np has no value (no gradient accumulated?)"
+        assert a.shape == b.shape, f"{k}: shape {a.shape}, torch {b.shape}"
+        assert a.dtype == dtype, f"{k}: dtype {a.dtype}, expected {np.dtype(dtype)}"
+        own = float(np.abs(b).max())
+        errs[k] = float(np.abs(a - b).max()) / max(own, floor if k.startswith("grad ") else 0.0, 1e-300)
+    bad = {k: f"{e:.2e}" for k, e in errs.items() if not e < tol}
+    assert not bad, f"rel errors above {tol:g}: {bad}"
+
+
+# ---- Linear ----------------------------------------------------------------------------
+@pytest.mark.parity
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("lead", [(7,), (2, 5), (2, 3, 4)], ids=["N", "BN", "BHW"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+def test_linear_matches_torch(dtype, lead, bias):
+    torch = pytest.importorskip("torch")
+    tm = _torch_module(torch.nn.Linear(24, 40, bias=bias), dtype)
+    ours = Linear(24, 40, bias=bias, dtype=dtype)
+    _copy_weights(tm, ours)
+    x = np.random.default_rng(0).standard_normal((*lead, 24)).astype(dtype)
+    _assert_parity(*_run(tm, ours, x), dtype)
+
+
+# ---- LayerNorm -------------------------------------------------------------------------
+@pytest.mark.parity
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("eps", [1e-6, 1e-5], ids=["eps1e-6", "eps1e-5"])
+@pytest.mark.parametrize("shift", [0.0, 5.0], ids=["centred", "offset5"])
+def test_layernorm_matches_torch(dtype, eps, shift):
+    """An offset input checks that the mean is removed before the variance is taken."""
+    torch = pytest.importorskip("torch")
+    tm = _torch_module(torch.nn.LayerNorm(32, eps=eps), dtype)
+    ours = LayerNorm(32, eps=eps, dtype=dtype)
+    _copy_weights(tm, ours)
+    x = (shift + np.random.default_rng(0).standard_normal((2, 49, 32))).astype(dtype)
+    _assert_parity(*_run(tm, ours, x), dtype)
+
+
+def test_layernorm_eps_matters():
+    """The two eps values give different outputs on small-variance rows, so the tests above can tell them apart."""
+    x = 1e-3 * np.random.default_rng(0).standard_normal((3, 16))
+    a, b = LayerNorm(16, eps=1e-6, dtype=np.float64), LayerNorm(16, eps=1e-5, dtype=np.float64)
+    assert float(np.abs(a(x) - b(x)).max()) > 1e-3
+
+
+# ---- Mlp ---------------------------------------------------------------------------------
+@pytest.mark.parity
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mlp_ratio", [4, 8], ids=["ratio4", "ratio8"])
+def test_mlp_matches_timm(dtype, mlp_ratio):
+    C = 32
+    tm = _torch_module(_timm_mlp(in_features=C, hidden_features=mlp_ratio * C), dtype)
+    ours = Mlp(C, mlp_ratio * C, dtype=dtype)
+    _copy_weights(tm, ours)
+    x = np.random.default_rng(0).standard_normal((2, 25, C)).astype(dtype)
+    _assert_parity(*_run(tm, ours, x), dtype)
+
+
+@pytest.mark.parity
+def test_mlp_with_dropout_in_eval_matches_timm():
+    """drop > 0 takes Mlp's step-by-step path; in eval the dropouts are identities."""
+    tm = _torch_module(_timm_mlp(in_features=16, hidden_features=64, drop=0.3), np.float64).eval()
+    ours = Mlp(16, 64, drop=0.3, dtype=np.float64).eval()
+    _copy_weights(tm, ours)
+    x = np.random.default_rng(0).standard_normal((3, 10, 16))
+    _assert_parity(*_run(tm, ours, x), np.float64)
+
+
+# ---- Conv2d (channels-last in twins-np, NCHW in torch; same weight layout) ----------------
+def _nchw_call(tm: Any) -> Callable:
+    """torch conv applied to a channels-last tensor, returning channels-last."""
+    return lambda t: tm(t.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+CONV_CASES = [
+    pytest.param(3, 16, 4, 32, 32, id="patch4-32x32"),
+    pytest.param(3, 16, 4, 30, 23, id="patch4-30x23-floors"),
+    pytest.param(16, 24, 2, 57, 57, id="patch2-57x57-floors"),
+    pytest.param(16, 16, 8, 57, 60, id="sr8-57x60-floors"),
+    pytest.param(8, 8, 2, 2, 2, id="patch2-2x2-one-patch"),
+]
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("c_in,c_out,k,H,W", CONV_CASES)
+def test_patch_conv_matches_torch(dtype, c_in, c_out, k, H, W):
+    torch = pytest.importorskip("torch")
+    tm = _torch_module(torch.nn.Conv2d(c_in, c_out, kernel_size=k, stride=k), dtype)
+    ours = Conv2d(c_in, c_out, kernel_size=k, stride=k, dtype=dtype)
+    _copy_weights(tm, ours)
+    x = np.random.default_rng(0).standard_normal((2, H, W, c_in)).astype(dtype)
+    ref, got = _run(tm, ours, x, tcall=_nchw_call(tm))
+    assert got["out"].shape == (2, H // k, W // k, c_out)
+    _assert_parity(ref, got, dtype)
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("H,W", [(7, 7), (1, 1), (3, 8)], ids=["7x7", "1x1", "3x8"])
+def test_depthwise_conv_matches_torch(dtype, H, W):
+    torch = pytest.importorskip("torch")
+    C = 12
+    tm = _torch_module(torch.nn.Conv2d(C, C, 3, 1, 1, groups=C), dtype)
+    ours = Conv2d(C, C, 3, 1, 1, groups=C, dtype=dtype)
+    _copy_weights(tm, ours)
+    x = np.random.default_rng(0).standard_normal((2, H, W, C)).astype(dtype)
+    _assert_parity(*_run(tm, ours, x, tcall=_nchw_call(tm)), dtype)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(kernel_size=3, stride=2),
+        dict(kernel_size=2, stride=2, padding=1),
+        dict(kernel_size=2, stride=2, groups=2),
+        dict(kernel_size=3, stride=1, padding=0, groups=8),
+        dict(kernel_size=3, stride=2, padding=1, groups=8),
+        dict(kernel_size=5, stride=1, padding=2, groups=8),
+    ],
+    ids=["k3s2", "k2s2-pad1", "k2s2-groups2", "dw-pad0", "dw-stride2", "dw-5x5"],
+)
+def test_conv2d_refuses_unsupported_configs(kwargs):
+    with pytest.raises(ValueError, match="kernel_size == stride") as info:
+        Conv2d(8, 8, **kwargs)
+    msg = str(info.value)
+    assert "3x3 depthwise" in msg and f"kernel_size={kwargs['kernel_size']}" in msg
+
+
+def test_depthwise_needs_equal_channels():
+    with pytest.raises(ValueError, match="depthwise"):
+        Conv2d(8, 16, 3, 1, 1, groups=8)
