@@ -301,14 +301,14 @@ def save_weights(model_or_state_dict: Any, path: PathLike, metadata: Mapping[str
     if metadata and fmt != "safetensors":
         raise ValueError(f"{path}: only .safetensors files can hold metadata")
     if fmt == "npz":
-        _atomic_write(path, lambda f: _write_npz(f, arrays))
+        atomic_write(path, lambda f: _write_npz(f, arrays))
     elif fmt == "safetensors":
         header = _safetensors_header(arrays, dict(metadata or {}), path)  # validate before touching the disk
-        _atomic_write(path, lambda f: _write_safetensors(f, header, arrays))
+        atomic_write(path, lambda f: _write_safetensors(f, header, arrays))
     else:
         torch = _import_torch(path)
         native = {k: a.astype(a.dtype.newbyteorder("="), copy=False) for k, a in arrays.items()}  # torch wants native order
-        _atomic_write(path, lambda f: _write_pth(f, native, torch))
+        atomic_write(path, lambda f: _write_pth(f, native, torch))
     return Path(path)
 
 
@@ -317,12 +317,16 @@ def _c_order(a: np.ndarray) -> np.ndarray:
     return a if a.flags.c_contiguous else a.copy(order="C")
 
 
-def _atomic_write(path: PathLike, write: Callable[[IO[bytes]], None]) -> None:
+def atomic_write(path: PathLike, write: Callable[[IO[bytes]], None]) -> Path:
     """Run ``write(f)`` on a temporary file beside ``path``, then move it over ``path``.
 
     The temporary file is flushed and fsync'ed before ``os.replace`` so that a crash
-    leaves either the old file or the complete new one, never a mix. On any error the
-    temporary file is deleted and ``path`` is not touched.
+    leaves either the old file or the complete new one, never a mix. On any error
+    (Ctrl-C included) the temporary file is deleted and ``path`` is not touched. Used for
+    weights, training checkpoints, metrics and figures alike.
+
+    Returns:
+        the path written (symlinks resolved).
     """
     target = Path(os.path.realpath(path))  # through a symlink: replace the file it points to, not the link
     if not target.parent.is_dir():
@@ -340,6 +344,7 @@ def _atomic_write(path: PathLike, write: Callable[[IO[bytes]], None]) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(target.parent)
+    return target
 
 
 def _umask() -> int:

@@ -23,7 +23,7 @@ allow_pickle=False)``, so opening a checkpoint can never run code. Random genera
 states are dicts with 128-bit integers; they travel as JSON text (Python's JSON keeps
 integers of any size exactly).
 
-Files are written atomically (:func:`atomic_write`): a crash or an error while
+Files are written atomically (:func:`twins_np.io.atomic_write`): a crash or an error while
 writing leaves the previous checkpoint byte for byte as it was.
 """
 
@@ -31,14 +31,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
 from ..backend import asnumpy
+from ..io import atomic_write
 from ..nn.module import Module
 
 __all__ = [
@@ -57,53 +56,6 @@ _JSON_KEYS = ("config", "history", "rng")
 
 
 # --- atomic files ----------------------------------------------------------------------
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
-    """Write a file so that readers see either the old or the complete new content.
-
-    ``write(f)`` fills a temporary file in the same directory (so the final rename
-    never crosses file systems); the data is flushed and fsync'ed, then
-    ``os.replace`` moves it over ``path`` in one step. If anything fails (including
-    Ctrl-C) the temporary file is removed and ``path`` is left untouched.
-
-    Args:
-        path: destination file; its directory must exist.
-        write: callback that writes the whole content to a binary file object.
-
-    Returns:
-        ``path`` as a :class:`~pathlib.Path`.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename itself durable (POSIX); silently skipped where unsupported."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def save_npz(path: str | os.PathLike, arrays: dict[str, Any]) -> Path:

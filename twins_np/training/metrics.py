@@ -2,7 +2,7 @@
 
 Notation: K classes, N evaluated images, E finished epochs.
 
-Every file is written atomically (see :func:`~twins_np.training.checkpoint.atomic_write`)
+Every file is written atomically (see :func:`twins_np.io.atomic_write`)
 and rewritten in full from the run's history after each epoch, so the tables always
 match the checkpoint next to them, even after an interrupted and resumed run.
 
@@ -22,7 +22,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from .checkpoint import atomic_write
+from ..io import atomic_write
 
 __all__ = [
     "METRIC_COLUMNS",
