@@ -46,8 +46,14 @@ OPS = [
 SCALING_SIZES = [28, 56, 112, 224]
 
 
+THREADS = 2  # BLAS / OpenMP threads per process, both libraries (set by --threads)
+
+
 def _worker(args: list[str]) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    n = str(THREADS)
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               OPENBLAS_NUM_THREADS=n, OMP_NUM_THREADS=n, MKL_NUM_THREADS=n)  # fmt: skip
+    args = [*args, "--threads", n]
     out = subprocess.run(
         [sys.executable, "-m", "benchmarks.worker", *args], capture_output=True, text=True, cwd=ROOT, env=env
     )
@@ -105,14 +111,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--quick", action="store_true", help="1 round, 2 repeats (smoke test)")
+    p.add_argument("--threads", type=int, default=2, help="threads per process for both libraries (default 2)")
     args = p.parse_args(argv)
+    global THREADS
+    THREADS = args.threads
     only = set(args.only or ["models", "ops", "scaling"])
     rounds = 1 if args.quick else args.rounds
     rep = ["--warmup", "1", "--repeats", "2"] if args.quick else ["--warmup", "2", "--repeats", "5"]
     dev = ["--device", args.device]
     results: dict = {"machine": machine(), "versions": versions(), "device": args.device,
                      "date": time.strftime("%Y-%m-%d"), "models": [], "ops": [], "scaling": []}  # fmt: skip
-    print(f"# twins-np vs PyTorch ({args.device})\n\n{results['machine']}\n{results['versions']}\n")
+    results["threads"] = THREADS
+    print(f"# twins-np vs PyTorch ({args.device}, {THREADS} thread(s) per process)")
+    print(f"\n{results['machine']}\n{results['versions']}\n")
 
     if "models" in only:
         print("| model | batch | size | task | twins-np s | torch s | time ratio | twins-np MiB | torch MiB | memory ratio |")

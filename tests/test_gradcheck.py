@@ -327,3 +327,19 @@ def test_analytic_side_on_gpu():
     assert max(r.max_rel_err for r in rows) < TOLERANCES["gradcheck_rel"]
     with pytest.raises(AssertionError, match="gradient check failed"):
         check_backward(F.softmax_forward, softmax_backward_missing_term, [logits(25)], device="gpu")
+
+
+def test_zero_gradient_passes_only_within_the_resolution():
+    """A gradient that is exactly zero passes as "zero to resolution"; a small wrong one does not."""
+    import numpy as np
+
+    from twins_np.functional import softmax_backward, softmax_forward
+    from twins_np.gradcheck import TOLERANCES, check_backward
+
+    x = np.random.default_rng(0).standard_normal((3, 4))
+    rows = check_backward(softmax_forward, softmax_backward, [x], dout=np.ones((3, 4)))  # true gradient: 0
+    assert rows[0].zero and rows[0].passed(TOLERANCES["gradcheck_rel"])
+    assert rows[0].max_abs_err <= rows[0].resolution
+    # an analytic gradient of 1e-4 where the truth is 0 is far above the resolution: it must fail
+    with pytest.raises(AssertionError, match="NO"):
+        check_backward(softmax_forward, lambda d, c: softmax_backward(d, c) + 1e-4, [x], dout=np.ones((3, 4)))

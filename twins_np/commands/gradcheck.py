@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
         worst = max(r.max_rel_err for r in rows)
         print(f"{name:<32}{len(rows):>7}{sum(r.checked for r in rows):>10}{worst:>14.2e}  ok")
         if args.verbose:
-            print("    " + format_table(rows, tol).replace("\n", "\n    "))
+            print("    " + format_table(rows, tol, seed=0).replace("\n", "\n    "))  # the suite's cases use seed 0
     print("-" * 72)
     print(f"{len(results) - failed} passed, {failed} failed ({time.perf_counter() - t0:.1f} s)")
     return 1 if failed else 0

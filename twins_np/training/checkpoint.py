@@ -160,10 +160,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint` (no pickle involved).
 
     Returns:
-        ``{"epoch": int, "config": dict, "history": list, "rng": dict,
-        "model": {name: array}, "optimizer": {...}, "schedule": {...}, "loader": {...}}``
-        with host NumPy arrays (0-d arrays for scalars; the ``load_state_dict``
-        methods accept them).
+        A dict with the keys epoch (int), config (dict), history (list), rng (dict),
+        model ({name: array}), optimizer, schedule and loader (their state dicts), all
+        with host NumPy arrays (0-d arrays for scalars; the ``load_state_dict`` methods
+        accept them).
 
     Raises:
         FileNotFoundError: if ``path`` does not exist.
