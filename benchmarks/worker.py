@@ -97,7 +97,12 @@ def twins_np_task(args: argparse.Namespace) -> tuple[Callable[[], Any], Callable
         y = to_device(rng.integers(0, model.num_classes, args.batch), dev)
         if args.task == "forward":
             model.eval()
-            return (lambda: model.forward(x)), synchronize
+
+            def fwd() -> None:
+                with twins_np.no_grad():  # as torch.no_grad() on the other side
+                    model.forward(x)
+
+            return fwd, synchronize
 
         def step() -> None:
             model.zero_grad()

@@ -3,7 +3,7 @@
 from .attention import GlobalSubSampleAttn, LocallyGroupedAttn
 from .blocks import Block, PatchEmbed, PosConv
 from .layers import Conv2d, Dropout, DropPath, LayerNorm, Linear, Mlp
-from .module import Identity, Module, ModuleList, Parameter, Sequential
+from .module import Identity, Module, ModuleList, Parameter, Sequential, no_grad
 
 __all__ = [
     "Block",
@@ -22,4 +22,5 @@ __all__ = [
     "PatchEmbed",
     "PosConv",
     "Sequential",
+    "no_grad",
 ]
