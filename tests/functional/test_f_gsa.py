@@ -6,36 +6,14 @@ import math
 
 import numpy as np
 import pytest
+from f_helpers import assert_grad_close, rel_err
 
 from twins_np import functional as F
-from twins_np.backend import asnumpy, cupy_available
+from twins_np.backend import cupy_available
 from twins_np.gradcheck import TOLERANCES, check_backward
 
 BASE = ["q_w", "q_b", "kv_w", "kv_b", "proj_w", "proj_b"]
 SR = ["sr_w", "sr_b", "norm_w", "norm_b"]
-
-
-def rel_err(a, b, scale: float | None = None) -> float:
-    """max|a - b| / max(max|b|, floor) with floor = 1e-12 * scale (a global magnitude)."""
-    a = np.asarray(asnumpy(a), dtype=np.float64)
-    b = np.asarray(asnumpy(b), dtype=np.float64)
-    bmax = float(np.max(np.abs(b)))
-    floor = 1e-12 * (bmax if scale is None else scale)
-    return float(np.max(np.abs(a - b))) / max(bmax, floor, 1e-300)
-
-
-def assert_grad_close(mine, ref, tol: float, scale: float) -> None:
-    """Compare one gradient with its reference, relative to the global gradient scale where needed.
-
-    With a single key the softmax is constant, so q_w and q_b get an exactly-zero gradient here and
-    rounding noise (order eps * scale) in torch; such a gradient passes when the reference is below
-    ``tol * scale``. Otherwise the error is ``rel_err`` with floor = 1e-12 * scale.
-    """
-    mine, ref = np.asarray(asnumpy(mine), dtype=np.float64), np.asarray(ref, dtype=np.float64)
-    if not np.any(mine):
-        assert float(np.max(np.abs(ref))) < tol * scale
-    else:
-        assert rel_err(mine, ref, scale) < tol
 
 
 def make_params(seed: int, B: int, H: int, W: int, C: int, sr: int) -> dict:

@@ -6,21 +6,13 @@ import math
 
 import numpy as np
 import pytest
+from f_helpers import rel_err
 
 from twins_np import functional as F
 from twins_np.backend import asnumpy, cupy_available
 from twins_np.gradcheck import TOLERANCES, check_backward
 
 C = 6
-
-
-def rel_err(a, b, scale: float | None = None) -> float:
-    """max|a - b| / max(max|b|, floor) with floor = 1e-12 * scale (a global magnitude)."""
-    a = np.asarray(asnumpy(a), dtype=np.float64)
-    b = np.asarray(asnumpy(b), dtype=np.float64)
-    bmax = float(np.max(np.abs(b)))
-    floor = 1e-12 * (bmax if scale is None else scale)
-    return float(np.max(np.abs(a - b))) / max(bmax, floor, 1e-300)
 
 
 def make_args(seed: int = 0, shape: tuple[int, ...] = (2, 3, C)):
