@@ -54,9 +54,7 @@ def _worker(args: list[str]) -> dict:
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
                OPENBLAS_NUM_THREADS=n, OMP_NUM_THREADS=n, MKL_NUM_THREADS=n)  # fmt: skip
     args = [*args, "--threads", n]
-    out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.worker", *args], capture_output=True, text=True, cwd=ROOT, env=env
-    )
+    out = subprocess.run([sys.executable, "-m", "benchmarks.worker", *args], capture_output=True, text=True, cwd=ROOT, env=env)
     if out.returncode != 0:
         raise RuntimeError(f"worker {' '.join(args)} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
