@@ -20,11 +20,14 @@ band, the two spanning at least 30 > 28 = ws * p pixels; at S = 64, k = 5.
 Why a local-window model stays at chance: a ws x ws window of stage-1 tokens,
 whatever its offset, never holds a pixel of both marks, and one mark alone is
 independent of the label. So any decision made from one window is a coin flip.
-The same holds for a model that encodes windows independently, averages the window
-features and classifies them linearly: the score is then f(first mark) + g(second
-mark), and no sum of that form separates XOR. Solving the task needs information to
-flow between windows: Twins' global sub-sampled attention, or a stage whose window
-covers the whole map.
+A model that encodes windows independently, averages the window features and
+classifies them linearly scores f(first mark) + g(second mark): no sum of that form
+separates XOR, and its cross-entropy optimum is the constant ln 2 (a sum can still
+get 3 of the 4 mark combinations right, so accuracy alone is a weaker witness than
+the loss). Solving the task needs information to flow between windows: Twins' global
+sub-sampled attention, a stage whose window covers the whole map, or the PEG, whose
+3x3 conv between two LSA blocks already crosses window borders (notebook 09 removes it
+from both models for the LSA-only vs LSA+GSA comparison).
 """
 
 from __future__ import annotations
