@@ -4,13 +4,17 @@
 
 twins-np uses eps = 1e-6 in the blocks and the final norm, and eps = 1e-5 in the
 patch embedding and the GSA sub-sampling norm, exactly as timm's Twins does.
+
+Every row is normalised on its own, so both passes run on blocks of rows through
+:func:`~twins_np.backend.map_blocks` (cache-sized blocks on all CPU cores; one call
+on the GPU).
 """
 
 from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from ..backend import get_xp
+from ..backend import get_xp, map_blocks
 from ._checks import check_float, check_same_dtype
 
 
@@ -37,6 +41,14 @@ def layernorm_forward(x: Any, gamma: Any, beta: Any, eps: float = 1e-6) -> tuple
     C = x.shape[-1]
     if gamma.shape != (C,) or beta.shape != (C,):
         raise ValueError(f"layernorm: x has C = {C} channels but gamma/beta have shapes {tuple(gamma.shape)}/{tuple(beta.shape)}")
+    y, xhat, inv_std = map_blocks(lambda rows: _layernorm_rows(rows, gamma, beta, eps), x.reshape(-1, C))
+    lead = x.shape[:-1]
+    y, xhat, inv_std = y.reshape(x.shape), xhat.reshape(x.shape), inv_std.reshape(*lead, 1)
+    return y, LayerNormCache(xhat, inv_std, gamma)
+
+
+def _layernorm_rows(x: Any, gamma: Any, beta: Any, eps: float) -> tuple[Any, Any, Any]:
+    """(y, xhat, inv_std) for a block of rows x of shape (R, C)."""
     xp = get_xp(x)
     mean = x.mean(axis=-1, keepdims=True)
     xhat = x - mean
@@ -46,7 +58,7 @@ def layernorm_forward(x: Any, gamma: Any, beta: Any, eps: float = 1e-6) -> tuple
     xhat *= inv_std
     y = xhat * gamma
     y += beta
-    return y, LayerNormCache(xhat, inv_std, gamma)
+    return y, xhat, inv_std
 
 
 def layernorm_backward(dout: Any, cache: LayerNormCache) -> tuple[Any, Any, Any]:
@@ -62,14 +74,23 @@ def layernorm_backward(dout: Any, cache: LayerNormCache) -> tuple[Any, Any, Any]
     Returns:
         dx (..., C), dgamma (C,), dbeta (C,).
     """
-    # BEGIN SOLUTION layernorm_backward
     xhat, inv_std, gamma = cache
     C = xhat.shape[-1]
-    dgamma = (dout * xhat).reshape(-1, C).sum(axis=0)
-    dbeta = dout.reshape(-1, C).sum(axis=0)
+    dout2, xhat2 = dout.reshape(-1, C), xhat.reshape(-1, C)
+    # BEGIN SOLUTION layernorm_backward
+    dgamma = (dout2 * xhat2).sum(axis=0)
+    dbeta = dout2.sum(axis=0)
+    # END SOLUTION
+    dx = map_blocks(lambda d, xh, s: _layernorm_rows_backward(d, xh, s, gamma), dout2, xhat2, inv_std.reshape(-1, 1))
+    return dx.reshape(dout.shape), dgamma, dbeta
+
+
+def _layernorm_rows_backward(dout: Any, xhat: Any, inv_std: Any, gamma: Any) -> Any:
+    """dx for a block of rows: dout and xhat (R, C), inv_std (R, 1)."""
+    # BEGIN SOLUTION layernorm_backward
     g = dout * gamma
     dx = g - g.mean(axis=-1, keepdims=True)
     dx -= xhat * (g * xhat).mean(axis=-1, keepdims=True)
     dx *= inv_std
-    return dx, dgamma, dbeta
+    return dx
     # END SOLUTION
