@@ -14,7 +14,7 @@ a driver, or a machine without a GPU all mean "NumPy only", and
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -227,46 +227,44 @@ def synchronize() -> None:
 DEFAULT_BLOCK_BYTES = 1 << 20  # read at call time, so tests can shrink it
 
 
-def map_blocks(fn: Callable[..., Any], *arrays: Any, block_bytes: int | None = None) -> Any:
-    """``fn(*arrays)``, computed block by block on the CPU.
+def map_blocks(fn: Callable[..., None], *arrays: Any, out: Any, block_bytes: int | None = None) -> Any:
+    """Run ``fn(*arrays, out=out)`` block by block on the CPU; returns ``out``.
 
-    ``fn`` must treat the rows (axis 0) of its arguments independently, as an
-    elementwise or a per-row function does; then running it on blocks of rows and
-    stacking the results gives exactly ``fn(*arrays)``, bit for bit, whatever the block
-    size. It returns one array or a tuple of arrays, each with as many rows as its
-    inputs.
+    ``fn`` computes its result from its arguments and writes it into ``out`` (one array,
+    or a tuple of arrays). It must treat the rows (axis 0) of its arguments
+    independently, as an elementwise or a per-row function does: then calling it on
+    matching blocks of rows of the inputs and of ``out`` gives exactly the result of one
+    call over everything, bit for bit, whatever the block size. Writing straight into
+    the caller's arrays (rather than returning new ones) saves a copy of every block.
 
-    On CuPy, and when everything fits in one block, this is just ``fn(*arrays)``: the
-    GPU runs each ufunc over the whole array at once.
+    On CuPy, and when everything fits in one block, this is one call over the whole
+    arrays: the GPU runs each ufunc over the whole array at once.
 
     Args:
-        fn: the per-row function, written with the array module of its arguments.
-        arrays: arrays with the same number of rows (axis 0).
-        block_bytes: size of one block of the first array; default
+        fn: ``fn(*row_blocks, out=out_row_blocks)``, written with the array module of
+            its arguments.
+        arrays: inputs with the same number of rows (axis 0).
+        out: the output array, or a tuple of them, allocated by the caller with the
+            inputs' number of rows.
+        block_bytes: size of one block of the first input; default
             ``DEFAULT_BLOCK_BYTES`` = 1 MiB. Smaller blocks fit better in cache but each
             block pays NumPy's fixed cost per ufunc call (about a microsecond); 1 MiB was
             the fastest for GELU, LayerNorm and softmax on the benchmark machine.
 
     Returns:
-        whatever ``fn`` returns, for all the rows.
+        ``out``.
     """
     first = arrays[0]
-    if is_cupy_array(first):
-        return fn(*arrays)
     rows = first.shape[0]
     block_bytes = DEFAULT_BLOCK_BYTES if block_bytes is None else block_bytes
     row_bytes = max(1, first.itemsize * (first.size // max(rows, 1)))
     step = max(1, block_bytes // row_bytes)
-    if rows <= step:
-        return fn(*arrays)
-    outs: list[Any] = []
-    single = True
+    if is_cupy_array(first) or rows <= step:
+        fn(*arrays, out=out)
+        return out
+    outs = out if isinstance(out, tuple) else None
     for start in range(0, rows, step):
-        res = fn(*(a[start : start + step] for a in arrays))
-        single = not isinstance(res, tuple)
-        res_t: Sequence[Any] = (res,) if single else res
-        if not outs:  # the first block tells the outputs' shapes and dtypes
-            outs = [np.empty((rows, *r.shape[1:]), dtype=r.dtype) for r in res_t]
-        for o, r in zip(outs, res_t):
-            o[start : start + step] = r
-    return outs[0] if single else tuple(outs)
+        rows_ = slice(start, start + step)
+        block_out = tuple(o[rows_] for o in outs) if outs is not None else out[rows_]
+        fn(*(a[rows_] for a in arrays), out=block_out)
+    return out

@@ -3,7 +3,7 @@
 GELU(x) = x * Phi(x),   Phi(x) = (1 + erf(x / sqrt(2))) / 2
 
 Both passes run through :func:`~twins_np.backend.map_blocks`: on the CPU the chain of
-elementwise steps is applied to cache-sized blocks on every core, so the input is read
+elementwise steps is applied to one cache-sized block at a time, so the input is read
 from memory once instead of once per step; on the GPU each is one call over the array.
 """
 
@@ -34,14 +34,18 @@ def gelu_forward(x: Any) -> tuple[Any, GeluCache]:
         out: same shape and dtype; cache for :func:`gelu_backward`.
     """
     check_float("x", x)
-    out, cdf = map_blocks(_gelu_forward_block, x.reshape(-1))
-    return out.reshape(x.shape), GeluCache(x, cdf.reshape(x.shape))
+    xp = get_xp(x)
+    x = xp.ascontiguousarray(x)
+    out, cdf = xp.empty_like(x), xp.empty_like(x)
+    map_blocks(_gelu_forward_block, x.reshape(-1), out=(out.reshape(-1), cdf.reshape(-1)))
+    return out, GeluCache(x, cdf)
 
 
-def _gelu_forward_block(x: Any) -> tuple[Any, Any]:
-    """(x Phi(x), Phi(x)) on one block."""
-    cdf = normal_cdf(x)
-    return x * cdf, cdf
+def _gelu_forward_block(x: Any, out: tuple[Any, Any]) -> None:
+    """Writes x Phi(x) and Phi(x) for one block into out = (gelu, cdf)."""
+    gelu, cdf = out
+    normal_cdf(x, out=cdf)
+    get_xp(x).multiply(x, cdf, out=gelu)
 
 
 def gelu_backward(dout: Any, cache: GeluCache) -> Any:
@@ -51,17 +55,20 @@ def gelu_backward(dout: Any, cache: GeluCache) -> Any:
         d/dx [x Phi(x)] = Phi(x) + x phi(x),   phi(x) = exp(-x^2 / 2) / sqrt(2 pi).
     """
     x, cdf = cache
-    dx = map_blocks(_gelu_backward_block, dout.reshape(-1), x.reshape(-1), cdf.reshape(-1))
-    return dx.reshape(dout.shape)
+    xp = get_xp(dout)
+    dout = xp.ascontiguousarray(dout)
+    dx = xp.empty_like(dout)
+    map_blocks(_gelu_backward_block, dout.reshape(-1), x.reshape(-1), cdf.reshape(-1), out=dx.reshape(-1))
+    return dx
 
 
-def _gelu_backward_block(dout: Any, x: Any, cdf: Any) -> Any:
-    """dout * (Phi(x) + x phi(x)) on one block; all three arrays have the same shape."""
+def _gelu_backward_block(dout: Any, x: Any, cdf: Any, out: Any) -> None:
+    """Writes dout * (Phi(x) + x phi(x)) for one block into out (all of one shape)."""
     # BEGIN SOLUTION gelu_backward
     xp = get_xp(x)
     pdf = xp.exp(-0.5 * x * x)
     pdf *= _INV_SQRT_2PI
     pdf *= x
     pdf += cdf
-    return dout * pdf
+    xp.multiply(dout, pdf, out=out)
     # END SOLUTION

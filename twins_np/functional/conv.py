@@ -119,27 +119,33 @@ def depthwise_conv3x3_forward(x: Any, w: Any, b: Any | None) -> tuple[Any, DWCon
     # slows every broadcast multiply by it
     wt = xp.ascontiguousarray(w[:, 0].transpose(1, 2, 0))
     # Images are independent: map_blocks runs a few at a time, so the padded copy and
-    # the nine taps stay in cache, and spreads them over the CPU cores.
-    out, xpad = map_blocks(lambda images: _dwconv3x3_images(images, wt, b), x)
+    # the nine taps stay in cache.
+    B, H, W, C = x.shape
+    out = xp.empty((B, H, W, C), dtype=x.dtype)
+    xpad = xp.zeros((B, H + 2, W + 2, C), dtype=x.dtype)
+    map_blocks(lambda images, out: _dwconv3x3_images(images, wt, b, out), x, out=(out, xpad))
     return out, DWConvCache(xpad, w)
 
 
-def _dwconv3x3_images(x: Any, wt: Any, b: Any | None) -> tuple[Any, Any]:
-    """(out, xpad) for a block of images x (n, H, W, C); wt is the (3, 3, C) weight."""
+def _dwconv3x3_images(x: Any, wt: Any, b: Any | None, out: tuple[Any, Any]) -> None:
+    """Writes (conv, padded input) for a block of images x (n, H, W, C) into out.
+
+    wt is the (3, 3, C) weight; the padded array arrives zeroed, so only its interior
+    is written.
+    """
+    y, xpad = out
     xp = get_xp(x)
     n, H, W, C = x.shape
-    xpad = xp.zeros((n, H + 2, W + 2, C), dtype=x.dtype)
     xpad[:, 1:-1, 1:-1, :] = x
-    out = x * wt[1, 1]  # the centre tap needs no padding
+    xp.multiply(x, wt[1, 1], out=y)  # the centre tap needs no padding
     if b is not None:
-        out += b
+        y += b
     tmp = xp.empty_like(x)  # one scratch array for the other eight taps
     for u in range(3):
         for v in range(3):
             if (u, v) != (1, 1):
                 xp.multiply(xpad[:, u : u + H, v : v + W, :], wt[u, v], out=tmp)
-                out += tmp
-    return out, xpad
+                y += tmp
 
 
 def depthwise_conv3x3_backward(dout: Any, cache: DWConvCache) -> tuple[Any, Any, Any]:
@@ -154,25 +160,30 @@ def depthwise_conv3x3_backward(dout: Any, cache: DWConvCache) -> tuple[Any, Any,
         dx (B, H, W, C), dw (C, 1, 3, 3), db (C,).
     """
     xpad, w = cache
+    xp = get_xp(dout)
     C = w.shape[0]
-    wt = get_xp(w).ascontiguousarray(w[:, 0].transpose(1, 2, 0))  # (3, 3, C)
+    wt = xp.ascontiguousarray(w[:, 0].transpose(1, 2, 0))  # (3, 3, C)
     # per image: dx and that image's share of dW (summed over the batch below)
-    dx, dwt_per_image = map_blocks(lambda d, xp_: _dwconv3x3_images_backward(d, xp_, wt), dout, xpad)
+    B, H, W, _ = dout.shape
+    dx = xp.empty((B, H, W, C), dtype=dout.dtype)
+    dwt_per_image = xp.empty((B, 3, 3, C), dtype=dout.dtype)
+    map_blocks(lambda d, xp_, out: _dwconv3x3_images_backward(d, xp_, wt, out), dout, xpad, out=(dx, dwt_per_image))
     dw = dwt_per_image.sum(axis=0).transpose(2, 0, 1).reshape(C, 1, 3, 3)
     db = dout.reshape(-1, C).sum(axis=0)
     return dx, dw, db
 
 
-def _dwconv3x3_images_backward(dout: Any, xpad: Any, wt: Any) -> tuple[Any, Any]:
-    """(dx, dW per image) for a block of images: dout (n, H, W, C), xpad (n, H+2, W+2, C).
+def _dwconv3x3_images_backward(dout: Any, xpad: Any, wt: Any, out: tuple[Any, Any]) -> None:
+    """Writes (dx, dW per image) for a block of images into out.
 
-    Returns dx (n, H, W, C) and (n, 3, 3, C), tap (u, v) of image i's contribution to dW.
+    dout (n, H, W, C) and xpad (n, H+2, W+2, C) in; dx (n, H, W, C) and dwt (n, 3, 3, C),
+    tap (u, v) of image i's contribution to dW, out.
     """
     # BEGIN SOLUTION peg_backward
+    dx, dwt = out
     xp = get_xp(dout)
     n, H, W, C = dout.shape
     dxpad = xp.zeros_like(xpad)
-    dwt = xp.empty((n, 3, 3, C), dtype=dout.dtype)
     tmp = xp.empty_like(dout)  # one scratch array for the 9 taps instead of 9 temporaries
     for u in range(3):
         for v in range(3):
@@ -182,7 +193,7 @@ def _dwconv3x3_images_backward(dout: Any, xpad: Any, wt: Any) -> tuple[Any, Any]
             dwt[:, u, v] = xp.einsum("bhwc,bhwc->bc", dout, window)
             xp.multiply(dout, wt[u, v], out=tmp)
             dxpad[:, u : u + H, v : v + W, :] += tmp
-    return dxpad[:, 1:-1, 1:-1, :], dwt
+    dx[...] = dxpad[:, 1:-1, 1:-1, :]
     # END SOLUTION
 
 

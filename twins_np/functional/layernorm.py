@@ -6,8 +6,8 @@ twins-np uses eps = 1e-6 in the blocks and the final norm, and eps = 1e-5 in the
 patch embedding and the GSA sub-sampling norm, exactly as timm's Twins does.
 
 Every row is normalised on its own, so both passes run on blocks of rows through
-:func:`~twins_np.backend.map_blocks` (cache-sized blocks on all CPU cores; one call
-on the GPU).
+:func:`~twins_np.backend.map_blocks` (one cache-sized block at a time on the CPU; one
+call on the GPU).
 """
 
 from __future__ import annotations
@@ -41,24 +41,26 @@ def layernorm_forward(x: Any, gamma: Any, beta: Any, eps: float = 1e-6) -> tuple
     C = x.shape[-1]
     if gamma.shape != (C,) or beta.shape != (C,):
         raise ValueError(f"layernorm: x has C = {C} channels but gamma/beta have shapes {tuple(gamma.shape)}/{tuple(beta.shape)}")
-    y, xhat, inv_std = map_blocks(lambda rows: _layernorm_rows(rows, gamma, beta, eps), x.reshape(-1, C))
-    lead = x.shape[:-1]
-    y, xhat, inv_std = y.reshape(x.shape), xhat.reshape(x.shape), inv_std.reshape(*lead, 1)
+    xp = get_xp(x)
+    x2 = x.reshape(-1, C)
+    y, xhat = xp.empty(x2.shape, dtype=x.dtype), xp.empty(x2.shape, dtype=x.dtype)
+    inv_std = xp.empty((x2.shape[0], 1), dtype=x.dtype)
+    map_blocks(lambda rows, out: _layernorm_rows(rows, gamma, beta, eps, out), x2, out=(y, xhat, inv_std))
+    y, xhat, inv_std = y.reshape(x.shape), xhat.reshape(x.shape), inv_std.reshape(*x.shape[:-1], 1)
     return y, LayerNormCache(xhat, inv_std, gamma)
 
 
-def _layernorm_rows(x: Any, gamma: Any, beta: Any, eps: float) -> tuple[Any, Any, Any]:
-    """(y, xhat, inv_std) for a block of rows x of shape (R, C)."""
+def _layernorm_rows(x: Any, gamma: Any, beta: Any, eps: float, out: tuple[Any, Any, Any]) -> None:
+    """Writes (y, xhat, inv_std) for a block of rows x (R, C) into out."""
+    y, xhat, inv_std = out
     xp = get_xp(x)
-    mean = x.mean(axis=-1, keepdims=True)
-    xhat = x - mean
+    xp.subtract(x, x.mean(axis=-1, keepdims=True), out=xhat)
     # biased variance (divide by C), as torch's layer_norm
     var = (xhat * xhat).mean(axis=-1, keepdims=True)
-    inv_std = 1.0 / xp.sqrt(var + eps)
+    xp.divide(1.0, xp.sqrt(var + eps), out=inv_std)
     xhat *= inv_std
-    y = xhat * gamma
+    xp.multiply(xhat, gamma, out=y)
     y += beta
-    return y, xhat, inv_std
 
 
 def layernorm_backward(dout: Any, cache: LayerNormCache) -> tuple[Any, Any, Any]:
@@ -81,16 +83,18 @@ def layernorm_backward(dout: Any, cache: LayerNormCache) -> tuple[Any, Any, Any]
     dgamma = (dout2 * xhat2).sum(axis=0)
     dbeta = dout2.sum(axis=0)
     # END SOLUTION
-    dx = map_blocks(lambda d, xh, s: _layernorm_rows_backward(d, xh, s, gamma), dout2, xhat2, inv_std.reshape(-1, 1))
+    xp = get_xp(dout)
+    dx = xp.empty(dout2.shape, dtype=dout.dtype)
+    map_blocks(lambda d, xh, s, out: _layernorm_rows_backward(d, xh, s, gamma, out), dout2, xhat2, inv_std.reshape(-1, 1), out=dx)
     return dx.reshape(dout.shape), dgamma, dbeta
 
 
-def _layernorm_rows_backward(dout: Any, xhat: Any, inv_std: Any, gamma: Any) -> Any:
-    """dx for a block of rows: dout and xhat (R, C), inv_std (R, 1)."""
+def _layernorm_rows_backward(dout: Any, xhat: Any, inv_std: Any, gamma: Any, out: Any) -> None:
+    """Writes dx for a block of rows into out: dout, xhat and out (R, C), inv_std (R, 1)."""
     # BEGIN SOLUTION layernorm_backward
+    xp = get_xp(dout)
     g = dout * gamma
     dx = g - g.mean(axis=-1, keepdims=True)
     dx -= xhat * (g * xhat).mean(axis=-1, keepdims=True)
-    dx *= inv_std
-    return dx
+    xp.multiply(dx, inv_std, out=out)
     # END SOLUTION

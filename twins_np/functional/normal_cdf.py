@@ -66,11 +66,12 @@ def _horner(t: Any, coeffs: tuple[Any, ...]) -> Any:
     return acc
 
 
-def normal_cdf_rational(x: Any) -> Any:
+def normal_cdf_rational(x: Any, out: Any | None = None) -> Any:
     """Phi(x) from the fitted rational function, in x's float dtype (any backend).
 
     Args:
         x: float array of any shape.
+        out: optional array of x's shape and dtype to write the result into.
 
     Returns:
         Phi(x), same shape and dtype; NaN stays NaN, -inf gives 0 and +inf gives 1.
@@ -83,21 +84,22 @@ def normal_cdf_rational(x: Any) -> Any:
     p /= _horner(t, _PHI_Q)
     p += 0.5
     # float32 rounding of 1/2 + (-1/2 + tiny) can land a few 1e-8 outside [0, 1]
-    return xp.clip(p, 0.0, 1.0, out=p)
+    return xp.clip(p, 0.0, 1.0, out=p if out is None else out)
 
 
-def normal_cdf(x: Any) -> Any:
+def normal_cdf(x: Any, out: Any | None = None) -> Any:
     """Phi(x) elementwise, keeping the dtype (the module docstring gives the method).
 
     Args:
         x: float32 or float64 array (NumPy or CuPy).
+        out: optional array of x's shape and dtype to write the result into.
 
     Returns:
         Phi(x), same shape and dtype.
     """
     if isinstance(x, np.ndarray) and x.dtype == np.float32:
-        return normal_cdf_rational(x)
+        return normal_cdf_rational(x, out=out)
+    xp = backend.get_xp(x)
     cdf = backend.erf(x * (1.0 / math.sqrt(2.0)))
     cdf += 1.0
-    cdf *= 0.5
-    return cdf
+    return xp.multiply(cdf, 0.5, out=cdf if out is None else out)

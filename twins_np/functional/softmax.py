@@ -1,8 +1,8 @@
 """Softmax over one axis, with its Jacobian-vector product.
 
 Over the last axis (attention's case) both passes run on blocks of rows through
-:func:`~twins_np.backend.map_blocks`: cache-sized blocks on all CPU cores, one call on
-the GPU. Any other axis is computed on the whole array at once.
+:func:`~twins_np.backend.map_blocks`: one cache-sized block at a time on the CPU, one
+call on the GPU. Any other axis is computed on the whole array at once.
 """
 
 from __future__ import annotations
@@ -32,19 +32,22 @@ def softmax_forward(x: Any, axis: int = -1) -> tuple[Any, SoftmaxCache]:
         y: same shape as x; cache for :func:`softmax_backward`.
     """
     check_float("x", x)
+    xp = get_xp(x)
+    y = xp.empty(x.shape, dtype=x.dtype)  # C order, so its reshape below is a view
     if axis in (-1, x.ndim - 1) and x.ndim > 0:
-        y = map_blocks(_softmax_rows, x.reshape(-1, x.shape[-1])).reshape(x.shape)
+        n = x.shape[-1]
+        map_blocks(_softmax_rows, x.reshape(-1, n), out=y.reshape(-1, n))
     else:
-        y = _softmax_rows(x, axis)
+        _softmax_rows(x, out=y, axis=axis)
     return y, SoftmaxCache(y, axis)
 
 
-def _softmax_rows(x: Any, axis: int = -1) -> Any:
+def _softmax_rows(x: Any, out: Any, axis: int = -1) -> None:
+    """Writes softmax(x) along ``axis`` into out."""
     xp = get_xp(x)
-    y = x - x.max(axis=axis, keepdims=True)
-    xp.exp(y, out=y)
-    y /= y.sum(axis=axis, keepdims=True)
-    return y
+    xp.subtract(x, x.max(axis=axis, keepdims=True), out=out)
+    xp.exp(out, out=out)
+    out /= out.sum(axis=axis, keepdims=True)
 
 
 def softmax_backward(dout: Any, cache: SoftmaxCache) -> Any:
@@ -54,16 +57,20 @@ def softmax_backward(dout: Any, cache: SoftmaxCache) -> Any:
         J = diag(y) - y y^T, so  dx = J^T dout = y * (dout - sum(dout * y)).
     """
     y, axis = cache
+    xp = get_xp(dout)
+    dx = xp.empty(y.shape, dtype=dout.dtype)
     if axis in (-1, y.ndim - 1) and y.ndim > 0:
         n = y.shape[-1]
-        return map_blocks(_softmax_rows_backward, dout.reshape(-1, n), y.reshape(-1, n)).reshape(y.shape)
-    return _softmax_rows_backward(dout, y, axis)
-
-
-def _softmax_rows_backward(dout: Any, y: Any, axis: int = -1) -> Any:
-    # BEGIN SOLUTION attention_backward
-    dx = dout * y
-    s = dx.sum(axis=axis, keepdims=True)
-    dx -= y * s
+        map_blocks(_softmax_rows_backward, dout.reshape(-1, n), y.reshape(-1, n), out=dx.reshape(-1, n))
+    else:
+        _softmax_rows_backward(dout, y, out=dx, axis=axis)
     return dx
+
+
+def _softmax_rows_backward(dout: Any, y: Any, out: Any, axis: int = -1) -> None:
+    """Writes y * (dout - sum(dout * y)) along ``axis`` into out."""
+    # BEGIN SOLUTION attention_backward
+    get_xp(y).multiply(dout, y, out=out)
+    s = out.sum(axis=axis, keepdims=True)
+    out -= y * s
     # END SOLUTION
