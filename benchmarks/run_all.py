@@ -75,6 +75,24 @@ def _pair(common: list[str], rounds: int) -> dict:
             "mem_ratio": (m_np / m_pt) if m_pt > 0 else float("nan")}  # fmt: skip
 
 
+def _slope(sizes: list[int], values: list[float]) -> float:
+    """Least-squares slope of log(value) against log(H*W): the exponent in HW."""
+    xs = [math.log(s * s) for s in sizes]
+    ys = [math.log(max(v, 1e-12)) for v in values]
+    mx, my = statistics.mean(xs), statistics.mean(ys)
+    return sum((a - mx) * (b - my) for a, b in zip(xs, ys)) / sum((a - mx) ** 2 for a in xs)
+
+
+def _predicted_macs(op: str, side: int, C: int = 64, k: int = 7) -> int:
+    """MACs twins-np's analytic count gives the scaling row's layer at side x side."""
+    from twins_np.analysis import attention_macs
+
+    if op in ("lsa", "gsa"):
+        return attention_macs(op, side, side, C, k)
+    # the pair of blocks: both attentions, plus per block an MLP (ratio 4) of 2 * N * C * 4C MACs
+    return attention_macs("lsa", side, side, C, k) + attention_macs("gsa", side, side, C, k) + 2 * 8 * side * side * C * C
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -137,32 +155,38 @@ def main(argv: list[str] | None = None) -> int:
         print()
 
     if "ops" in only:
-        print("| op (forward + backward) | shape | twins-np ms | torch ms | ratio |")
-        print("|---|---|---|---|---|")
+        print("| op | shape | forward: twins-np ms | torch ms | ratio | forward + backward: twins-np ms | torch ms | ratio |")
+        print("|---|---|---|---|---|---|---|---|")
         for op, batch, side, dim, heads, sr in OPS:
             common = ["--task", "op", "--op", op, "--batch", str(batch), "--size", str(side), "--dim", str(dim),
                       "--heads", str(heads), "--sr", str(sr), *dev, *rep]  # fmt: skip
-            r = _pair(common, rounds)
-            results["ops"].append({"op": op, "batch": batch, "side": side, "dim": dim, **r})
-            print(f"| {op} | B={batch}, {side}x{side}, C={dim} | {1e3 * r['twins_np_s']:.1f} | {1e3 * r['torch_s']:.1f} | "
-                  f"{r['ratio']:.2f} |", flush=True)  # fmt: skip
+            fw = _pair([*common, "--passes", "fwd"], rounds)
+            fb = _pair([*common, "--passes", "fwdbwd"], rounds)
+            results["ops"].append({"op": op, "batch": batch, "side": side, "dim": dim, "forward": fw, "forward_backward": fb})
+            print(f"| {op} | B={batch}, {side}x{side}, C={dim} | {1e3 * fw['twins_np_s']:.1f} | {1e3 * fw['torch_s']:.1f} | "
+                  f"{fw['ratio']:.2f} | {1e3 * fb['twins_np_s']:.1f} | {1e3 * fb['torch_s']:.1f} | {fb['ratio']:.2f} |",
+                  flush=True)  # fmt: skip
         print()
 
     if "scaling" in only:
-        print("| layer | " + " | ".join(f"{s}x{s}" for s in SCALING_SIZES) + " | fitted exponent in HW |")
-        print("|---|" + "---|" * (len(SCALING_SIZES) + 1))
-        for op, sr in (("lsa", 7), ("gsa", 7)):
-            times = []
+        print("| layer (C=64, B=1, fwd + bwd) | " + " | ".join(f"{s}x{s}" for s in SCALING_SIZES)
+              + " | exponent: time | memory | predicted (MACs) |")  # fmt: skip
+        print("|---|" + "---|" * (len(SCALING_SIZES) + 3))
+        for op, label in (("lsa", "LSA (ws 7)"), ("gsa", "GSA (sr 7)"), ("svt_block", "SVT block pair (LSA + GSA)")):
+            times, mems = [], []
             for s in SCALING_SIZES:
                 common = ["--task", "op", "--op", op, "--batch", "1", "--size", str(s), "--dim", "64", "--heads", "2",
-                          "--sr", str(sr), *dev, *rep]  # fmt: skip
-                times.append(statistics.median(_worker(["--lib", "twins-np", *common])["median_s"] for _ in range(rounds)))
-            xs = [math.log(s * s) for s in SCALING_SIZES]
-            ys = [math.log(t) for t in times]
-            mx, my = statistics.mean(xs), statistics.mean(ys)
-            slope = sum((a - mx) * (b - my) for a, b in zip(xs, ys)) / sum((a - mx) ** 2 for a in xs)
-            results["scaling"].append({"layer": op, "sizes": SCALING_SIZES, "seconds": times, "exponent": slope})
-            print(f"| {op} (ws/sr 7, C=64, B=1) | " + " | ".join(f"{1e3 * t:.1f} ms" for t in times) + f" | {slope:.2f} |")
+                          "--sr", "7", *dev, *rep]  # fmt: skip
+                runs = [_worker(["--lib", "twins-np", *common]) for _ in range(rounds)]
+                times.append(statistics.median(r["median_s"] for r in runs))
+                mems.append(statistics.median(r["peak_mib"] for r in runs))
+            macs = [_predicted_macs(op, s) for s in SCALING_SIZES]
+            slopes = {k: _slope(SCALING_SIZES, v) for k, v in (("time", times), ("memory", mems), ("macs", macs))}
+            results["scaling"].append({"layer": op, "sizes": SCALING_SIZES, "seconds": times, "peak_mib": mems,
+                                       "macs": macs, "exponents": slopes})  # fmt: skip
+            cells = [f"{1e3 * t:.1f} ms, {m:.0f} MiB" for t, m in zip(times, mems)]
+            print(f"| {label} | " + " | ".join(cells)
+                  + f" | {slopes['time']:.2f} | {slopes['memory']:.2f} | {slopes['macs']:.2f} |")  # fmt: skip
         print()
 
     out = HERE / "results"

@@ -3,8 +3,10 @@
     python -m benchmarks.worker --lib twins-np --task train --model twins_svt_small --batch 8 --size 224
 
 ``--lib``: ``twins-np`` or ``torch`` (timm's Twins, or torch's own ops for ``--task op``).
-``--task``: ``forward``, ``train`` (forward + cross-entropy + backward) or ``op`` (one layer's
-forward and backward, ``--op lsa|gsa|peg|layernorm|gelu|softmax``).
+``--task``: ``forward``, ``train`` (forward + cross-entropy + backward) or ``op`` (one layer,
+``--op lsa|gsa|peg|layernorm|gelu|softmax``, forward only or forward + backward as
+``--passes`` says; ``--op svt_block``, an LSA block followed by a GSA block as in SVT, is
+twins-np only, for the scaling table).
 
 Each library runs in its own process because NumPy's and torch's thread pools fight for
 the cores when both are loaded. Times are medians over ``--repeats`` runs after
@@ -16,6 +18,7 @@ measured the same way for both libraries: on the GPU it is host memory only.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import resource
 import statistics
@@ -117,46 +120,59 @@ def twins_np_task(args: argparse.Namespace) -> tuple[Callable[[], Any], Callable
     n = lambda *s: to_device(rng.standard_normal(s).astype(np.float32) * 0.1, dev)  # noqa: E731
     x = n(B, H * H, C)
     dout = n(B, H * H, C)
+    fwd: Callable[[], Any]
+    bwd: Callable[[Any], Any]
     if args.op == "lsa":
         p = [n(3 * C, C), n(3 * C), n(C, C), n(C)]
-
-        def op() -> None:
-            out, cache = F.lsa_forward(x, (H, H), *p, num_heads=heads, ws=7)
-            F.lsa_backward(dout, cache)
+        fwd = lambda: F.lsa_forward(x, (H, H), *p, num_heads=heads, ws=7)[1]  # noqa: E731
+        bwd = lambda cache: F.lsa_backward(dout, cache)  # noqa: E731
     elif args.op == "gsa":
         sr = args.sr
         p = [n(C, C), n(C), n(2 * C, C), n(2 * C), n(C, C), n(C)]
         sub = [n(C, C, sr, sr), n(C), n(C) + 1.0, n(C)] if sr > 1 else []
-
-        def op() -> None:
-            out, cache = F.gsa_forward(x, (H, H), *p, heads, sr, *sub)
-            F.gsa_backward(dout, cache)
+        fwd = lambda: F.gsa_forward(x, (H, H), *p, heads, sr, *sub)[1]  # noqa: E731
+        bwd = lambda cache: F.gsa_backward(dout, cache)  # noqa: E731
     elif args.op == "peg":
         w, b = n(C, 1, 3, 3), n(C)
-
-        def op() -> None:
-            out, cache = F.peg_forward(x, (H, H), w, b)
-            F.peg_backward(dout, cache)
+        fwd = lambda: F.peg_forward(x, (H, H), w, b)[1]  # noqa: E731
+        bwd = lambda cache: F.peg_backward(dout, cache)  # noqa: E731
     elif args.op == "layernorm":
         g, b = n(C) + 1.0, n(C)
-
-        def op() -> None:
-            out, cache = F.layernorm_forward(x, g, b, 1e-6)
-            F.layernorm_backward(dout, cache)
+        fwd = lambda: F.layernorm_forward(x, g, b, 1e-6)[1]  # noqa: E731
+        bwd = lambda cache: F.layernorm_backward(dout, cache)  # noqa: E731
     elif args.op == "gelu":
         xh, dh = n(B, H * H, 4 * C), n(B, H * H, 4 * C)
-
-        def op() -> None:
-            out, cache = F.gelu_forward(xh)
-            F.gelu_backward(dh, cache)
+        fwd = lambda: F.gelu_forward(xh)[1]  # noqa: E731
+        bwd = lambda cache: F.gelu_backward(dh, cache)  # noqa: E731
     elif args.op == "softmax":
         s, ds = n(B * 64, heads, 49, 49), n(B * 64, heads, 49, 49)
+        fwd = lambda: F.softmax_forward(s)[1]  # noqa: E731
+        bwd = lambda cache: F.softmax_backward(ds, cache)  # noqa: E731
+    elif args.op == "svt_block":
+        from twins_np.nn.blocks import Block
 
-        def op() -> None:
-            out, cache = F.softmax_forward(s)
-            F.softmax_backward(ds, cache)
+        blocks = [Block(C, heads, ws=7, rng=0), Block(C, heads, sr_ratio=args.sr, rng=1)]
+        for blk in blocks:
+            blk.to_device(dev)
+
+        def fwd() -> None:
+            h = x
+            with twins_np.no_grad() if args.passes == "fwd" else contextlib.nullcontext():
+                for blk in blocks:
+                    h = blk(h, (H, H))
+
+        def bwd(_: Any) -> None:
+            d = dout
+            for blk in reversed(blocks):
+                d = blk.backward(d)
     else:
         raise SystemExit(f"unknown op {args.op}")
+
+    def op() -> None:
+        cache = fwd()
+        if args.passes == "fwdbwd":
+            bwd(cache)
+
     return op, synchronize
 
 
@@ -227,6 +243,10 @@ def torch_task(args: argparse.Namespace) -> tuple[Callable[[], Any], Callable[[]
         raise SystemExit(f"unknown op {args.op}")
 
     def op() -> None:
+        if args.passes == "fwd":
+            with torch.no_grad():
+                fn()
+            return
         fn().backward(dout)
         x.grad = None
 
@@ -239,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--task", choices=["forward", "train", "op"], required=True)
     p.add_argument("--model", default="twins_svt_small")
     p.add_argument("--op", default="lsa")
+    p.add_argument("--passes", choices=["fwd", "fwdbwd"], default="fwdbwd", help="for --task op")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--size", type=int, default=224, help="image side (models) or token-map side (ops)")
     p.add_argument("--dim", type=int, default=64)

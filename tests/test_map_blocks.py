@@ -1,8 +1,12 @@
-"""Tests of twins_np.backend.map_blocks: blocked evaluation is exactly the unblocked one.
+"""Tests of twins_np.backend.map_blocks: blocked evaluation equals the unblocked one.
 
 The layers that use it (GELU, LayerNorm, softmax, the PEG's depthwise conv) are checked
-too: with blocks shrunk so that every call crosses many block borders, forward and
-backward must be bit-identical to one call over the whole array.
+too, with blocks shrunk so that every call crosses many block borders. The elementwise
+ones (GELU, the PEG) must be bit-identical to one call over the whole array. LayerNorm
+and softmax take their row sums from BLAS matrix-vector products, whose last bit can
+depend on where a row sits in the block (BLAS handles leftover rows with other kernels),
+so there the blocked result must agree to float32 rounding: a misplaced block would be
+off by O(1).
 """
 
 from __future__ import annotations
@@ -122,7 +126,10 @@ def test_layers_blocked_equal_unblocked(monkeypatch, name):
     blocked = run()
     for a, b in zip(blocked, whole):
         assert a.shape == b.shape and a.dtype == b.dtype
-        np.testing.assert_array_equal(a, b)
+        if name.startswith(("gelu", "peg")):
+            np.testing.assert_array_equal(a, b)
+        else:  # a few float32 ulps of the largest entry
+            np.testing.assert_allclose(a, b, rtol=0, atol=8 * np.finfo(np.float32).eps * float(np.max(np.abs(b))))
 
 
 @pytest.mark.gpu

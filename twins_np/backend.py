@@ -233,9 +233,11 @@ def map_blocks(fn: Callable[..., None], *arrays: Any, out: Any, block_bytes: int
     ``fn`` computes its result from its arguments and writes it into ``out`` (one array,
     or a tuple of arrays). It must treat the rows (axis 0) of its arguments
     independently, as an elementwise or a per-row function does: then calling it on
-    matching blocks of rows of the inputs and of ``out`` gives exactly the result of one
-    call over everything, bit for bit, whatever the block size. Writing straight into
-    the caller's arrays (rather than returning new ones) saves a copy of every block.
+    matching blocks of rows of the inputs and of ``out`` gives the result of one call
+    over everything, whatever the block size (bit for bit for elementwise functions;
+    a function that calls BLAS may differ in the last bit, as BLAS results can depend
+    on where a row sits in the matrix). Writing straight into the caller's arrays
+    (rather than returning new ones) saves a copy of every block.
 
     On CuPy, and when everything fits in one block, this is one call over the whole
     arrays: the GPU runs each ufunc over the whole array at once.

@@ -160,8 +160,39 @@ def test_state_dict_keys_and_shapes_equal_timm(name):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["twins_pcpvt_base", "twins_pcpvt_large", "twins_svt_base", "twins_svt_large"])
 def test_base_and_large_float32_parity(name):
-    """The deep variants at a small input (the code path is the same; depth is what differs)."""
-    tm, ours = _pair(name, np.float32)
-    tm.eval(), ours.eval()
-    x = np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32)
-    _assert_close(_errors(tm, ours, *_run_both(tm, ours, x)), TOLERANCES["parity_f32_rel"])
+    """The deep variants (28-41 blocks) at a small input, in float32.
+
+    Logits and the input gradient must match timm's float32 ones within parity_f32_rel.
+    For the parameter gradients of models this deep, float32 rounding alone moves the
+    worst entries by several 1e-4 relative: timm's own float32 gradients differ that much
+    from the exact ones. Comparing two float32 implementations then measures both
+    roundings, not correctness, so both are compared with the float64 gradients of the
+    same weights (timm's, which twins-np matches to 1e-12 in the float64 tests above):
+    twins-np's worst error must be no larger than timm's.
+    """
+    tm64, _ = _pair(name)
+    tm32, ours32 = _pair(name, np.float32)
+    weights = {k: v.float() for k, v in tm64.state_dict().items()}
+    tm32.load_state_dict(weights)
+    ours32.load_state_dict({k: v.numpy() for k, v in weights.items()})
+    for m in (tm64, tm32, ours32):
+        m.eval()
+    x = np.random.default_rng(0).standard_normal((1, 3, 64, 64))
+    xt = torch.tensor(x, requires_grad=True)
+    ref_out = tm64(xt)
+    ref_out.backward(torch.tensor(np.random.default_rng(1).standard_normal(tuple(ref_out.shape))))  # as _run_both
+    ref_out, ref_dx = ref_out.detach().numpy(), xt.grad.numpy()
+    out_t, dx_t, out, dx = _run_both(tm32, ours32, x.astype(np.float32))
+    f32 = TOLERANCES["parity_f32_rel"]
+    assert _rel_max(out, out_t) < f32 and _rel_max(dx, dx_t) < f32
+    exact = {k: p.grad.numpy() for k, p in tm64.named_parameters()}
+    ours_err = max(_rel_max(p.grad, exact[k]) for k, p in ours32.named_parameters())
+    timm_err = max(_rel_max(p.grad.numpy(), exact[k]) for k, p in tm32.named_parameters())
+    assert ours_err <= timm_err, f"twins-np float32 worst gradient error {ours_err:.2e} > timm's {timm_err:.2e}"
+    assert _rel_max(out, ref_out) < f32 and _rel_max(dx, ref_dx) < f32
+
+
+def _rel_max(a, b) -> float:
+    """max |a - b| / max |b|, in float64."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float(np.abs(a - b).max() / max(float(np.abs(b).max()), 1e-300))

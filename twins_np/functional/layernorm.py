@@ -50,13 +50,31 @@ def layernorm_forward(x: Any, gamma: Any, beta: Any, eps: float = 1e-6) -> tuple
     return y, LayerNormCache(xhat, inv_std, gamma)
 
 
+def _row_means(a: Any) -> Any:
+    """Mean of each row of an (R, C) block, as an (R, 1) column.
+
+    The row sums come from a matrix-vector product with a vector of ones (one BLAS call),
+    several times faster than ``mean(axis=-1)``, whose loop over a short last axis
+    (C = 32 ... 512 here) NumPy does not vectorise well. Dividing the sums by C, rather
+    than multiplying by a rounded 1/C, keeps the mean of a constant row exact, so such a
+    row still normalises to exactly 0.
+    """
+    C = a.shape[-1]
+    return (a @ get_xp(a).ones(C, dtype=a.dtype))[:, None] / C
+
+
+def _row_means_of_product(a: Any, b: Any) -> Any:
+    """Mean of each row of a * b, as an (R, 1) column, without forming a * b."""
+    return get_xp(a).einsum("ij,ij->i", a, b)[:, None] / a.shape[-1]
+
+
 def _layernorm_rows(x: Any, gamma: Any, beta: Any, eps: float, out: tuple[Any, Any, Any]) -> None:
     """Writes (y, xhat, inv_std) for a block of rows x (R, C) into out."""
     y, xhat, inv_std = out
     xp = get_xp(x)
-    xp.subtract(x, x.mean(axis=-1, keepdims=True), out=xhat)
+    xp.subtract(x, _row_means(x), out=xhat)
     # biased variance (divide by C), as torch's layer_norm
-    var = (xhat * xhat).mean(axis=-1, keepdims=True)
+    var = _row_means_of_product(xhat, xhat)
     xp.divide(1.0, xp.sqrt(var + eps), out=inv_std)
     xhat *= inv_std
     xp.multiply(xhat, gamma, out=y)
@@ -79,11 +97,12 @@ def layernorm_backward(dout: Any, cache: LayerNormCache) -> tuple[Any, Any, Any]
     xhat, inv_std, gamma = cache
     C = xhat.shape[-1]
     dout2, xhat2 = dout.reshape(-1, C), xhat.reshape(-1, C)
+    xp = get_xp(dout)
     # BEGIN SOLUTION layernorm_backward
+    # sums over all B*N rows: NumPy's pairwise summation keeps float32 accurate there
     dgamma = (dout2 * xhat2).sum(axis=0)
     dbeta = dout2.sum(axis=0)
     # END SOLUTION
-    xp = get_xp(dout)
     dx = xp.empty(dout2.shape, dtype=dout.dtype)
     map_blocks(lambda d, xh, s, out: _layernorm_rows_backward(d, xh, s, gamma, out), dout2, xhat2, inv_std.reshape(-1, 1), out=dx)
     return dx.reshape(dout.shape), dgamma, dbeta
@@ -94,7 +113,9 @@ def _layernorm_rows_backward(dout: Any, xhat: Any, inv_std: Any, gamma: Any, out
     # BEGIN SOLUTION layernorm_backward
     xp = get_xp(dout)
     g = dout * gamma
-    dx = g - g.mean(axis=-1, keepdims=True)
-    dx -= xhat * (g * xhat).mean(axis=-1, keepdims=True)
-    xp.multiply(dx, inv_std, out=out)
+    # dx = inv_std * (g - mean(g) - xhat * mean(g * xhat)), assembled in place in out
+    xp.multiply(xhat, _row_means_of_product(g, xhat), out=out)
+    xp.subtract(g, out, out=out)
+    out -= _row_means(g)
+    out *= inv_std
     # END SOLUTION

@@ -47,7 +47,15 @@ def _softmax_rows(x: Any, out: Any, axis: int = -1) -> None:
     xp = get_xp(x)
     xp.subtract(x, x.max(axis=axis, keepdims=True), out=out)
     xp.exp(out, out=out)
-    out /= out.sum(axis=axis, keepdims=True)
+    out /= _sum(out, axis)
+
+
+def _sum(a: Any, axis: int) -> Any:
+    """a.sum(axis, keepdims=True); over the last axis as a matrix-vector product with ones,
+    one BLAS call that is several times faster than NumPy's loop over a short last axis."""
+    if axis not in (-1, a.ndim - 1):
+        return a.sum(axis=axis, keepdims=True)
+    return (a @ get_xp(a).ones(a.shape[-1], dtype=a.dtype))[..., None]
 
 
 def softmax_backward(dout: Any, cache: SoftmaxCache) -> Any:
@@ -71,6 +79,5 @@ def _softmax_rows_backward(dout: Any, y: Any, out: Any, axis: int = -1) -> None:
     """Writes y * (dout - sum(dout * y)) along ``axis`` into out."""
     # BEGIN SOLUTION attention_backward
     get_xp(y).multiply(dout, y, out=out)
-    s = out.sum(axis=axis, keepdims=True)
-    out -= y * s
+    out -= y * _sum(out, axis)
     # END SOLUTION
