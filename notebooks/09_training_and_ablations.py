@@ -36,7 +36,7 @@
 #   signal for gradient descent to start from.
 # - Compare GSA's three sub-sampling functions by parameters, multiply-adds and accuracy.
 #
-# The whole notebook runs in about two minutes on two CPU cores; every run prints its time.
+# The whole notebook runs in about five minutes on two CPU cores; every run prints its time.
 
 # %%
 # %load_ext autoreload
@@ -348,6 +348,11 @@ assert np.median(INTER["LSA only, with PEGs"]) > 1e-6  # so does the PEG (LSA ->
 #    through `state_dict`, all but `head.*`).
 #
 # We also run phase 2 from scratch on the LSA + GSA model, with the same budget.
+#
+# Which solution phase 1 lands in, and so how far phase 2 climbs in its four epochs, depends
+# on the seed (and even on the last bits of float32 rounding): one seed's LSA + GSA model may
+# stop in the high 80s while another reaches 99 %. So every model is trained with three
+# seeds, and the claims below are about the median.
 
 # %%
 COUNT_EPOCHS, PAIR_EPOCHS = 6, 4
@@ -363,19 +368,28 @@ COUNT = datasets(lr_train, "count"), datasets(lr_test, "count")
 PAIR = datasets(lr_train, "pair"), datasets(lr_test, "pair")
 
 
-def curriculum(attention, sr_mode="conv"):
+SEEDS = (0, 1, 2)
+
+
+def curriculum(attention, sr_mode="conv", seed=0):
     """Phase 1 (count, 3 classes), then phase 2 (same/different) on the same trunk; returns both histories and the model."""
     t0 = time.perf_counter()
-    counter = tiny_twins(attention, num_classes=3, sr_mode=sr_mode)
-    phase1 = fit(counter, *COUNT, epochs=COUNT_EPOCHS, lr=2e-3, tag=f"{attention} {sr_mode} count")
-    model = tiny_twins(attention, num_classes=2, sr_mode=sr_mode)
+    tag = f"{attention} {sr_mode} seed {seed}"
+    counter = tiny_twins(attention, num_classes=3, sr_mode=sr_mode, seed=seed)
+    phase1 = fit(counter, *COUNT, epochs=COUNT_EPOCHS, lr=2e-3, seed=seed, tag=f"{tag} count")
+    model = tiny_twins(attention, num_classes=2, sr_mode=sr_mode, seed=seed)
     model.load_state_dict({k: v for k, v in counter.state_dict().items() if not k.startswith("head.")}, strict=False)
-    phase2 = fit(model, *PAIR, epochs=PAIR_EPOCHS, lr=1e-3, tag=f"{attention} {sr_mode} pair")
-    print(f"{attention} ({sr_mode}): {time.perf_counter() - t0:.1f} s")
+    phase2 = fit(model, *PAIR, epochs=PAIR_EPOCHS, lr=1e-3, seed=seed, tag=f"{tag} pair")
+    print(f"{tag}: {time.perf_counter() - t0:.1f} s")
     return dict(count=phase1, pair=phase2, model=model, seconds=time.perf_counter() - t0)
 
 
-RUNS = {"LSA + GSA": curriculum("lsa+gsa"), "LSA only": curriculum("lsa")}
+def final_acc(runs):
+    """Final same/different test accuracy of each seed's run."""
+    return [run["pair"][-1]["test_acc"] for run in runs]
+
+
+RUNS = {"LSA + GSA": [curriculum("lsa+gsa", seed=s) for s in SEEDS], "LSA only": [curriculum("lsa", seed=s) for s in SEEDS]}
 t0 = time.perf_counter()
 SCRATCH = fit(tiny_twins("lsa+gsa"), *PAIR, epochs=PAIR_EPOCHS, lr=1e-3, tag="scratch pair")
 print(f"from scratch: {time.perf_counter() - t0:.1f} s")
@@ -383,10 +397,12 @@ print(f"from scratch: {time.perf_counter() - t0:.1f} s")
 
 # %%
 def plot_curriculum(ax, runs, title, scratch=None):
-    """Test accuracy per epoch over both phases."""
-    for name, run in runs.items():
-        acc = [100 * r["test_acc"] for r in run["count"] + run["pair"]]
-        ax.plot(np.arange(1, len(acc) + 1), acc, "o-", ms=4, label=name)
+    """Test accuracy per epoch over both phases, one line per seed, one colour per model."""
+    for i, (name, seeds) in enumerate(runs.items()):
+        for j, run in enumerate(seeds):
+            acc = [100 * r["test_acc"] for r in run["count"] + run["pair"]]
+            ax.plot(np.arange(1, len(acc) + 1), acc, "o-", ms=3, color=f"C{i}", alpha=0.8,
+                    label=f"{name} ({len(seeds)} seeds)" if j == 0 else None)  # fmt: skip
     if scratch is not None:
         x = COUNT_EPOCHS + np.arange(1, len(scratch) + 1)
         ax.plot(x, [100 * r["test_acc"] for r in scratch], "k^--", ms=5, label="LSA + GSA, phase 2 from scratch")
@@ -404,9 +420,12 @@ plot_curriculum(ax, RUNS, "Table 8 in miniature: does attention leave the window
 fig.tight_layout()
 plt.show()
 
-ACC = {name: run["pair"][-1]["test_acc"] for name, run in RUNS.items()}
-for name, run in RUNS.items():
-    print(f"{name:10s} count {100 * run['count'][-1]['test_acc']:5.1f}%   same/different {100 * ACC[name]:5.1f}%")
+ACC = {name: float(np.median(final_acc(runs))) for name, runs in RUNS.items()}
+for name, runs in RUNS.items():
+    for seed, run in zip(SEEDS, runs):
+        print(f"{name:10s} seed {seed}: count {100 * run['count'][-1]['test_acc']:5.1f}%   "
+              f"same/different {100 * run['pair'][-1]['test_acc']:5.1f}%")  # fmt: skip
+    print(f"{name:10s} median same/different {100 * ACC[name]:5.1f}%")
 print(f"LSA + GSA from scratch: same/different {100 * SCRATCH[-1]['test_acc']:.1f}%")
 
 # %% [markdown]
@@ -416,21 +435,22 @@ print(f"LSA + GSA from scratch: same/different {100 * SCRATCH[-1]['test_acc']:.1
 # model trained without the curriculum in the same budget. The LSA-only model's logits are
 # almost tied, so its accuracy wanders a few points around 50 % from run to run, while its
 # test loss sits at $\ln 2 = 0.693$, the cross-entropy of a coin flip. Measured with these
-# seeds: about 99 % against 50 %; the asserted bounds leave a wide margin. (How fast phase 1
-# takes off also differs from seed to seed; we read nothing into it.)
+# seeds: LSA + GSA 88 to 99 % (median about 95 %) against 51 to 55 % for LSA only. (How fast
+# phase 1 takes off also differs from seed to seed; we read nothing into it.)
 
 # %%
-for name, run in RUNS.items():
-    assert run["count"][-1]["test_acc"] > 0.7, name  # both can count
-assert ACC["LSA + GSA"] > 0.9
+for name, runs in RUNS.items():
+    assert all(run["count"][-1]["test_acc"] > 0.7 for run in runs), name  # both can count
+assert ACC["LSA + GSA"] > 0.9  # medians over the seeds
 assert ACC["LSA only"] < 0.65  # chance, give or take the wandering of tied logits
-assert abs(RUNS["LSA only"]["pair"][-1]["test_loss"] - np.log(2)) < 0.005  # a coin flip's cross-entropy
+for run in RUNS["LSA only"]:
+    assert abs(run["pair"][-1]["test_loss"] - np.log(2)) < 0.005  # a coin flip's cross-entropy, every seed
 assert ACC["LSA + GSA"] - ACC["LSA only"] > 0.3
 assert SCRATCH[-1]["test_acc"] < 0.65  # the plateau
 
 # the trained LSA-only model is still exactly additive
 trained = tiny_twins("lsa", dtype=np.float64)
-trained.load_state_dict(RUNS["LSA only"]["model"].state_dict())
+trained.load_state_dict(RUNS["LSA only"][0]["model"].state_dict())
 assert interaction(trained, PLACES).max() < 1e-12
 
 # %% [markdown]
@@ -446,11 +466,11 @@ assert interaction(trained, PLACES).max() < 1e-12
 # | `avg` | average pooling over the window | 0 | 0 (additions only) |
 #
 # All three are followed by GSA's LayerNorm. We train the two other variants with the same
-# curriculum; the `conv` model is the LSA + GSA model above. The MAC counts come from
+# curriculum and the same three seeds; the `conv` models are the LSA + GSA models above. The MAC counts come from
 # `analysis.count_flops(model, 32)`, without the PEG rows (our models have no PEG).
 
 # %%
-SR_RUNS = {"conv": RUNS["LSA + GSA"], "avg": curriculum("lsa+gsa", "avg"), "sep": curriculum("lsa+gsa", "sep")}
+SR_RUNS = {"conv": RUNS["LSA + GSA"], **{m: [curriculum("lsa+gsa", m, seed=s) for s in SEEDS] for m in ("avg", "sep")}}
 
 
 def sr_params(model):
@@ -458,19 +478,19 @@ def sr_params(model):
 
 
 TABLE9 = {}
-for mode, run in SR_RUNS.items():
-    model = run["model"]
+for mode, runs in SR_RUNS.items():
+    model = runs[0]["model"]  # the counts are the same for every seed
     report = analysis.count_flops(model, 32)
     macs = sum(r.macs for r in report.rows if r.kind != "peg")
     sr_macs = sum(r.macs for r in report.rows if r.kind == "sr")
     TABLE9[mode] = dict(params=analysis.count_params(model), sr_params=sr_params(model), macs=macs, sr_macs=sr_macs,
-                        acc=run["pair"][-1]["test_acc"], seconds=run["seconds"])  # fmt: skip
+                        acc=float(np.median(final_acc(runs))), seconds=float(np.mean([r["seconds"] for r in runs])))  # fmt: skip
 
 print(f"{'sr_mode':8s} {'params':>8s} {'of which sub-sampling':>22s} {'MACs/image':>11s} {'sub-sampling':>13s} "
-      f"{'accuracy':>9s} {'time':>7s}")  # fmt: skip
+      f"{'median acc':>10s} {'time/run':>8s}")  # fmt: skip
 for mode, row in TABLE9.items():
     print(f"{mode:8s} {row['params']:>8,d} {row['sr_params']:>22,d} {row['macs']:>11,d} {row['sr_macs']:>13,d} "
-          f"{100 * row['acc']:>8.1f}% {row['seconds']:>6.1f}s")  # fmt: skip
+          f"{100 * row['acc']:>9.1f}% {row['seconds']:>7.1f}s")  # fmt: skip
 
 fig, (ax_curve, ax_bar) = plt.subplots(1, 2, figsize=(14, 4.5), gridspec_kw=dict(width_ratios=(1.6, 1)))
 plot_curriculum(ax_curve, {f"sr_mode = {m}": r for m, r in SR_RUNS.items()}, "GSA's sub-sampling function")
@@ -478,7 +498,7 @@ modes = list(TABLE9)
 ax_bar.bar(modes, [TABLE9[m]["sr_params"] for m in modes], color=["tab:blue", "tab:orange", "tab:green"])
 for i, m in enumerate(modes):
     ax_bar.text(i, TABLE9[m]["sr_params"], f"{100 * TABLE9[m]['acc']:.1f}%", ha="center", va="bottom")
-ax_bar.set(ylabel="sub-sampling parameters", title="parameters of the sub-sampling (label: accuracy)")
+ax_bar.set(ylabel="sub-sampling parameters", title="parameters of the sub-sampling (label: median accuracy)")
 fig.tight_layout()
 plt.show()
 
@@ -504,9 +524,9 @@ assert TABLE9["conv"]["sr_params"] == expected_conv and TABLE9["sep"]["sr_params
 
 # %%
 TOTAL = time.perf_counter() - T_START
+ALL_RUNS = {**RUNS, "avg": SR_RUNS["avg"], "sep": SR_RUNS["sep"]}
 print(f"notebook ran in {TOTAL:.1f} s (digits {DIGITS_SECONDS:.1f} s; "
-      + ", ".join(f"{m} {r['seconds']:.1f} s" for m, r in {**RUNS, **{'avg': SR_RUNS['avg'], 'sep': SR_RUNS['sep']}}.items())
-      + ")")  # fmt: skip
+      + ", ".join(f"{m} {sum(r['seconds'] for r in runs):.1f} s" for m, runs in ALL_RUNS.items()) + ")")  # fmt: skip
 if BLAS_LIMIT is not None:
     BLAS_LIMIT.restore_original_limits()
 
