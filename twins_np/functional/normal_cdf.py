@@ -6,7 +6,7 @@
 largest single cost of a Twins forward pass on the CPU. For float32 NumPy arrays
 twins-np evaluates a rational function fitted to erf instead:
 
-    erf(u) ~= u * P(u^2) / Q(u^2),   deg P = 6, deg Q = 5,   |u| clamped to 4
+    erf(u) ~= u * P(u^2) / Q(u^2),   deg P = 6, deg Q = 5,   u clamped to [-4, 4]
 
 (``tools/fit_erf.py`` fits the coefficients; its relative error is 2.1e-9). Substituting
 u = x / sqrt(2) and folding the 1/2 in gives Phi in the same form,
@@ -14,10 +14,11 @@ u = x / sqrt(2) and folding the 1/2 in gives Phi in the same form,
     Phi(x) = 1/2 + x * Pt(x^2) / Qt(x^2),   Pt_k = P_k / (2 sqrt(2) 2^k),  Qt_k = Q_k / 2^k,
 
 a dozen multiply-adds that NumPy runs vectorised, in float32, and a final clip to
-[0, 1]. Its error then comes from float32 rounding: GELU(x) = x Phi(x) is within 3e-7 |x| of the exact value and within
-4 ulp for x >= 0, which is the accuracy of PyTorch's own float32 GELU (3.7e-7 |x|, 5 ulp;
-``tests/functional/test_f_normal_cdf.py`` measures both). Clamping is harmless: Phi is
-within float32 rounding of 0 or 1 beyond |x| = 4 sqrt(2).
+[0, 1]. Its error then comes from float32 rounding: GELU(x) = x Phi(x) is within
+3e-7 * abs(x) of the exact value and within 4 ulp for x >= 0, which is the accuracy of
+PyTorch's own float32 GELU (3.7e-7 * abs(x), 5 ulp; ``tests/functional/test_f_normal_cdf.py``
+measures both). Clamping is harmless: Phi is within float32 rounding of 0 or 1 beyond
+abs(x) = 4 sqrt(2).
 
 float64 arrays keep ``scipy.special.erf`` (gradient checks and float64 parity need Phi to
 the last bit) and CuPy arrays use ``cupyx.scipy.special.erf``, a GPU kernel.
