@@ -83,14 +83,18 @@ def _slope(sizes: list[int], values: list[float]) -> float:
     return sum((a - mx) * (b - my) for a, b in zip(xs, ys)) / sum((a - mx) ** 2 for a in xs)
 
 
-def _predicted_macs(op: str, side: int, C: int = 64, k: int = 7) -> int:
-    """MACs twins-np's analytic count gives the scaling row's layer at side x side."""
-    from twins_np.analysis import attention_macs
+def _predicted_macs(op: str, side: int, C: int = 64, heads: int = 2, k: int = 7) -> int:
+    """MACs twins-np's analytic count gives the scaling row's layer at side x side.
 
-    if op in ("lsa", "gsa"):
-        return attention_macs(op, side, side, C, k)
-    # the pair of blocks: both attentions, plus per block an MLP (ratio 4) of 2 * N * C * 4C MACs
-    return attention_macs("lsa", side, side, C, k) + attention_macs("gsa", side, side, C, k) + 2 * 8 * side * side * C * C
+    Counted on the modules the worker times (an LSA block and a GSA block, or the
+    attention layer of one of them), so the prediction and the measurement share a source.
+    """
+    from twins_np.analysis import module_flops
+    from twins_np.nn.blocks import Block
+
+    lsa_block, gsa_block = Block(C, heads, ws=k, rng=0), Block(C, heads, sr_ratio=k, rng=1)
+    modules = {"lsa": [lsa_block.attn], "gsa": [gsa_block.attn], "svt_block": [lsa_block, gsa_block]}[op]
+    return sum(module_flops(m, side) for m in modules)
 
 
 def machine() -> str:

@@ -42,6 +42,7 @@ __all__ = [
     "gpu_description",
     "synchronize",
     "map_blocks",
+    "row_sums",
 ]
 
 Device = str  # "cpu" or "gpu"
@@ -270,3 +271,14 @@ def map_blocks(fn: Callable[..., None], *arrays: Any, out: Any, block_bytes: int
         block_out = tuple(o[rows_] for o in outs) if outs is not None else out[rows_]
         fn(*(a[rows_] for a in arrays), out=block_out)
     return out
+
+
+def row_sums(a: Any) -> Any:
+    """Sums over the last axis, keeping it: ``a.sum(axis=-1, keepdims=True)``.
+
+    Computed as a matrix-vector product with a vector of ones, one BLAS call that is
+    several times faster than NumPy's reduction loop over a short last axis (a row of
+    32 to 512 channels, or of 49 attention scores). The last bit may differ from
+    ``sum``'s, as BLAS accumulates in its own order.
+    """
+    return (a @ get_xp(a).ones(a.shape[-1], dtype=a.dtype))[..., None]

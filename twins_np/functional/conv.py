@@ -113,14 +113,13 @@ def depthwise_conv3x3_forward(x: Any, w: Any, b: Any | None) -> tuple[Any, DWCon
     check_float("x", x)
     check_ndim("x", x, 4, "(B, H, W, C)")
     check_same_dtype(x=x, weight=w, bias=b)
-    C = x.shape[-1]
+    B, H, W, C = x.shape
     check_weight("weight", w, (C, 1, 3, 3))
     # (3, 3, C): one channel vector per tap, made contiguous because a strided vector
     # slows every broadcast multiply by it
     wt = xp.ascontiguousarray(w[:, 0].transpose(1, 2, 0))
     # Images are independent: map_blocks runs a few at a time, so the padded copy and
     # the nine taps stay in cache.
-    B, H, W, C = x.shape
     out = xp.empty((B, H, W, C), dtype=x.dtype)
     xpad = xp.zeros((B, H + 2, W + 2, C), dtype=x.dtype)
     map_blocks(lambda images, out: _dwconv3x3_images(images, wt, b, out), x, out=(out, xpad))
@@ -135,7 +134,7 @@ def _dwconv3x3_images(x: Any, wt: Any, b: Any | None, out: tuple[Any, Any]) -> N
     """
     y, xpad = out
     xp = get_xp(x)
-    n, H, W, C = x.shape
+    H, W = x.shape[1:3]
     xpad[:, 1:-1, 1:-1, :] = x
     xp.multiply(x, wt[1, 1], out=y)  # the centre tap needs no padding
     if b is not None:
@@ -182,7 +181,7 @@ def _dwconv3x3_images_backward(dout: Any, xpad: Any, wt: Any, out: tuple[Any, An
     # BEGIN SOLUTION peg_backward
     dx, dwt = out
     xp = get_xp(dout)
-    n, H, W, C = dout.shape
+    H, W = dout.shape[1:3]
     dxpad = xp.zeros_like(xpad)
     tmp = xp.empty_like(dout)  # one scratch array for the 9 taps instead of 9 temporaries
     for u in range(3):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from ..backend import get_xp, map_blocks
+from ..backend import get_xp, map_blocks, row_sums
 from ._checks import check_float, check_same_dtype
 
 
@@ -53,14 +53,12 @@ def layernorm_forward(x: Any, gamma: Any, beta: Any, eps: float = 1e-6) -> tuple
 def _row_means(a: Any) -> Any:
     """Mean of each row of an (R, C) block, as an (R, 1) column.
 
-    The row sums come from a matrix-vector product with a vector of ones (one BLAS call),
-    several times faster than ``mean(axis=-1)``, whose loop over a short last axis
-    (C = 32 ... 512 here) NumPy does not vectorise well. Dividing the sums by C, rather
-    than multiplying by a rounded 1/C, keeps the mean of a constant row exact, so such a
-    row still normalises to exactly 0.
+    The sums come from :func:`~twins_np.backend.row_sums` (one BLAS call, several times
+    faster than ``mean(axis=-1)``). Dividing them by C, rather than multiplying by a
+    rounded 1/C, keeps the mean of a constant row exact, so such a row still normalises
+    to exactly 0.
     """
-    C = a.shape[-1]
-    return (a @ get_xp(a).ones(C, dtype=a.dtype))[:, None] / C
+    return row_sums(a) / a.shape[-1]
 
 
 def _row_means_of_product(a: Any, b: Any) -> Any:

@@ -68,10 +68,13 @@ def _horner(t: Any, coeffs: tuple[Any, ...]) -> Any:
 
 
 def normal_cdf_rational(x: Any, out: Any | None = None) -> Any:
-    """Phi(x) from the fitted rational function, in x's float dtype (any backend).
+    """Phi(x) from the fitted rational function (any backend), for float32 arrays.
+
+    The coefficients are stored in float32, so a float64 input gets float32 accuracy;
+    :func:`normal_cdf` sends float64 to SciPy's erf instead.
 
     Args:
-        x: float array of any shape.
+        x: float32 array of any shape.
         out: optional array of x's shape and dtype to write the result into.
 
     Returns:
