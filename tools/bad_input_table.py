@@ -32,7 +32,7 @@ import numpy as np
 import twins_np.functional as F
 from twins_np.cli import main as cli_main
 from twins_np.models import create_model
-from twins_np.nn import Block, GlobalSubSampleAttn, Linear, LocallyGroupedAttn, PosConv
+from twins_np.nn import Block, GlobalSubSampleAttn, Linear, LocallyGroupedAttn, PosConv, Upsample
 from twins_np.optim import AdamW, clip_grad_norm
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -103,6 +103,20 @@ def _gsa(**over: Any) -> str:
 def _ce(target: Any, logits: Any = None, label_smoothing: float = 0.0) -> str:
     logits = _rand(4, 5) if logits is None else logits
     F.cross_entropy_forward(logits, target, label_smoothing)
+    return "returned"
+
+
+def _labels(bad: int) -> np.ndarray:
+    """(2, 3, 4) labels in [0, 5) with 255 (ignored) pixels and one ``bad`` label."""
+    y = (np.arange(24).reshape(2, 3, 4) * 7) % 5
+    y[0, 0, :2] = 255
+    y[1, 2, 3] = bad
+    return y
+
+
+def _pixel_ce(target: Any, logits: Any = None) -> str:
+    logits = _rand(2, 5, 3, 4) if logits is None else logits
+    F.pixel_cross_entropy_forward(logits, target)
     return "returned"
 
 
@@ -254,6 +268,39 @@ CASES: list[Case] = [
          lambda: _ce(np.array([0]), logits=_rand(5))),
     Case("F.cross_entropy_forward", "target as a Python list", TypeError, r"target",
          lambda: _ce([0, 1, 2, 4])),
+    Case("F.bilinear_resize_forward", "size (0, 3)", ValueError,
+         r"'size' must be a pair of positive integers \(Ho, Wo\), got \(0, 3\)",
+         lambda: (F.bilinear_resize_forward(_rand(1, 4, 4, 2), (0, 3)), "returned")[1]),
+    Case("F.bilinear_resize_forward", "x 3-D (H, W, C)", ValueError, r"'x' must have shape \(B, H, W, C\) \(4-D\)",
+         lambda: (F.bilinear_resize_forward(_rand(4, 4, 2), (8, 8)), "returned")[1]),
+    Case("F.bilinear_resize_forward", "both size and scale_factor", ValueError, r"give exactly one of 'size' and 'scale_factor'",
+         lambda: (F.bilinear_resize_forward(_rand(1, 4, 4, 2), (8, 8), 2), "returned")[1]),
+    Case("F.nearest_resize_forward", "scale_factor 0.1 on a 4x4 map", ValueError,
+         r"scale_factor 0.1 makes the 4x4 map empty \(0x0\)",
+         lambda: (F.nearest_resize_forward(_rand(1, 4, 4, 2), scale_factor=0.1), "returned")[1]),
+    Case("F.nearest_upsample2x_forward", "uint8 map", TypeError, r"'x' must be float32 or float64, got uint8",
+         lambda: (F.nearest_upsample2x_forward(np.zeros((1, 4, 4, 2), np.uint8)), "returned")[1]),
+    Case("F.pixel_cross_entropy_forward", "label 7 with K = 5 classes (not the ignore index)", ValueError,
+         r"labels must be in \[0, 5\) or equal ignore_index = 255; got 1 pixels with labels in \[7, 7\]",
+         lambda: _pixel_ce(_labels(7))),
+    Case("F.pixel_cross_entropy_forward", "label -1 with ignore_index = 255", ValueError,
+         r"labels must be in \[0, 5\) or equal ignore_index = 255; got 1 pixels with labels in \[-1, -1\]",
+         lambda: _pixel_ce(_labels(-1))),
+    Case("F.pixel_cross_entropy_forward", "every pixel 255 (torch returns nan)", ValueError,
+         r"every pixel of target is ignore_index = 255: the mean over zero pixels is undefined",
+         lambda: _pixel_ce(np.full((2, 3, 4), 255))),
+    Case("F.pixel_cross_entropy_forward", "target (2, 3, 3) for logits (2, 5, 3, 4)", ValueError,
+         r"target must have shape \(B, H, W\) = \(2, 3, 4\) for logits \(2, 5, 3, 4\), got \(2, 3, 3\)",
+         lambda: _pixel_ce(np.zeros((2, 3, 3), np.int64))),
+    Case("F.pixel_cross_entropy_forward", "float labels", TypeError, r"integer labels expected for target, got float64",
+         lambda: _pixel_ce(np.zeros((2, 3, 4)))),
+    Case("F.pixel_cross_entropy_forward", "logits 3-D (K, H, W)", ValueError, r"'logits' must have shape \(B, K, H, W\) \(4-D\)",
+         lambda: _pixel_ce(np.zeros((3, 4), np.int64), logits=_rand(5, 3, 4))),
+    Case("Upsample(mode='bicubic')", "unsupported mode", ValueError,
+         r"mode must be one of \('nearest', 'bilinear'\), got 'bicubic'",
+         lambda: (Upsample(scale_factor=2, mode="bicubic"), "built")[1]),
+    Case("Upsample(size=8, mode='bilinear')", "align_corners=True", ValueError, r"align_corners=True is not supported",
+         lambda: (Upsample(size=8, mode="bilinear", align_corners=True), "built")[1]),
     # modules
     Case("LocallyGroupedAttn(8, num_heads=3)", "dim not divisible by heads", ValueError,
          r"dim = 8 is not divisible by num_heads = 3",

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from . import functional as F
+from .backend import get_xp
 from .gradcheck import GradCheckResult, check_backward, check_module
 
 
@@ -57,6 +58,14 @@ def _module(
         return check_module(module, *inputs, mode=mode, seed=seed, device=device)
 
     return Case(name, run)
+
+
+def _pixel_labels(z: Any) -> Any:
+    """(B, H, W) labels in [0, K) with every third pixel ignored (255), on the device of the logits z."""
+    xp = get_xp(z)
+    B, K, H, W = z.shape
+    flat = xp.arange(B * H * W).reshape(B, H, W)
+    return xp.where(flat % 3 == 1, 255, (flat * 7) % K)
 
 
 def cases() -> list[Case]:
@@ -228,6 +237,43 @@ def cases() -> list[Case]:
             lambda z: F.cross_entropy_forward(z, labels, 0.1),
             lambda d, c: F.cross_entropy_backward(float(d), c),
             lambda r: [n(r, 3, 4)],
+            ["logits"],
+        ),
+        # dense-prediction layers: non-integer ratios, up and down; the pixel loss with
+        # ignored pixels and smoothing (its labels are built with the logits' array module)
+        _op(
+            "bilinear resize (5x7 -> 9x4)",
+            lambda x: F.bilinear_resize_forward(x, (9, 4)),
+            F.resize_backward,
+            lambda r: [n(r, 2, 5, 7, 3)],
+            ["x"],
+        ),
+        _op(
+            "bilinear resize (7x6 -> 3x4)",
+            lambda x: F.bilinear_resize_forward(x, (3, 4)),
+            F.resize_backward,
+            lambda r: [n(r, 2, 7, 6, 2)],
+            ["x"],
+        ),
+        _op(
+            "nearest resize (3x5 -> 7x11)",
+            lambda x: F.nearest_resize_forward(x, (7, 11)),
+            F.resize_backward,
+            lambda r: [n(r, 2, 3, 5, 2)],
+            ["x"],
+        ),
+        _op(
+            "nearest upsample 2x",
+            F.nearest_upsample2x_forward,
+            F.nearest_upsample2x_backward,
+            lambda r: [n(r, 2, 3, 5, 2)],
+            ["x"],
+        ),
+        _op(
+            "pixel cross-entropy (ignore 255, smoothing 0.1)",
+            lambda z: F.pixel_cross_entropy_forward(z, _pixel_labels(z), 255, 0.1),
+            lambda d, c: F.pixel_cross_entropy_backward(float(d), c),
+            lambda r: [n(r, 2, 4, 3, 5)],
             ["logits"],
         ),
         _module("LocallyGroupedAttn", lambda r: (LocallyGroupedAttn(C, heads, ws=4, rng=1), [n(r, 2, H * W, C), (H, W)])),

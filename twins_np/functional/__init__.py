@@ -38,10 +38,28 @@ from .dropout import (
 from .gsa import GSACache, gsa_backward, gsa_forward
 from .layernorm import LayerNormCache, layernorm_backward, layernorm_forward
 from .linear import LinearCache, linear_backward, linear_forward
-from .loss import CrossEntropyCache, cross_entropy_backward, cross_entropy_forward
+from .loss import (
+    CrossEntropyCache,
+    PixelCrossEntropyCache,
+    cross_entropy_backward,
+    cross_entropy_forward,
+    pixel_cross_entropy_backward,
+    pixel_cross_entropy_forward,
+)
 from .lsa import LSACache, join_qkv, lsa_backward, lsa_forward, split_qkv
 from .mlp import MlpCache, mlp_backward, mlp_forward
 from .peg import PEGCache, peg_backward, peg_forward
+from .resize import (
+    ResizeCache,
+    Upsample2xCache,
+    bilinear_resize_backward,
+    bilinear_resize_forward,
+    nearest_resize_backward,
+    nearest_resize_forward,
+    nearest_upsample2x_backward,
+    nearest_upsample2x_forward,
+    resize_backward,
+)
 from .softmax import SoftmaxCache, softmax_backward, softmax_forward
 from .subsample import SUBSAMPLE_MODES, SubsampleCache, subsample_backward, subsample_forward
 from .windows import (

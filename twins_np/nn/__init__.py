@@ -4,6 +4,7 @@ from .attention import GlobalSubSampleAttn, LocallyGroupedAttn
 from .blocks import Block, PatchEmbed, PosConv
 from .layers import Conv2d, Dropout, DropPath, LayerNorm, Linear, Mlp
 from .module import Identity, Module, ModuleList, Parameter, Sequential, no_grad
+from .resize import Upsample
 
 __all__ = [
     "Block",
@@ -22,5 +23,6 @@ __all__ = [
     "PatchEmbed",
     "PosConv",
     "Sequential",
+    "Upsample",
     "no_grad",
 ]
