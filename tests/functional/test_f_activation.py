@@ -111,3 +111,63 @@ def test_non_float_input_raises(dtype):
 def test_non_array_raises():
     with pytest.raises(TypeError, match="must be an array"):
         F.gelu_forward([1.0, 2.0])
+
+
+# --- ReLU ------------------------------------------------------------------------------
+
+
+def test_relu_forward_and_backward_match_loop(xp):
+    x = sample(9, (2, 7, 11, 3))
+    dout = np.random.default_rng(10).standard_normal(x.shape)
+    out, cache = F.relu_forward(xp.asarray(x))
+    dx = F.relu_backward(xp.asarray(dout), cache)
+    ref_out, ref_dx = np.empty_like(x), np.empty_like(x)
+    for i in np.ndindex(*x.shape):
+        ref_out[i] = x[i] if x[i] > 0 else 0.0
+        ref_dx[i] = dout[i] if x[i] > 0 else 0.0
+    assert rel_err(out, ref_out) == 0.0 and rel_err(dx, ref_dx) == 0.0
+
+
+def test_relu_at_zero_and_negative():
+    """Gradient 0 at x = 0 (PyTorch's choice); negative inputs give +0.0, NaN stays NaN."""
+    out, cache = F.relu_forward(np.array([0.0, -2.0, 3.0, np.nan]))
+    assert np.array_equal(out[:3], [0.0, 0.0, 3.0]) and not np.signbit(out[1]) and np.isnan(out[3])
+    assert np.array_equal(F.relu_backward(np.array([5.0, 5.0, 5.0, 5.0]), cache), [0.0, 0.0, 5.0, 0.0])
+
+
+def test_relu_gradcheck(xp):
+    device = "cpu" if xp is np else "gpu"
+    rows = check_backward(F.relu_forward, F.relu_backward, [sample(11, (3, 5, 7))], names=["x"], device=device)
+    assert rows[0].checked == 105
+    assert rows[0].max_rel_err < TOLERANCES["gradcheck_rel"]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_dtype_preserved(xp, dtype):
+    x = xp.asarray(sample(12).astype(dtype))
+    out, cache = F.relu_forward(x)
+    assert out.dtype == dtype
+    assert F.relu_backward(xp.asarray(np.ones(x.shape, dtype=dtype)), cache).dtype == dtype
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize(("dtype", "tol"), [(np.float64, "parity_f64_rel"), (np.float32, "parity_f32_rel")])
+def test_relu_parity_with_torch(dtype, tol):
+    torch = pytest.importorskip("torch")
+    x = sample(13, (2, 7, 11, 5)).astype(dtype)
+    out, cache = F.relu_forward(x)
+    dout = np.random.default_rng(14).standard_normal(x.shape).astype(dtype)
+    dx = F.relu_backward(dout, cache)
+    tx = torch.tensor(x, requires_grad=True)
+    tout = torch.relu(tx)
+    tout.backward(torch.tensor(dout))
+    assert rel_err(out, tout.detach().numpy()) < TOLERANCES[tol]
+    assert rel_err(dx, tx.grad.numpy()) < TOLERANCES[tol]
+
+
+def test_relu_bad_input():
+    with pytest.raises(TypeError, match="'x' must be float32 or float64, got int64"):
+        F.relu_forward(np.arange(4))
+    _, cache = F.relu_forward(np.ones((2, 3)))
+    with pytest.raises(ValueError, match=r"dout must have the forward's shape \(2, 3\), got \(3, 2\)"):
+        F.relu_backward(np.ones((3, 2)), cache)

@@ -135,20 +135,37 @@ def test_depthwise_conv_matches_torch(dtype, H, W):
 @pytest.mark.parametrize(
     "kwargs",
     [
-        dict(kernel_size=3, stride=2),
-        dict(kernel_size=2, stride=2, padding=1),
         dict(kernel_size=2, stride=2, groups=2),
         dict(kernel_size=3, stride=1, padding=0, groups=8),
         dict(kernel_size=3, stride=2, padding=1, groups=8),
         dict(kernel_size=5, stride=1, padding=2, groups=8),
     ],
-    ids=["k3s2", "k2s2-pad1", "k2s2-groups2", "dw-pad0", "dw-stride2", "dw-5x5"],
+    ids=["k2s2-groups2", "dw-pad0", "dw-stride2", "dw-5x5"],
 )
 def test_conv2d_refuses_unsupported_configs(kwargs):
+    """Grouped convs other than Twins' two depthwise ones are refused (groups == 1 takes any k, stride, padding)."""
     with pytest.raises(ValueError, match="kernel_size == stride") as info:
         Conv2d(8, 8, **kwargs)
     msg = str(info.value)
-    assert "3x3 depthwise" in msg and f"kernel_size={kwargs['kernel_size']}" in msg
+    assert "3x3 depthwise" in msg and f"kernel_size={kwargs['kernel_size']}" in msg and "groups == 1" in msg
+
+
+@pytest.mark.parametrize(
+    "kwargs,kind",
+    [
+        (dict(kernel_size=3, stride=2), "general"),
+        (dict(kernel_size=2, stride=2, padding=1), "general"),
+        (dict(kernel_size=3, stride=1, padding=1), "general"),
+        (dict(kernel_size=1), "patch"),  # kernel == stride == 1: the patch conv is one matmul too
+        (dict(kernel_size=4, stride=4), "patch"),
+        (dict(kernel_size=3, stride=1, padding=1, groups=8), "depthwise3x3"),
+        (dict(kernel_size=2, stride=2, groups=8), "depthwise_patch"),
+    ],
+    ids=["k3s2", "k2s2-pad1", "k3s1p1", "1x1", "patch4", "dw3x3", "dw-patch2"],
+)
+def test_conv2d_picks_the_routine(kwargs, kind):
+    """Twins' three special convolutions keep their routines; every other groups == 1 conv is general."""
+    assert Conv2d(8, 8, **kwargs).kind == kind
 
 
 def test_depthwise_needs_equal_channels():

@@ -6,7 +6,7 @@ grads``; the cache is a small NamedTuple holding only what the backward needs, s
 NumPy and CuPy alike.
 """
 
-from .activation import GeluCache, gelu_backward, gelu_forward
+from .activation import GeluCache, ReluCache, gelu_backward, gelu_forward, relu_backward, relu_forward
 from .attention import (
     AttentionCache,
     attention_backward,
@@ -28,6 +28,7 @@ from .conv import (
     patch_conv_backward,
     patch_conv_forward,
 )
+from .conv2d import Conv2dCache, conv2d_backward, conv2d_forward
 from .dropout import (
     DropoutCache,
     drop_path_backward,

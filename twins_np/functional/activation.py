@@ -1,4 +1,4 @@
-"""GELU, the exact (erf) form used by timm's ``nn.GELU()``.
+"""GELU, the exact (erf) form used by timm's ``nn.GELU()``; and ReLU, for the dense head.
 
 GELU(x) = x * Phi(x),   Phi(x) = (1 + erf(x / sqrt(2))) / 2
 
@@ -72,3 +72,38 @@ def _gelu_backward_block(dout: Any, x: Any, cdf: Any, out: Any) -> None:
     pdf += cdf
     xp.multiply(dout, pdf, out=out)
     # END SOLUTION
+
+
+# --- ReLU (the FPN head's activation) ------------------------------------------------
+
+
+class ReluCache(NamedTuple):
+    mask: Any  # bool, x > 0: a quarter of the float32 input's memory, all backward needs
+
+
+def relu_forward(x: Any) -> tuple[Any, ReluCache]:
+    """ReLU, elementwise: max(x, 0).
+
+    Args:
+        x: array of any shape, float32 or float64.
+
+    Returns:
+        out: same shape and dtype; cache for :func:`relu_backward`.
+    """
+    check_float("x", x)
+    xp = get_xp(x)
+    # maximum, not x * mask: negative inputs give +0.0 (not -0.0) and NaN stays NaN, as in PyTorch
+    return xp.maximum(x, 0.0), ReluCache(x > 0.0)
+
+
+def relu_backward(dout: Any, cache: ReluCache) -> Any:
+    """Gradient of ReLU.
+
+    Math:
+        d/dx max(x, 0) = 1 where x > 0, else 0 (at x = 0 too, as PyTorch), so
+        dx = dout * [x > 0].
+    """
+    (mask,) = cache
+    if tuple(dout.shape) != tuple(mask.shape):
+        raise ValueError(f"relu_backward: dout must have the forward's shape {tuple(mask.shape)}, got {tuple(dout.shape)}")
+    return get_xp(dout).multiply(dout, mask)

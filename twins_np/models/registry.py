@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, overload
 
+from .features import TwinsFeatures
 from .twins import Twins
 
 _PCPVT = dict(
@@ -39,11 +40,35 @@ def list_models() -> list[str]:
     return sorted(MODEL_CONFIGS)
 
 
-def create_model(name: str, **overrides: Any) -> Twins:
-    """Build a named Twins; keyword overrides replace config entries (e.g. num_classes, seed, dtype)."""
+@overload
+def create_model(
+    name: str, features_only: Literal[False] = ..., out_indices: int | Sequence[int] | None = ..., **overrides: Any
+) -> Twins: ...
+
+
+@overload
+def create_model(
+    name: str, features_only: Literal[True], out_indices: int | Sequence[int] | None = ..., **overrides: Any
+) -> TwinsFeatures: ...
+
+
+def create_model(
+    name: str, features_only: bool = False, out_indices: int | Sequence[int] | None = None, **overrides: Any
+) -> Twins | TwinsFeatures:
+    """Build a named Twins; keyword overrides replace config entries (e.g. num_classes, seed, dtype).
+
+    ``features_only=True`` gives a backbone, :class:`TwinsFeatures`, as timm's
+    ``create_model(name, features_only=True)``: ``forward(x)`` returns the NCHW maps of the
+    stages in ``out_indices`` (default: every stage, (0, 1, 2, 3) for the paper's models;
+    timm's rules, negative indices count from the end) and ``feature_info`` their channels
+    and reductions.
+    """
     if name not in MODEL_CONFIGS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(list_models())}")
-    return Twins(**{**MODEL_CONFIGS[name], **overrides})
+    if not features_only and out_indices is not None:
+        raise ValueError("'out_indices' selects the stages of a feature extractor: pass features_only=True with it")
+    model = Twins(**{**MODEL_CONFIGS[name], **overrides})
+    return TwinsFeatures(model, out_indices) if features_only else model
 
 
 def model_factory(name: str) -> Callable[..., Twins]:

@@ -12,12 +12,17 @@ Flow, for S stages (4 in the paper's models)::
     norm (LN 1e-6) -> mean over tokens -> head_drop -> head Linear
 
 ``backward(dlogits)`` runs the same path in reverse and fills every ``.grad``.
+
+As a backbone (timm's API): ``forward_intermediates(x, indices, ...)`` returns the stage
+maps (B, C_s, H_s, W_s), and ``backward_intermediates(grads, dfinal)`` takes one gradient
+per map; ``prune_intermediate_layers`` drops what a feature extractor does not need (see
+:mod:`twins_np.models.features`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -25,6 +30,7 @@ from .. import functional as F
 from ..backend import default_rng, device_of
 from ..functional._checks import FLOAT_DTYPES, check_finite, check_float, check_ndim
 from ..nn import Block, Dropout, Identity, LayerNorm, Linear, Module, ModuleList, PatchEmbed, PosConv
+from .features import feature_take_indices
 
 
 def _tuple(v: Any, n: int, name: str) -> tuple:
@@ -32,6 +38,30 @@ def _tuple(v: Any, n: int, name: str) -> tuple:
     if len(t) != n:
         raise ValueError(f"{name} has {len(t)} entries but depths has {n} stages")
     return t
+
+
+class IntermediatesCache(NamedTuple):
+    """What :meth:`Twins.backward_intermediates` needs from its :meth:`Twins.forward_intermediates`.
+
+    Fields: ``taps`` the stages whose maps were returned, in order; ``deepest`` the last
+    stage the backward passes through (the last stage run when the final output was
+    returned, else the last tapped one); ``norm_tap`` whether the last stage's map went
+    through the final norm; ``final`` ``"tokens"`` (normed last-stage tokens (B, N, C)),
+    ``"map"`` (the NCHW map of an early-stopped stage) or None (``intermediates_only``);
+    ``map_shapes`` / ``final_shape`` the returned shapes; ``output_fmt`` the maps' layout;
+    ``dtype`` the model's dtype; ``batch`` B and ``sizes`` each run stage's (H_s, W_s).
+    """
+
+    taps: tuple[int, ...]
+    deepest: int
+    norm_tap: bool
+    final: str | None
+    map_shapes: tuple[tuple[int, ...], ...]
+    final_shape: tuple[int, ...] | None
+    output_fmt: str
+    dtype: Any
+    batch: int
+    sizes: tuple[tuple[int, int], ...]
 
 
 class Twins(Module):
@@ -147,13 +177,17 @@ class Twins(Module):
             self.blocks.append(stage)
             cur += depths[s]
         self.pos_block = ModuleList([PosConv(d, d, rng=g, dtype=dtype) for d in embed_dims])
-        self.norm = LayerNorm(self.num_features, eps=norm_eps, dtype=dtype)
+        self.norm: Module = LayerNorm(self.num_features, eps=norm_eps, dtype=dtype)
         self.head_drop = Dropout(drop_rate, rng=g)
         self.head: Module = Linear(self.num_features, num_classes, rng=g, dtype=dtype) if num_classes > 0 else Identity()
+        # what each stage gives a dense head; timm's names ("block.s") and keys. timm writes the
+        # reduction as 2**(2 + s), which assumes patch_size 4; this is the true output stride.
+        self.feature_info = [dict(module=f"block.{s}", num_chs=embed_dims[s], reduction=patch_size * 2**s) for s in range(S)]
+        self._intermediates: IntermediatesCache | None = None
 
     # -- forward -------------------------------------------------------------------------
-    def _min_input_side(self) -> tuple[int, list[tuple[int, int, int]]]:
-        """Smallest H (and W) the model accepts, and per stage (stride, patch, need).
+    def _min_input_side(self, n_stages: int | None = None) -> tuple[int, list[tuple[int, int, int]]]:
+        """Smallest H (and W) the model (or its first ``n_stages`` stages) accepts, and per stage (stride, patch, need).
 
         Stage s sees ``side // stride_s`` tokens per side (the patch convs floor, and
         floor(floor(n/a)/b) = floor(n/(ab))). It needs at least one token, and at least
@@ -161,14 +195,14 @@ class Twins(Module):
         would have no output). So the minimum side is max_s need_s * stride_s.
         """
         stages, stride = [], 1
-        for embed, stage in zip(self.patch_embeds, self.blocks):
+        for embed, stage in list(zip(self.patch_embeds, self.blocks))[:n_stages]:
             stride *= embed.patch_size
             srs = [blk.attn.sr_ratio for blk in stage if hasattr(blk.attn, "sr_ratio")]
             stages.append((stride, embed.patch_size, max([1, *srs])))
         return max(need * st for st, _, need in stages), stages
 
-    def _check_input(self, x: Any) -> None:
-        """Refuse an image the model cannot run, with a message that says why."""
+    def _check_input(self, x: Any, n_stages: int | None = None) -> None:
+        """Refuse an image the model (or its first ``n_stages`` stages) cannot run, saying why."""
         check_float("x", x)
         check_ndim("x", x, 4, "(B, C, H, W)")
         B, C, H, W = x.shape
@@ -196,7 +230,7 @@ class Twins(Module):
                 f"'x' is on the {device_of(x)} but the model is on the {dev}; "
                 f"move one of them, e.g. twins_np.to_device(x, {dev!r})"
             )
-        m, stages = self._min_input_side()
+        m, stages = self._min_input_side(n_stages)
         if H >= m and W >= m:
             return
         why = ""
@@ -222,6 +256,7 @@ class Twins(Module):
         self._check_input(x)
         if self.check_inputs_finite:
             check_finite("x", x)
+        self._intermediates = None  # a backward_intermediates now has no forward to use
         sizes = []
         last = len(self.depths) - 1
         for s, (embed, drop, stage, peg) in enumerate(zip(self.patch_embeds, self.pos_drops, self.blocks, self.pos_block)):
@@ -303,3 +338,232 @@ class Twins(Module):
             raise RuntimeError("backward_loss() needs a loss() call before it")
         self._loss_cache = None
         return self.backward(F.cross_entropy_backward(1.0, cache))
+
+    # -- as a backbone (timm's forward_intermediates) -------------------------------------
+    def _forward_stage(self, s: int, x: Any) -> tuple[Any, tuple[int, int]]:
+        """Stage s: image or map (B, C, H, W) -> tokens (B, H_s*W_s, C_s) and (H_s, W_s); as forward_features."""
+        x, size = self.patch_embeds[s](x)
+        x = self.pos_drops[s](x)
+        for i, blk in enumerate(self.blocks[s]):
+            x = blk(x, size)
+            if i == 0:
+                x = self.pos_block[s](x, size)  # the PEG follows the stage's first block
+        return x, size
+
+    def _backward_stage(self, s: int, dx: Any) -> Any:
+        """Stage s in reverse: dtokens (B, N_s, C_s) -> gradient of the stage's input (B, C, H, W)."""
+        stage = self.blocks[s]
+        for i in reversed(range(len(stage))):
+            if i == 0:
+                dx = self.pos_block[s].backward(dx)
+            dx = stage[i].backward(dx)
+        dx = self.pos_drops[s].backward(dx)
+        return self.patch_embeds[s].backward(dx)
+
+    def forward_intermediates(
+        self,
+        x: Any,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> Any:
+        """Forward that also returns the stage maps; timm's ``Twins.forward_intermediates``.
+
+        Args:
+            x: image (B, C_in, H, W).
+            indices: stages to return: None = all, an int n = the last n, a sequence =
+                those stages (negative counts from the end). Maps come in stage order.
+            norm: pass the last stage's map through the final LayerNorm (only the last
+                stage can be normed: the norm is sized for it).
+            stop_early: run no stage after the last one requested.
+            output_fmt: ``"NCHW"`` (timm's) or ``"NHWC"``: (B, H_s, W_s, C_s), the
+                channels-last layout of twins-np's tokens (timm accepts NCHW only).
+            intermediates_only: return only the list of maps.
+
+        Returns:
+            ``maps`` if ``intermediates_only``, else ``(final, maps)``: ``final`` is the
+            normed last-stage tokens (B, N_S, C_S) as :meth:`forward_features` gives, or,
+            when ``stop_early`` ended before the last stage, the last run stage's NCHW map
+            (unnormed), as timm. Each map is a fresh array (B, C_s, H_s, W_s), H_s = H // r_s.
+
+        Call :meth:`backward_intermediates` next for the gradients.
+        """
+        S = len(self.blocks)
+        take, max_index = feature_take_indices(S, indices)
+        if output_fmt not in ("NCHW", "NHWC"):
+            raise ValueError(f"'output_fmt' must be 'NCHW' (timm's) or 'NHWC' (channels-last), got {output_fmt!r}")
+        last = max_index if stop_early else S - 1
+        self._check_input(x, n_stages=last + 1)
+        if self.check_inputs_finite:
+            check_finite("x", x)
+        # this forward replaces any earlier one: neither backward may use the older caches
+        self._intermediates = None
+        object.__setattr__(self, "_cache", None)  # Twins.backward(dlogits) now refuses to run
+        taps = sorted(set(take))  # timm keeps stage order and returns a stage once
+        run_norm = (norm and S - 1 in taps) or (not intermediates_only and last == S - 1)
+        maps: list[Any] = []
+        final: Any = None
+        sizes = []
+        for s in range(last + 1):
+            tokens, size = self._forward_stage(s, x)
+            sizes.append(size)
+            B, _, C = tokens.shape
+            nhwc = tokens.reshape(B, size[0], size[1], C)
+            if s < S - 1:
+                x = nhwc.transpose(0, 3, 1, 2)  # tokens -> NCHW view: the next stage's input
+            else:
+                # timm calls the norm twice (for the map and for the final output) on the same
+                # tokens; one call gives both, and backward adds the two gradients before it
+                x = self.norm(tokens) if run_norm else tokens
+                if norm:
+                    nhwc = x.reshape(B, size[0], size[1], C)
+            if s in taps:
+                # copies, as timm's .contiguous(): a caller editing a map cannot change the caches
+                maps.append(nhwc.copy() if output_fmt == "NHWC" else self.xp.ascontiguousarray(nhwc.transpose(0, 3, 1, 2)))
+        if not intermediates_only:
+            if last == S - 1:
+                final, kind = x, "tokens"
+            else:  # stopped early: the last run stage's NCHW map, as timm
+                final, kind = (maps[-1] if output_fmt == "NCHW" else self.xp.ascontiguousarray(x)), "map"
+        self._intermediates = IntermediatesCache(
+            taps=tuple(taps),
+            deepest=max_index if intermediates_only else last,
+            norm_tap=bool(norm and S - 1 in taps),
+            final=None if intermediates_only else kind,
+            map_shapes=tuple(tuple(m.shape) for m in maps),
+            final_shape=None if intermediates_only else tuple(final.shape),
+            output_fmt=output_fmt,
+            dtype=self.dtype,
+            batch=int(x.shape[0]),
+            sizes=tuple(sizes),
+        )
+        return maps if intermediates_only else (final, maps)
+
+    def _check_intermediate_grads(self, rec: IntermediatesCache, grads: Any, dfinal: Any) -> None:
+        """Every gradient matches what the forward returned (count, shape, dtype), before anything runs."""
+        n = len(rec.taps)
+        if not isinstance(grads, (list, tuple)):
+            raise TypeError(
+                f"'grads' must be a list with one gradient (or None) per returned map ({n} maps, stages "
+                f"{list(rec.taps)}), got {type(grads).__name__}"
+            )
+        if len(grads) != n:
+            raise ValueError(
+                f"'grads' has {len(grads)} entries but forward_intermediates returned {n} maps (stages "
+                f"{list(rec.taps)}); give one gradient per map, None for a map that received none"
+            )
+        named: list[tuple[str, Any, Any]] = [(f"grads[{k}]", g, shape) for k, (g, shape) in enumerate(zip(grads, rec.map_shapes))]
+        if rec.final is None:
+            if dfinal is not None:
+                raise ValueError("'dfinal' was given but forward_intermediates(intermediates_only=True) returned no final output")
+        else:
+            named.append(("dfinal", dfinal, rec.final_shape))
+        for name, g, shape in named:
+            if g is None:
+                continue
+            check_float(name, g)
+            if tuple(g.shape) != shape:
+                what = "final output" if name == "dfinal" else f"map of stage {rec.taps[int(name[6:-1])]} ({rec.output_fmt})"
+                raise ValueError(f"'{name}' must have the shape of the {what} {shape}, got {tuple(g.shape)}")
+            if g.dtype != rec.dtype:
+                raise TypeError(f"'{name}' is {g.dtype} but the model's parameters are {rec.dtype}; cast it first")
+
+    def backward_intermediates(self, grads: Sequence[Any], dfinal: Any = None) -> Any:
+        """Backward of :meth:`forward_intermediates`: gradients of the returned maps -> dx.
+
+        Args:
+            grads: one gradient per returned map, same shapes and layout (None: zero).
+            dfinal: gradient of the final output when it was returned (None: zero); must
+                be None after ``intermediates_only=True``.
+
+        Returns:
+            dx (B, C_in, H, W). Adds into ``.grad`` of every parameter the returned outputs
+            depend on: the stages up to the deepest returned one (and the final norm when it
+            ran). Stages that were not run, or ran without feeding a returned output, and the
+            head keep their ``.grad`` untouched, as with torch's autograd.
+
+        Math:
+            Stage s's output y_s feeds the next stage and, when tapped, a returned map (and
+            the final output), so dL/dy_s is the sum of those gradients, added before the
+            stage's own backward; see docs/derivations/model.md.
+        """
+        rec = self._intermediates
+        if rec is None:
+            raise RuntimeError(
+                "backward_intermediates() needs a forward_intermediates() before it (a second backward for one "
+                "forward, or a forward()/forward_features() in between, also discards it): run forward_intermediates again"
+            )
+        self._check_intermediate_grads(rec, grads, dfinal)
+        self._intermediates = None
+        S, xp = len(self.blocks), self.xp
+        tap_grad = dict(zip(rec.taps, grads))
+
+        def tokens(g: Any, fmt: str) -> Any:
+            """A (B, C, H, W) or (B, H, W, C) gradient as tokens (B, H*W, C)."""
+            if fmt == "NCHW":
+                g = g.transpose(0, 2, 3, 1)
+            return g.reshape(g.shape[0], -1, g.shape[-1])
+
+        def zeros(s: int) -> Any:
+            (H, W), C = rec.sizes[s], self.embed_dims[s]
+            return xp.zeros((rec.batch, H * W, C), dtype=rec.dtype)
+
+        def add(a: Any, b: Any) -> Any:
+            return b if a is None else (a if b is None else a + b)  # never in place: b may be the caller's
+
+        d: Any = None  # gradient of stage s's output (NCHW) coming back from stage s + 1
+        for s in reversed(range(rec.deepest + 1)):
+            dt = None if d is None else tokens(d, "NCHW")
+            g = tap_grad.get(s)
+            g = None if g is None else tokens(g, rec.output_fmt)
+            if s == S - 1:
+                dn = dfinal if rec.final == "tokens" else None  # through the final norm
+                if rec.norm_tap:
+                    dn = add(dn, g)
+                else:
+                    dt = add(dt, g)
+                if rec.norm_tap or rec.final == "tokens":  # the norm ran: its cache must be used
+                    dt = add(dt, self.norm.backward(dn if dn is not None else zeros(s)))
+            else:
+                dt = add(dt, g)
+                if rec.final == "map" and s == rec.deepest and dfinal is not None:
+                    dt = add(dt, tokens(dfinal, "NCHW"))
+            d = self._backward_stage(s, dt if dt is not None else zeros(s))  # None: every gradient was None
+        return d
+
+    def prune_intermediate_layers(
+        self, indices: int | Sequence[int] | None = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Drop what the maps at ``indices`` do not need; timm's ``prune_intermediate_layers``.
+
+        Stages after the last index go; so does the final norm when ``prune_norm`` or when a
+        stage was dropped (it is sized for the last stage), and the head (``num_classes``
+        becomes 0) when ``prune_head`` or a stage was dropped. In place; the dropped
+        parameters leave ``state_dict`` as they do in timm.
+
+        Returns:
+            the absolute stage indices taken (for ``forward_intermediates(indices=...)``).
+        """
+        take, max_index = feature_take_indices(len(self.blocks), indices)
+        keep = max_index + 1
+        prune_end = keep < len(self.blocks)
+        for name in ("patch_embeds", "pos_drops", "blocks", "pos_block"):
+            setattr(self, name, ModuleList(list(getattr(self, name))[:keep]))
+        self.depths, self.embed_dims = self.depths[:keep], self.embed_dims[:keep]
+        self.wss = None if self.wss is None else self.wss[:keep]
+        for key in ("embed_dims", "num_heads", "mlp_ratios", "depths", "sr_ratios", "wss"):
+            value = self.config.get(key)
+            if isinstance(value, (tuple, list)):
+                self.config[key] = tuple(value)[:keep]
+        if prune_norm or prune_end:
+            self.norm = Identity()
+        if prune_end:
+            self.num_features = self.embed_dims[-1]
+        if prune_head or prune_end:  # timm's reset_classifier(0, "")
+            self.head, self.num_classes, self.global_pool = Identity(), 0, ""
+            self.config.update(num_classes=0, global_pool="")
+        self._intermediates = None
+        self._clear_caches()
+        return take

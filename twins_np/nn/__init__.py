@@ -2,6 +2,7 @@
 
 from .attention import GlobalSubSampleAttn, LocallyGroupedAttn
 from .blocks import Block, PatchEmbed, PosConv
+from .dense import ReLU
 from .layers import Conv2d, Dropout, DropPath, LayerNorm, Linear, Mlp
 from .module import Identity, Module, ModuleList, Parameter, Sequential, no_grad
 from .resize import Upsample
@@ -22,6 +23,7 @@ __all__ = [
     "Parameter",
     "PatchEmbed",
     "PosConv",
+    "ReLU",
     "Sequential",
     "Upsample",
     "no_grad",

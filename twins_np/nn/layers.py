@@ -92,12 +92,17 @@ class LayerNorm(Module):
 
 
 class Conv2d(_WeightBias):
-    """The two convolutions Twins uses, with PyTorch's parameter layout, channels-last I/O.
+    """2-D convolution with PyTorch's signature and parameter layout, channels-last I/O.
 
-    Supported: ``kernel_size == stride, padding == 0, groups == 1`` (patch embedding,
-    GSA sub-sampling) and ``3x3, stride 1, padding 1, groups == channels`` (PEG).
+    Any ``kernel_size``, ``stride`` and ``padding`` with ``groups == 1`` (the general conv of
+    :mod:`twins_np.functional.conv2d`, for dense heads), plus the depthwise convs Twins uses:
+    ``kernel_size == stride, padding == 0, groups == channels`` (separable GSA sub-sampling)
+    and ``3x3, stride 1, padding 1, groups == channels`` (PEG). ``kernel_size == stride,
+    padding == 0, groups == 1`` (patch embedding, GSA sub-sampling) keeps its own
+    non-overlapping routine, which floors like the general one but needs no im2col copy.
 
-    Shapes: x (B, H, W, C_in) -> (B, H', W', C_out); weight (C_out, C_in/groups, k, k).
+    Shapes: x (B, H, W, C_in) -> (B, H', W', C_out) with H' = (H + 2 padding - k) // stride + 1;
+    weight (C_out, C_in/groups, k, k).
     """
 
     def __init__(
@@ -121,10 +126,17 @@ class Conv2d(_WeightBias):
             self.kind = "depthwise_patch"  # depthwise-separable GSA sub-sampling
         elif (kernel_size, stride, padding) == (3, 1, 1) and dw:
             self.kind = "depthwise3x3"  # the PEG
+        elif groups == 1:
+            self.kind = "general"  # dense heads: k x k, any stride and zero padding
+            if kernel_size < 1 or stride < 1 or padding < 0:
+                raise ValueError(
+                    f"Conv2d needs kernel_size >= 1, stride >= 1 and padding >= 0; got kernel_size={kernel_size}, "
+                    f"stride={stride}, padding={padding}"
+                )
         else:
             raise ValueError(
-                "twins-np's Conv2d implements only the convolutions Twins needs: kernel_size == "
-                "stride with padding 0 (groups 1, or depthwise with groups == channels), or a 3x3 "
+                "twins-np's Conv2d implements groups == 1 with any kernel, stride and padding, and the two grouped "
+                "convolutions Twins needs: kernel_size == stride with padding 0 and groups == channels, or a 3x3 "
                 f"depthwise conv with stride 1 and padding 1; got kernel_size={kernel_size}, "
                 f"stride={stride}, padding={padding}, groups={groups}"
             )
@@ -137,9 +149,14 @@ class Conv2d(_WeightBias):
         "patch": (F.patch_conv_forward, F.patch_conv_backward),
         "depthwise_patch": (F.depthwise_patch_conv_forward, F.depthwise_patch_conv_backward),
         "depthwise3x3": (F.depthwise_conv3x3_forward, F.depthwise_conv3x3_backward),
+        "general": (F.conv2d_forward, F.conv2d_backward),
     }
 
     def forward(self, x: Any) -> Any:
+        if self.kind == "general":
+            out, cache = F.conv2d_forward(x, self.weight.data, self.b, self.stride, self.padding)
+            self._save(cache)
+            return out
         out, cache = self._OPS[self.kind][0](x, self.weight.data, self.b)
         self._save(cache)
         return out
