@@ -1,0 +1,286 @@
+"""Semantic FPN (neck, head, whole segmenter) against a PyTorch reference built here from torch.nn.
+
+The reference follows mmsegmentation's FPN, FPNHead and EncoderDecoder: lateral 1x1 convs,
+top-down nearest resizing onto the finer level's size, 3x3 output convs; per level
+[3x3 conv (+ norm) + ReLU, bilinear 2x] to stride r_0, levels summed (bilinear onto level 0),
+dropout, 1x1 conv_seg, logits resized bilinearly to the image. Its modules carry the same
+names as twins-np's, so one state_dict fills both, and every parameter gradient is compared
+by key. The backbone is timm's Twins through ``forward_intermediates``.
+
+Sizes are not multiples of 32 (100x132, 72x56): the levels are 25x33, 12x16, 6x8 (stride 4,
+8, 16) and 12x16 lands on 25x33 only through the resizes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import twins_np
+from twins_np.gradcheck import TOLERANCES
+from twins_np.models import MODEL_CONFIGS
+from twins_np.models.segmentation import FPN, FPNHead, Segmenter, create_segmenter, list_segmenters
+
+TOL = TOLERANCES["parity_f64_rel"]
+NORMS = [None, "gn", "bn"]
+
+
+def _norm_available(norm):
+    name = {None: None, "gn": "GroupNorm", "bn": "BatchNorm2d"}[norm]
+    if name is not None and not hasattr(twins_np.nn, name):
+        pytest.skip(f"twins_np.nn.{name} is not available in this tree")
+
+
+def _torch_reference(torch, ours_head: FPNHead, ours_neck: FPN, backbone=None):
+    """A torch.nn Segmenter with the same structure and names as twins-np's."""
+    tnn, tF = torch.nn, torch.nn.functional
+
+    class ConvModule(tnn.Module):
+        def __init__(self, m):
+            super().__init__()
+            w = m.conv.weight.shape
+            self.conv = tnn.Conv2d(w[1], w[0], w[2], padding=m.conv.padding, bias=m.conv.bias is not None)
+            if m.norm_name == "gn":
+                self.gn = tnn.GroupNorm(m.gn.num_groups, w[0], eps=m.gn.eps)
+            if m.norm_name == "bn":
+                self.bn = tnn.BatchNorm2d(w[0], eps=m.bn.eps, momentum=m.bn.momentum)
+            self.norm_name, self.act = m.norm_name, m.activate is not None
+
+        def forward(self, x):
+            x = self.conv(x)
+            if self.norm_name:
+                x = getattr(self, self.norm_name)(x)
+            return tF.relu(x) if self.act else x
+
+    class Neck(tnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lateral_convs = tnn.ModuleList([ConvModule(m) for m in ours_neck.lateral_convs])
+            self.fpn_convs = tnn.ModuleList([ConvModule(m) for m in ours_neck.fpn_convs])
+
+        def forward(self, feats):
+            lat = [c(f) for c, f in zip(self.lateral_convs, feats)]
+            for i in range(len(lat) - 1, 0, -1):
+                lat[i - 1] = lat[i - 1] + tF.interpolate(lat[i], size=lat[i - 1].shape[2:], mode="nearest")
+            return [c(p) for c, p in zip(self.fpn_convs, lat)]
+
+    class Head(tnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale_heads = tnn.ModuleList()
+            for seq in ours_head.scale_heads:
+                layers = [
+                    ConvModule(m) if hasattr(m, "conv") else tnn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
+                    for m in seq
+                ]
+                self.scale_heads.append(tnn.Sequential(*layers))
+            self.dropout = tnn.Dropout2d(ours_head.dropout.p)
+            self.conv_seg = tnn.Conv2d(ours_head.channels, ours_head.num_classes, 1)
+
+        def forward(self, feats):
+            out = self.scale_heads[0](feats[0])
+            for head, f in zip(list(self.scale_heads)[1:], feats[1:]):
+                out = out + tF.interpolate(head(f), size=out.shape[2:], mode="bilinear", align_corners=False)
+            return self.conv_seg(self.dropout(out))
+
+    class Seg(tnn.Module):
+        def __init__(self):
+            super().__init__()
+            if backbone is not None:
+                self.backbone = backbone
+            self.neck, self.decode_head = Neck(), Head()
+
+        def forward(self, x):
+            feats = self.backbone.forward_intermediates(x, intermediates_only=True)
+            logits = self.decode_head(self.neck(feats))
+            return tF.interpolate(logits, size=x.shape[2:], mode="bilinear", align_corners=False)
+
+    return Seg().double()
+
+
+def _randomize(torch, module):
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn_like(p) * (0.1 if p.ndim == 1 else 0.3) + (1.0 if p.ndim == 1 else 0.0) * 0)
+
+
+def _rel(a, b) -> float:
+    b = np.asarray(b)
+    return float(np.max(np.abs(np.asarray(a) - b)) / max(float(np.max(np.abs(b))), 1e-300))
+
+
+def _compare_grads(ours, tm, skip=()) -> dict[str, float]:
+    tgrads = {k: p.grad.numpy() for k, p in tm.named_parameters() if p.grad is not None}
+    errs = {}
+    for k, p in ours.named_parameters():
+        assert p.grad is not None, f"{k} received no gradient"
+        errs[k] = _rel(p.grad, tgrads[k])
+    return errs
+
+
+def _worst(errs):
+    k = max(errs, key=errs.get)
+    return k, errs[k]
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("norm", NORMS, ids=["nonorm", "gn", "bn"])
+@pytest.mark.parametrize("sizes", [[(25, 33), (12, 16), (6, 8), (3, 4)], [(18, 14), (9, 7), (4, 3)]], ids=["4lvl", "3lvl"])
+def test_neck_and_head_match_torch(norm, sizes):
+    torch = pytest.importorskip("torch")
+    _norm_available(norm)
+    L = len(sizes)
+    chans, strides = [6, 10, 12, 16][:L], [4, 8, 16, 32][:L]
+    neck = FPN(chans, 8, rng=1, dtype=np.float64)
+    head = FPNHead([8] * L, 8, 5, strides, norm=norm, num_groups=2, dropout_ratio=0.1, rng=2, dtype=np.float64)
+    tm = _torch_reference(torch, head, neck)
+    _randomize(torch, tm)
+    state = {k: v.detach().numpy().copy() for k, v in tm.state_dict().items()}
+    neck.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("neck.")})
+    head.load_state_dict({k[12:]: v for k, v in state.items() if k.startswith("decode_head.")}, strict=False)
+    head.train(norm == "bn")  # BatchNorm in training mode uses batch statistics; dropout stays off
+    head.dropout.p = 0.0
+    tm.decode_head.train(norm == "bn")
+    tm.decode_head.dropout.p = 0.0
+    r = np.random.default_rng(3)
+    feats = [r.standard_normal((2, c, h, w)) for c, (h, w) in zip(chans, sizes)]
+    tfeats = [torch.tensor(f, requires_grad=True) for f in feats]
+    tout = tm.decode_head(tm.neck(tfeats))
+    d = r.standard_normal(tuple(tout.shape))
+    tout.backward(torch.tensor(d))
+    out = head(neck([f.transpose(0, 2, 3, 1) for f in feats]))
+    dfeats = neck.backward(head.backward(d.transpose(0, 2, 3, 1)))
+    assert out.shape == (2, *sizes[0], 5)
+    assert _rel(out.transpose(0, 3, 1, 2), tout.detach().numpy()) <= TOL
+    for s in range(L):
+        assert _rel(dfeats[s].transpose(0, 3, 1, 2), tfeats[s].grad.numpy()) <= TOL, f"level {s}"
+    errs = {**{"neck." + k: v for k, v in _compare_grads(neck, tm.neck).items()},
+            **{"decode_head." + k: v for k, v in _compare_grads(head, tm.decode_head).items()}}  # fmt: skip
+    k, e = _worst(errs)
+    assert e <= TOL, f"worst gradient {k}: {e:.3e}"
+
+
+def _timm_backbone(torch, name):
+    from timm.models.twins import Twins as TimmTwins
+
+    torch.manual_seed(0)
+    tb = TimmTwins(**MODEL_CONFIGS[name]).double()
+    with torch.no_grad():
+        for p in tb.parameters():
+            if p.ndim == 1:  # zero biases and unit gammas would hide bugs
+                p.normal_(0.0, 0.1)
+    return tb
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize(
+    ("name", "size", "norm"),
+    [
+        ("twins_svt_teach64_fpn", (100, 132), "gn"),
+        ("twins_pcpvt_teach64_fpn", (72, 56), "gn"),
+        ("twins_svt_teach64_fpn", (72, 56), None),
+    ],
+)
+def test_segmenter_matches_torch(name, size, norm):
+    """Logits, the image gradient and every parameter gradient (backbone included), float64."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("timm")
+    _norm_available(norm)
+    seg = create_segmenter(name, num_classes=7, dtype=np.float64, norm=norm)
+    seg.eval()
+    tb = _timm_backbone(torch, seg_backbone_name(name))
+    tm = _torch_reference(torch, seg.decode_head, seg.neck, backbone=tb)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for k, p in tm.named_parameters():
+            if not k.startswith("backbone."):
+                p.copy_(torch.randn_like(p) * 0.2)
+    tm.eval()
+    ours_keys = set(seg.state_dict())
+    seg.load_state_dict({k: v.detach().numpy().copy() for k, v in tm.state_dict().items() if k in ours_keys})
+    x = np.random.default_rng(4).standard_normal((2, 3, *size))
+    tx = torch.tensor(x, requires_grad=True)
+    tout = tm(tx)
+    d = np.random.default_rng(5).standard_normal(tuple(tout.shape))
+    tout.backward(torch.tensor(d))
+    out = seg(x)
+    dx = seg.backward(d)
+    assert out.shape == (2, 7, *size)
+    errs = {"logits": _rel(out, tout.detach().numpy()), "dx": _rel(dx, tx.grad.numpy()), **_compare_grads(seg, tm)}
+    k, e = _worst(errs)
+    assert e <= TOL, f"worst: {k} rel err {e:.3e}"
+
+
+def seg_backbone_name(name: str) -> str:
+    return name[: -len("_fpn")]
+
+
+def test_state_dict_keys_are_mmsegmentations():
+    seg = create_segmenter("twins_svt_teach64_fpn", num_classes=4, norm=None)
+    keys = list(seg.state_dict())
+    for k in [
+        "backbone.patch_embeds.0.proj.weight",
+        "neck.lateral_convs.0.conv.weight",
+        "neck.lateral_convs.0.conv.bias",
+        "neck.fpn_convs.2.conv.weight",
+        "decode_head.scale_heads.0.0.conv.weight",
+        "decode_head.scale_heads.2.2.conv.weight",
+        "decode_head.conv_seg.weight",
+        "decode_head.conv_seg.bias",
+    ]:
+        assert k in keys, k
+    assert not any(k.startswith(("backbone.head", "backbone.norm.")) for k in keys)
+
+
+def test_names_and_configs():
+    names = list_segmenters()
+    assert "twins_pcpvt_small_fpn" in names and "twins_svt_teach32_fpn" in names
+    with pytest.raises(ValueError, match="unknown segmenter 'twins_fpn'"):
+        create_segmenter("twins_fpn")
+    with pytest.raises(TypeError, match=r"unknown options \['channels'\]"):
+        create_segmenter("twins_svt_teach32_fpn", channels=3)
+
+
+def test_loss_and_backward_loss_fill_every_gradient():
+    seg = create_segmenter("twins_svt_teach32_fpn", num_classes=3, dtype=np.float64, norm=None)
+    x = np.random.default_rng(6).standard_normal((2, 3, 40, 36))
+    y = np.random.default_rng(7).integers(0, 3, size=(2, 40, 36))
+    y[0, :5] = 255
+    loss, logits = seg.loss(x, y, label_smoothing=0.1)
+    assert logits.shape == (2, 3, 40, 36) and np.isfinite(loss)
+    dx = seg.backward_loss()
+    assert dx.shape == x.shape
+    assert all(p.grad is not None for p in seg.parameters())
+    with pytest.raises(RuntimeError, match="backward_loss\\(\\) needs a loss\\(\\) call"):
+        seg.backward_loss()
+
+
+def test_float32_in_float32_out():
+    seg = create_segmenter("twins_svt_teach32_fpn", num_classes=3, norm=None)
+    x = np.random.default_rng(8).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    out = seg(x)
+    assert out.dtype == np.float32
+    assert seg.backward(np.ones_like(out)).dtype == np.float32
+
+
+def test_bad_inputs():
+    seg = create_segmenter("twins_svt_teach32_fpn", num_classes=3, norm=None)
+    with pytest.raises(ValueError, match="'x' must have 3 channels on axis 1"):
+        seg(np.zeros((1, 4, 32, 32), np.float32))
+    with pytest.raises(ValueError, match="smallest input it accepts is 8x8"):
+        seg(np.zeros((1, 3, 4, 4), np.float32))
+    out = seg(np.zeros((1, 3, 32, 32), np.float32))
+    with pytest.raises(ValueError, match=r"dlogits must have the logits' shape \(1, 3, 32, 32\)"):
+        seg.backward(np.zeros((1, 4, 32, 32), np.float32))
+    seg.backward(np.zeros_like(out))  # the forward survived the refused gradient
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 3\) or equal ignore_index = 255"):
+        seg.loss(np.zeros((1, 3, 32, 32), np.float32), np.full((1, 32, 32), 3))
+    with pytest.raises(ValueError, match="FPN takes a list of 3 maps"):
+        seg.neck([np.zeros((1, 4, 4, 32), np.float32)])
+    with pytest.raises(ValueError, match=r"FPN: level 1 must have 64 channels"):
+        seg.neck([np.zeros((1, 8, 8, 32), np.float32), np.zeros((1, 4, 4, 8), np.float32), np.zeros((1, 2, 2, 128), np.float32)])
+
+
+def test_is_a_segmenter():
+    assert isinstance(create_segmenter("twins_svt_teach32_fpn", num_classes=2, norm=None), Segmenter)
