@@ -42,6 +42,14 @@ from .linear import LinearCache, linear_backward, linear_forward
 from .loss import CrossEntropyCache, cross_entropy_backward, cross_entropy_forward
 from .lsa import LSACache, join_qkv, lsa_backward, lsa_forward, split_qkv
 from .mlp import MlpCache, mlp_backward, mlp_forward
+from .norm2d import (
+    BatchNormCache,
+    GroupNormCache,
+    batch_norm_backward,
+    batch_norm_forward,
+    group_norm_backward,
+    group_norm_forward,
+)
 from .peg import PEGCache, peg_backward, peg_forward
 from .softmax import SoftmaxCache, softmax_backward, softmax_forward
 from .subsample import SUBSAMPLE_MODES, SubsampleCache, subsample_backward, subsample_forward
