@@ -49,6 +49,14 @@ from .loss import (
 )
 from .lsa import LSACache, join_qkv, lsa_backward, lsa_forward, split_qkv
 from .mlp import MlpCache, mlp_backward, mlp_forward
+from .norm2d import (
+    BatchNormCache,
+    GroupNormCache,
+    batch_norm_backward,
+    batch_norm_forward,
+    group_norm_backward,
+    group_norm_forward,
+)
 from .peg import PEGCache, peg_backward, peg_forward
 from .resize import (
     ResizeCache,

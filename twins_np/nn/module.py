@@ -137,6 +137,52 @@ class Module:
         for p in self.parameters():
             p.grad = None
 
+    # -- buffers: state that is saved but not trained (BatchNorm's running statistics) ----
+    def register_buffer(self, name: str, value: Any) -> None:
+        """Keep the array ``value`` as attribute ``name`` and in ``state_dict``, but not in ``parameters()``.
+
+        As in PyTorch: the optimiser never sees a buffer, ``astype`` casts only floating
+        buffers (a step counter stays int64), ``to_device`` moves all of them, and a buffer
+        set to None is left out of ``state_dict``. Assigning ``self.name = array`` later
+        keeps it registered.
+        """
+        names = self.__dict__.get("_buffer_names")
+        if names is None:
+            names = []
+            object.__setattr__(self, "_buffer_names", names)
+        if name not in names:
+            names.append(name)
+        setattr(self, name, value)
+
+    def _own_buffers(self) -> Iterator[tuple[str, Any]]:
+        for name in self.__dict__.get("_buffer_names", ()):
+            value = self.__dict__.get(name)
+            if value is not None:
+                yield name, value
+
+    def named_buffers(self, prefix: str = "") -> Iterator[tuple[str, Any]]:
+        """Yield ``(dotted_name, array)`` for every buffer of this module and its descendants."""
+        for mod_prefix, m in self.named_modules(prefix):
+            for name, value in m._own_buffers():
+                yield (f"{mod_prefix}.{name}" if mod_prefix else name), value
+
+    def _map_buffers(self, fn: Any) -> None:
+        for _, m in self.named_modules():
+            for name, value in list(m._own_buffers()):
+                object.__setattr__(m, name, fn(value))
+
+    def _state_entries(self) -> dict[str, tuple[Module, str, Any]]:
+        """``{key: (owning module, attribute, Parameter or buffer array)}`` in PyTorch's
+        ``state_dict`` order: per module its parameters, then its buffers, then its children."""
+        out: dict[str, tuple[Module, str, Any]] = {}
+        for prefix, m in self.named_modules():
+            dot = f"{prefix}." if prefix else ""
+            for name, p in m._parameters.items():
+                out[dot + name] = (m, name, p)
+            for name, value in m._own_buffers():
+                out[dot + name] = (m, name, value)
+        return out
+
     # -- modes, dtype, device -------------------------------------------------------------
     def train(self, mode: bool = True) -> Module:
         for _, m in self.named_modules():
@@ -160,6 +206,7 @@ class Module:
             p.data = p.data.astype(dtype)
             if p.grad is not None:
                 p.grad = p.grad.astype(dtype)
+        self._map_buffers(lambda b: b.astype(dtype) if b.dtype.kind == "f" else b)
         self._clear_caches()
         return self
 
@@ -169,6 +216,7 @@ class Module:
             p.data = _to_device(p.data, device)
             if p.grad is not None:
                 p.grad = _to_device(p.grad, device)
+        self._map_buffers(lambda b: _to_device(b, device))
         self._clear_caches()
         return self
 
@@ -188,8 +236,11 @@ class Module:
 
     # -- state dict ---------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """``{name: array}`` with timm's key names (the arrays themselves, not copies)."""
-        return {name: p.data for name, p in self.named_parameters()}
+        """``{name: array}`` with timm's key names (the arrays themselves, not copies).
+
+        Parameters and buffers (BatchNorm's running statistics), in PyTorch's order.
+        """
+        return {k: v.data if isinstance(v, Parameter) else v for k, (_, _, v) in self._state_entries().items()}
 
     def load_state_dict(self, state: dict[str, Any], strict: bool = True) -> Module:
         """Copy arrays into the parameters, converting dtype and device to the module's.
@@ -207,7 +258,8 @@ class Module:
             raise TypeError(
                 f"load_state_dict needs a mapping {{name: array}} (model.state_dict()), got {type(state).__name__}; {hint}"
             )
-        own = dict(self.named_parameters())
+        entries = self._state_entries()
+        own = {k: v for k, (_, _, v) in entries.items()}
         missing = [k for k in own if k not in state]
         unexpected = [k for k in state if k not in own]
         wrong = [
@@ -223,10 +275,16 @@ class Module:
             )
         for k, p in own.items():
             if k in state:
-                xp = get_xp(p.data)
+                current = p.data if isinstance(p, Parameter) else p
+                xp = get_xp(current)
                 value = state[k]
                 value = asnumpy(value) if xp is np else value
-                p.data = xp.asarray(value, dtype=p.data.dtype).copy()
+                value = xp.asarray(value, dtype=current.dtype).copy()
+                if isinstance(p, Parameter):
+                    p.data = value
+                else:  # a buffer: replace the module's array
+                    module, name, _ = entries[k]
+                    object.__setattr__(module, name, value)
         self._clear_caches()
         return self
 
