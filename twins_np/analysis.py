@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from .models import MODEL_CONFIGS, Twins, list_models
+from .models.segmentation import SEGMENTER_CONFIGS, Segmenter, create_segmenter
 from .nn import Block, GlobalSubSampleAttn, LayerNorm, Linear, LocallyGroupedAttn, Mlp, Module, PatchEmbed, PosConv
 
 __all__ = [
@@ -413,7 +414,10 @@ class FlopReport:
     def groups(self) -> dict[str, int]:
         """MACs per breakdown group of :data:`GROUPS` (the spec's table); sums to ``total``."""
         kinds = self.by_kind()
-        return {g: sum(kinds.get(k, 0) for k in ks) for g, ks in GROUPS.items()}
+        out = {g: sum(kinds.get(k, 0) for k in ks) for g, ks in GROUPS.items()}
+        if "conv" in kinds:  # a segmenter: the FPN neck's and head's convolutions
+            out["FPN convs"] = kinds["conv"]
+        return out
 
     def aggregate(self, depth: int) -> list[FlopRow]:
         """Rows merged by the first ``depth`` parts of their names.
@@ -517,6 +521,13 @@ def count_flops(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if isinstance(model_or_name, str) and model_or_name in SEGMENTER_CONFIGS:
+        if in_chans not in (None, 3):
+            raise ValueError(f"a segmenter takes 3 input channels, not in_chans={in_chans}")
+        report = _segmenter_flops(create_segmenter(model_or_name), input_size, batch_size, include_attention)
+        return dataclasses.replace(report, model=model_or_name)
+    if isinstance(model_or_name, Segmenter):
+        return _segmenter_flops(model_or_name, input_size, batch_size, include_attention)
     if isinstance(model_or_name, Twins):
         if in_chans is not None and in_chans != model_or_name.in_chans:
             raise ValueError(f"this model takes {model_or_name.in_chans} input channels, not in_chans={in_chans}")
@@ -531,6 +542,23 @@ def count_flops(
     H0, W0 = st.img_size if input_size is None else _pair(input_size)
     rows = _model_rows(st, H0, W0, batch_size, include_attention)
     return FlopReport(name, (H0, W0), batch_size, include_attention, rows)
+
+
+def _segmenter_flops(seg: Segmenter, input_size: Any, B: int, include_attention: bool) -> FlopReport:
+    """Backbone rows (prefixed ``backbone.``) from its modules, then each neck and head module's own count.
+
+    The neck and head convolutions count ``H_o W_o C_out C_in k^2`` each (their modules report
+    it, :meth:`Segmenter.flop_rows`); norms, ReLU, the resizes and the sums count 0, as
+    LayerNorm, GELU and residual adds do in the backbone.
+    """
+    H0, W0 = (seg.crop_size, seg.crop_size) if input_size is None else _pair(input_size)
+    backbone = count_flops(seg.backbone, (H0, W0), B, include_attention)
+    # the pruned backbone has no final norm (and no head): drop the norm row count_flops adds
+    rows = [dataclasses.replace(r, name=f"backbone.{r.name}") for r in backbone.rows if r.name != "norm"]
+    if isinstance(seg.backbone.norm, LayerNorm):
+        rows += [dataclasses.replace(r, name=f"backbone.{r.name}") for r in backbone.rows if r.name == "norm"]
+    rows += [FlopRow(*row) for row in seg.flop_rows(B, H0, W0)]
+    return FlopReport("Segmenter", (H0, W0), B, include_attention, rows)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,19 +16,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import twins_np
 from twins_np.gradcheck import TOLERANCES
 from twins_np.models import MODEL_CONFIGS
 from twins_np.models.segmentation import FPN, FPNHead, Segmenter, create_segmenter, list_segmenters
 
 TOL = TOLERANCES["parity_f64_rel"]
 NORMS = [None, "gn", "bn"]
-
-
-def _norm_available(norm):
-    name = {None: None, "gn": "GroupNorm", "bn": "BatchNorm2d"}[norm]
-    if name is not None and not hasattr(twins_np.nn, name):
-        pytest.skip(f"twins_np.nn.{name} is not available in this tree")
 
 
 def _torch_reference(torch, ours_head: FPNHead, ours_neck: FPN, backbone=None):
@@ -129,7 +122,6 @@ def _worst(errs):
 @pytest.mark.parametrize("sizes", [[(25, 33), (12, 16), (6, 8), (3, 4)], [(18, 14), (9, 7), (4, 3)]], ids=["4lvl", "3lvl"])
 def test_neck_and_head_match_torch(norm, sizes):
     torch = pytest.importorskip("torch")
-    _norm_available(norm)
     L = len(sizes)
     chans, strides = [6, 10, 12, 16][:L], [4, 8, 16, 32][:L]
     neck = FPN(chans, 8, rng=1, dtype=np.float64)
@@ -180,15 +172,17 @@ def _timm_backbone(torch, name):
         ("twins_svt_teach64_fpn", (100, 132), "gn"),
         ("twins_pcpvt_teach64_fpn", (72, 56), "gn"),
         ("twins_svt_teach64_fpn", (72, 56), None),
+        ("twins_pcpvt_teach64_fpn", (100, 132), "bn"),
     ],
 )
 def test_segmenter_matches_torch(name, size, norm):
     """Logits, the image gradient and every parameter gradient (backbone included), float64."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("timm")
-    _norm_available(norm)
     seg = create_segmenter(name, num_classes=7, dtype=np.float64, norm=norm)
-    seg.eval()
+    # BatchNorm runs in training mode (batch statistics, the hard case); dropout is off on both sides
+    seg.train(norm == "bn")
+    seg.decode_head.dropout.p = 0.0
     tb = _timm_backbone(torch, seg_backbone_name(name))
     tm = _torch_reference(torch, seg.decode_head, seg.neck, backbone=tb)
     torch.manual_seed(1)
@@ -196,7 +190,8 @@ def test_segmenter_matches_torch(name, size, norm):
         for k, p in tm.named_parameters():
             if not k.startswith("backbone."):
                 p.copy_(torch.randn_like(p) * 0.2)
-    tm.eval()
+    tm.train(norm == "bn")
+    tm.decode_head.dropout.p = 0.0
     ours_keys = set(seg.state_dict())
     seg.load_state_dict({k: v.detach().numpy().copy() for k, v in tm.state_dict().items() if k in ours_keys})
     x = np.random.default_rng(4).standard_normal((2, 3, *size))
@@ -284,3 +279,29 @@ def test_bad_inputs():
 
 def test_is_a_segmenter():
     assert isinstance(create_segmenter("twins_svt_teach32_fpn", num_classes=2, norm=None), Segmenter)
+
+
+def test_flops_count_every_parameter_and_the_convs():
+    from twins_np.analysis import count_flops, count_params
+
+    seg = create_segmenter("twins_svt_teach64_fpn", num_classes=5)
+    rep = count_flops(seg, (100, 132), batch_size=2)
+    assert rep.params == count_params(seg)
+    rows = {r.name: r for r in rep.rows}
+    # level 0 is 25x33; the 3x3 fpn conv there: 2 * 25 * 33 * F * F * 9 with F = 32
+    assert rows["neck.fpn_convs.0.conv"].macs == 2 * 25 * 33 * 32 * 32 * 9
+    # level 2 (6x8) reaches stride 4 through two conv + 2x steps: 6x8 then 12x16
+    assert rows["decode_head.scale_heads.2.2.conv"].macs == 2 * 12 * 16 * 16 * 16 * 9
+    assert rows["decode_head.conv_seg"].macs == 2 * 25 * 33 * 16 * 5
+    assert rep.groups()["FPN convs"] == sum(r.macs for r in rep.rows if r.kind == "conv")
+    assert sum(rep.groups().values()) == rep.total
+    by_name = count_flops("twins_svt_teach64_fpn", (100, 132), batch_size=2)
+    assert by_name.total == count_flops(create_segmenter("twins_svt_teach64_fpn"), (100, 132), batch_size=2).total
+
+
+def test_flops_command_lists_segmenters(capsys):
+    from twins_np.cli import main
+
+    assert main(["flops", "twins_svt_teach32_fpn", "--depth", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "neck" in out and "decode_head" in out and "twins_svt_teach32_fpn at 32x32" in out

@@ -83,9 +83,9 @@ class ConvModule(Module):
         if norm == "gn":
             if out_channels % num_groups:
                 raise ValueError(f"GroupNorm: {out_channels} channels are not divisible into num_groups = {num_groups}")
-            self.gn = nn.GroupNorm(num_groups, out_channels).astype(dtype)
+            self.gn = nn.GroupNorm(num_groups, out_channels, dtype=dtype)
         elif norm == "bn":
-            self.bn = nn.BatchNorm2d(out_channels).astype(dtype)
+            self.bn = nn.BatchNorm2d(out_channels, dtype=dtype)
         self.activate = nn.ReLU() if act else None
 
     @property
@@ -272,11 +272,12 @@ class FPNHead(Module):
     def forward(self, feats: Sequence[Any]) -> Any:  # type: ignore[override]
         _check_levels("FPNHead", feats, self.in_channels)
         out = self.scale_heads[0](feats[0])
-        sizes, resize = [tuple(out.shape[1:3])], [None]
+        sizes: list[tuple[int, int]] = [tuple(out.shape[1:3])]
+        resize: list[Any] = [None]
         for head, f in zip(list(self.scale_heads)[1:], feats[1:]):
             y = head(f)
             sizes.append(tuple(y.shape[1:3]))
-            cache = None
+            cache: Any = None
             if y.shape[1:3] != out.shape[1:3]:
                 y, cache = F.bilinear_resize_forward(y, out.shape[1:3])
             resize.append(cache)
@@ -345,10 +346,11 @@ class Segmenter(Module):
     :meth:`Twins.backward_intermediates`.
     """
 
-    def __init__(self, backbone: Twins, neck: FPN, decode_head: FPNHead) -> None:
+    def __init__(self, backbone: Twins, neck: FPN, decode_head: FPNHead, crop_size: int = 512) -> None:
         super().__init__()
         self.backbone, self.neck, self.decode_head = backbone, neck, decode_head
         self.num_classes = decode_head.num_classes
+        self.crop_size = crop_size  # the training crop of the config (what `twins-np flops` counts by default)
 
     def forward(self, x: Any) -> Any:
         """Image (B, 3, H, W) -> logits (B, K, H, W)."""
@@ -422,6 +424,9 @@ SEGMENTER_CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 
+_PAPER_NAMES = {n for n, c in SEGMENTER_CONFIGS.items() if c["head_channels"] == _PAPER["head_channels"]}
+
+
 def list_segmenters() -> list[str]:
     """Names accepted by :func:`create_segmenter`."""
     return sorted(SEGMENTER_CONFIGS)
@@ -448,7 +453,7 @@ def create_segmenter(
         overrides: replace ``neck_channels``, ``head_channels``, ``norm`` (None, "gn", "bn"),
             ``num_groups``, ``dropout_ratio``.
     """
-    from .registry import create_model
+    from .registry import MODEL_CONFIGS, create_model
 
     if name not in SEGMENTER_CONFIGS:
         raise ValueError(f"unknown segmenter {name!r}; choose one of {', '.join(list_segmenters())}")
@@ -474,4 +479,6 @@ def create_segmenter(
         rng=g,
         dtype=dtype,
     )
-    return Segmenter(backbone, neck, head)
+    # the paper's configs train on 512x512 ADE20K crops; the teaching ones at their backbone's size
+    crop = 512 if name in _PAPER_NAMES else int(MODEL_CONFIGS[cfg["backbone"]].get("img_size", 224))
+    return Segmenter(backbone, neck, head, crop_size=crop)
