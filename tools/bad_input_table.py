@@ -31,7 +31,7 @@ import numpy as np
 
 import twins_np.functional as F
 from twins_np.cli import main as cli_main
-from twins_np.models import create_model
+from twins_np.models import create_model, create_segmenter
 from twins_np.nn import Block, GlobalSubSampleAttn, Linear, LocallyGroupedAttn, PosConv, Upsample
 from twins_np.optim import AdamW, clip_grad_norm
 
@@ -117,6 +117,17 @@ def _labels(bad: int) -> np.ndarray:
 def _pixel_ce(target: Any, logits: Any = None) -> str:
     logits = _rand(2, 5, 3, 4) if logits is None else logits
     F.pixel_cross_entropy_forward(logits, target)
+    return "returned"
+
+
+def _seg() -> Any:
+    return create_segmenter("twins_svt_teach32_fpn", num_classes=3)
+
+
+def _seg_backward(dlogits: Any) -> str:
+    seg = _seg()
+    seg(_rand(1, 3, 8, 8))
+    seg.backward(dlogits)
     return "returned"
 
 
@@ -340,6 +351,29 @@ CASES: list[Case] = [
          lambda: _load(create_model("twins_svt_teach32"))),
     Case("Module.load_state_dict", "a file name instead of a dict", TypeError, r"load_weights",
          lambda: _load("weights.npz")),
+    # the segmenter (Semantic FPN)
+    Case("create_segmenter", "unknown name 'twins_fpn'", ValueError, r"unknown segmenter 'twins_fpn'; choose one of",
+         lambda: (create_segmenter("twins_fpn"), "built")[1]),
+    Case("create_segmenter", "num_groups=5 for 16 head channels", ValueError,
+         r"GroupNorm: 16 channels are not divisible into num_groups = 5",
+         lambda: (create_segmenter("twins_svt_teach32_fpn", num_groups=5), "built")[1]),
+    Case("twins_svt_teach32_fpn", "image with 4 channels", ValueError, r"'x' must have 3 channels on axis 1",
+         lambda: _forward(_seg(), _rand(1, 4, 32, 32))),
+    Case("twins_svt_teach32_fpn", "4x4 image", ValueError, r"smallest input it accepts is 8x8",
+         lambda: _forward(_seg(), _rand(1, 3, 4, 4))),
+    Case("twins_svt_teach32_fpn.loss", "label 3 with K = 3 classes (not 255)", ValueError,
+         r"labels must be in \[0, 3\) or equal ignore_index = 255; got 4 pixels with labels in \[3, 3\]",
+         lambda: (_seg().loss(_rand(1, 3, 8, 8), np.pad(np.full((1, 2, 2), 3), ((0, 0), (0, 6), (0, 6)))), "returned")[1]),
+    Case("twins_svt_teach32_fpn.backward", "dlogits with 4 classes for K = 3", ValueError,
+         r"dlogits must have the logits' shape \(1, 3, 8, 8\), got \(1, 4, 8, 8\)",
+         lambda: _seg_backward(_rand(1, 4, 8, 8))),
+    Case("FPN(in_channels=(32, 64, 128))", "a list of 2 maps", ValueError, r"FPN takes a list of 3 maps \(one per level\), got 2",
+         lambda: (_seg().neck([_rand(1, 4, 4, 32), _rand(1, 2, 2, 64)]), "returned")[1]),
+    Case("FPN(in_channels=(32, 64, 128))", "level 1 with 8 channels", ValueError,
+         r"FPN: level 1 must have 64 channels \(channels-last, last axis\), got shape \(1, 2, 2, 8\)",
+         lambda: (_seg().neck([_rand(1, 4, 4, 32), _rand(1, 2, 2, 8), _rand(1, 1, 1, 128)]), "returned")[1]),
+    Case("FPN(in_channels=(32, 64, 128))", "NCHW maps (C on axis 1)", ValueError, r"FPN: level 0 must have 32 channels",
+         lambda: (_seg().neck([_rand(1, 32, 4, 4), _rand(1, 64, 2, 2), _rand(1, 128, 1, 1)]), "returned")[1]),
     # the model
     Case("create_model", "unknown name 'twins_svt_tiny'", ValueError, r"unknown model 'twins_svt_tiny'; choose one of",
          lambda: (create_model("twins_svt_tiny"), "built")[1]),
