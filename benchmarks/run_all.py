@@ -1,7 +1,7 @@
 """Run the twins-np vs PyTorch benchmarks and print ratios measured in the same run.
 
     python -m benchmarks.run_all                 # everything on the CPU (about 15-25 minutes)
-    python -m benchmarks.run_all --only models   # models | ops | scaling
+    python -m benchmarks.run_all --only models   # models | segmentation | ops | scaling
     python -m benchmarks.run_all --device gpu    # CuPy vs PyTorch CUDA (needs a GPU)
     python -m benchmarks.run_all --quick         # fewer rounds, for a smoke test
 
@@ -33,6 +33,11 @@ MODELS = [
     ("twins_pcpvt_small", 8, 224),
     ("twins_svt_teach32", 64, 32),
     ("twins_pcpvt_teach32", 64, 32),
+]
+SEGMENTERS = [
+    # (name, batch, image size): a training step of Semantic FPN (issue 13's two settings)
+    ("twins_svt_teach64_fpn", 16, 64),
+    ("twins_svt_small_fpn", 2, 512),
 ]
 OPS = [
     # (op, batch, token-map side, channels, heads, sr): stage-1 sizes of twins_svt_small at batch 8
@@ -127,7 +132,7 @@ def versions() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", choices=["models", "ops", "scaling"], action="append")
+    p.add_argument("--only", choices=["models", "segmentation", "ops", "scaling"], action="append")
     p.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--quick", action="store_true", help="1 round, 2 repeats (smoke test)")
@@ -135,12 +140,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     global THREADS
     THREADS = args.threads
-    only = set(args.only or ["models", "ops", "scaling"])
+    only = set(args.only or ["models", "segmentation", "ops", "scaling"])
     rounds = 1 if args.quick else args.rounds
     rep = ["--warmup", "1", "--repeats", "2"] if args.quick else ["--warmup", "2", "--repeats", "5"]
     dev = ["--device", args.device]
     results: dict = {"machine": machine(), "versions": versions(), "device": args.device,
-                     "date": time.strftime("%Y-%m-%d"), "models": [], "ops": [], "scaling": []}  # fmt: skip
+                     "date": time.strftime("%Y-%m-%d"), "models": [], "segmentation": [], "ops": [], "scaling": []}  # fmt: skip
     results["threads"] = THREADS
     print(f"# twins-np vs PyTorch ({args.device}, {THREADS} thread(s) per process)")
     print(f"\n{results['machine']}\n{results['versions']}\n")
@@ -156,6 +161,18 @@ def main(argv: list[str] | None = None) -> int:
                 row = [name, batch, size, task, f"{r['twins_np_s']:.3f}", f"{r['torch_s']:.3f}", f"{r['ratio']:.2f}",
                        f"{r['twins_np_mib']:.0f}", f"{r['torch_mib']:.0f}", f"{r['mem_ratio']:.2f}"]  # fmt: skip
                 print("| " + " | ".join(str(c) for c in row) + " |", flush=True)
+        print()
+
+    if "segmentation" in only:
+        print("| segmenter | batch | size | task | twins-np s | torch s | time ratio | twins-np MiB | torch MiB | memory ratio |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for name, batch, size in SEGMENTERS:
+            common = ["--task", "segtrain", "--model", name, "--batch", str(batch), "--size", str(size), *dev, *rep]
+            r = _pair(common, rounds)
+            results["segmentation"].append({"model": name, "batch": batch, "size": size, "task": "train", **r})
+            row = [name, batch, size, "train", f"{r['twins_np_s']:.3f}", f"{r['torch_s']:.3f}", f"{r['ratio']:.2f}",
+                   f"{r['twins_np_mib']:.0f}", f"{r['torch_mib']:.0f}", f"{r['mem_ratio']:.2f}"]  # fmt: skip
+            print("| " + " | ".join(str(c) for c in row) + " |", flush=True)
         print()
 
     if "ops" in only:

@@ -3,7 +3,9 @@
     python -m benchmarks.worker --lib twins-np --task train --model twins_svt_small --batch 8 --size 224
 
 ``--lib``: ``twins-np`` or ``torch`` (timm's Twins, or torch's own ops for ``--task op``).
-``--task``: ``forward``, ``train`` (forward + cross-entropy + backward) or ``op`` (one layer,
+``--task``: ``forward``, ``train`` (forward + cross-entropy + backward), ``segtrain`` (a
+Semantic FPN segmenter, ``--model <twins model>_fpn``: forward + per-pixel cross-entropy with
+ignored pixels + backward; the torch side is :mod:`benchmarks.torch_fpn`) or ``op`` (one layer,
 ``--op lsa|gsa|peg|layernorm|gelu|softmax``, forward only or forward + backward as
 ``--passes`` says; ``--op svt_block``, an LSA block followed by a GSA block as in SVT, is
 twins-np only, for the scaling table).
@@ -81,6 +83,13 @@ def _time(fn: Callable[[], Any], warmup: int, repeats: int, sync: Callable[[], N
     return statistics.median(times), times, max(0.0, mem.peak - base)
 
 
+def _seg_labels(rng: np.random.Generator, batch: int, size: int) -> np.ndarray:
+    """(B, H, W) int64 labels in [0, 150) with about 10 % of the pixels ignored (255), as ADE20K."""
+    y = rng.integers(0, 150, size=(batch, size, size))
+    y[rng.random((batch, size, size)) < 0.1] = 255
+    return y
+
+
 # --- twins-np ---------------------------------------------------------------------------
 
 
@@ -93,6 +102,19 @@ def twins_np_task(args: argparse.Namespace) -> tuple[Callable[[], Any], Callable
     _tune_malloc()
     rng = np.random.default_rng(0)
     dev = args.device
+    if args.task == "segtrain":
+        seg = twins_np.create_segmenter(args.model, num_classes=150)
+        seg.to_device(dev)
+        x = to_device(rng.standard_normal((args.batch, 3, args.size, args.size)).astype(np.float32), dev)
+        y = to_device(_seg_labels(rng, args.batch, args.size), dev)
+        seg.train()
+
+        def seg_step() -> None:
+            seg.zero_grad()
+            seg.loss(x, y)
+            seg.backward_loss()
+
+        return seg_step, synchronize
     if args.task in ("forward", "train"):
         model = twins_np.create_model(args.model, num_classes=1000 if "teach" not in args.model else 10)
         model.to_device(dev)
@@ -186,6 +208,19 @@ def torch_task(args: argparse.Namespace) -> tuple[Callable[[], Any], Callable[[]
     dev = "cuda" if args.device == "gpu" else "cpu"
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
     g = torch.Generator().manual_seed(0)
+    if args.task == "segtrain":
+        from benchmarks.torch_fpn import build
+
+        seg = build(args.model, 150).to(dev).train()
+        rng = np.random.default_rng(0)
+        x = torch.randn(args.batch, 3, args.size, args.size, generator=g).to(dev)
+        y = torch.from_numpy(_seg_labels(rng, args.batch, args.size)).to(dev)
+
+        def seg_step() -> None:
+            seg.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(seg(x), y, ignore_index=255).backward()
+
+        return seg_step, sync
     if args.task in ("forward", "train"):
         from timm.models.twins import Twins
 
@@ -256,7 +291,7 @@ def torch_task(args: argparse.Namespace) -> tuple[Callable[[], Any], Callable[[]
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--lib", choices=["twins-np", "torch"], required=True)
-    p.add_argument("--task", choices=["forward", "train", "op"], required=True)
+    p.add_argument("--task", choices=["forward", "train", "segtrain", "op"], required=True)
     p.add_argument("--model", default="twins_svt_small")
     p.add_argument("--op", default="lsa")
     p.add_argument("--passes", choices=["fwd", "fwdbwd"], default="fwdbwd", help="for --task op")
