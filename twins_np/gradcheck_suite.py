@@ -70,7 +70,8 @@ def _pixel_labels(z: Any) -> Any:
 
 def cases() -> list[Case]:
     """Every layer of Twins, smallest shapes that still exercise padding and flooring."""
-    from .nn import Block, GlobalSubSampleAttn, LocallyGroupedAttn, PatchEmbed, PosConv
+    from .models.segmentation import ConvModule
+    from .nn import Block, GlobalSubSampleAttn, LocallyGroupedAttn, PatchEmbed, PosConv, Upsample
 
     H, W, C, heads = 5, 6, 8, 2
     n = lambda r, *s: r.standard_normal(s)  # noqa: E731
@@ -276,6 +277,11 @@ def cases() -> list[Case]:
             lambda r: [n(r, 2, 4, 3, 5)],
             ["logits"],
         ),
+        _module(
+            "ConvModule (3x3, GroupNorm, ReLU)",
+            lambda r: (ConvModule(3, 4, 3, padding=1, norm="gn", act=True, num_groups=2, rng=1), [n(r, 2, 5, 6, 3)]),
+        ),
+        _module("Upsample (bilinear 2x)", lambda r: (Upsample(scale_factor=2, mode="bilinear"), [n(r, 2, 3, 5, 2)]), mode="full"),
         _module("LocallyGroupedAttn", lambda r: (LocallyGroupedAttn(C, heads, ws=4, rng=1), [n(r, 2, H * W, C), (H, W)])),
         _module("GlobalSubSampleAttn", lambda r: (GlobalSubSampleAttn(C, heads, sr_ratio=2, rng=1), [n(r, 2, H * W, C), (H, W)])),
         _module(
