@@ -559,3 +559,19 @@ def test_bad_output_fmt_and_out_indices():
     maps = f.forward(np.zeros((1, 3, 32, 32)))
     with pytest.raises(ValueError, match=r"'grads' has 2 entries but forward_intermediates returned 3 maps"):
         f.backward(_grads_for(maps, 1)[:2])
+
+
+def test_module_flops_of_a_backbone_is_the_model_without_its_head():
+    from twins_np.analysis import count_flops, module_flops
+
+    full = count_flops("twins_svt_small", (100, 132))
+    head = sum(r.macs for r in full.rows if r.kind == "head")
+    backbone = twins_np.create_model("twins_svt_small", features_only=True)
+    assert head > 0 and module_flops(backbone, (100, 132)) == full.total - head
+    two = twins_np.create_model("twins_svt_small", features_only=True, out_indices=(0, 1))
+    kept = sum(
+        r.macs
+        for r in full.rows
+        if r.name.split(".")[0] in ("patch_embeds", "blocks", "pos_block") and int(r.name.split(".")[1]) < 2
+    )
+    assert module_flops(two, (100, 132)) == kept
