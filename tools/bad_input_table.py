@@ -170,6 +170,34 @@ def _twins_backward(dlogits: Any, forward: bool = True) -> str:
     return "returned"
 
 
+def _intermediates(**kw: Any) -> str:
+    maps = create_model("twins_svt_teach32").forward_intermediates(_rand(2, 3, 32, 32), intermediates_only=True, **kw)
+    return f"returned {len(maps)} maps"
+
+
+def _intermediates_backward(grads: Any = "ok", dfinal: Any = None, forward: bool = True, **kw: Any) -> str:
+    """forward_intermediates (every stage, NCHW) on 2 images of the teaching model, then backward with ``grads``."""
+    m = create_model("twins_svt_teach32", seed=0)
+    maps = m.forward_intermediates(_rand(2, 3, 32, 32), intermediates_only=True, **kw) if forward else []
+    ok = [_rand(*a.shape) for a in maps]
+    m.backward_intermediates(ok if isinstance(grads, str) else grads(ok) if callable(grads) else grads, dfinal)
+    return "returned"
+
+
+def _features_backward(n: int) -> str:
+    f = create_model("twins_svt_teach32", features_only=True)
+    maps = f(_rand(2, 3, 32, 32))
+    f.backward([_rand(*a.shape) for a in maps][:n])
+    return "returned"
+
+
+def _twins_backward_after_intermediates() -> str:
+    m = create_model("twins_svt_teach32", seed=0)
+    m.forward_intermediates(_rand(2, 3, 32, 32))
+    m.backward(_rand(2, 10))
+    return "returned"
+
+
 def _load(state: Any) -> str:
     create_model("twins_svt_teach32").load_state_dict(state)
     return "returned"
@@ -421,6 +449,38 @@ CASES: list[Case] = [
          lambda: _twins_backward(_rand(3, 10))),
     Case("Twins.backward", "without a forward", RuntimeError, r"Twins",
          lambda: _twins_backward(_rand(2, 10), forward=False)),
+    # the model as a backbone (stage maps)
+    Case("Twins.forward_intermediates", "indices=[3] for a 3-stage model", ValueError,
+         r"'indices' entry 3 is out of range: the model has 3 stages, 0 to 2", lambda: _intermediates(indices=[3])),
+    Case("Twins.forward_intermediates", "indices=0", ValueError, r"'indices' = 0 asks for the last 0 stages",
+         lambda: _intermediates(indices=0)),
+    Case("Twins.forward_intermediates", "indices='all'", TypeError, r"'indices' must be None \(every stage\), an int n",
+         lambda: _intermediates(indices="all")),
+    Case("Twins.forward_intermediates", "output_fmt='NLC'", ValueError, r"'output_fmt' must be 'NCHW' \(timm's\) or 'NHWC'",
+         lambda: _intermediates(output_fmt="NLC")),
+    Case("Twins.backward_intermediates", "without forward_intermediates before it", RuntimeError,
+         r"backward_intermediates\(\) needs a forward_intermediates\(\) before it",
+         lambda: _intermediates_backward([None, None, None], forward=False)),
+    Case("Twins.backward_intermediates", "2 gradients for 3 maps", ValueError,
+         r"'grads' has 2 entries but forward_intermediates returned 3 maps \(stages \[0, 1, 2\]\)",
+         lambda: _intermediates_backward(lambda g: g[:2])),
+    Case("Twins.backward_intermediates", "an NHWC gradient for an NCHW map", ValueError,
+         r"'grads\[0\]' must have the shape of the map of stage 0 \(NCHW\) \(2, 32, 16, 16\), got \(2, 16, 16, 32\)",
+         lambda: _intermediates_backward(lambda g: [g[0].transpose(0, 2, 3, 1), *g[1:]])),
+    Case("Twins.backward_intermediates", "one array instead of a list", TypeError, r"'grads' must be a list",
+         lambda: _intermediates_backward(lambda g: g[0])),
+    Case("Twins.backward_intermediates", "dfinal after intermediates_only=True", ValueError,
+         r"'dfinal' was given but forward_intermediates\(intermediates_only=True\) returned no final output",
+         lambda: _intermediates_backward(dfinal=_rand(2, 16, 128))),
+    Case("Twins.backward", "after forward_intermediates (not forward)", RuntimeError, r"without a forward\(\)",
+         _twins_backward_after_intermediates),
+    Case("create_model", "out_indices without features_only=True", ValueError, r"pass features_only=True",
+         lambda: (create_model("twins_svt_teach32", out_indices=(0, 1)), "built")[1]),
+    Case("create_model, features_only=True", "out_indices=(0, 3) for a 3-stage model", ValueError,
+         r"'indices' entry 3 is out of range",
+         lambda: (create_model("twins_svt_teach32", features_only=True, out_indices=(0, 3)), "built")[1]),
+    Case("TwinsFeatures.backward", "2 gradients for 3 maps", ValueError,
+         r"'grads' has 2 entries but forward_intermediates returned 3 maps", lambda: _features_backward(2)),
     # training
     Case("AdamW", "a model instead of its parameters", TypeError, r"got a Module; pass model.parameters\(\)",
          lambda: (AdamW(_teach()), "built")[1]),
@@ -518,6 +578,11 @@ What is refused, and why:
 - **NumPy and CuPy are not mixed.** An op given arrays from both raises a `TypeError` naming
   the argument on the other device and suggesting `twins_np.to_device(...)`; the model says
   which of image and model is on the GPU.
+- **Backbone gradients must fit their forward.** `backward_intermediates` (and a feature
+  extractor's `backward`) takes one gradient per map the last `forward_intermediates`
+  returned, each of that map's shape and layout (`None` for a zero gradient); a list of the
+  wrong length, a wrongly shaped entry or a backward without its forward is refused before
+  any gradient is accumulated.
 - **State dicts must match.** `load_state_dict` lists missing and unexpected keys
   (`KeyError`, unless `strict=False`) and every wrongly shaped key, expected vs received
   (`ValueError`).

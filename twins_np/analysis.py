@@ -33,7 +33,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .models import MODEL_CONFIGS, Twins, list_models
+from .models import MODEL_CONFIGS, Twins, TwinsFeatures, list_models
 from .models.segmentation import SEGMENTER_CONFIGS, Segmenter, create_segmenter
 from .nn import Block, GlobalSubSampleAttn, LayerNorm, Linear, LocallyGroupedAttn, Mlp, Module, PatchEmbed, PosConv
 
@@ -605,8 +605,8 @@ def module_flops(module: Module, size: int | tuple[int, int], batch_size: int = 
     """MACs of one built twins-np module.
 
     Args:
-        module: a Twins, PatchEmbed, Block, LocallyGroupedAttn, GlobalSubSampleAttn, Mlp,
-            PosConv, Linear or LayerNorm.
+        module: a Twins, a TwinsFeatures backbone (its pruned Twins), PatchEmbed, Block,
+            LocallyGroupedAttn, GlobalSubSampleAttn, Mlp, PosConv, Linear or LayerNorm.
         size: the (H, W) the module sees: the image (or feature map) for Twins and
             PatchEmbed, the token grid for the others (Linear/Mlp/LayerNorm act on H*W tokens).
         batch_size: B.
@@ -614,6 +614,8 @@ def module_flops(module: Module, size: int | tuple[int, int], batch_size: int = 
     """
     H, W = _pair(size)
     B = batch_size
+    if isinstance(module, TwinsFeatures):
+        module = module.model  # the stages it keeps; the pruned norm and head cost nothing
     if isinstance(module, Twins):
         return count_flops(module, (H, W), B, include_attention).total
     rows: list[FlopRow]

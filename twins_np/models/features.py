@@ -44,7 +44,9 @@ def feature_take_indices(num_features: int, indices: int | Sequence[int] | None 
     """
     if indices is None:
         indices = num_features
-    if isinstance(indices, bool) or (not isinstance(indices, int) and not isinstance(indices, Sequence)):
+    if not isinstance(indices, bool) and hasattr(indices, "__index__"):  # NumPy integers too
+        indices = int(indices)
+    if isinstance(indices, (bool, str, bytes)) or (not isinstance(indices, int) and not isinstance(indices, Sequence)):
         raise TypeError(
             f"'indices' must be None (every stage), an int n (the last n stages) or a sequence of stage indices, "
             f"got {type(indices).__name__}"
@@ -60,7 +62,7 @@ def feature_take_indices(num_features: int, indices: int | Sequence[int] | None 
         raise ValueError(f"'indices' is empty; name at least one stage (0 to {num_features - 1}, or -1 for the last)")
     take = []
     for i in indices:
-        if isinstance(i, bool) or not isinstance(i, int) and not hasattr(i, "__index__"):
+        if isinstance(i, bool) or not hasattr(i, "__index__"):
             raise TypeError(f"'indices' entries must be ints (stage numbers), got {i!r} of type {type(i).__name__}")
         i = int(i)
         idx = num_features + i if i < 0 else i
