@@ -32,7 +32,17 @@ import numpy as np
 import twins_np.functional as F
 from twins_np.cli import main as cli_main
 from twins_np.models import create_model, create_segmenter
-from twins_np.nn import Block, GlobalSubSampleAttn, Linear, LocallyGroupedAttn, PosConv, Upsample
+from twins_np.nn import (
+    BatchNorm2d,
+    Block,
+    Conv2d,
+    GlobalSubSampleAttn,
+    GroupNorm,
+    Linear,
+    LocallyGroupedAttn,
+    PosConv,
+    Upsample,
+)
 from twins_np.optim import AdamW, clip_grad_norm
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -340,6 +350,39 @@ CASES: list[Case] = [
          lambda: (Upsample(scale_factor=2, mode="bicubic"), "built")[1]),
     Case("Upsample(size=8, mode='bilinear')", "align_corners=True", ValueError, r"align_corners=True is not supported",
          lambda: (Upsample(size=8, mode="bilinear", align_corners=True), "built")[1]),
+    # dense-head layers
+    Case("F.conv2d_forward", "x with 4 channels, weight for 3", ValueError, r"x has C_in = 4 channels .* expects C_in = 3",
+         lambda: (F.conv2d_forward(_rand(1, 5, 5, 4), _rand(6, 3, 3, 3), None, 1, 1), "returned")[1]),
+    Case("F.conv2d_forward", "padding = -1", ValueError, r"padding must be an integer >= 0, got -1",
+         lambda: (F.conv2d_forward(_rand(1, 5, 5, 3), _rand(6, 3, 3, 3), None, 1, -1), "returned")[1]),
+    Case("F.conv2d_forward", "stride = 0", ValueError, r"stride must be an integer >= 1, got 0",
+         lambda: (F.conv2d_forward(_rand(1, 5, 5, 3), _rand(6, 3, 3, 3), None, 0, 1), "returned")[1]),
+    Case("F.conv2d_forward", "kernel 5 on a 2x2 map with padding 1", ValueError,
+         r"kernel_size 5 is larger than the padded input 4x4 \(2x2 with padding 1\)",
+         lambda: (F.conv2d_forward(_rand(1, 2, 2, 3), _rand(6, 3, 5, 5), None, 1, 1), "returned")[1]),
+    Case("F.relu_forward", "int64 input", TypeError, r"'x' must be float32 or float64, got int64",
+         lambda: (F.relu_forward(np.arange(4)), "returned")[1]),
+    Case("F.group_norm_forward", "num_groups = 4 for C = 6", ValueError, r"num_groups = 4 does not divide the C = 6 channels",
+         lambda: (F.group_norm_forward(_rand(2, 3, 3, 6), None, None, 4), "returned")[1]),
+    Case("F.batch_norm_forward", "training on one value per channel", ValueError,
+         r"training needs more than one value per channel, got x of shape \(1, 1, 1, 3\)",
+         lambda: (F.batch_norm_forward(_rand(1, 1, 1, 3), None, None, None, None, True), "returned")[1]),
+    Case("Conv2d(3, 8, 3, padding=1)", "a map with 4 channels", ValueError, r"x has C_in = 4 channels .* expects C_in = 3",
+         lambda: (Conv2d(3, 8, 3, padding=1, rng=0)(_rand(1, 5, 5, 4)), "returned")[1]),
+    Case("Conv2d(3, 8, 3, padding=-1)", "negative padding", ValueError, r"padding >= 0; got kernel_size=3, stride=1, padding=-1",
+         lambda: (Conv2d(3, 8, 3, padding=-1), "built")[1]),
+    Case("Conv2d(8, 8, 3, groups=2)", "groups other than 1 or depthwise", ValueError, r"groups == 1 with any kernel",
+         lambda: (Conv2d(8, 8, 3, groups=2), "built")[1]),
+    Case("GroupNorm(4, 6)", "groups do not divide the channels", ValueError,
+         r"num_groups = 4 must be a positive divisor of num_channels = 6",
+         lambda: (GroupNorm(4, 6), "built")[1]),
+    Case("GroupNorm(3, 6)", "a map with 5 channels", ValueError, r"GroupNorm was built for dim = 6 channels, but x has C = 5",
+         lambda: (GroupNorm(3, 6)(_rand(1, 2, 2, 5)), "returned")[1]),
+    Case("BatchNorm2d(4)", "a map with 3 channels", ValueError, r"BatchNorm2d was built for dim = 4 channels, but x has C = 3",
+         lambda: (BatchNorm2d(4)(_rand(2, 2, 2, 3)), "returned")[1]),
+    Case("BatchNorm2d(3)", "NCHW map (2, 3, 5, 5) instead of channels-last", ValueError,
+         r"BatchNorm2d was built for dim = 3 channels, but x has C = 5 .* looks NCHW: pass x.transpose\(0, 2, 3, 1\)",
+         lambda: (BatchNorm2d(3)(_rand(2, 3, 5, 5)), "returned")[1]),
     # modules
     Case("LocallyGroupedAttn(8, num_heads=3)", "dim not divisible by heads", ValueError,
          r"dim = 8 is not divisible by num_heads = 3",

@@ -9,7 +9,8 @@ Counting convention: **one multiply-add (MAC) counts as one FLOP**, as fvcore an
 paper do. Counted: every Linear (``N_in * C_in * C_out``), every convolution (output positions
 times ``C_out * C_in/groups * k^2``) and, unless ``include_attention=False``, the two attention
 products ``q @ k^T`` and ``attn @ v``. **Not counted:** LayerNorm, softmax, GELU, the attention
-scale, bias adds, residual adds, the global average pool. The official README's FLOPs leave out
+scale, bias adds, residual adds, the global average pool (and, for dense heads, GroupNorm,
+BatchNorm and ReLU). The official README's FLOPs leave out
 the attention products too (its counter hooked modules only), which is what
 ``include_attention=False`` reproduces.
 
@@ -35,7 +36,21 @@ from typing import Any, Literal
 
 from .models import MODEL_CONFIGS, Twins, TwinsFeatures, list_models
 from .models.segmentation import SEGMENTER_CONFIGS, Segmenter, create_segmenter
-from .nn import Block, GlobalSubSampleAttn, LayerNorm, Linear, LocallyGroupedAttn, Mlp, Module, PatchEmbed, PosConv
+from .nn import (
+    BatchNorm2d,
+    Block,
+    Conv2d,
+    GlobalSubSampleAttn,
+    GroupNorm,
+    LayerNorm,
+    Linear,
+    LocallyGroupedAttn,
+    Mlp,
+    Module,
+    PatchEmbed,
+    PosConv,
+    ReLU,
+)
 
 __all__ = [
     "FlopReport",
@@ -606,9 +621,13 @@ def module_flops(module: Module, size: int | tuple[int, int], batch_size: int = 
 
     Args:
         module: a Twins, a TwinsFeatures backbone (its pruned Twins), PatchEmbed, Block,
-            LocallyGroupedAttn, GlobalSubSampleAttn, Mlp, PosConv, Linear or LayerNorm.
-        size: the (H, W) the module sees: the image (or feature map) for Twins and
-            PatchEmbed, the token grid for the others (Linear/Mlp/LayerNorm act on H*W tokens).
+            LocallyGroupedAttn, GlobalSubSampleAttn, Mlp, PosConv, Linear, LayerNorm, or a
+            dense-head layer: Conv2d, ReLU, GroupNorm, BatchNorm2d.
+        size: the (H, W) the module sees: the image (or feature map) for Twins, PatchEmbed
+            and the dense-head layers, the token grid for the others (Linear/Mlp/LayerNorm
+            act on H*W tokens). A Conv2d counts ``B*Ho*Wo*C_out*(C_in/groups)*k^2`` with
+            Ho = (H + 2 padding - k) // stride + 1, as PyTorch's flop counter (which
+            reports 2 FLOPs per MAC); the norms and ReLU count 0, like LayerNorm.
         batch_size: B.
         include_attention: count the attention products of LSA/GSA.
     """
@@ -632,8 +651,20 @@ def module_flops(module: Module, size: int | tuple[int, int], batch_size: int = 
         rows = [_peg_row(0, module.proj[0].weight.shape[0], H, W, B, True)]
     elif isinstance(module, Linear):
         return B * H * W * module.in_features * module.out_features
-    elif isinstance(module, LayerNorm):
-        return 0
+    elif isinstance(module, Conv2d):
+        return _conv2d_macs(module, H, W, B)
+    elif isinstance(module, LayerNorm | GroupNorm | BatchNorm2d | ReLU):
+        return 0  # elementwise and statistics: not multiply-adds of a product (see the module doc)
     else:
         raise TypeError(f"module_flops does not know {type(module).__name__}")
     return sum(r.macs for r in rows)
+
+
+def _conv2d_macs(conv: Conv2d, H: int, W: int, B: int) -> int:
+    """B * Ho * Wo * C_out * C_in/groups * k^2 for any of Conv2d's kinds (they all floor alike)."""
+    c_out, c_in_per_group, k, _ = conv.weight.shape
+    Ho = (H + 2 * conv.padding - k) // conv.stride + 1
+    Wo = (W + 2 * conv.padding - k) // conv.stride + 1
+    if Ho < 1 or Wo < 1:
+        raise ValueError(f"Conv2d: kernel {k} does not fit the {H}x{W} map with padding {conv.padding}")
+    return B * Ho * Wo * int(c_out) * int(c_in_per_group) * int(k) * int(k)

@@ -297,7 +297,59 @@ def cases() -> list[Case]:
             mode="directional",
         ),
     ]
+    out += _dense_head_cases()
     return out
+
+
+def _dense_head_cases() -> list[Case]:
+    """The layers of the dense-prediction head: general conv, ReLU, GroupNorm, BatchNorm.
+
+    Odd sizes and odd channel counts; BatchNorm's running statistics are built inside the
+    forward with x's array module, so a GPU run never mixes NumPy and CuPy arrays.
+    """
+    from .backend import get_xp
+    from .nn import BatchNorm2d, Conv2d, GroupNorm
+
+    n = lambda r, *s: r.standard_normal(s)  # noqa: E731
+
+    def batch_norm_train(x: Any, g: Any, b: Any) -> Any:
+        xp, C = get_xp(x), x.shape[-1]
+        return F.batch_norm_forward(x, g, b, xp.zeros(C, dtype=x.dtype), xp.ones(C, dtype=x.dtype), True)
+
+    return [
+        _op(
+            "conv2d 3x3 (stride 2, pad 1)",
+            lambda x, w, b: F.conv2d_forward(x, w, b, 2, 1),
+            F.conv2d_backward,
+            lambda r: [n(r, 2, 7, 5, 3), n(r, 5, 3, 3, 3), n(r, 5)],
+            ["x", "w", "b"],
+        ),
+        _op(
+            "conv2d 1x1",
+            F.conv2d_forward,
+            F.conv2d_backward,
+            lambda r: [n(r, 2, 5, 7, 3), n(r, 5, 3, 1, 1), n(r, 5)],
+            ["x", "w", "b"],
+        ),
+        _op("ReLU", F.relu_forward, F.relu_backward, lambda r: [n(r, 3, 5, 7)], ["x"]),
+        _op(
+            "GroupNorm (3 groups of 3)",
+            lambda x, g, b: F.group_norm_forward(x, g, b, 3),
+            F.group_norm_backward,
+            lambda r: [2.0 + n(r, 2, 5, 3, 9), 1.0 + n(r, 9), n(r, 9)],
+            ["x", "gamma", "beta"],
+        ),
+        _op(
+            "BatchNorm (train)",
+            batch_norm_train,
+            F.batch_norm_backward,
+            lambda r: [2.0 + n(r, 2, 5, 3, 5), 1.0 + n(r, 5), n(r, 5)],
+            ["x", "gamma", "beta"],
+        ),
+        _module("Conv2d 3x3 (stride 2, pad 1)", lambda r: (Conv2d(3, 5, 3, 2, 1, rng=1), [n(r, 2, 7, 5, 3)])),
+        _module("GroupNorm (module)", lambda r: (GroupNorm(3, 9), [2.0 + n(r, 2, 5, 3, 9)])),
+        _module("BatchNorm2d (train)", lambda r: (BatchNorm2d(5), [2.0 + n(r, 2, 5, 3, 5)])),
+    ]
 
 
 def run_all(device: str = "cpu", progress: bool = True) -> list[tuple[str, list[GradCheckResult] | None, str | None]]:

@@ -283,3 +283,32 @@ def test_batch_norm_module_gradcheck(training):
     m.running_var = (1.0 + rng.random(5)).astype(np.float32)
     rows = check_module(m, 2.0 + rng.standard_normal((2, 3, 5, 5)), mode="full")
     assert max(r.max_rel_err for r in rows) < TOLERANCES["gradcheck_rel"]
+
+
+# ---- multiply-adds ---------------------------------------------------------------------------
+@pytest.mark.parity
+@pytest.mark.parametrize(
+    "c_in,c_out,k,s,p,groups,H,W",
+    [(5, 7, 3, 1, 1, 1, 7, 11), (5, 7, 3, 2, 1, 1, 13, 5), (3, 9, 1, 1, 0, 1, 7, 11), (7, 3, 5, 2, 2, 1, 13, 5),
+     (4, 6, 4, 4, 0, 1, 13, 9), (6, 6, 3, 1, 1, 6, 7, 11), (6, 6, 2, 2, 0, 6, 7, 11)],
+    ids=["3x3", "3x3-s2", "1x1", "5x5-s2-p2", "patch4-floors", "depthwise3x3", "depthwise-patch2"],
+)  # fmt: skip
+def test_conv2d_macs_match_torch_flop_counter(c_in, c_out, k, s, p, groups, H, W):
+    """module_flops of every Conv2d kind equals torch.utils.flop_counter (2 FLOPs per MAC), batch 2."""
+    torch = pytest.importorskip("torch")
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from twins_np.analysis import module_flops
+
+    tm = torch.nn.Conv2d(c_in, c_out, k, stride=s, padding=p, groups=groups)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        tm(torch.zeros(2, c_in, H, W))
+    ours = Conv2d(c_in, c_out, k, stride=s, padding=p, groups=groups)
+    assert counter.get_total_flops() == 2 * module_flops(ours, (H, W), batch_size=2) > 0
+
+
+def test_norms_and_relu_count_no_macs():
+    from twins_np.analysis import module_flops
+
+    for m in (ReLU(), GroupNorm(3, 9), BatchNorm2d(9)):
+        assert module_flops(m, (7, 11), batch_size=2) == 0

@@ -49,7 +49,7 @@ class GroupNorm(Module):
         self.bias: Parameter | None = Parameter(np.zeros(num_channels, dtype=dtype), no_weight_decay=True) if affine else None
 
     def forward(self, x: Any) -> Any:
-        check_channels("GroupNorm", x, self.num_channels)
+        _check_map_channels("GroupNorm", x, self.num_channels)
         out, cache = F.group_norm_forward(x, _data(self.weight), _data(self.bias), self.num_groups, self.eps)
         self._save(cache)
         return out
@@ -105,7 +105,7 @@ class BatchNorm2d(Module):
     num_batches_tracked: Any
 
     def forward(self, x: Any) -> Any:
-        check_channels("BatchNorm2d", x, self.num_features)
+        _check_map_channels("BatchNorm2d", x, self.num_features)
         update = self.training and self.running_mean is not None
         factor = 0.0
         if update:
@@ -134,3 +134,15 @@ class BatchNorm2d(Module):
 
 def _data(p: Parameter | None) -> Any:
     return None if p is None else p.data
+
+
+def _check_map_channels(module: str, x: Any, C: int) -> None:
+    """x's last axis holds C channels; an NCHW map (C on axis 1) gets a hint saying so."""
+    try:
+        check_channels(module, x, C)
+    except ValueError as e:
+        if getattr(x, "ndim", 0) == 4 and x.shape[1] == C:
+            raise ValueError(
+                f"{e}; twins-np maps are channels-last (B, H, W, C) and this one looks NCHW: pass x.transpose(0, 2, 3, 1)"
+            ) from None
+        raise
