@@ -43,10 +43,12 @@ Rng = np.random.Generator | int | None
 Row = tuple[str, str, tuple[int, ...], int, int]
 
 
-def _conv_row(name: str, conv: Any, B: int, Ho: int, Wo: int) -> Row:
-    Cout, Cin, k, _ = conv.weight.shape
+def _conv_row(name: str, conv: Any, B: int, H: int, W: int) -> Row:
+    """A stride-1 "same" conv on an H x W map; its MACs from analysis.module_flops, the one conv count."""
+    from ..analysis import module_flops  # analysis imports the models: import it when counting
+
     params = int(conv.weight.data.size) + (0 if conv.bias is None else int(conv.bias.data.size))
-    return (name, "conv", (B, int(Cout), Ho, Wo), params, B * Ho * Wo * int(Cout) * int(Cin) * int(k) * int(k))
+    return (name, "conv", (B, int(conv.weight.shape[0]), H, W), params, module_flops(conv, (H, W), B))
 
 
 class ConvModule(Module):
