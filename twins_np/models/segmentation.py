@@ -379,6 +379,9 @@ class Segmenter(Module):
     def loss(self, x: Any, target: Any, ignore_index: int = 255, label_smoothing: float = 0.0) -> tuple[float, Any]:
         """Forward + per-pixel cross-entropy (mean over non-ignored pixels); returns (loss, logits).
 
+        The mean is torch's ``cross_entropy(..., ignore_index=255)``: over the counted pixels.
+        mmsegmentation's ``CrossEntropyLoss`` divides by *all* pixels unless
+        ``avg_non_ignore=True``; with ignored pixels its loss is smaller by the counted share.
         Call :meth:`backward_loss` next.
         """
         logits = self.forward(x)
