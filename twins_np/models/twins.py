@@ -49,7 +49,7 @@ class IntermediatesCache(NamedTuple):
     through the final norm; ``final`` ``"tokens"`` (normed last-stage tokens (B, N, C)),
     ``"map"`` (the NCHW map of an early-stopped stage) or None (``intermediates_only``);
     ``map_shapes`` / ``final_shape`` the returned shapes; ``output_fmt`` the maps' layout;
-    ``dtype`` the model's dtype; ``batch`` B and ``sizes`` each run stage's (H_s, W_s).
+    ``dtype`` and ``device`` the model's; ``batch`` B and ``sizes`` each run stage's (H_s, W_s).
     """
 
     taps: tuple[int, ...]
@@ -62,6 +62,7 @@ class IntermediatesCache(NamedTuple):
     dtype: Any
     batch: int
     sizes: tuple[tuple[int, int], ...]
+    device: str
 
 
 class Twins(Module):
@@ -438,6 +439,7 @@ class Twins(Module):
             dtype=self.dtype,
             batch=int(x.shape[0]),
             sizes=tuple(sizes),
+            device=device_of(x),
         )
         return maps if intermediates_only else (final, maps)
 
@@ -469,6 +471,11 @@ class Twins(Module):
                 raise ValueError(f"'{name}' must have the shape of the {what} {shape}, got {tuple(g.shape)}")
             if g.dtype != rec.dtype:
                 raise TypeError(f"'{name}' is {g.dtype} but the model's parameters are {rec.dtype}; cast it first")
+            if device_of(g) != rec.device:
+                raise TypeError(
+                    f"'{name}' is on the {device_of(g)} but the model is on the {rec.device}; "
+                    f"move it first, e.g. twins_np.to_device({name}, {rec.device!r})"
+                )
 
     def backward_intermediates(self, grads: Sequence[Any], dfinal: Any = None) -> Any:
         """Backward of :meth:`forward_intermediates`: gradients of the returned maps -> dx.
