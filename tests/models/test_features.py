@@ -575,3 +575,28 @@ def test_module_flops_of_a_backbone_is_the_model_without_its_head():
         if r.name.split(".")[0] in ("patch_embeds", "blocks", "pos_block") and int(r.name.split(".")[1]) < 2
     )
     assert module_flops(two, (100, 132)) == kept
+
+
+@pytest.mark.gpu
+def test_gpu_matches_cpu_and_refuses_host_gradients():
+    from twins_np.backend import cupy_available
+
+    if not cupy_available():
+        pytest.skip("CuPy with a CUDA GPU is not available")
+    cpu, gpu = _tiny(), _tiny().to_device("gpu")
+    x = np.random.default_rng(0).standard_normal((2, 3, 20, 28))
+    final, maps = cpu.forward_intermediates(x, indices=[0, -1], norm=True)
+    g, df = _grads_for(maps, 1), np.random.default_rng(2).standard_normal(final.shape)
+    dx = cpu.backward_intermediates(g, df)
+    final_g, maps_g = gpu.forward_intermediates(twins_np.to_device(x, "gpu"), indices=[0, -1], norm=True)
+    with pytest.raises(TypeError, match=r"'grads\[0\]' is on the cpu but the model is on the gpu"):
+        gpu.backward_intermediates(g, df)
+    dx_g = gpu.backward_intermediates(twins_np.to_device(g, "gpu"), twins_np.to_device(df, "gpu"))
+    np.testing.assert_allclose(twins_np.asnumpy(final_g), final, rtol=1e-10, atol=1e-12)
+    for a, b in zip(maps_g, maps):
+        np.testing.assert_allclose(twins_np.asnumpy(a), b, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(twins_np.asnumpy(dx_g), dx, rtol=1e-10, atol=1e-12)
+    for (k, p), q in zip(cpu.named_parameters(), gpu.parameters()):
+        assert (p.grad is None) == (q.grad is None), k
+        if p.grad is not None:
+            np.testing.assert_allclose(twins_np.asnumpy(q.grad), p.grad, rtol=1e-9, atol=1e-12, err_msg=k)

@@ -49,7 +49,7 @@ class IntermediatesCache(NamedTuple):
     through the final norm; ``final`` ``"tokens"`` (normed last-stage tokens (B, N, C)),
     ``"map"`` (the NCHW map of an early-stopped stage) or None (``intermediates_only``);
     ``map_shapes`` / ``final_shape`` the returned shapes; ``output_fmt`` the maps' layout;
-    ``dtype`` the model's dtype; ``batch`` B and ``sizes`` each run stage's (H_s, W_s).
+    ``dtype`` and ``device`` the model's; ``batch`` B and ``sizes`` each run stage's (H_s, W_s).
     """
 
     taps: tuple[int, ...]
@@ -62,6 +62,7 @@ class IntermediatesCache(NamedTuple):
     dtype: Any
     batch: int
     sizes: tuple[tuple[int, int], ...]
+    device: str
 
 
 class Twins(Module):
@@ -398,6 +399,7 @@ class Twins(Module):
         self._check_input(x, n_stages=last + 1)
         if self.check_inputs_finite:
             check_finite("x", x)
+        B, device = int(x.shape[0]), device_of(x)
         # this forward replaces any earlier one: neither backward may use the older caches
         self._intermediates = None
         object.__setattr__(self, "_cache", None)  # Twins.backward(dlogits) now refuses to run
@@ -409,7 +411,7 @@ class Twins(Module):
         for s in range(last + 1):
             tokens, size = self._forward_stage(s, x)
             sizes.append(size)
-            B, _, C = tokens.shape
+            C = tokens.shape[-1]
             nhwc = tokens.reshape(B, size[0], size[1], C)
             if s < S - 1:
                 x = nhwc.transpose(0, 3, 1, 2)  # tokens -> NCHW view: the next stage's input
@@ -436,8 +438,9 @@ class Twins(Module):
             final_shape=None if intermediates_only else tuple(final.shape),
             output_fmt=output_fmt,
             dtype=self.dtype,
-            batch=int(x.shape[0]),
+            batch=B,
             sizes=tuple(sizes),
+            device=device,
         )
         return maps if intermediates_only else (final, maps)
 
@@ -454,21 +457,29 @@ class Twins(Module):
                 f"'grads' has {len(grads)} entries but forward_intermediates returned {n} maps (stages "
                 f"{list(rec.taps)}); give one gradient per map, None for a map that received none"
             )
-        named: list[tuple[str, Any, Any]] = [(f"grads[{k}]", g, shape) for k, (g, shape) in enumerate(zip(grads, rec.map_shapes))]
+        # (argument name, gradient, expected shape, what it is the gradient of)
+        named: list[tuple[str, Any, Any, str]] = [
+            (f"grads[{k}]", g, shape, f"map of stage {s} ({rec.output_fmt})")
+            for k, (g, shape, s) in enumerate(zip(grads, rec.map_shapes, rec.taps))
+        ]
         if rec.final is None:
             if dfinal is not None:
                 raise ValueError("'dfinal' was given but forward_intermediates(intermediates_only=True) returned no final output")
         else:
-            named.append(("dfinal", dfinal, rec.final_shape))
-        for name, g, shape in named:
+            named.append(("dfinal", dfinal, rec.final_shape, "final output"))
+        for name, g, shape, what in named:
             if g is None:
                 continue
             check_float(name, g)
             if tuple(g.shape) != shape:
-                what = "final output" if name == "dfinal" else f"map of stage {rec.taps[int(name[6:-1])]} ({rec.output_fmt})"
                 raise ValueError(f"'{name}' must have the shape of the {what} {shape}, got {tuple(g.shape)}")
             if g.dtype != rec.dtype:
                 raise TypeError(f"'{name}' is {g.dtype} but the model's parameters are {rec.dtype}; cast it first")
+            if device_of(g) != rec.device:
+                raise TypeError(
+                    f"'{name}' is on the {device_of(g)} but the model is on the {rec.device}; "
+                    f"move it first, e.g. twins_np.to_device({name}, {rec.device!r})"
+                )
 
     def backward_intermediates(self, grads: Sequence[Any], dfinal: Any = None) -> Any:
         """Backward of :meth:`forward_intermediates`: gradients of the returned maps -> dx.
