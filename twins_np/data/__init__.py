@@ -22,6 +22,17 @@ name            content                                                 input
 ``cifar10``     CIFAR-10 from the user's copy of the python archive     (3, 32, 32)
 ``long-range``  two distant marks, same shape or not (synthetic)        (1, 32, 32)
 ==============  ======================================================  ===========
+
+Segmentation sets (per-pixel labels (N, H, W), 255 ignored; see
+:mod:`twins_np.data.segmentation`):
+
+======================  ================================================  ===========
+name                    content                                           input
+======================  ================================================  ===========
+``shapes``              squares, discs, triangles on textured noise       (3, 64, 64)
+``long-range-dense``    an object whose class is set by a distant cue     (1, 64, 64)
+``folder:PATH``         the user's ``images/`` + ``annotations/`` folder  (3, 64, 64)
+======================  ================================================  ===========
 """
 
 from __future__ import annotations
@@ -33,6 +44,14 @@ from .cifar10 import load_cifar10
 from .digits import load_digits
 from .loader import DataLoader, Dataset
 from .long_range import load_long_range, make_long_range
+from .segmentation import (
+    IGNORE_INDEX,
+    load_long_range_dense,
+    load_segmentation_folder,
+    load_shapes,
+    make_long_range_dense,
+    make_shapes,
+)
 
 __all__ = [
     "Dataset",
@@ -43,6 +62,13 @@ __all__ = [
     "load_cifar10",
     "load_long_range",
     "make_long_range",
+    "IGNORE_INDEX",
+    "SEGMENTATION_DATASETS",
+    "load_shapes",
+    "make_shapes",
+    "load_long_range_dense",
+    "make_long_range_dense",
+    "load_segmentation_folder",
     "resize",
     "crop_at",
     "random_crop",
@@ -55,6 +81,7 @@ __all__ = [
 ]
 
 DATASETS = ("digits", "cifar10", "long-range")
+SEGMENTATION_DATASETS = ("shapes", "long-range-dense", "folder:PATH")
 
 
 def load_dataset(
@@ -68,9 +95,12 @@ def load_dataset(
     """Load one split of a dataset by name.
 
     Args:
-        name: ``"digits"``, ``"cifar10"`` or ``"long-range"``.
+        name: ``"digits"``, ``"cifar10"`` or ``"long-range"`` (classification);
+            ``"shapes"``, ``"long-range-dense"`` or ``"folder:PATH"`` (segmentation;
+            underscores may stand for the hyphens).
         split: ``"train"`` or ``"test"``.
-        image_size: output side S; None keeps the dataset's default (32 for all three).
+        image_size: output side S; None keeps the dataset's default (32 for the
+            classification sets, 64 for the segmentation sets).
         data_dir: where CIFAR-10 lies (see :func:`load_cifar10`); unused by the others.
         seed: seed of the digits split and of the long-range draws; CIFAR-10's split is fixed.
         **options: passed on, e.g. ``test_fraction`` (digits), ``n`` and ``noise`` (long-range).
@@ -89,4 +119,11 @@ def load_dataset(
         return load_cifar10(split, image_size, data_dir, **options)
     if name == "long-range":
         return load_long_range(split, image_size, seed, **options)
-    raise ValueError(f"'name' must be one of {', '.join(DATASETS)}; got {name!r}")
+    if name.startswith("folder:"):
+        return load_segmentation_folder(name[len("folder:") :], split, image_size, **options)
+    canonical = name.replace("_", "-")
+    if canonical == "shapes":
+        return load_shapes(split, image_size, seed, **options)
+    if canonical == "long-range-dense":
+        return load_long_range_dense(split, image_size, seed, **options)
+    raise ValueError(f"'name' must be one of {', '.join(DATASETS + SEGMENTATION_DATASETS)}; got {name!r}")

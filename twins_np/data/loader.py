@@ -3,7 +3,8 @@
 Notation: N samples, C channels, H x W pixels, B the batch size.
 
 A :class:`Dataset` is just arrays on the host: ``images`` (N, C, H, W) float32 and
-``labels`` (N,) int64. The :class:`DataLoader` cuts it into batches, moves each batch
+``labels`` (N,) int64, or (N, H, W) int64 per-pixel labels for segmentation. The
+:class:`DataLoader` cuts it into batches, moves each batch
 to the requested device and optionally augments it there.
 
 Reproducibility is built on one rule: every random number depends only on
@@ -36,7 +37,9 @@ class Dataset:
 
     Attributes:
         images: (N, C, H, W) float32, already normalised.
-        labels: (N,) int64 class indices in ``[0, len(classes))``.
+        labels: (N,) int64 class indices in ``[0, len(classes))`` (classification), or
+            (N, H, W) int64 per-pixel class indices (segmentation), where a pixel may also
+            hold ``ignore_index``.
         classes: class names; ``classes[k]`` names label ``k``.
         name: dataset name, e.g. ``"digits"``.
         mean: per-channel mean (C values) that was subtracted, or None. With
@@ -50,6 +53,7 @@ class Dataset:
     name: str
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    ignore_index: int | None = None
 
     def __post_init__(self) -> None:
         # Checked once here, so that the loader and the models can trust the layout.
@@ -62,12 +66,19 @@ class Dataset:
             raise ValueError(f"'images' must be float32, got {self.images.dtype}")
         if not isinstance(self.labels, np.ndarray) or self.labels.dtype != np.int64:
             raise ValueError(f"'labels' must be an int64 NumPy array, got {getattr(self.labels, 'dtype', type(self.labels))}")
-        if self.labels.shape != (len(self.images),):
-            raise ValueError(f"'labels' must have shape (N,) = ({len(self.images)},), got {self.labels.shape}")
-        if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= len(self.classes)):
+        n, h, w = len(self.images), *self.images.shape[2:]
+        if self.labels.shape not in ((n,), (n, h, w)):
             raise ValueError(
-                f"'labels' must lie in [0, {len(self.classes)}) (one per class name), "
-                f"got values in [{self.labels.min()}, {self.labels.max()}]"
+                f"'labels' must have shape (N,) = ({n},) or, per pixel, (N, H, W) = ({n}, {h}, {w}); got {self.labels.shape}"
+            )
+        if self.ignore_index is not None and self.labels.ndim == 1:
+            raise ValueError("'ignore_index' is for per-pixel labels (N, H, W); these labels have shape (N,)")
+        valid = self.labels if self.ignore_index is None else self.labels[self.labels != self.ignore_index]
+        if valid.size and (valid.min() < 0 or valid.max() >= len(self.classes)):
+            also = "" if self.ignore_index is None else f" or equal ignore_index={self.ignore_index}"
+            raise ValueError(
+                f"'labels' must lie in [0, {len(self.classes)}) (one per class name){also}, "
+                f"got values in [{valid.min()}, {valid.max()}]"
             )
 
     def __len__(self) -> int:
@@ -84,7 +95,14 @@ class Dataset:
         Args:
             indices: integer index array or slice, e.g. ``np.arange(256)`` for a quick run.
         """
-        return Dataset(self.images[indices], self.labels[indices], list(self.classes), self.name, self.mean, self.std)
+        return Dataset(
+            self.images[indices], self.labels[indices], list(self.classes), self.name, self.mean, self.std, self.ignore_index
+        )
+
+    @property
+    def is_segmentation(self) -> bool:
+        """True when the labels are per pixel, (N, H, W)."""
+        return self.labels.ndim == 3
 
 
 class DataLoader:
@@ -130,6 +148,12 @@ class DataLoader:
             raise ValueError(f"'augment' must be callable as augment(images, rng), got {augment!r}")
         if len(dataset) == 0:
             raise ValueError("'dataset' is empty")
+        if augment is not None and dataset.is_segmentation:
+            # An image-only transform would move the pixels but not their labels.
+            raise ValueError(
+                "'augment' transforms images only and would misalign per-pixel labels; "
+                "augment segmentation batches with a transform that moves images and labels together"
+            )
         self.dataset = dataset
         self.batch_size = int(batch_size)
         self.shuffle = shuffle

@@ -1,0 +1,247 @@
+"""Segmentation sets: shapes, dense long-range, the folder reader, and per-pixel Datasets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from twins_np.data import (
+    IGNORE_INDEX,
+    DataLoader,
+    Dataset,
+    load_dataset,
+    load_segmentation_folder,
+    make_long_range_dense,
+    make_shapes,
+)
+from twins_np.data.segmentation import CUES, LONG_RANGE_DENSE_CLASSES, SHAPE_CLASSES
+
+# --- shapes ---------------------------------------------------------------------------------
+
+
+def test_shapes_layout_and_determinism():
+    a = make_shapes(16, image_size=48, seed=3)
+    b = make_shapes(16, image_size=48, seed=3)
+    assert a.images.shape == (16, 3, 48, 48) and a.images.dtype == np.float32
+    assert a.labels.shape == (16, 48, 48) and a.labels.dtype == np.int64
+    assert np.array_equal(a.images, b.images) and np.array_equal(a.labels, b.labels)
+    assert not np.array_equal(a.images, make_shapes(16, image_size=48, seed=4).images)
+    assert set(np.unique(a.labels)) <= set(range(len(SHAPE_CLASSES)))
+    # every image has at least one visible object, and over 16 images every class appears
+    assert ((a.labels > 0).sum(axis=(1, 2)) > 0).all()
+    assert set(np.unique(a.labels)) == {0, 1, 2, 3}
+
+
+def test_shapes_colour_does_not_give_the_class():
+    """The mean colour of the pixels of one class is the same for every class, up to noise."""
+    a = make_shapes(400, image_size=32, seed=0, max_objects=1, noise=0.0)
+    means = np.array([[a.images[:, c][a.labels == k].mean() for c in range(3)] for k in (1, 2, 3)])
+    assert np.abs(means).max() < 0.1  # colours are uniform in [-1, 1]: the class means are all near 0
+
+
+def test_shapes_boundary_is_ignored():
+    a = make_shapes(8, image_size=32, seed=1, boundary=0)
+    b = make_shapes(8, image_size=32, seed=1, boundary=2)
+    ignored = b.labels == IGNORE_INDEX
+    assert ignored.any() and not (a.labels == IGNORE_INDEX).any()
+    assert np.array_equal(a.labels[~ignored], b.labels[~ignored])  # only pixels near an edge change
+    # each ignored pixel lies within 2 pixels of a label change of the unmarked map
+    change = np.zeros_like(ignored)
+    change[:, 1:] |= a.labels[:, 1:] != a.labels[:, :-1]
+    change[:, :, 1:] |= a.labels[:, :, 1:] != a.labels[:, :, :-1]
+    for n, i, j in zip(*np.nonzero(ignored)):
+        assert change[n, max(i - 2, 0) : i + 3, max(j - 2, 0) : j + 3].any()
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(n=0), "'n' must be a positive integer"),
+        (dict(n=2, image_size=8), "'image_size' must be an integer >= 16"),
+        (dict(n=2, max_objects=0), "'max_objects'"),
+        (dict(n=2, noise=-1.0), "'noise' must be >= 0"),
+        (dict(n=2, boundary=-1), "'boundary'"),
+    ],
+)
+def test_shapes_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        make_shapes(**kwargs)
+
+
+# --- dense long-range -----------------------------------------------------------------------
+
+
+def _cue_and_object(labels, images):
+    """Per image: the coordinates of the cue's lit pixels (label 255) and of the object's pixels."""
+    for lab, img in zip(labels, images):
+        yield np.argwhere(lab == IGNORE_INDEX), np.argwhere((lab == 1) | (lab == 2)), lab, img
+
+
+@pytest.mark.parametrize("gap", [28, 12])
+def test_long_range_dense_geometry(gap):
+    a = make_long_range_dense(64, image_size=64, seed=5, gap=gap)
+    assert a.images.shape == (64, 1, 64, 64) and a.labels.shape == (64, 64, 64)
+    assert set(np.unique(a.labels)) == {0, 1, 2, IGNORE_INDEX}
+    for cue, obj, lab, _ in _cue_and_object(a.labels, a.images):
+        assert len(cue) == 9 and len(obj) > 0
+        assert len(np.unique(lab[(lab == 1) | (lab == 2)])) == 1  # one class per object
+        # along one axis, every object pixel is more than `gap` pixels from every cue pixel
+        apart = [np.abs(obj[:, None, ax] - cue[None, :, ax]).min() for ax in (0, 1)]
+        assert max(apart) > gap
+
+
+def test_long_range_dense_class_is_the_cue():
+    """Object class 1 iff the cue is a plus; the cue kinds are exactly balanced."""
+    a = make_long_range_dense(40, seed=0, noise=0.0)
+    kinds = []
+    for cue, obj, lab, img in _cue_and_object(a.labels, a.images):
+        r0, c0 = cue.min(axis=0)
+        r1, c1 = cue.max(axis=0)
+        patch = (img[0, r0 : r1 + 1, c0 : c1 + 1] > 0.5).astype(np.float32)
+        # the 5 x 5 patch seen in any of the four orientations equals one of the two cues
+        kind = [k for k in (0, 1) if any(np.array_equal(patch, np.rot90(CUES[k], r)) for r in range(4))]
+        assert len(kind) == 1
+        assert lab[tuple(obj[0])] == kind[0] + 1
+        kinds.append(kind[0])
+    assert sum(kinds) == 20
+    assert LONG_RANGE_DENSE_CLASSES[1].endswith("plus")
+
+
+def test_long_range_dense_object_is_independent_of_the_cue():
+    """What a window-limited model sees of the object (its size, position) carries no cue information."""
+    a = make_long_range_dense(2000, seed=1)
+    obj = (a.labels == 1) | (a.labels == 2)
+    size = obj.sum(axis=(1, 2))
+    cls = np.array([lab[o].max() for lab, o in zip(a.labels, obj)])
+    assert abs(size[cls == 1].mean() - size[cls == 2].mean()) < 0.1 * size.mean()
+
+
+def test_long_range_dense_too_small():
+    with pytest.raises(ValueError, match="too small for gap=40"):
+        make_long_range_dense(2, image_size=48, gap=40)
+
+
+# --- Dataset with per-pixel labels -----------------------------------------------------------
+
+
+def test_load_dataset_names_and_splits():
+    train = load_dataset("shapes", "train", n=8)
+    test = load_dataset("shapes", "test", n=8)
+    assert train.is_segmentation and train.ignore_index == IGNORE_INDEX and train.num_classes == 4
+    assert not np.array_equal(train.images, test.images)
+    dense = load_dataset("long_range_dense", "test", n=6)  # underscores as in the CLI
+    assert dense.name == "long-range-dense" and dense.images.shape[1] == 1
+    assert dense.subset(np.arange(3)).labels.shape == (3, 64, 64)
+    with pytest.raises(ValueError, match="shapes, long-range-dense, folder:PATH"):
+        load_dataset("shapez")
+
+
+def test_dataset_checks_pixel_labels():
+    images = np.zeros((2, 1, 4, 4), np.float32)
+    labels = np.zeros((2, 4, 4), np.int64)
+    labels[0, 0, 0] = 255
+    Dataset(images, labels, ["a", "b"], "x", ignore_index=255)
+    with pytest.raises(ValueError, match="outside|must lie in"):
+        Dataset(images, labels, ["a", "b"], "x")  # 255 without an ignore index
+    labels[1, 1, 1] = 2
+    with pytest.raises(ValueError, match=r"must lie in \[0, 2\).*or equal ignore_index=255"):
+        Dataset(images, labels, ["a", "b"], "x", ignore_index=255)
+    with pytest.raises(ValueError, match=r"\(N, H, W\) = \(2, 4, 4\)"):
+        Dataset(images, np.zeros((2, 4, 5), np.int64), ["a"], "x")
+
+
+def test_loader_serves_pixel_labels_and_refuses_image_only_augment():
+    data = load_dataset("shapes", "train", n=10, image_size=32)
+    batches = list(DataLoader(data, batch_size=4, seed=0))
+    assert [tuple(y.shape) for _, y in batches] == [(4, 32, 32), (4, 32, 32), (2, 32, 32)]
+    order = DataLoader(data, batch_size=4, seed=0).order(0)
+    assert np.array_equal(batches[0][1], data.labels[order[:4]])
+    with pytest.raises(ValueError, match="misalign per-pixel labels"):
+        DataLoader(data, batch_size=4, augment=lambda x, rng: x)
+
+
+# --- the folder reader ----------------------------------------------------------------------
+
+
+def _write_pair(folder, name, image, label, fmt="png"):
+    from PIL import Image
+
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    (folder / "annotations").mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(folder / "images" / f"{name}.{fmt}")
+    Image.fromarray(label.astype(np.uint8), mode="L").save(folder / "annotations" / f"{name}.png")
+
+
+def test_folder_reader_keeps_labels_exact(tmp_path):
+    rng = np.random.default_rng(0)
+    # 30 x 20 image (W x H): resized so the shorter side is 10 -> 15 x 10, centre-cropped to 10 x 10
+    label = np.zeros((20, 30), np.int64)
+    label[:, 10:20] = 1
+    label[5:15, 12:18] = 2
+    label[0, :] = 255
+    image = rng.integers(0, 256, size=(20, 30, 3), dtype=np.uint8)
+    _write_pair(tmp_path, "a", image, label)
+    _write_pair(tmp_path, "b", image, np.where(label == 2, 1, label), fmt="png")
+    data = load_segmentation_folder(tmp_path, image_size=10)
+    assert data.images.shape == (2, 3, 10, 10) and data.labels.shape == (2, 10, 10)
+    assert data.num_classes == 3 and data.classes == ["class 0", "class 1", "class 2"]
+    # nearest-neighbour labels: the crop equals the label map sampled at floor(i * 20 / 10), offset 2 in width
+    rows = np.arange(10) * 20 // 10
+    cols = np.arange(15) * 30 // 15
+    expected = label[rows][:, cols][:, 2:12]
+    assert np.array_equal(data.labels[0], expected)
+    assert set(np.unique(data.labels)) <= {0, 1, 2, 255}
+    assert data.mean is not None and abs(float(data.images.mean())) < 1.0
+
+
+def test_folder_reader_splits_and_class_names(tmp_path):
+    rng = np.random.default_rng(1)
+    for sub in ("training", "validation"):
+        for name in ("x", "y"):
+            lab = rng.integers(0, 4, size=(12, 12))
+            _write_pair(tmp_path / "tmp" / sub, name, rng.integers(0, 256, (12, 12, 3), dtype=np.uint8), lab)
+    # ADE20K layout: images/training, annotations/training, ...
+    for kind in ("images", "annotations"):
+        (tmp_path / kind).mkdir()
+        for sub in ("training", "validation"):
+            (tmp_path / "tmp" / sub / kind).rename(tmp_path / kind / sub)
+    (tmp_path / "classes.txt").write_text("other\nwall\nfloor\nsky\n")
+    train = load_segmentation_folder(tmp_path, "train", image_size=12)
+    test = load_segmentation_folder(tmp_path, "test", image_size=12)
+    assert len(train) == len(test) == 2 and train.classes == ["other", "wall", "floor", "sky"]
+    assert not np.array_equal(train.images, test.images)
+    # ADE20K's reduce_zero_label: 0 -> 255, k -> k - 1
+    reduced = load_segmentation_folder(tmp_path, "train", image_size=12, classes=["wall", "floor", "sky"], reduce_zero_label=True)
+    assert np.array_equal(reduced.labels, np.where(train.labels == 0, 255, train.labels - 1))
+    via_name = load_dataset(f"folder:{tmp_path}", "test", image_size=12)
+    assert np.array_equal(via_name.labels, test.labels)
+
+
+def test_folder_reader_errors(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        load_segmentation_folder(tmp_path / "nope")
+    (tmp_path / "images").mkdir()
+    with pytest.raises(ValueError, match="no 'annotations/' folder"):
+        load_segmentation_folder(tmp_path)
+    (tmp_path / "annotations").mkdir()
+    with pytest.raises(ValueError, match="no .jpg or .png images"):
+        load_segmentation_folder(tmp_path)
+    img = np.zeros((8, 8, 3), np.uint8)
+    _write_pair(tmp_path, "a", img, np.full((8, 8), 7))
+    with pytest.raises(ValueError, match=r"holds 7, outside \[0, 3\) and not the ignore index 255"):
+        load_segmentation_folder(tmp_path, num_classes=3, image_size=8)
+    (tmp_path / "images" / "b.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(ValueError, match="image b.jpg has no label map"):
+        load_segmentation_folder(tmp_path, image_size=8)
+    (tmp_path / "annotations" / "b.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="cannot read image .*b.jpg"):
+        load_segmentation_folder(tmp_path, image_size=8)
+    from PIL import Image
+
+    Image.fromarray(img).save(tmp_path / "images" / "b.jpg")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "annotations" / "b.png")
+    with pytest.raises(ValueError, match="mode 'RGB' is not a single-channel map"):
+        load_segmentation_folder(tmp_path, image_size=8)
+    Image.fromarray(np.zeros((9, 8), np.uint8), mode="L").save(tmp_path / "annotations" / "b.png")
+    with pytest.raises(ValueError, match="b.jpg: image is 8x8 but its label map is 8x9"):
+        load_segmentation_folder(tmp_path, image_size=8)

@@ -1,0 +1,466 @@
+"""Segmentation data: per-pixel labels with an ignore index.
+
+Notation: N images, C channels, S x S pixels (S = ``image_size``), K classes; labels are
+(N, S, S) int64 holding a class in ``[0, K)`` or :data:`IGNORE_INDEX` (255), the value
+mmsegmentation and ``torch.nn.functional.cross_entropy(ignore_index=255)`` skip.
+
+Every set comes back as a :class:`~twins_np.data.Dataset` whose ``labels`` are per pixel
+(``dataset.is_segmentation`` is True, ``dataset.ignore_index == 255``), so the loader and
+the rest of twins-np treat it like the classification sets.
+
+- :func:`load_shapes`: squares, discs and triangles of random colours on textured, noisy
+  backgrounds. Colour says nothing about the class: only the shape does.
+- :func:`load_long_range_dense`: one object whose class is decided by a cue far away.
+- :func:`load_segmentation_folder`: the user's own data, ``images/NAME.jpg|png`` with
+  ``annotations/NAME.png`` label maps (the layout ADE20K and VOC ship).
+
+The synthetic sets are deterministic: train and test are independent draws from the seeds
+``[seed, 0]`` and ``[seed, 1]``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from .augment import resize
+from .loader import Dataset
+
+__all__ = [
+    "IGNORE_INDEX",
+    "SHAPE_CLASSES",
+    "LONG_RANGE_DENSE_CLASSES",
+    "SegmentationArrays",
+    "make_shapes",
+    "load_shapes",
+    "make_long_range_dense",
+    "load_long_range_dense",
+    "load_segmentation_folder",
+]
+
+IGNORE_INDEX = 255
+SHAPE_CLASSES = ["background", "square", "disc", "triangle"]
+LONG_RANGE_DENSE_CLASSES = ["background", "object, cue plus", "object, cue cross"]
+_SPLIT_STREAM = {"train": 0, "test": 1}
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+class SegmentationArrays(NamedTuple):
+    images: np.ndarray  # (N, C, S, S) float32
+    labels: np.ndarray  # (N, S, S) int64, IGNORE_INDEX where a pixel is not scored
+
+
+def _check_common(n: object, image_size: object, minimum: int) -> None:
+    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"'n' must be a positive integer, got {n!r}")
+    if not isinstance(image_size, (int, np.integer)) or isinstance(image_size, bool) or image_size < minimum:
+        raise ValueError(f"'image_size' must be an integer >= {minimum}, got {image_size!r}")
+
+
+def _split_seed(split: str, seed: int) -> list[int]:
+    if split not in _SPLIT_STREAM:
+        raise ValueError(f"'split' must be 'train' or 'test', got {split!r}")
+    return [seed, _SPLIT_STREAM[split]]
+
+
+def _shape_masks(kind: np.ndarray, cy: np.ndarray, cx: np.ndarray, r: np.ndarray, s: int) -> np.ndarray:
+    """(N, S, S) bool: pixel centres inside one shape per image.
+
+    kind 0 square (half side r), 1 disc (radius r), 2 triangle (apex r above the centre,
+    base r below it, base width 2r). Pixel centres sit at integer + 0.5.
+    """
+    centres = np.arange(s) + 0.5
+    dy = centres[None, :, None] - cy[:, None, None]
+    dx = centres[None, None, :] - cx[:, None, None]
+    r3 = r[:, None, None]
+    square = (np.abs(dy) <= r3) & (np.abs(dx) <= r3)
+    disc = dy * dy + dx * dx <= r3 * r3
+    triangle = (np.abs(dy) <= r3) & (np.abs(dx) <= (dy + r3) / 2.0)
+    k3 = kind[:, None, None]
+    return np.where(k3 == 0, square, np.where(k3 == 1, disc, triangle))
+
+
+def _texture(rng: np.random.Generator, n: int, channels: int, s: int, amplitude: float) -> np.ndarray:
+    """(N, C, S, S) float32: two random oriented gratings per image and channel."""
+    yy, xx = np.meshgrid(np.arange(s, dtype=np.float64), np.arange(s, dtype=np.float64), indexing="ij")
+    out = np.zeros((n, channels, s, s), dtype=np.float64)
+    for _ in range(2):
+        theta = rng.uniform(0.0, np.pi, size=(n, channels, 1, 1))
+        freq = rng.uniform(0.05, 0.4, size=(n, channels, 1, 1))  # radians per pixel
+        phase = rng.uniform(0.0, 2.0 * np.pi, size=(n, channels, 1, 1))
+        out += np.sin(freq * (np.cos(theta) * yy + np.sin(theta) * xx) + phase)
+    return (amplitude / 2.0 * out).astype(np.float32)
+
+
+def _ignore_boundaries(labels: np.ndarray, width: int) -> np.ndarray:
+    """Set to IGNORE_INDEX every pixel within ``width`` pixels (Chebyshev) of a label change."""
+    if width == 0:
+        return labels
+    edge = np.zeros(labels.shape, dtype=bool)
+    vert = labels[:, 1:, :] != labels[:, :-1, :]
+    horiz = labels[:, :, 1:] != labels[:, :, :-1]
+    edge[:, 1:, :] |= vert
+    edge[:, :-1, :] |= vert
+    edge[:, :, 1:] |= horiz
+    edge[:, :, :-1] |= horiz
+    grown = edge.copy()
+    for _ in range(width - 1):  # dilate by one pixel per step (3 x 3 neighbourhood)
+        g = grown.copy()
+        g[:, 1:, :] |= grown[:, :-1, :]
+        g[:, :-1, :] |= grown[:, 1:, :]
+        g[:, :, 1:] |= grown[:, :, :-1]
+        g[:, :, :-1] |= grown[:, :, 1:]
+        grown = g
+    return np.where(grown, IGNORE_INDEX, labels)
+
+
+def make_shapes(
+    n: int,
+    image_size: int = 64,
+    seed: int | Sequence[int] = 0,
+    max_objects: int = 3,
+    noise: float = 0.1,
+    boundary: int = 0,
+) -> SegmentationArrays:
+    """Draw ``n`` images of the shapes set, deterministically from ``seed``.
+
+    Each image has 3 channels: a texture of two random gratings per channel (amplitude
+    0.5) plus Gaussian noise, and 1 to ``max_objects`` filled shapes. A shape's class
+    (square, disc or triangle) is a fair draw; its colour is a random RGB vector in
+    [-1, 1]^3 with a faint texture of its own, so a pixel's colour alone does not give its
+    class: the model has to see the shape around it. Sizes: half side / radius uniform in
+    [S/12, S/6]; later shapes cover earlier ones, and the labels follow what is visible.
+
+    Args:
+        n: number of images.
+        image_size: S, at least 16.
+        seed: seed of every draw (an int or a list of ints).
+        max_objects: most shapes per image (at least 1).
+        noise: standard deviation of the Gaussian pixel noise.
+        boundary: width in pixels of an ignored band (label 255) around every label
+            change, as VOC marks object outlines; 0 scores every pixel.
+
+    Returns:
+        :class:`SegmentationArrays`: images (N, 3, S, S) float32, labels (N, S, S) int64 in
+        ``[0, 4)`` (``SHAPE_CLASSES``) or 255.
+    """
+    _check_common(n, image_size, 16)
+    if not isinstance(max_objects, (int, np.integer)) or max_objects < 1:
+        raise ValueError(f"'max_objects' must be a positive integer, got {max_objects!r}")
+    if noise < 0:
+        raise ValueError(f"'noise' must be >= 0, got {noise!r}")
+    if not isinstance(boundary, (int, np.integer)) or boundary < 0:
+        raise ValueError(f"'boundary' must be a non-negative integer, got {boundary!r}")
+    rng = np.random.default_rng(seed)
+    s = int(image_size)
+    images = _texture(rng, n, 3, s, 0.5) + (noise * rng.standard_normal((n, 3, s, s))).astype(np.float32)
+    labels = np.zeros((n, s, s), dtype=np.int64)
+    count = rng.integers(1, max_objects + 1, size=n)
+    for j in range(max_objects):
+        present = count > j
+        kind = rng.integers(0, 3, size=n)
+        r = rng.uniform(s / 12.0, s / 6.0, size=n)
+        cy = rng.uniform(r, s - r)
+        cx = rng.uniform(r, s - r)
+        colour = rng.uniform(-1.0, 1.0, size=(n, 3, 1, 1)).astype(np.float32)
+        mask = _shape_masks(kind, cy, cx, r, s) & present[:, None, None]
+        fill = colour + _texture(rng, n, 3, s, 0.15)
+        images = np.where(mask[:, None], fill, images)
+        labels = np.where(mask, kind[:, None, None] + 1, labels)
+    return SegmentationArrays(images.astype(np.float32), _ignore_boundaries(labels, int(boundary)))
+
+
+def load_shapes(
+    split: str = "train", image_size: int | None = None, seed: int = 0, n: int | None = None, **options: object
+) -> Dataset:
+    """The shapes set as a :class:`Dataset` (default 2,048 train / 512 test images of 64 x 64).
+
+    Args:
+        split: ``"train"`` or ``"test"``.
+        image_size: S (default 64).
+        seed: base seed; the splits are independent draws.
+        n: number of images.
+        **options: ``max_objects``, ``noise``, ``boundary`` (see :func:`make_shapes`).
+    """
+    if n is None:
+        n = 2048 if split == "train" else 512
+    arrays = make_shapes(n, 64 if image_size is None else image_size, _split_seed(split, seed), **options)  # type: ignore[arg-type]
+    return Dataset(arrays.images, arrays.labels, list(SHAPE_CLASSES), "shapes", ignore_index=IGNORE_INDEX)
+
+
+# The two cue marks (0: plus, 1: cross), 5 x 5 with 9 lit pixels each: equal brightness.
+CUES = np.zeros((2, 5, 5), dtype=np.float32)
+CUES[0, 2, :] = CUES[0, :, 2] = 1.0
+CUES[1][np.eye(5, dtype=bool) | np.eye(5, dtype=bool)[::-1]] = 1.0
+
+
+def make_long_range_dense(
+    n: int,
+    image_size: int = 64,
+    seed: int | Sequence[int] = 0,
+    gap: int = 28,
+    noise: float = 0.3,
+) -> SegmentationArrays:
+    """Draw ``n`` images of the dense long-range set, deterministically from ``seed``.
+
+    **The task.** Each 1-channel image is Gaussian noise (std ``noise``) with two things
+    of amplitude 1: a **cue**, a 5 x 5 "plus" or "cross" (9 lit pixels each), inside the
+    8-pixel band along one edge (which edge of the four is a fair draw), and one
+    **object**, a filled square or disc (shape and size, 4 to 8 pixels half side, drawn
+    independently of everything else) on the opposite side. Every object pixel is labelled
+    with the cue: class 1 for a plus, class 2 for a cross (``LONG_RANGE_DENSE_CLASSES``); the
+    rest is background (class 0), except the cue's lit pixels, which are ignored (255): the
+    cue is a hint, not a target. The cue kind is a fair coin, independent of the object.
+
+    **The distance.** Along the axis that separates them, every object pixel lies at least
+    ``gap`` pixels beyond the cue band's last pixel, so every object pixel is more than
+    ``gap`` pixels (in that coordinate, hence also in Euclidean and Chebyshev distance)
+    from every cue pixel. The default ``gap = 28`` is one stage-1 LSA window of Twins-SVT
+    (7 tokens of 4 pixels).
+
+    **What a window-limited model can and cannot infer.** Call a model's *reach* the
+    largest distance in pixels, along an axis, between an output pixel and an input pixel
+    that can change it (its receptive field's half-width). If the reach is at most
+    ``gap``, the model's output at an object pixel is a function of pixels that are
+    independent of the cue kind. It can therefore find the object (object against
+    background is plain to see, amplitude 1 against noise 0.3) and segment it exactly, but
+    it cannot tell class 1 from class 2: its expected accuracy on object pixels is at most
+    50 %, whatever it learned. A model whose reach exceeds ``gap`` (global sub-sampled
+    attention, a stage whose window covers the whole map) can read the cue and be right
+    everywhere.
+
+    **The PEG and the head count towards the reach.** Notebook 09 showed that the PEG's
+    3 x 3 convolution between two LSA blocks already crosses window borders: each PEG
+    adds one token (the stage's stride in pixels) to the reach, and so does every 3 x 3
+    convolution of a segmentation head at its level's stride; a later stage whose window
+    covers the whole feature map makes the reach global. This set does not assume any
+    of them away: it guarantees the ``gap`` and nothing else. Whether a given LSA-only
+    model stays within it is a property of the model, to be measured (e.g. its effective
+    receptive field with twins-np's own backward) against ``gap``; raise ``gap`` (with
+    ``image_size``) for a model with a longer reach.
+
+    Args:
+        n: number of images (the cue kinds are exactly balanced: ``n // 2`` crosses).
+        image_size: S; needs ``8 + gap + 16 <= S`` (band, gap, the largest object).
+        seed: seed of every draw.
+        gap: minimum distance in pixels, along the separating axis, between the cue band
+            and every object pixel.
+        noise: background noise standard deviation.
+
+    Returns:
+        :class:`SegmentationArrays`: images (N, 1, S, S) float32, labels (N, S, S) int64 in
+        ``{0, 1, 2, 255}``.
+    """
+    band, largest = 8, 16
+    _check_common(n, image_size, 16)
+    if not isinstance(gap, (int, np.integer)) or gap < 0:
+        raise ValueError(f"'gap' must be a non-negative integer, got {gap!r}")
+    if band + gap + largest > image_size:
+        raise ValueError(
+            f"'image_size'={image_size} is too small for gap={gap}: the cue band ({band} px), the gap and "
+            f"the largest object ({largest} px) need {band + gap + largest} pixels per side"
+        )
+    if noise < 0:
+        raise ValueError(f"'noise' must be >= 0, got {noise!r}")
+    rng = np.random.default_rng(seed)
+    s = int(image_size)
+    cue = rng.permutation(np.arange(n) % 2)  # exactly balanced
+    edge = rng.integers(0, 4, size=n)  # cue along the top, bottom, left or right edge
+    shape = rng.integers(0, 2, size=n)  # object: 0 square, 1 disc
+    half = rng.integers(4, largest // 2 + 1, size=n)  # half side / radius in pixels
+
+    # Work in a frame where the cue band is the top rows, then rotate each image.
+    cue_row = rng.integers(0, band - 5 + 1, size=n)
+    cue_col = rng.integers(0, s - 5 + 1, size=n)
+    first_row = band + gap  # every object pixel row >= this
+    cy = first_row + half + rng.uniform(0.0, 1.0, size=n) * (s - first_row - 2 * half)
+    cx = half + rng.uniform(0.0, 1.0, size=n) * (s - 2 * half)
+    # An object pixel's centre is within half of (cy, cx); its row is >= floor(cy - half) >= first_row.
+    obj = _shape_masks(np.where(shape == 0, 0, 1), cy, cx, half.astype(np.float64), s)
+    marks = np.zeros((n, s, s), dtype=np.float32)
+    rows = (cue_row[:, None] + np.arange(5))[:, :, None]
+    cols = (cue_col[:, None] + np.arange(5))[:, None, :]
+    marks[np.arange(n)[:, None, None], rows, cols] = CUES[cue]
+    images = noise * rng.standard_normal((n, s, s)) + marks + obj
+    labels = np.where(obj, cue[:, None, None] + 1, 0)
+    labels = np.where(marks > 0, IGNORE_INDEX, labels)
+    # edge 0: top (as built), 1: bottom, 2: left, 3: right
+    images = np.stack([_orient(im, e) for im, e in zip(images, edge)]) if n else images
+    labels = np.stack([_orient(lb, e) for lb, e in zip(labels, edge)]) if n else labels
+    return SegmentationArrays(images[:, None].astype(np.float32), labels.astype(np.int64))
+
+
+def _orient(a: np.ndarray, edge: int) -> np.ndarray:
+    """Move the top band of a (S, S) array to edge 0 top, 1 bottom, 2 left, 3 right."""
+    if edge == 1:
+        return a[::-1]
+    if edge == 2:
+        return a.T
+    if edge == 3:
+        return a.T[:, ::-1]
+    return a
+
+
+def load_long_range_dense(
+    split: str = "train", image_size: int | None = None, seed: int = 0, n: int | None = None, **options: object
+) -> Dataset:
+    """The dense long-range set as a :class:`Dataset` (default 2,048 train / 512 test, 64 x 64).
+
+    Args:
+        split: ``"train"`` or ``"test"``.
+        image_size: S (default 64).
+        seed: base seed; the splits are independent draws.
+        n: number of images.
+        **options: ``gap``, ``noise`` (see :func:`make_long_range_dense`).
+    """
+    if n is None:
+        n = 2048 if split == "train" else 512
+    arrays = make_long_range_dense(n, 64 if image_size is None else image_size, _split_seed(split, seed), **options)  # type: ignore[arg-type]
+    return Dataset(arrays.images, arrays.labels, list(LONG_RANGE_DENSE_CLASSES), "long-range-dense", ignore_index=IGNORE_INDEX)
+
+
+# ImageNet statistics, as mmsegmentation normalises ADE20K and VOC.
+_MEAN = (0.485, 0.456, 0.406)
+_STD = (0.229, 0.224, 0.225)
+_SPLIT_FOLDERS = {"train": ("train", "training"), "test": ("test", "val", "validation")}
+
+
+def _pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
+    """(image, annotation) paths of one split, sorted by name."""
+    images, annotations = root / "images", root / "annotations"
+    for folder in (images, annotations):
+        if not folder.is_dir():
+            raise ValueError(
+                f"segmentation folder {root}: no '{folder.name}/' folder (expected images/NAME.jpg|png "
+                "and annotations/NAME.png, optionally inside train/ and val/ subfolders)"
+            )
+    for sub in _SPLIT_FOLDERS[split]:  # ADE20K: images/training, images/validation
+        if (images / sub).is_dir():
+            images, annotations = images / sub, annotations / sub
+            if not annotations.is_dir():
+                raise ValueError(f"segmentation folder {root}: {images} exists but {annotations} does not")
+            break
+    else:
+        if any((images / sub).is_dir() for subs in _SPLIT_FOLDERS.values() for sub in subs):
+            raise ValueError(f"segmentation folder {root}: no '{split}' split folder ({' or '.join(_SPLIT_FOLDERS[split])})")
+    pairs = []
+    for img in sorted(p for p in images.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES):
+        ann = annotations / (img.stem + ".png")
+        if not ann.is_file():
+            raise ValueError(f"segmentation folder {root}: image {img.name} has no label map {ann}")
+        pairs.append((img, ann))
+    if not pairs:
+        raise ValueError(f"segmentation folder {root}: no .jpg or .png images in {images}")
+    return pairs
+
+
+def _read(path: Path, kind: str) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            if kind == "image":
+                return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0  # (H, W, 3)
+            if im.mode not in ("L", "P", "I", "I;16"):
+                raise ValueError(
+                    f"label map {path}: mode {im.mode!r} is not a single-channel map of class indices "
+                    "(save label maps as 8-bit grey or palette PNGs)"
+                )
+            return np.asarray(im, dtype=np.int64)  # palette PNGs give their indices
+    except (OSError, UnidentifiedImageError) as err:
+        raise ValueError(f"cannot read {kind} {path}: {err}") from None
+
+
+def _fit(image: np.ndarray, label: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Shorter side to ``size`` (bilinear for the image, nearest for labels), then a centre crop."""
+    h, w = label.shape
+    if image.shape[:2] != (h, w):
+        raise ValueError(f"image is {image.shape[1]}x{image.shape[0]} but its label map is {w}x{h}")
+    scale = size / min(h, w)
+    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+    img = resize(image.transpose(2, 0, 1)[None], (nh, nw), "bilinear")[0]
+    lab = resize(label[None, None], (nh, nw), "nearest")[0, 0]  # nearest: labels stay exact class indices
+    top, left = (nh - size) // 2, (nw - size) // 2
+    return img[:, top : top + size, left : left + size], lab[top : top + size, left : left + size]
+
+
+def load_segmentation_folder(
+    root: str | os.PathLike,
+    split: str = "train",
+    image_size: int | None = None,
+    num_classes: int | None = None,
+    classes: Sequence[str] | None = None,
+    reduce_zero_label: bool = False,
+) -> Dataset:
+    """Read a segmentation set laid out as ADE20K and VOC ship it.
+
+    Layout: ``root/images/NAME.jpg|png`` and ``root/annotations/NAME.png``, where the label
+    map holds one class index per pixel (8-bit grey or palette PNG; 255 = ignored). With
+    split subfolders (``images/train`` or ``images/training``, ``images/val`` or
+    ``images/validation``, the same under ``annotations/``), ``split`` picks one;
+    without them the folder is one split, served for either. Class names come from
+    ``classes``, else from ``root/classes.txt`` (one name a line), else ``class 0, ...``.
+
+    Each image is resized so its shorter side is ``image_size`` (bilinear), the label map
+    likewise with nearest neighbours (so every label stays an exact class index, never a
+    blend of two), then both are centre-cropped to ``image_size`` x ``image_size``. Images
+    are normalised with the ImageNet mean and std (kept in ``dataset.mean``/``std``).
+
+    Args:
+        root: the folder.
+        split: ``"train"`` or ``"test"``.
+        image_size: S (default 64).
+        num_classes: K; default the number of class names, else the largest label + 1.
+        classes: class names (K of them).
+        reduce_zero_label: ADE20K's convention: label 0 ("other") becomes 255 and every
+            other label k becomes k - 1.
+
+    Returns:
+        A :class:`Dataset`: images (N, 3, S, S) float32, labels (N, S, S) int64.
+
+    Raises:
+        ValueError: naming the file and the problem (missing folder or label map, an image
+            that cannot be read, sizes that differ, a label >= K that is not 255).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"segmentation folder {root} does not exist or is not a folder")
+    if split not in _SPLIT_FOLDERS:
+        raise ValueError(f"'split' must be 'train' or 'test', got {split!r}")
+    size = 64 if image_size is None else image_size
+    if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 1:
+        raise ValueError(f"'image_size' must be a positive integer, got {image_size!r}")
+    images, labels = [], []
+    for img_path, ann_path in _pairs(root, split):
+        image, label = _read(img_path, "image"), _read(ann_path, "label map")
+        if reduce_zero_label:
+            label = np.where(label == 0, IGNORE_INDEX, np.where(label == IGNORE_INDEX, IGNORE_INDEX, label - 1))
+        try:
+            img, lab = _fit(image, label, int(size))
+        except ValueError as err:
+            raise ValueError(f"{img_path.name}: {err}") from None
+        images.append(img)
+        labels.append(lab)
+    labels_arr = np.stack(labels).astype(np.int64)
+    if classes is None and (root / "classes.txt").is_file():
+        classes = [line.strip() for line in (root / "classes.txt").read_text().splitlines() if line.strip()]
+    if num_classes is None:
+        valid = labels_arr[labels_arr != IGNORE_INDEX]
+        num_classes = len(classes) if classes is not None else int(valid.max()) + 1 if valid.size else 1
+    names = list(classes) if classes is not None else [f"class {k}" for k in range(num_classes)]
+    if len(names) != num_classes:
+        raise ValueError(f"{len(names)} class names given for num_classes={num_classes}")
+    bad = (labels_arr != IGNORE_INDEX) & ((labels_arr < 0) | (labels_arr >= num_classes))
+    if bad.any():
+        i = int(np.flatnonzero(bad.any(axis=(1, 2)))[0])
+        raise ValueError(
+            f"segmentation folder {root}: label map of image {i} holds {int(labels_arr[i][bad[i]][0])}, "
+            f"outside [0, {num_classes}) and not the ignore index {IGNORE_INDEX}"
+        )
+    mean, std = np.asarray(_MEAN, dtype=np.float32), np.asarray(_STD, dtype=np.float32)
+    stacked = (np.stack(images) - mean[:, None, None]) / std[:, None, None]
+    return Dataset(stacked.astype(np.float32), labels_arr, names, f"folder:{root}", _MEAN, _STD, ignore_index=IGNORE_INDEX)
