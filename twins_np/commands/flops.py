@@ -8,6 +8,7 @@ from typing import Any
 
 def add_parser(sub: Any, name: str) -> None:
     from ..models import list_models
+    from ._common import model_name
 
     p = sub.add_parser(
         name,
@@ -15,7 +16,7 @@ def add_parser(sub: Any, name: str) -> None:
         description="Multiply-adds per layer, computed from the model's structure (no weights, no forward pass). "
         "LayerNorm, softmax, GELU, bias adds, residuals and pooling are not counted.",
     )
-    p.add_argument("model", choices=list_models(), metavar="MODEL", help="one of: " + ", ".join(list_models()))
+    p.add_argument("model", type=model_name, metavar="MODEL", help="one of: " + ", ".join(list_models()))
     p.add_argument(
         "--size", nargs=2, type=int, metavar=("H", "W"), default=None, help="input image size (default: the model's img_size)"
     )

@@ -1,0 +1,84 @@
+"""What the ``twins-np`` commands share: one-line errors, argument types, reading weights.
+
+Every command reports a problem it can name as ``twins-np COMMAND: error: MESSAGE`` on
+stderr and exits with 2 (see :func:`twins_np.cli.main`); the helpers here raise
+:class:`CommandError` (or ``ValueError``) with such a message.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+class CommandError(Exception):
+    """A bad argument or environment: ``main`` prints the message on one line and returns 2."""
+
+
+def model_name(text: str) -> str:
+    """argparse type of ``--model`` / ``MODEL``: a registered name, with a suggestion for a typo."""
+    from ..models import list_models
+    from ..training.overrides import did_you_mean
+
+    names = list_models()
+    if text not in names:
+        raise argparse.ArgumentTypeError(f"unknown model {text!r}{did_you_mean(text, names)}; choose one of {', '.join(names)}")
+    return text
+
+
+def check_device(device: str | None) -> None:
+    """Refuse ``--device gpu`` without CuPy and a GPU, before anything is loaded."""
+    from ..backend import cupy_available
+    from ..training.trainer import NO_GPU
+
+    if device == "gpu" and not cupy_available():
+        raise CommandError(NO_GPU)
+
+
+def is_training_checkpoint(path: Path) -> bool:
+    """True for a ``checkpoint.npz`` written by ``twins-np train`` (its ``format`` entry)."""
+    import zipfile
+
+    if path.suffix != ".npz" or not path.is_file():
+        return False
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return "format.npy" in zf.namelist()
+    except (OSError, zipfile.BadZipFile, EOFError):
+        return False  # reading the weights will explain what is wrong with the file
+
+
+def read_model_weights(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The model's arrays in ``path`` and the training settings recorded with them.
+
+    ``path`` is a training ``checkpoint.npz`` (its ``model.*`` arrays and its config), a
+    ``weights.npz`` written by ``twins-np train`` (its record of the run, see
+    :func:`twins_np.training.read_run_record`), or any weights file
+    :func:`twins_np.io.read_weights` reads (no settings: ``{}``).
+    """
+    from ..io import read_weights
+    from ..training import load_checkpoint, read_run_record
+
+    if path.is_dir():
+        raise CommandError(f"--weights {path} is a folder, not a weights file")
+    if is_training_checkpoint(path):
+        ckpt = load_checkpoint(path)
+        return ckpt["model"], dict(ckpt["config"])
+    state = read_weights(path)
+    return state, read_run_record(path) or {}
+
+
+def check_finite_logits(logits: Any, weights: Path | str) -> None:
+    """Refuse NaN or infinite logits: a probability of nan is no answer."""
+    from ..backend import asnumpy
+
+    host = np.asarray(asnumpy(logits))
+    bad = int((~np.isfinite(host)).sum())
+    if bad:
+        raise CommandError(
+            f"the model's output holds {bad} NaN or infinite value(s) of {host.size}: the weights in {weights} are "
+            "broken (NaN/Inf weights, or values so large that the forward overflows)"
+        )
