@@ -8,6 +8,10 @@ stderr and exits with 2 (see :func:`twins_np.cli.main`); the helpers here raise
 from __future__ import annotations
 
 import argparse
+import contextlib
+import pickle
+import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -82,3 +86,14 @@ def check_finite_logits(logits: Any, weights: Path | str) -> None:
             f"the model's output holds {bad} NaN or infinite value(s) of {host.size}: the weights in {weights} are "
             "broken (NaN/Inf weights, or values so large that the forward overflows)"
         )
+
+
+@contextlib.contextmanager
+def reading_data(data_dir: str | None) -> Iterator[None]:
+    """Name ``--data-dir`` in the errors of reading a dataset (missing, damaged or hostile files)."""
+    try:
+        yield
+    except (FileNotFoundError, pickle.UnpicklingError, tarfile.TarError, EOFError) as err:
+        text = " ".join(str(err).split()).replace("pass its location as data_dir", "pass its location with --data-dir")
+        where = f"--data-dir {data_dir}: " if data_dir is not None else ""
+        raise CommandError(f"{where}{text}") from err

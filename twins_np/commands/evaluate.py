@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         plot_confusion_matrix,
     )
     from ..training.overrides import check_model_overrides
-    from ._common import CommandError, check_device, read_model_weights
+    from ._common import CommandError, check_device, read_model_weights, reading_data
 
     check_device(args.device)
     if args.batch_size < 1:
@@ -83,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
     overrides = setting["model_overrides"] or {}
     check_model_overrides(setting["model"], overrides, args.batch_size, name="--model-overrides")
     data_name = setting["data"] or "digits"
-    data = load_dataset(data_name, args.split, data_dir=setting["data_dir"], seed=setting["data_seed"] or 0)
+    with reading_data(setting["data_dir"]):
+        data = load_dataset(data_name, args.split, data_dir=setting["data_dir"], seed=setting["data_seed"] or 0)
     if args.limit is not None:
         data = data.subset(np.arange(min(args.limit, len(data))))
     model = create_model(

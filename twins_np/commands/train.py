@@ -183,16 +183,19 @@ def run(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace, out: Path, given: dict[str, Any]) -> int:
     from ..training import NonFiniteLossError, TrainConfig, Trainer, blas_threads, clear_outputs
+    from ._common import reading_data
 
     start = time.perf_counter()
     with blas_threads(args.threads):
         if args.resume:
-            trainer = Trainer.resume(out, device=args.device)
+            with reading_data(args.data_dir):
+                trainer = Trainer.resume(out, device=args.device)
             cfg = trainer.config
             print(f"resuming {out} after epoch {trainer.epoch}/{cfg.epochs}")
         else:
             cfg = TrainConfig(**given, device=args.device or "cpu")
-            trainer = Trainer(cfg, out)  # loads the data and builds the model: nothing written yet
+            with reading_data(cfg.data_dir):
+                trainer = Trainer(cfg, out)  # loads the data and builds the model: nothing written yet
             if args.overwrite:
                 removed = clear_outputs(out)
                 if removed:

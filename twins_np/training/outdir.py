@@ -115,8 +115,9 @@ def claim_out_dir(out: str | os.PathLike) -> Iterator[Path]:
         raise ValueError(f"--out {out} is a file, not a folder; choose another --out")
     try:
         out.mkdir(parents=True, exist_ok=True)
-    except FileExistsError as err:  # a parent is a file
-        raise ValueError(f"--out {out}: cannot create the folder, {err.filename} is a file") from err
+    except (FileExistsError, NotADirectoryError) as err:  # a parent is a file
+        blocking = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+        raise ValueError(f"--out {out}: cannot create the folder, {blocking or err.filename} is a file") from err
     except OSError as err:
         raise _not_writable(out, err) from err
     try:
