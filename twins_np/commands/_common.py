@@ -55,8 +55,11 @@ def is_training_checkpoint(path: Path) -> bool:
         return False  # reading the weights will explain what is wrong with the file
 
 
-def read_model_weights(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def read_model_weights(path: Path, model: str | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """The model's arrays in ``path`` and the training settings recorded with them.
+
+    ``model`` is the ``--model`` given, if any: when it differs from the recorded model,
+    the recorded model settings (``model_overrides``) are dropped, the data settings kept.
 
     ``path`` is a training ``checkpoint.npz`` (its ``model.*`` arrays and its config), a
     ``weights.npz`` written by ``twins-np train`` (its record of the run, see
@@ -68,11 +71,19 @@ def read_model_weights(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any
 
     if path.is_dir():
         raise CommandError(f"--weights {path} is a folder, not a weights file")
+    from ..models import list_models
+
     if is_training_checkpoint(path):
         ckpt = load_checkpoint(path)
-        return ckpt["model"], dict(ckpt["config"])
-    state = read_weights(path)
-    return state, read_run_record(path) or {}
+        state, saved = ckpt["model"], dict(ckpt["config"])
+    else:
+        state, saved = read_weights(path), read_run_record(path) or {}
+    if model is not None and saved.get("model") not in (None, model):
+        # --model names another model than the recorded one: the recorded overrides belong to that one
+        saved = {k: v for k, v in saved.items() if k not in ("model", "model_overrides")}
+    if model is None and "model" in saved and saved["model"] not in list_models():
+        raise CommandError(f"{path} records the model {saved['model']!r}, which this twins-np does not know; pass --model")
+    return state, saved
 
 
 def check_finite_logits(logits: Any, weights: Path | str) -> None:

@@ -67,10 +67,10 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else None
     if out is not None and out.exists() and not out.is_dir():
         raise CommandError(f"--out {out} is a file, not a folder")
+    if args.model_overrides is not None:  # what was typed is checked before the weights are read
+        check_model_overrides(args.model or "twins_svt_teach32", args.model_overrides, args.batch_size, "--model-overrides")
     weights = Path(args.weights)
-    state, saved = read_model_weights(weights)
-    if args.model is not None and saved.get("model") not in (None, args.model):
-        saved = {k: v for k, v in saved.items() if k != "model_overrides"}  # they belong to the recorded model
+    state, saved = read_model_weights(weights, args.model)
     setting = {
         k: getattr(args, k) if getattr(args, k) is not None else saved.get(k)
         for k in ("model", "model_overrides", "data", "data_dir", "data_seed")

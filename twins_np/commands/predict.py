@@ -105,14 +105,12 @@ def run(args: argparse.Namespace) -> int:
     image = read_image(Path(args.image))
 
     weights = Path(args.weights)
-    state, saved = read_model_weights(weights)
+    state, saved = read_model_weights(weights, args.model)
     name = args.model or saved.get("model")
     if name is None:
         raise CommandError(
             f"--model is needed: {weights} records no model (only checkpoint.npz and weights.npz of twins-np train do)"
         )
-    if name != saved.get("model"):
-        saved = {}  # the recorded settings belong to another model
     head = state.get("head.weight")
     if head is None or head.ndim != 2:
         raise CommandError(f"--weights {weights} has no classifier head (head.weight): nothing to predict")
@@ -128,7 +126,8 @@ def run(args: argparse.Namespace) -> int:
     size = int(overrides.get("img_size") or MODEL_CONFIGS[name].get("img_size", 224))
     mean, std, classes, crop_pct = _readout(saved, in_chans)
     x = _input(image, size, in_chans, mean, std, crop_pct)
-    logits = asnumpy(model(to_device(x, args.device)))
+    with np.errstate(over="ignore", invalid="ignore"):  # non-finite logits are reported below, in one line
+        logits = asnumpy(model(to_device(x, args.device)))
     check_finite_logits(logits, weights)
     rows = topk(logits, k=min(args.topk, logits.shape[-1]), names=classes)
 
