@@ -67,8 +67,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else None
     if out is not None and out.exists() and not out.is_dir():
         raise CommandError(f"--out {out} is a file, not a folder")
-    if args.model_overrides is not None:  # what was typed is checked before the weights are read
-        check_model_overrides(args.model or "twins_svt_teach32", args.model_overrides, args.batch_size, "--model-overrides")
+    if args.model is not None and args.model_overrides is not None:  # what was typed, before the weights are read
+        check_model_overrides(args.model, args.model_overrides, args.batch_size, "--model-overrides")
     weights = Path(args.weights)
     state, saved = read_model_weights(weights, args.model)
     setting = {
@@ -81,7 +81,10 @@ def run(args: argparse.Namespace) -> int:
             "a weights.npz of twins-np 0.1.0 and other weights files do not)"
         )
     overrides = setting["model_overrides"] or {}
-    check_model_overrides(setting["model"], overrides, args.batch_size, name="--model-overrides")
+    typed = args.model_overrides is not None
+    check_model_overrides(
+        setting["model"], overrides, args.batch_size, "--model-overrides" if typed else f"the model_overrides recorded in {weights}"
+    )
     data_name = setting["data"] or "digits"
     with reading_data(setting["data_dir"]):
         data = load_dataset(data_name, args.split, data_dir=setting["data_dir"], seed=setting["data_seed"] or 0)
