@@ -81,10 +81,8 @@ def run(args: argparse.Namespace) -> int:
             "a weights.npz of twins-np 0.1.0 and other weights files do not)"
         )
     overrides = setting["model_overrides"] or {}
-    typed = args.model_overrides is not None
-    check_model_overrides(
-        setting["model"], overrides, args.batch_size, "--model-overrides" if typed else f"the model_overrides recorded in {weights}"
-    )
+    what = "--model-overrides" if args.model_overrides is not None else f"the model_overrides recorded in {weights}"
+    check_model_overrides(setting["model"], overrides, args.batch_size, what)
     data_name = setting["data"] or "digits"
     with reading_data(setting["data_dir"]):
         data = load_dataset(data_name, args.split, data_dir=setting["data_dir"], seed=setting["data_seed"] or 0)
