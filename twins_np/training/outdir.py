@@ -54,6 +54,9 @@ _OUTPUT_PATTERNS = ("confusion_matrix_*.png", "evaluation_*.json")  # twins-np e
 _TEMPORARY = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp$")
 
 
+_PROBE = "twins-np-write-test"  # the write test's own temporary file
+
+
 class OutDirBusyError(RuntimeError):
     """Another run holds the output folder's lock."""
 
@@ -82,7 +85,7 @@ def remove_leftovers(out: Path) -> list[Path]:
     Only temporaries of the files twins-np writes there are touched; call it with the lock
     held, so that no running writer owns them.
     """
-    names = set(OUTPUT_NAMES)
+    names = {*OUTPUT_NAMES, _PROBE}
     removed = []
     for path in out.iterdir() if out.is_dir() else ():
         m = _TEMPORARY.match(path.name)
@@ -127,7 +130,7 @@ def claim_out_dir(out: str | os.PathLike) -> Iterator[Path]:
     try:
         _lock(fd, out)
         try:  # the lock file may already exist in a read-only folder: test an actual write
-            probe_fd, probe = tempfile.mkstemp(dir=out, prefix=".twins-np-write-test.", suffix=".tmp")
+            probe_fd, probe = tempfile.mkstemp(dir=out, prefix=f".{_PROBE}.", suffix=".tmp")
             os.close(probe_fd)
             os.unlink(probe)
         except OSError as err:
