@@ -80,9 +80,10 @@ def test_full_disk(run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert not list((tmp_path / "run").glob("*.tmp")) and not (tmp_path / "run" / "checkpoint.npz").exists()
 
     line = fails(["evaluate", "--weights", run_dir / "weights.npz", "--limit", "4", "--out", tmp_path / "ev"], capsys)
-    assert "the disk is full" in line
+    assert line.endswith(f"{tmp_path / 'ev'}: the disk is full; free some space or write elsewhere")
     line = fails(["convert", run_dir / "weights.npz", tmp_path / "w.safetensors"], capsys)
-    assert "the disk is full" in line and not (tmp_path / "w.safetensors").exists()
+    assert line.endswith(f"{tmp_path / 'w.safetensors'}: the disk is full; free some space or write elsewhere")
+    assert not (tmp_path / "w.safetensors").exists()
 
 
 def test_read_only_file_system(run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:

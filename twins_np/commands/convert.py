@@ -28,7 +28,10 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"IN {args.input} is a folder, not a weights file")
     if Path(args.output).is_dir():
         raise CommandError(f"OUT {args.output} is a folder; give the file to write, e.g. {Path(args.output) / 'weights.npz'}")
-    arrays = convert_weights(args.input, args.output)  # ImportError for .pth without torch: one line from main
+    from ..training import writing_into
+
+    with writing_into(args.output):
+        arrays = convert_weights(args.input, args.output)  # ImportError for .pth without torch: one line from main
     n = sum(int(a.size) for a in arrays.values())
     dtypes = ", ".join(sorted({str(a.dtype) for a in arrays.values()}))
     print(f"wrote {len(arrays)} arrays ({n:,} values; {dtypes}) to {args.output}")

@@ -55,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
         format_confusion_matrix,
         per_class_accuracy,
         plot_confusion_matrix,
+        writing_into,
     )
     from ..training.overrides import check_model_overrides
     from ._common import CommandError, check_device, read_model_weights, reading_data
@@ -115,9 +116,10 @@ def run(args: argparse.Namespace) -> int:
 
     out = out if out is not None else weights.parent
     out.mkdir(parents=True, exist_ok=True)
-    png = plot_confusion_matrix(
-        cm, data.classes, out / f"confusion_matrix_{args.split}.png", title=f"{setting['model']} / {data_name} / {args.split}"
-    )
+    with writing_into(out):
+        png = plot_confusion_matrix(
+            cm, data.classes, out / f"confusion_matrix_{args.split}.png", title=f"{setting['model']} / {data_name} / {args.split}"
+        )
     report = {
         "weights": str(weights),
         "model": setting["model"],
@@ -135,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
     def write_json(f: IO[bytes]) -> None:
         f.write(text.encode("utf-8"))
 
-    atomic_write(js, write_json)
+    with writing_into(out):
+        atomic_write(js, write_json)
     print(f"\nwrote {png} and {js}")
     return 0

@@ -32,7 +32,7 @@ from .metrics import (
     read_metrics,
     write_metrics,
 )
-from .outdir import OutDirBusyError, claim_out_dir, clear_outputs, earlier_outputs, remove_leftovers
+from .outdir import OutDirBusyError, claim_out_dir, clear_outputs, earlier_outputs, remove_leftovers, writing_into
 from .trainer import (
     CHECKPOINT_NAME,
     WEIGHTS_NAME,
@@ -79,4 +79,5 @@ __all__ = [
     "save_checkpoint",
     "save_npz",
     "write_metrics",
+    "writing_into",
 ]

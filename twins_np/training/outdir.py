@@ -34,6 +34,7 @@ __all__ = [
     "clear_outputs",
     "earlier_outputs",
     "remove_leftovers",
+    "writing_into",
 ]
 
 LOCK_NAME = ".lock"
@@ -159,3 +160,18 @@ def _lock(fd: int, out: Path) -> None:
         raise OutDirBusyError(
             f"--out {out} is in use by another twins-np run{holder}: wait for it to end, or choose another --out"
         ) from None
+
+
+@contextlib.contextmanager
+def writing_into(path: str | os.PathLike) -> Iterator[None]:
+    """Give a file-system error raised while writing into ``path`` that path's name.
+
+    ``write()`` on a full disk raises ``OSError(ENOSPC)`` without a file name; the user
+    needs to know which folder or file could not be written.
+    """
+    try:
+        yield
+    except OSError as err:
+        if err.errno is None or err.filename is not None:
+            raise
+        raise OSError(err.errno, err.strerror or os.strerror(err.errno), str(path)) from err

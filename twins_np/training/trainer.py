@@ -38,7 +38,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -54,6 +53,7 @@ from ..models import Twins, create_model, list_models
 from ..optim import AdamW, CosineSchedule, clip_grad_norm, param_groups
 from .checkpoint import load_checkpoint, restore_rng_states, save_checkpoint, save_npz
 from .metrics import confusion_matrix, plot_confusion_matrix, plot_learning_curves, write_metrics
+from .outdir import writing_into
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -440,7 +440,7 @@ class Trainer:
         }
         self.history.append(row)
         self.last_eval = result
-        with _naming_the_folder(self.out_dir):
+        with writing_into(self.out_dir):
             self.save_checkpoint()
             write_metrics(self.out_dir, self.history)
             eps = self.config.label_smoothing
@@ -524,12 +524,12 @@ class Trainer:
         (:func:`~twins_np.training.checkpoint.read_run_record`): ``twins-np evaluate`` and
         ``twins-np predict`` then rebuild the model without ``--model``.
         """
-        with _naming_the_folder(self.out_dir):
+        with writing_into(self.out_dir):
             save_npz(self.out_dir / WEIGHTS_NAME, self.model.state_dict(), record={"config": self.config.to_dict()})
         result = self.last_eval if self.last_eval is not None else self.evaluate(self.test_set)
         self.last_eval = result
         cm = confusion_matrix(result.labels, result.preds, self.test_set.num_classes)
-        with _naming_the_folder(self.out_dir):
+        with writing_into(self.out_dir):
             plot_confusion_matrix(cm, self.test_set.classes, self.out_dir / "confusion_matrix.png", title=self._title("test"))
 
     # -- helpers -----------------------------------------------------------------------------
@@ -540,21 +540,6 @@ class Trainer:
     def _non_finite(self, what: str, value: float, epoch: int, step: int, steps: int) -> NonFiniteLossError:
         ckpt = self.checkpoint_path if self._checkpoint_is_ours and self.checkpoint_path.is_file() else None
         return NonFiniteLossError(what, value, epoch, step, steps, ckpt, self.epoch)
-
-
-@contextlib.contextmanager
-def _naming_the_folder(out_dir: Path) -> Iterator[None]:
-    """Give a file-system error raised while writing the run's files the folder's name.
-
-    ``write()`` on a full disk raises ``OSError(ENOSPC)`` without a file name; the user
-    needs to know which folder could not be written.
-    """
-    try:
-        yield
-    except OSError as err:
-        if err.errno is None or err.filename is not None:
-            raise
-        raise OSError(err.errno, err.strerror or os.strerror(err.errno), str(out_dir)) from err
 
 
 def evaluate_model(
