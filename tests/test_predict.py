@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -205,3 +206,67 @@ def test_predict_on_gpu(tmp_path, capsys):
     _check_rows(gpu_rows)
     assert [r[1] for r in gpu_rows] == [r[1] for r in cpu_rows]
     np.testing.assert_allclose([r[2] for r in gpu_rows], [r[2] for r in cpu_rows], atol=2e-6)
+
+
+# -- a real photo, training checkpoints, checks before loading ------------------------------------------
+PHOTO = Path(__file__).parent / "data_files" / "chelsea.jpg"  # CC0, see tests/data_files/README.md
+
+
+def test_predict_on_a_real_photo(tmp_path, capsys):
+    """A JPEG photo of a cat (300x300, tests/data_files) through timm's eval transform and a 1000-class model."""
+    model = _teach_model_1000(seed=1)
+    weights = save_weights(model, tmp_path / "teach64.npz")  # random weights: the classes are arbitrary
+    assert main(["predict", str(PHOTO), "--model", "twins_svt_teach64", "--weights", str(weights), "--topk", "3"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == f"twins_svt_teach64 on {PHOTO} (64x64 crop), weights {weights}"
+    rows = _rows(out)
+    _check_rows(rows, k=3)
+    expected = topk(model(preprocess(load_image(PHOTO), size=64)), k=3)
+    assert [r[1] for r in rows] == [i for i, _, _ in expected]
+    np.testing.assert_allclose([r[2] for r in rows], [p for _, _, p in expected], atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    """One short epoch of a tiny teach32 model on digits (1 channel, classes '0'..'9')."""
+    from twins_np.training import blas_threads
+
+    out = tmp_path_factory.mktemp("digits")
+    tiny = '{"embed_dims": [8, 16, 32], "num_heads": [1, 2, 2], "depths": [2, 2, 2]}'
+    argv = ["train", "--epochs", "1", "--model-overrides", tiny, "--batch-size", "16", "--limit-train", "32"]
+    with blas_threads(1):
+        assert main([*argv, "--limit-test", "16", "--out", str(out)]) == 0
+    return out
+
+
+def test_predict_accepts_training_checkpoints_and_weights(digits_run, capsys):
+    """checkpoint.npz and weights.npz of twins-np train: no --model, the run's classes and normalisation."""
+    results = {}
+    for name in ("checkpoint.npz", "weights.npz"):
+        assert main(["predict", str(PHOTO), "--weights", str(digits_run / name), "--topk", "10"]) == 0
+        out = capsys.readouterr().out
+        assert out.splitlines()[0].startswith(f"twins_svt_teach32 on {PHOTO} (32x32 crop)")
+        rows = _rows(out)
+        assert sorted(r[3] for r in rows) == [str(k) for k in range(10)]  # the digits' class names
+        assert all(r[3] == str(r[1]) for r in rows)
+        assert sum(r[2] for r in rows) == pytest.approx(1.0, abs=1e-5)
+        results[name] = rows
+    assert results["checkpoint.npz"] == results["weights.npz"]  # the same model, read from either file
+
+
+def test_predict_checks_image_and_topk_before_loading(tmp_path, capsys, monkeypatch):
+    weights = save_weights(_teach_model_1000(), tmp_path / "w.npz")
+    monkeypatch.setattr("twins_np.io.read_weights", lambda *a, **k: pytest.fail("the weights were read"))
+    assert main(["predict", str(PHOTO), "--model", "twins_svt_teach64", "--weights", str(weights), "--topk", "0"]) == 2
+    assert capsys.readouterr().err == "twins-np predict: error: --topk must be >= 1, got 0\n"
+    (tmp_path / "cat.png").write_text("not a picture")
+    assert main(["predict", str(tmp_path / "cat.png"), "--weights", str(weights)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"twins-np predict: error: IMAGE {tmp_path / 'cat.png'} cannot be read as an image (")
+    assert err.count("\n") == 1
+
+
+def test_predict_without_model_on_plain_weights_says_what_to_do(tmp_path, capsys):
+    weights = save_weights(_teach_model_1000(), tmp_path / "w.safetensors")
+    assert main(["predict", str(PHOTO), "--weights", str(weights)]) == 2
+    assert "--model is needed: " in capsys.readouterr().err

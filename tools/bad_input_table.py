@@ -57,8 +57,8 @@ class Case:
     Attributes:
         entry: the public entry point, as a user writes it.
         bad: what is wrong with the input, in a few words.
-        expect: the exception a user should get (``SystemExit`` for an argparse error;
-            CLI cases that return 2 use ``expect=None``).
+        expect: the exception a user should get (``None`` for CLI cases: ``main`` returns
+            2 for every bad input, argparse's errors included).
         match: a regular expression the message (or the CLI's stderr) must contain.
         run: calls the entry point; if it returns instead of raising, it returns a
             short description of what came back (shown in the table).
@@ -534,19 +534,56 @@ CASES: list[Case] = [
     Case("clip_grad_norm", "max_norm = -1", ValueError, r"max_norm must be > 0, got -1",
          lambda: (clip_grad_norm(_teach().parameters(), -1.0), "returned")[1]),
     # the command line
-    Case("twins-np flops", "unknown model", SystemExit, r"invalid choice: 'twins_svt_tiny'",
-         argv=("flops", "twins_svt_tiny")),
+    Case("twins-np flops", "a mistyped model name", None, r"unknown model 'twins_svt_smal' \(did you mean 'twins_svt_small'\?\)",
+         argv=("flops", "twins_svt_smal")),
     Case("twins-np flops", "--size 16 16 for twins_svt_small", None, r"4x4 token grid is smaller than .* sr=8",
          argv=("flops", "twins_svt_small", "--size", "16", "16")),
     Case("twins-np flops", "--depth -1", None, r"--depth must be >= 0, got -1",
          argv=("flops", "twins_svt_small", "--depth", "-1")),
-    Case("twins-np flops", "--batch x", SystemExit, r"argument --batch: invalid int value: 'x'",
+    Case("twins-np flops", "--batch x", None, r"argument --batch: invalid int value: 'x'",
          argv=("flops", "twins_svt_small", "--batch", "x")),
-    Case("twins-np predict", "a weights file that does not exist", None, r"no such weights file: /nonexistent/w.npz",
+    Case("twins-np predict", "an image that does not exist", None, r"IMAGE /nonexistent/cat.png: no such file",
          argv=("predict", "/nonexistent/cat.png", "--model", "twins_svt_teach32", "--weights", "/nonexistent/w.npz")),
+    Case("twins-np predict", "a file Pillow cannot read as IMAGE", None,
+         r"IMAGE tests/data_files/README.md cannot be read as an image",
+         argv=("predict", "tests/data_files/README.md", "--weights", "/nonexistent/w.npz")),
+    Case("twins-np predict", "a folder as IMAGE", None, r"IMAGE tests/data_files is a folder, not an image file",
+         argv=("predict", "tests/data_files", "--weights", "/nonexistent/w.npz")),
+    Case("twins-np predict", "--topk 0 (checked before the weights are read)", None, r"--topk must be >= 1, got 0",
+         argv=("predict", "tests/data_files/chelsea.jpg", "--weights", "/nonexistent/w.npz", "--topk", "0")),
+    Case("twins-np predict", "a weights file that does not exist", None, r"no such weights file: /nonexistent/w.npz",
+         argv=("predict", "tests/data_files/chelsea.jpg", "--model", "twins_svt_teach32", "--weights", "/nonexistent/w.npz")),
+    Case("twins-np predict", "a folder as --weights", None, r"--weights tests/data_files is a folder, not a weights file",
+         argv=("predict", "tests/data_files/chelsea.jpg", "--weights", "tests/data_files")),
+    Case("twins-np evaluate", "a mistyped --model", None,
+         r"unknown model 'twins_svt_teach23' \(did you mean 'twins_svt_teach32'\?\)",
+         argv=("evaluate", "--weights", "w.npz", "--model", "twins_svt_teach23")),
+    Case("twins-np evaluate", "--batch-size 0", None, r"--batch-size must be >= 1, got 0",
+         argv=("evaluate", "--weights", "w.npz", "--batch-size", "0")),
+    Case("twins-np evaluate", "a file as --out", None, r"--out README.md is a file, not a folder",
+         argv=("evaluate", "--weights", "w.npz", "--out", "README.md")),
+    Case("twins-np train", "a file as --out", None, r"--out README.md is a file, not a folder",
+         argv=("train", "--out", "README.md")),
+    Case("twins-np train", "--epochs 0", None, r"--epochs must be >= 1, got 0",
+         argv=("train", "--out", "/nonexistent/run", "--epochs", "0")),
+    Case("twins-np train", "a mistyped --model-overrides key", None,
+         r"--model-overrides: unknown key 'embed_dim' \(did you mean 'embed_dims'\?\); valid keys: attn_drop_rate, ",
+         argv=("train", "--out", "/nonexistent/run", "--model-overrides", '{"embed_dim": [8, 16, 32]}')),
+    Case("twins-np train", "a zero size in --model-overrides", None,
+         r"embed_dims must be a list of 3 integers >= 1 .* got \[0, 16, 32\]",
+         argv=("train", "--out", "/nonexistent/run", "--model-overrides", '{"embed_dims": [0, 16, 32]}')),
+    Case("twins-np train", "a negative eps in --model-overrides", None, r"norm_eps must be a number > 0 .* got -1e-06",
+         argv=("train", "--out", "/nonexistent/run", "--model-overrides", '{"norm_eps": -1e-6}')),
+    Case("twins-np train", "a string for a size in --model-overrides", None, r"patch_size must be an integer >= 1, got \"2\"",
+         argv=("train", "--out", "/nonexistent/run", "--model-overrides", '{"patch_size": "2"}')),
+    Case("twins-np train", "a window of 100000 on a 16x16 map", None,
+         r"wss\[0\] = 100000 is far larger than stage 1's 16x16 .* would need",
+         argv=("train", "--out", "/nonexistent/run", "--model-overrides", '{"wss": [100000, 4, 4]}')),
     Case("twins-np convert", "an input with an unknown suffix", None, r"weights.txt: unknown weights format",
          argv=("convert", "weights.txt", "out.npz")),
-    Case("twins-np", "no command", SystemExit, r"the following arguments are required: COMMAND",
+    Case("twins-np convert", "a folder as OUT", None, r"OUT docs is a folder; give the file to write",
+         argv=("convert", "w.npz", "docs")),
+    Case("twins-np", "no command", None, r"the following arguments are required: COMMAND",
          argv=()),
 ]  # fmt: skip
 
@@ -554,23 +591,24 @@ CASES: list[Case] = [
 # --- running the cases ------------------------------------------------------------------
 
 
-def run_cli(argv: tuple[str, ...]) -> tuple[int, str, bool]:
-    """``twins_np.cli.main(argv)`` -> (exit status, stderr, whether argparse exited)."""
+def run_cli(argv: tuple[str, ...]) -> tuple[int, str]:
+    """``twins_np.cli.main(argv)`` run in the repository's root -> (exit status, stderr).
+
+    Paths in the cases are relative to the root (``tests/data_files/chelsea.jpg``), so the
+    messages, and the page, are the same on every machine.
+    """
     err, out = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
-        try:
-            rc, by_argparse = cli_main(list(argv)), False
-        except SystemExit as e:
-            rc, by_argparse = (e.code if isinstance(e.code, int) else 1), True
-    return rc, err.getvalue(), by_argparse
+    with contextlib.chdir(ROOT), contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        rc = cli_main(list(argv))
+    return rc, err.getvalue()
 
 
 def outcome(case: Case) -> tuple[str, str]:
     """What the case does now: (exception column, message column) of the table."""
     if case.argv is not None:
-        rc, err, by_argparse = run_cli(case.argv)
+        rc, err = run_cli(case.argv)
         lines = [ln for ln in err.splitlines() if ln.strip()]
-        return f"exit {rc}" + (" (argparse)" if by_argparse else ""), (lines[-1] if lines else "")
+        return f"exit {rc}", (lines[-1] if lines else "")
     assert case.run is not None
     try:
         result = case.run()
@@ -629,8 +667,17 @@ What is refused, and why:
 - **State dicts must match.** `load_state_dict` lists missing and unexpected keys
   (`KeyError`, unless `strict=False`) and every wrongly shaped key, expected vs received
   (`ValueError`).
-- **The command line** prints `twins-np <command>: error: <message>` to stderr and exits with
-  status 2, for its own errors (`main()` returns 2) and for argparse's (which exits with 2).
+- **The command line** prints one line `twins-np <command>: error: <message>` to stderr and
+  exits with status 2 for every bad input or environment: a bad option (argparse's errors
+  too; `main()` returns 2 and never raises `SystemExit`, while `--help` and `--version` exit
+  with 0), a missing, damaged or hostile file, an image Pillow cannot read, a file where a
+  folder is expected or the other way round, a read-only or full disk, an output folder in
+  use by another run, `--model-overrides` values the model cannot take (a window that would
+  need more memory than the machine has is refused with the memory it would need), NaN or
+  infinite logits from `predict` or `evaluate`. Status 1 means only that a training run
+  stopped on a NaN/Inf (or that `gradcheck` found a failing layer). `tests/test_cli_faults.py`
+  tests one case of each kind of fault, the file-system ones included, which this table
+  cannot show (they depend on the machine).
 
 The table below is generated by `tools/bad_input_table.py`, which runs each case and records
 what happens now; `tests/reliability/test_bad_inputs.py` fails when this page is out of date

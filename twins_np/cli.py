@@ -2,14 +2,26 @@
 
 Each command lives in its own module under :mod:`twins_np.commands` and provides
 ``add_parser(subparsers)`` and ``run(args) -> int``.
+
+Exit codes: 0 success; 2 bad input or environment (a bad option, a missing, damaged or
+hostile file, an unreadable image, a read-only or full disk, a folder where a file is
+expected or the other way round, an output folder in use by another run), always with one
+line ``twins-np COMMAND: error: MESSAGE`` on stderr; 1 only when a training run stopped on
+a NaN/Inf (and when ``gradcheck`` finds a failing layer).
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
+import pickle
 import sys
+import tarfile
+import zipfile
 from collections.abc import Sequence
+
+from . import __version__
 
 # command name -> module in twins_np.commands
 COMMANDS = {
@@ -46,6 +58,7 @@ def _tune_malloc() -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="twins-np", description="Twins vision transformers in NumPy/CuPy.")
+    parser.add_argument("--version", action="version", version=f"twins-np {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, mod in COMMANDS.items():
@@ -54,14 +67,51 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _os_error(err: OSError) -> str:
+    """One line for a file-system fault: the file, what went wrong, what to do."""
+    where = f"{err.filename}: " if err.filename else ""
+    hint = {
+        errno.ENOSPC: "the disk is full; free some space or write elsewhere",
+        errno.EROFS: "the file system is read-only; write elsewhere",
+        errno.EACCES: "permission denied",
+        errno.EISDIR: "a folder where a file is expected",
+        errno.ENOTDIR: "a file where a folder is expected",
+        errno.ENOENT: "no such file or folder",
+    }.get(err.errno or 0)
+    return f"{where}{hint or err.strerror or err}"
+
+
+def _message(err: BaseException) -> str:
+    if isinstance(err, KeyError) and len(err.args) == 1 and isinstance(err.args[0], str):
+        return err.args[0]  # str(KeyError) would quote the message
+    if isinstance(err, MemoryError):
+        return f"out of memory{': ' + str(err) if str(err) else ''}; try a smaller --batch-size or a smaller model"
+    if isinstance(err, OSError) and err.errno is not None:  # from the OS, not a message of ours
+        return _os_error(err)
+    text = " ".join(str(err).split())  # one line
+    return text or type(err).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``twins-np ARGV``; returns the exit code (see the module docstring), never raises SystemExit."""
     _tune_malloc()
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # argparse printed its message (or the help / the version)
+        return 0 if e.code in (0, None) else 2
+    from .commands._common import CommandError
+
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError, KeyError) as e:
-        print(f"twins-np {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    except (CommandError, ValueError, TypeError, RuntimeError, KeyError, ImportError, OSError, EOFError) as e:
+        error: BaseException = e
+    except (zipfile.BadZipFile, tarfile.TarError, pickle.UnpicklingError, MemoryError) as e:
+        error = e  # a damaged archive, a refused pickle (a hostile CIFAR-10 batch), too large a model
+    except KeyboardInterrupt:
+        print(f"twins-np {args.command}: interrupted", file=sys.stderr)
+        return 130  # the shell's code for a process ended by SIGINT
+    print(f"twins-np {args.command}: error: {_message(error)}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import sys
+from pathlib import Path
 from typing import Any
 
 
@@ -22,12 +22,16 @@ def add_parser(sub: Any, name: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..io import convert_weights
+    from ._common import CommandError
 
-    try:
-        arrays = convert_weights(args.input, args.output)
-    except ImportError as e:  # a .pth file without torch installed
-        print(f"twins-np {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    if Path(args.input).is_dir():
+        raise CommandError(f"IN {args.input} is a folder, not a weights file")
+    if Path(args.output).is_dir():
+        raise CommandError(f"OUT {args.output} is a folder; give the file to write, e.g. {Path(args.output) / 'weights.npz'}")
+    from ..training import writing_into
+
+    with writing_into(args.output):
+        arrays = convert_weights(args.input, args.output)  # ImportError for .pth without torch: one line from main
     n = sum(int(a.size) for a in arrays.values())
     dtypes = ", ".join(sorted({str(a.dtype) for a in arrays.values()}))
     print(f"wrote {len(arrays)} arrays ({n:,} values; {dtypes}) to {args.output}")

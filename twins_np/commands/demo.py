@@ -68,15 +68,10 @@ def _pick_examples(labels: np.ndarray, preds: np.ndarray, n: int = 16, wrong: in
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..backend import cupy_available
-    from ..training import TrainConfig, Trainer, blas_threads, plot_predictions
+    from ..training import TrainConfig, Trainer, blas_threads, claim_out_dir, clear_outputs, plot_predictions
+    from ._common import check_device
 
-    if args.device == "gpu" and not cupy_available():
-        print(
-            f"twins-np {args.command}: error: --device gpu needs CuPy and a CUDA GPU, and none was found; use --device cpu",
-            file=sys.stderr,
-        )
-        return 2
+    check_device(args.device)
     start = time.perf_counter()
     status = 0
     if not args.no_gradcheck:
@@ -100,8 +95,9 @@ def run(args: argparse.Namespace) -> int:
         limit_train=args.limit_train,
         limit_test=args.limit_test,
     )
-    with blas_threads(args.threads):
+    with claim_out_dir(out), blas_threads(args.threads):  # OUT belongs to this run until it ends
         trainer = Trainer(config, out)
+        clear_outputs(out)  # the demo always starts afresh: no figure of an earlier run is left beside the new ones
         params = sum(p.data.size for p in trainer.model.parameters())
         print(f"== 2. training {DEMO_MODEL} ({params:,} parameters) on digits, {args.device} ==")
         print(
@@ -112,14 +108,13 @@ def run(args: argparse.Namespace) -> int:
         train_start = time.perf_counter()
         history = trainer.fit()
         train_seconds = time.perf_counter() - train_start
-
-    result = trainer.last_eval
-    assert result is not None  # fit() ran to the end
-    test = trainer.test_set
-    pick = _pick_examples(result.labels, result.preds)
-    plot_predictions(
-        test.images[pick], result.labels[pick], result.preds[pick], test.classes, out / "predictions.png", test.mean, test.std
-    )
+        result = trainer.last_eval
+        assert result is not None  # fit() ran to the end
+        test = trainer.test_set
+        pick = _pick_examples(result.labels, result.preds)
+        plot_predictions(
+            test.images[pick], result.labels[pick], result.preds[pick], test.classes, out / "predictions.png", test.mean, test.std
+        )
     images = len(trainer.train_set) * len(history)
     pure = sum(len(trainer.train_set) / row["images_per_s"] for row in history)  # training time without evaluation
     correct = int((result.preds == result.labels).sum())

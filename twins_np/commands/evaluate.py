@@ -1,17 +1,17 @@
 """``twins-np evaluate``: accuracy, per-class accuracy and confusion matrix of trained weights.
 
-The weights may be a ``weights.npz`` written by ``twins-np train`` (or any file
-:func:`twins_np.io.read_weights` reads: .npz, .safetensors, .pth), or a training
-``checkpoint.npz``, whose saved settings then fill in the model and the data.
+The weights may be a ``weights.npz`` written by ``twins-np train`` or a training
+``checkpoint.npz`` (both record the run: its settings fill in the model and the data), or
+any file :func:`twins_np.io.read_weights` reads (.npz, .safetensors, .pth; then ``--model``
+is needed).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from .train import add_model_data_options
 
@@ -22,9 +22,11 @@ def add_parser(sub: Any, name: str) -> None:
     p = sub.add_parser(
         name,
         help="evaluate trained weights on a dataset split: accuracy, per-class accuracy, confusion matrix",
-        description="Print the accuracy, the per-class accuracy and the confusion matrix (rows: true class, columns: "
-        "prediction); write OUT/confusion_matrix_<split>.png and OUT/evaluation_<split>.json. With a training "
-        "checkpoint as --weights, the model and data settings default to the saved run's.",
+        description="Run trained weights over a dataset split and print the accuracy, the per-class accuracy and the "
+        "confusion matrix (rows: true class, columns: prediction); write OUT/confusion_matrix_<split>.png and "
+        "OUT/evaluation_<split>.json. The weights.npz and checkpoint.npz of twins-np train record their run: with "
+        "them --model, --model-overrides and the data options default to the run's (`twins-np evaluate --weights "
+        "run/weights.npz` is enough). Other weights files need --model.",
     )
     p.add_argument(
         "--weights", required=True, metavar="FILE", help="weights.npz from twins-np train, a checkpoint.npz, .safetensors or .pth"
@@ -39,67 +41,57 @@ def add_parser(sub: Any, name: str) -> None:
     p.set_defaults(func=run)
 
 
-def _is_checkpoint(path: Path) -> bool:
-    import numpy as np
-
-    if path.suffix != ".npz" or not path.is_file():
-        return False
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            return "format" in archive.files
-    except (OSError, ValueError):
-        return False  # read_weights will explain what is wrong with the file
-
-
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..backend import cupy_available
     from ..data import load_dataset
-    from ..io import load_arrays, read_weights
+    from ..io import load_arrays
     from ..models import create_model
     from ..training import (
+        atomic_write,
         blas_threads,
         confusion_matrix,
         evaluate_model,
         format_confusion_matrix,
-        load_checkpoint,
         per_class_accuracy,
         plot_confusion_matrix,
+        writing_into,
     )
+    from ..training.overrides import check_model_overrides
+    from ._common import CommandError, check_device, read_model_weights, reading_data
 
-    if args.device == "gpu" and not cupy_available():
-        print(
-            f"twins-np {args.command}: error: --device gpu needs CuPy and a CUDA GPU, and none was found; use --device cpu",
-            file=sys.stderr,
-        )
-        return 2
+    check_device(args.device)
     if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+        raise CommandError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.threads is not None and args.threads < 1:
+        raise CommandError(f"--threads must be >= 1, got {args.threads}")
+    out = Path(args.out) if args.out else None
+    if out is not None and out.exists() and not out.is_dir():
+        raise CommandError(f"--out {out} is a file, not a folder")
+    if args.model is not None and args.model_overrides is not None:  # what was typed, before the weights are read
+        check_model_overrides(args.model, args.model_overrides, args.batch_size, "--model-overrides")
     weights = Path(args.weights)
-    saved: dict[str, Any] = {}
-    if _is_checkpoint(weights):
-        ckpt = load_checkpoint(weights)
-        state, saved = ckpt["model"], ckpt["config"]
-    else:
-        try:
-            state = read_weights(weights)
-        except ImportError as err:  # a .pth file without torch
-            print(f"twins-np {args.command}: error: {err}", file=sys.stderr)
-            return 2
+    state, saved = read_model_weights(weights, args.model)
     setting = {
         k: getattr(args, k) if getattr(args, k) is not None else saved.get(k)
         for k in ("model", "model_overrides", "data", "data_dir", "data_seed")
     }
     if setting["model"] is None:
-        raise ValueError("--model is needed (only a training checkpoint records its model)")
+        raise CommandError(
+            f"--model is needed: {weights} records no model (checkpoint.npz and weights.npz of twins-np train do; "
+            "a weights.npz of twins-np 0.1.0 and other weights files do not)"
+        )
+    overrides = setting["model_overrides"] or {}
+    what = "--model-overrides" if args.model_overrides is not None else f"the model_overrides recorded in {weights}"
+    check_model_overrides(setting["model"], overrides, args.batch_size, what)
     data_name = setting["data"] or "digits"
-    data = load_dataset(data_name, args.split, data_dir=setting["data_dir"], seed=setting["data_seed"] or 0)
+    with reading_data(setting["data_dir"]):
+        data = load_dataset(data_name, args.split, data_dir=setting["data_dir"], seed=setting["data_seed"] or 0)
     if args.limit is not None:
         data = data.subset(np.arange(min(args.limit, len(data))))
     model = create_model(
         setting["model"],
-        **(setting["model_overrides"] or {}),
+        **overrides,
         in_chans=data.images.shape[1],
         num_classes=data.num_classes,
         dtype=np.float32,
@@ -108,7 +100,12 @@ def run(args: argparse.Namespace) -> int:
     model.to_device(args.device)
 
     with blas_threads(args.threads):
-        result = evaluate_model(model, data, args.batch_size, args.device)
+        try:
+            result = evaluate_model(model, data, args.batch_size, args.device, check_finite=True)
+        except FloatingPointError as err:
+            raise CommandError(
+                f"{err}: the weights in {weights} are broken (NaN/Inf weights, or so large that the forward overflows)"
+            ) from err
     cm = confusion_matrix(result.labels, result.preds, data.num_classes)
     per_class = per_class_accuracy(cm)
     correct = int(np.trace(cm))
@@ -117,11 +114,12 @@ def run(args: argparse.Namespace) -> int:
     print("\nconfusion matrix (rows: true class, columns: predicted class):")
     print(format_confusion_matrix(cm, data.classes))
 
-    out = Path(args.out) if args.out else weights.parent
+    out = out if out is not None else weights.parent
     out.mkdir(parents=True, exist_ok=True)
-    png = plot_confusion_matrix(
-        cm, data.classes, out / f"confusion_matrix_{args.split}.png", title=f"{setting['model']} / {data_name} / {args.split}"
-    )
+    with writing_into(out):
+        png = plot_confusion_matrix(
+            cm, data.classes, out / f"confusion_matrix_{args.split}.png", title=f"{setting['model']} / {data_name} / {args.split}"
+        )
     report = {
         "weights": str(weights),
         "model": setting["model"],
@@ -134,6 +132,12 @@ def run(args: argparse.Namespace) -> int:
         "confusion_matrix": cm.tolist(),
     }
     js = out / f"evaluation_{args.split}.json"
-    js.write_text(json.dumps(report, indent=1) + "\n")
+    text = json.dumps(report, indent=1) + "\n"
+
+    def write_json(f: IO[bytes]) -> None:
+        f.write(text.encode("utf-8"))
+
+    with writing_into(out):
+        atomic_write(js, write_json)
     print(f"\nwrote {png} and {js}")
     return 0

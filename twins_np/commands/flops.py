@@ -9,6 +9,7 @@ from typing import Any
 def add_parser(sub: Any, name: str) -> None:
     from ..models import list_models
     from ..models.segmentation import list_segmenters
+    from ._common import model_name
 
     p = sub.add_parser(
         name,
@@ -19,7 +20,7 @@ def add_parser(sub: Any, name: str) -> None:
     names = list_models() + list_segmenters()
     p.add_argument(
         "model",
-        choices=names,
+        type=lambda text: model_name(text, names),
         metavar="MODEL",
         help="one of: " + ", ".join(names) + " (the *_fpn segmenters are built to be counted: a few seconds)",
     )
@@ -47,6 +48,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.depth < 0:
         raise ValueError(f"--depth must be >= 0, got {args.depth}")
+    if args.batch < 1:
+        raise ValueError(f"--batch must be >= 1, got {args.batch}")
+    if args.size is not None and min(args.size) < 1:
+        raise ValueError(f"--size must be two sides >= 1, got {args.size[0]} {args.size[1]}")
     report = count_flops(args.model, args.size, batch_size=args.batch, include_attention=not args.no_attention)
     # LayerNorm rows count 0 MACs; they are hidden here but their parameters are in the total
     print(report.table(depth=args.depth or None, skip_zero=True))

@@ -13,7 +13,12 @@ from ..backend import cupy_version, gpu_description
 
 
 def add_parser(sub: Any, name: str) -> None:
-    p = sub.add_parser(name, help="print versions, the array backend and the GPU")
+    p = sub.add_parser(
+        name,
+        help="print versions, the array backend and the GPU",
+        description="Print the versions of twins-np, Python, NumPy, SciPy and CuPy, the GPU if one is visible, "
+        "and the array backends that can be used.",
+    )
     p.set_defaults(func=run)
 
 

@@ -3,54 +3,136 @@
 from __future__ import annotations
 
 import argparse
-import sys
+from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 
 def add_parser(sub: Any, name: str) -> None:
     from ..models import list_models
+    from ._common import model_name
 
     p = sub.add_parser(
         name,
         help="print the top classes of an image (ImageNet preprocessing, as timm evaluates Twins)",
         description="Resize (bicubic) and centre-crop the image as timm's evaluation transform does, run the model, "
-        "print the most probable classes. The number of classes is read from the checkpoint's head; "
-        "1000 classes are named with the ImageNet-1k labels.",
+        "print the most probable classes. The number of classes is read from the weights' head; 1000 classes are "
+        "named with the ImageNet-1k labels. The weights may also be a training checkpoint.npz or the weights.npz of "
+        "twins-np train: the model, its settings, the input normalisation and the class names then come from the "
+        "recorded run (the whole image is resized to the model's input, grey for one-channel models).",
     )
     p.add_argument("image", metavar="IMAGE", help="image file (anything Pillow reads)")
-    p.add_argument("--model", required=True, choices=list_models(), metavar="MODEL", help="one of: " + ", ".join(list_models()))
-    p.add_argument("--weights", required=True, metavar="FILE", help="checkpoint (.npz, .safetensors, .pth)")
+    p.add_argument(
+        "--model",
+        type=model_name,
+        metavar="MODEL",
+        help="one of: " + ", ".join(list_models()) + " (default: the model recorded in a file of twins-np train)",
+    )
+    p.add_argument(
+        "--weights",
+        required=True,
+        metavar="FILE",
+        help="weights (.npz, .safetensors, .pth), or checkpoint.npz / weights.npz of twins-np train",
+    )
     p.add_argument("--topk", type=int, default=5, metavar="K", help="how many classes to print (default 5)")
     p.add_argument("--device", choices=["cpu", "gpu"], default="cpu", help="where the forward pass runs")
     p.set_defaults(func=run)
 
 
+def read_image(path: Path) -> Any:
+    """The image as RGB, or a one-line :class:`CommandError` when Pillow cannot read it."""
+    from ..imagenet import load_image
+    from ._common import CommandError
+
+    if path.is_dir():
+        raise CommandError(f"IMAGE {path} is a folder, not an image file")
+    if not path.is_file():
+        raise CommandError(f"IMAGE {path}: no such file")
+    try:
+        return load_image(path)
+    except Exception as err:  # Pillow's errors are many (OSError, SyntaxError, DecompressionBombError, ...)
+        reason = " ".join(str(err).split()) or type(err).__name__
+        raise CommandError(f"IMAGE {path} cannot be read as an image ({reason})") from err
+
+
+def _readout(saved: dict[str, Any], in_chans: int) -> tuple[tuple[float, ...], tuple[float, ...], list[str] | None, float]:
+    """(mean, std, class names, crop_pct) of the preprocessing: the training data's, else ImageNet's."""
+    from ..imagenet import DEFAULT_CROP_PCT, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    data = saved.get("data")
+    if data is None:
+        return tuple(IMAGENET_DEFAULT_MEAN), tuple(IMAGENET_DEFAULT_STD), None, DEFAULT_CROP_PCT
+    if data == "cifar10":  # the constants, so that predict needs no copy of CIFAR-10
+        from ..data.cifar10 import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD
+
+        return tuple(CIFAR10_MEAN), tuple(CIFAR10_STD), list(CIFAR10_CLASSES), 1.0
+    from ..data import load_dataset
+
+    ds = load_dataset(data, "test", seed=int(saved.get("data_seed") or 0))
+    mean = tuple(ds.mean) if ds.mean is not None else (0.0,) * in_chans
+    std = tuple(ds.std) if ds.std is not None else (1.0,) * in_chans
+    return mean, std, list(ds.classes), 1.0  # the training images were whole, not centre crops
+
+
+def _input(image: Any, size: int, in_chans: int, mean: tuple[float, ...], std: tuple[float, ...], crop_pct: float) -> np.ndarray:
+    """(1, in_chans, size, size) float32: timm's eval transform; grey (ITU-R 601 luma) for one channel."""
+    from ..imagenet import preprocess
+    from ._common import CommandError
+
+    x01 = preprocess(image, size=size, crop_pct=crop_pct, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    if in_chans == 1:
+        x01 = np.tensordot(np.asarray([0.299, 0.587, 0.114], np.float32), x01[0], axes=1)[None, None]
+    elif in_chans != 3:
+        raise CommandError(f"the model takes {in_chans}-channel images; predict reads grey (1) or RGB (3) images")
+    m = np.asarray(mean, np.float32).reshape(-1, 1, 1)
+    s = np.asarray(std, np.float32).reshape(-1, 1, 1)
+    return np.ascontiguousarray((x01 - m) / s, dtype=np.float32)
+
+
 def run(args: argparse.Namespace) -> int:
     from ..backend import asnumpy, to_device
-    from ..imagenet import load_image, preprocess, topk
-    from ..io import load_arrays, read_weights
+    from ..imagenet import topk
+    from ..io import load_arrays
     from ..models import MODEL_CONFIGS, create_model
+    from ..training.overrides import check_model_overrides
+    from ._common import CommandError, check_device, check_finite_logits, read_model_weights
 
-    try:
-        state = read_weights(args.weights)
-    except ImportError as e:  # a .pth file without torch installed
-        print(f"twins-np {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    # everything the user typed is checked before the (possibly large) weights are read
+    check_device(args.device)
+    if args.topk < 1:
+        raise CommandError(f"--topk must be >= 1, got {args.topk}")
+    image = read_image(Path(args.image))
+
+    weights = Path(args.weights)
+    state, saved = read_model_weights(weights, args.model)
+    name = args.model or saved.get("model")
+    if name is None:
+        raise CommandError(
+            f"--model is needed: {weights} records no model (only checkpoint.npz and weights.npz of twins-np train do)"
+        )
     head = state.get("head.weight")
     if head is None or head.ndim != 2:
-        raise ValueError(f"{args.weights} has no classifier head (head.weight): nothing to predict")
-    # the checkpoint decides the number of classes (1000 for ImageNet weights)
-    model = create_model(args.model, num_classes=int(head.shape[0]))
-    load_arrays(model, state, source=f"checkpoint {args.weights}")
+        raise CommandError(f"--weights {weights} has no classifier head (head.weight): nothing to predict")
+    embed = state.get("patch_embeds.0.proj.weight")
+    in_chans = int(embed.shape[1]) if embed is not None and embed.ndim == 4 else 3
+    overrides = dict(saved.get("model_overrides") or {})
+    check_model_overrides(name, overrides, 1, name=f"the model_overrides recorded in {weights}")
+    # the weights decide the number of classes (1000 for ImageNet weights) and the input channels
+    model = create_model(name, **overrides, num_classes=int(head.shape[0]), in_chans=in_chans)
+    load_arrays(model, state, source=f"weights {weights}")
     model.eval().to_device(args.device)
 
-    size = MODEL_CONFIGS[args.model].get("img_size", 224)
-    x = preprocess(load_image(args.image), size=size)
-    logits = asnumpy(model(to_device(x, args.device)))
-    rows = topk(logits, k=min(args.topk, logits.shape[-1]))
+    size = int(overrides.get("img_size") or MODEL_CONFIGS[name].get("img_size", 224))
+    mean, std, classes, crop_pct = _readout(saved, in_chans)
+    x = _input(image, size, in_chans, mean, std, crop_pct)
+    with np.errstate(over="ignore", invalid="ignore"):  # non-finite logits are reported below, in one line
+        logits = asnumpy(model(to_device(x, args.device)))
+    check_finite_logits(logits, weights)
+    rows = topk(logits, k=min(args.topk, logits.shape[-1]), names=classes)
 
-    print(f"{args.model} on {args.image} ({size}x{size} crop), weights {args.weights}")
+    print(f"{name} on {args.image} ({size}x{size} crop), weights {weights}")
     print(f"{'rank':>4}  {'class':>5}  {'probability':>11}  name")
-    for r, (i, name, p) in enumerate(rows, 1):
-        print(f"{r:>4}  {i:>5}  {p:>11.6f}  {name}")
+    for r, (i, label, p) in enumerate(rows, 1):
+        print(f"{r:>4}  {i:>5}  {p:>11.6f}  {label}")
     return 0

@@ -1,7 +1,8 @@
 """``twins-np train``: train a Twins model on digits, CIFAR-10 or the long-range task.
 
 Exit codes: 0 when training finished (or stopped early on request), 1 when a NaN/Inf
-stopped it, 2 for bad arguments (argparse's own code too).
+stopped it, 2 for bad arguments or environment (argparse's errors too, a missing or
+damaged file, a read-only or full disk, another run holding ``--out``).
 
 Every option's default lives in :class:`twins_np.training.TrainConfig`; argparse gets
 ``None`` instead, so that with ``--resume`` the options given explicitly can be told
@@ -56,14 +57,16 @@ def add_model_data_options(p: argparse.ArgumentParser, defaults: Any) -> None:
     """--model, --model-overrides, --data, --data-dir, --data-seed (shared with ``evaluate``)."""
     from ..data import DATASETS
     from ..models import list_models
+    from ._common import model_name
 
     names = ", ".join(list_models())
-    p.add_argument("--model", choices=list_models(), metavar="NAME", help=f"one of: {names} (default {defaults.model})")
+    p.add_argument("--model", type=model_name, metavar="NAME", help=f"one of: {names} (default {defaults.model})")
     p.add_argument(
         "--model-overrides",
         type=json_object,
         metavar="JSON",
-        help="replace entries of the model's config, e.g. '{\"depths\": [1, 1, 1]}'",
+        help="replace entries of the model's config, e.g. '{\"depths\": [1, 1, 1]}' (keys: the arguments of "
+        "twins_np.models.Twins except in_chans, num_classes, drop_path_rate, seed and dtype)",
     )
     p.add_argument("--data", choices=DATASETS, help=f"dataset; sets the input channels and classes (default {defaults.data})")
     p.add_argument("--data-dir", metavar="DIR", help="where CIFAR-10's python archive (or its folder) lies")
@@ -82,8 +85,9 @@ def add_parser(sub: Any, name: str) -> None:
         description="Train with AdamW (no weight decay on biases, norms and the PEG), a per-update cosine schedule with "
         "linear warm-up, gradient clipping, label smoothing and drop path. After every epoch the test split is "
         "evaluated and OUT/checkpoint.npz, OUT/metrics.csv, OUT/metrics.json and OUT/learning_curves.png are "
-        "written; at the end OUT/weights.npz and OUT/confusion_matrix.png. Exit codes: 0 ok, 1 stopped by a "
-        "NaN/Inf, 2 bad arguments.",
+        "written; at the end OUT/weights.npz and OUT/confusion_matrix.png. OUT belongs to one run at a time (a "
+        "second run into it is refused while the first runs). Exit codes: 0 ok, 1 stopped by a NaN/Inf, 2 bad "
+        "arguments or environment (a missing or damaged file, a read-only or full disk).",
     )
     add_model_data_options(p, d)
     p.add_argument("--epochs", type=int, metavar="N", help=f"passes over the training split (default {d.epochs})")
@@ -106,7 +110,12 @@ def add_parser(sub: Any, name: str) -> None:
     p.add_argument("--threads", type=int, metavar="N", help="BLAS threads (default: the library's; 1 helps on a busy machine)")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--resume", action="store_true", help="continue the run saved in OUT/checkpoint.npz")
-    p.add_argument("--overwrite", action="store_true", help="start afresh even if OUT already holds a checkpoint")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh in an OUT that holds an earlier run: its checkpoint, weights, metrics and figures are "
+        "removed before the first epoch",
+    )
     # quick runs and tests: a subset of the data, or an early stop that acts like an interruption
     p.add_argument("--limit-train", type=int, help=argparse.SUPPRESS)
     p.add_argument("--limit-test", type=int, help=argparse.SUPPRESS)
@@ -120,50 +129,77 @@ def _error(args: argparse.Namespace, message: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..backend import cupy_available
-    from ..training import CHECKPOINT_NAME, NonFiniteLossError, TrainConfig, Trainer, blas_threads
+    from ..training import (
+        CHECKPOINT_NAME,
+        TrainConfig,
+        claim_out_dir,
+        earlier_outputs,
+    )
+    from ._common import check_device
 
-    if args.device == "gpu" and not cupy_available():
-        return _error(
-            args,
-            "--device gpu needs CuPy and a CUDA GPU, and none was found (pip install twins-np[gpu] on a "
-            "machine with an NVIDIA GPU); use --device cpu",
-        )
+    check_device(args.device)  # before anything touches the disk
     out = Path(args.out)
     given = {name: getattr(args, name) for name in _CONFIG_OPTIONS if getattr(args, name) is not None}
     checkpoint = out / CHECKPOINT_NAME
     if args.resume and args.overwrite:
         return _error(args, "--resume and --overwrite exclude each other")
-    if args.resume:
-        if not checkpoint.is_file():
-            return _error(args, f"--resume: no checkpoint at {checkpoint} (run without --resume to start)")
-        from ..training import load_checkpoint
+    if args.threads is not None and args.threads < 1:
+        return _error(args, f"--threads must be >= 1, got {args.threads}")
+    if not args.resume:
+        cfg = TrainConfig(**given, device=args.device or "cpu")
+        cfg.validate(flags=True)  # every setting checked before the folder is touched
+    # The folder belongs to this run until it ends: a second run into it is refused.
+    with claim_out_dir(out):
+        if args.resume:
+            if not checkpoint.is_file():
+                return _error(args, f"--resume: no checkpoint at {checkpoint} (run without --resume to start)")
+            from ..training import load_checkpoint
 
-        saved = load_checkpoint(checkpoint)["config"]
-        differ = [f"--{k.replace('_', '-')} {v!r} (saved: {saved.get(k)!r})" for k, v in given.items() if saved.get(k) != v]
-        if differ:
-            return _error(
-                args,
-                "--resume continues the saved run unchanged, but these options differ from it: "
-                + ", ".join(differ)
-                + "; drop them, or start a new run in another --out",
-            )
-    elif checkpoint.is_file() and not args.overwrite:
-        return _error(
-            args,
-            f"{out} already holds a checkpoint: pass --resume to continue it, --overwrite to start afresh, "
-            "or choose another --out",
-        )
+            saved = load_checkpoint(checkpoint)["config"]
+            differ = [f"--{k.replace('_', '-')} {v!r} (saved: {saved.get(k)!r})" for k, v in given.items() if saved.get(k) != v]
+            if differ:
+                return _error(
+                    args,
+                    "--resume continues the saved run unchanged, but these options differ from it: "
+                    + ", ".join(differ)
+                    + "; drop them, or start a new run in another --out",
+                )
+        elif not args.overwrite:
+            earlier = earlier_outputs(out)
+            if checkpoint.is_file():
+                return _error(
+                    args,
+                    f"{out} already holds a checkpoint: pass --resume to continue it, --overwrite to start afresh, "
+                    "or choose another --out",
+                )
+            if earlier:
+                return _error(
+                    args,
+                    f"{out} already holds an earlier run's files ({', '.join(p.name for p in earlier)}): pass --overwrite "
+                    "to remove them and start afresh, or choose another --out",
+                )
+        return _train(args, out, given)
+
+
+def _train(args: argparse.Namespace, out: Path, given: dict[str, Any]) -> int:
+    from ..training import NonFiniteLossError, TrainConfig, Trainer, blas_threads, clear_outputs
+    from ._common import reading_data
 
     start = time.perf_counter()
     with blas_threads(args.threads):
         if args.resume:
-            trainer = Trainer.resume(out, device=args.device)
+            with reading_data(args.data_dir):
+                trainer = Trainer.resume(out, device=args.device)
             cfg = trainer.config
             print(f"resuming {out} after epoch {trainer.epoch}/{cfg.epochs}")
         else:
             cfg = TrainConfig(**given, device=args.device or "cpu")
-            trainer = Trainer(cfg, out)
+            with reading_data(cfg.data_dir):
+                trainer = Trainer(cfg, out)  # loads the data and builds the model: nothing written yet
+            if args.overwrite:
+                removed = clear_outputs(out)
+                if removed:
+                    print(f"--overwrite: removed the earlier run's {', '.join(p.name for p in removed)} from {out}")
         print(
             f"training {cfg.model} on {cfg.data} ({len(trainer.train_set)} train / {len(trainer.test_set)} test images, "
             f"{trainer.train_set.images.shape[1]} channel(s), {trainer.train_set.num_classes} classes) on {cfg.device}: "

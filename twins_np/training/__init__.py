@@ -11,7 +11,16 @@ Typical use (what ``twins-np train`` does)::
 See :mod:`twins_np.training.trainer` for the update rule and the files written.
 """
 
-from .checkpoint import atomic_write, load_checkpoint, restore_rng_states, rng_states, save_checkpoint, save_npz
+from .checkpoint import (
+    RUN_RECORD_FORMAT,
+    atomic_write,
+    load_checkpoint,
+    read_run_record,
+    restore_rng_states,
+    rng_states,
+    save_checkpoint,
+    save_npz,
+)
 from .metrics import (
     METRIC_COLUMNS,
     confusion_matrix,
@@ -23,6 +32,7 @@ from .metrics import (
     read_metrics,
     write_metrics,
 )
+from .outdir import OutDirBusyError, claim_out_dir, clear_outputs, earlier_outputs, remove_leftovers, writing_into
 from .trainer import (
     CHECKPOINT_NAME,
     WEIGHTS_NAME,
@@ -40,6 +50,13 @@ __all__ = [
     "CHECKPOINT_NAME",
     "WEIGHTS_NAME",
     "METRIC_COLUMNS",
+    "OutDirBusyError",
+    "RUN_RECORD_FORMAT",
+    "claim_out_dir",
+    "clear_outputs",
+    "earlier_outputs",
+    "read_run_record",
+    "remove_leftovers",
     "EvalResult",
     "NonFiniteLossError",
     "TrainConfig",
@@ -62,4 +79,5 @@ __all__ = [
     "save_checkpoint",
     "save_npz",
     "write_metrics",
+    "writing_into",
 ]

@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -48,9 +49,13 @@ __all__ = [
     "restore_rng_states",
     "save_checkpoint",
     "load_checkpoint",
+    "RUN_RECORD_FORMAT",
+    "read_run_record",
 ]
 
 CHECKPOINT_FORMAT = "twins-np-checkpoint/1"
+RUN_RECORD_FORMAT = "twins-np-run/1"
+_MAX_ZIP_COMMENT = 65535  # bytes, the ZIP format's limit
 _SECTIONS = ("model", "optimizer", "schedule", "loader")
 _JSON_KEYS = ("config", "history", "rng")
 
@@ -58,18 +63,65 @@ _JSON_KEYS = ("config", "history", "rng")
 # --- atomic files ----------------------------------------------------------------------
 
 
-def save_npz(path: str | os.PathLike, arrays: dict[str, Any]) -> Path:
+def save_npz(path: str | os.PathLike, arrays: dict[str, Any], record: dict[str, Any] | None = None) -> Path:
     """Atomically write ``{name: array}`` as an uncompressed ``.npz`` (host copies of GPU arrays).
 
     Every value must be numeric or a string (no object arrays): the file then loads
-    with ``allow_pickle=False``.
+    with ``allow_pickle=False``. ``record`` (JSON-serialisable) is kept in the ZIP
+    archive's comment, where readers of the arrays never see it: ``weights.npz`` records
+    the run's settings there, so that ``twins-np evaluate`` and ``predict`` need no
+    ``--model`` (see :func:`read_run_record`).
     """
     host = {name: np.asarray(asnumpy(value)) for name, value in arrays.items()}
     for name, a in host.items():
         if a.dtype == object:
             raise TypeError(f"'{name}' is an object array; a checkpoint stores only numbers and strings")
+    comment = b""
+    if record is not None:
+        comment = json.dumps({"format": RUN_RECORD_FORMAT, **record}, sort_keys=True).encode("utf-8")
+        if len(comment) > _MAX_ZIP_COMMENT:
+            raise ValueError(f"{path}: the run record is {len(comment)} bytes, more than a ZIP comment holds")
     savez: Any = np.savez  # its stubs read a ``**arrays`` dict as the options
-    return atomic_write(path, lambda f: savez(f, **host))
+
+    def write(f: IO[bytes]) -> None:
+        savez(f, **host)
+        if comment:
+            _set_zip_comment(f, comment)
+
+    return atomic_write(path, write)
+
+
+def _set_zip_comment(f: IO[bytes], comment: bytes) -> None:
+    """Append ``comment`` to the ZIP archive just written to ``f`` (without one).
+
+    A ZIP file ends with its end-of-central-directory record, whose last field is the
+    comment's 2-byte length, followed by the comment itself (APPNOTE 4.3.16).
+    """
+    f.seek(-2, os.SEEK_END)
+    f.write(len(comment).to_bytes(2, "little") + comment)
+
+
+def read_run_record(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The run settings recorded in a ``weights.npz`` by :func:`save_npz`, or None.
+
+    None for every file without a record: other formats, ``.npz`` files written by
+    :func:`twins_np.io.save_weights` or NumPy, and ``weights.npz`` of older twins-np
+    versions. Never raises for a damaged file (reading its arrays will say what is wrong).
+    """
+    if not str(path).endswith(".npz"):
+        return None
+    try:
+        with zipfile.ZipFile(path) as zf:
+            raw = zf.comment
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError):
+        return None
+    try:
+        record = json.loads(raw.decode("utf-8")) if raw else None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(record, dict) or record.get("format") != RUN_RECORD_FORMAT or not isinstance(record.get("config"), dict):
+        return None
+    return dict(record["config"])
 
 
 # --- random generator states ------------------------------------------------------------
@@ -174,16 +226,27 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
         with np.load(path, allow_pickle=False) as archive:
+            if not isinstance(archive, np.lib.npyio.NpzFile):
+                raise ValueError("a single .npy array, not an archive")
             raw = {key: archive[key] for key in archive.files}
-    except (OSError, ValueError) as err:  # not a zip / truncated / object arrays
-        raise ValueError(f"{path} is not a readable .npz checkpoint: {err}") from err
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:  # not a zip / truncated / damaged / object arrays
+        reason = " ".join(str(err).split()) or type(err).__name__
+        raise ValueError(f"{path} is not a readable .npz checkpoint (truncated or damaged?): {reason}") from err
     fmt = str(raw.pop("format", ""))
     if fmt != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a twins-np training checkpoint (format {fmt!r}, expected {CHECKPOINT_FORMAT!r})")
     out: dict[str, Any] = {section: {} for section in _SECTIONS}
-    out["epoch"] = int(raw.pop("epoch"))
-    for key in _JSON_KEYS:
-        out[key] = json.loads(str(raw.pop(key)))
+    missing = [key for key in ("epoch", *_JSON_KEYS) if key not in raw]
+    if missing:
+        raise ValueError(f"{path}: damaged checkpoint, the entries {missing} are missing")
+    try:
+        out["epoch"] = int(raw.pop("epoch"))
+        for key in _JSON_KEYS:
+            out[key] = json.loads(str(raw.pop(key)))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path}: damaged checkpoint, an entry cannot be read ({err})") from err
+    if not isinstance(out["config"], dict):
+        raise ValueError(f"{path}: damaged checkpoint, its config is not a JSON object")
     for key, value in raw.items():
         section, _, name = key.partition(".")
         if section not in out or not name:

@@ -21,7 +21,8 @@ weights, bit for bit on the CPU, as one that was never interrupted.
 
 A non-finite loss or gradient norm stops training at once with
 :class:`NonFiniteLossError`; no checkpoint is written in that epoch, so the last
-good one stays as it was.
+good one stays as it was. Only a checkpoint of this run (written by it, or the one it
+resumed from) is ever called the last good one, never another run's file in the folder.
 
 Output directory::
 
@@ -52,6 +53,7 @@ from ..models import Twins, create_model, list_models
 from ..optim import AdamW, CosineSchedule, clip_grad_norm, param_groups
 from .checkpoint import load_checkpoint, restore_rng_states, save_checkpoint, save_npz
 from .metrics import confusion_matrix, plot_confusion_matrix, plot_learning_curves, write_metrics
+from .outdir import writing_into
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -65,6 +67,12 @@ __all__ = [
     "blas_threads",
     "evaluate_model",
 ]
+
+# One wording, in every command, for a GPU asked for where there is none.
+NO_GPU = (
+    "--device gpu needs CuPy and a CUDA GPU, and none was found (pip install twins-np[gpu] on a machine "
+    "with an NVIDIA GPU); use --device cpu"
+)
 
 CHECKPOINT_NAME = "checkpoint.npz"
 WEIGHTS_NAME = "weights.npz"
@@ -143,38 +151,52 @@ class TrainConfig:
     limit_train: int | None = None
     limit_test: int | None = None
 
-    def validate(self) -> None:
-        """Raise ``ValueError`` naming the first bad setting."""
+    def validate(self, flags: bool = False) -> None:
+        """Raise ``ValueError`` naming the first bad setting.
+
+        Args:
+            flags: name the settings as ``twins-np train`` spells them (``--batch-size``
+                rather than ``batch_size``).
+        """
+
+        def n(field: str) -> str:
+            return "--" + field.replace("_", "-") if flags else field
+
         if self.model not in list_models():
-            raise ValueError(f"unknown model {self.model!r}; choose one of {', '.join(list_models())}")
-        reserved = {"in_chans", "num_classes", "drop_path_rate", "seed", "dtype"} & set(self.model_overrides)
-        if reserved:
-            raise ValueError(f"model_overrides must not set {sorted(reserved)}: they come from the data and the run's settings")
+            from .overrides import did_you_mean
+
+            raise ValueError(
+                f"{n('model')}: unknown model {self.model!r}{did_you_mean(str(self.model), list_models())}; "
+                f"choose one of {', '.join(list_models())}"
+            )
         if self.data not in DATASETS:
-            raise ValueError(f"unknown dataset {self.data!r}; choose one of {', '.join(DATASETS)}")
+            raise ValueError(f"{n('data')}: unknown dataset {self.data!r}; choose one of {', '.join(DATASETS)}")
         if self.device not in ("cpu", "gpu"):
-            raise ValueError(f"device must be 'cpu' or 'gpu', got {self.device!r}")
+            raise ValueError(f"{n('device')} must be 'cpu' or 'gpu', got {self.device!r}")
         for name in ("epochs", "batch_size"):
             if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ValueError(f"{n(name)} must be >= 1, got {getattr(self, name)}")
         for name in ("seed", "data_seed"):
             if int(getattr(self, name)) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+                raise ValueError(f"{n(name)} must be >= 0, got {getattr(self, name)}")
         if not self.lr > 0.0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+            raise ValueError(f"{n('lr')} must be > 0, got {self.lr}")
         for name in ("weight_decay", "warmup_epochs", "warmup_lr", "min_lr", "clip_grad"):
             if not getattr(self, name) >= 0.0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+                raise ValueError(f"{n(name)} must be >= 0, got {getattr(self, name)}")
         if self.warmup_epochs > self.epochs:
-            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must not exceed epochs ({self.epochs})")
+            raise ValueError(f"{n('warmup_epochs')} ({self.warmup_epochs}) must not exceed {n('epochs')} ({self.epochs})")
         if not 0.0 <= self.label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+            raise ValueError(f"{n('label_smoothing')} must be in [0, 1), got {self.label_smoothing}")
         if not 0.0 <= self.drop_path < 1.0:
-            raise ValueError(f"drop_path must be in [0, 1), got {self.drop_path}")
+            raise ValueError(f"{n('drop_path')} must be in [0, 1), got {self.drop_path}")
         for name in ("limit_train", "limit_test"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise ValueError(f"{name} must be >= 1 (or None for all), got {value}")
+                raise ValueError(f"{n(name)} must be >= 1 (or None for all), got {value}")
+        from .overrides import check_model_overrides
+
+        check_model_overrides(self.model, self.model_overrides, self.batch_size, name=n("model_overrides"))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -285,7 +307,7 @@ class Trainer:
     ) -> None:
         config.validate()
         if config.device == "gpu" and not cupy_available():
-            raise RuntimeError("--device gpu needs CuPy and a CUDA GPU, and none was found; use --device cpu")
+            raise RuntimeError(NO_GPU)
         self.config = config
         self.out_dir = Path(out_dir)
         self.progress = progress
@@ -323,6 +345,8 @@ class Trainer:
         self.epoch = 0
         self.history: list[dict[str, Any]] = []
         self.last_eval: EvalResult | None = None
+        # whether checkpoint_path holds this run's state (saved by it or resumed from)
+        self._checkpoint_is_ours = False
 
     # -- resume ------------------------------------------------------------------------------
     @property
@@ -358,10 +382,11 @@ class Trainer:
         restore_rng_states(self.model, ckpt["rng"])
         self.epoch = int(ckpt["epoch"])
         self.history = list(ckpt["history"])
+        self._checkpoint_is_ours = True
 
     def save_checkpoint(self) -> Path:
         """Atomically write ``checkpoint.npz`` with the state after ``self.epoch`` epochs."""
-        return save_checkpoint(
+        path = save_checkpoint(
             self.checkpoint_path,
             epoch=self.epoch,
             config=self.config.to_dict(),
@@ -371,6 +396,8 @@ class Trainer:
             loader=self.loader,
             history=self.history,
         )
+        self._checkpoint_is_ours = True
+        return path
 
     # -- loops -------------------------------------------------------------------------------
     def fit(self, stop_after: int | None = None) -> list[dict[str, Any]]:
@@ -413,11 +440,12 @@ class Trainer:
         }
         self.history.append(row)
         self.last_eval = result
-        self.save_checkpoint()
-        write_metrics(self.out_dir, self.history)
-        eps = self.config.label_smoothing
-        loss_label = f"cross-entropy (label smoothing {eps:g})" if eps else "cross-entropy"
-        plot_learning_curves(self.history, self.out_dir / "learning_curves.png", title=self._title(), loss_label=loss_label)
+        with writing_into(self.out_dir):
+            self.save_checkpoint()
+            write_metrics(self.out_dir, self.history)
+            eps = self.config.label_smoothing
+            loss_label = f"cross-entropy (label smoothing {eps:g})" if eps else "cross-entropy"
+            plot_learning_curves(self.history, self.out_dir / "learning_curves.png", title=self._title(), loss_label=loss_label)
         if self.log is not None:
             self.log(
                 f"epoch {self.epoch}/{self.config.epochs}  train loss {train_loss:.4f} acc {100 * train_acc:5.1f}%  "
@@ -489,12 +517,20 @@ class Trainer:
         return evaluate_model(self.model, dataset, batch_size or 2 * cfg.batch_size, cfg.device, cfg.label_smoothing)
 
     def finish(self) -> None:
-        """Write ``weights.npz`` and the test split's ``confusion_matrix.png``."""
-        save_npz(self.out_dir / WEIGHTS_NAME, self.model.state_dict())
+        """Write ``weights.npz`` and the test split's ``confusion_matrix.png``.
+
+        ``weights.npz`` holds the model's state dict only (what :func:`twins_np.load_weights`
+        reads) and records the run's settings in the archive's comment
+        (:func:`~twins_np.training.checkpoint.read_run_record`): ``twins-np evaluate`` and
+        ``twins-np predict`` then rebuild the model without ``--model``.
+        """
+        with writing_into(self.out_dir):
+            save_npz(self.out_dir / WEIGHTS_NAME, self.model.state_dict(), record={"config": self.config.to_dict()})
         result = self.last_eval if self.last_eval is not None else self.evaluate(self.test_set)
         self.last_eval = result
         cm = confusion_matrix(result.labels, result.preds, self.test_set.num_classes)
-        plot_confusion_matrix(cm, self.test_set.classes, self.out_dir / "confusion_matrix.png", title=self._title("test"))
+        with writing_into(self.out_dir):
+            plot_confusion_matrix(cm, self.test_set.classes, self.out_dir / "confusion_matrix.png", title=self._title("test"))
 
     # -- helpers -----------------------------------------------------------------------------
     def _title(self, split: str = "") -> str:
@@ -502,11 +538,13 @@ class Trainer:
         return " / ".join(parts)
 
     def _non_finite(self, what: str, value: float, epoch: int, step: int, steps: int) -> NonFiniteLossError:
-        ckpt = self.checkpoint_path if self.checkpoint_path.is_file() else None
+        ckpt = self.checkpoint_path if self._checkpoint_is_ours and self.checkpoint_path.is_file() else None
         return NonFiniteLossError(what, value, epoch, step, steps, ckpt, self.epoch)
 
 
-def evaluate_model(model: Twins, dataset: Dataset, batch_size: int, device: str, label_smoothing: float = 0.0) -> EvalResult:
+def evaluate_model(
+    model: Twins, dataset: Dataset, batch_size: int, device: str, label_smoothing: float = 0.0, check_finite: bool = False
+) -> EvalResult:
     """Run ``model`` in eval mode over ``dataset`` in order; its train/eval mode is restored after.
 
     Args:
@@ -515,6 +553,8 @@ def evaluate_model(model: Twins, dataset: Dataset, batch_size: int, device: str,
         batch_size: images per forward.
         device: ``"cpu"`` or ``"gpu"``.
         label_smoothing: eps of the reported cross-entropy.
+        check_finite: raise ``FloatingPointError`` when a logit is NaN or infinite (an
+            accuracy computed from NaN logits would be meaningless).
     """
     was_training = model.training
     model.eval()
@@ -524,7 +564,15 @@ def evaluate_model(model: Twins, dataset: Dataset, batch_size: int, device: str,
     for start in range(0, n, batch_size):
         x = to_device(dataset.images[start : start + batch_size], device)
         y = to_device(dataset.labels[start : start + batch_size], device)
-        logits = model(x)
+        # overflow warnings are silenced when checked: the non-finite logits are reported below, in one message
+        with np.errstate(over="ignore", invalid="ignore") if check_finite else contextlib.nullcontext():
+            logits = model(x)
+        if check_finite and not bool(model.xp.isfinite(logits).all()):
+            bad = int((~model.xp.isfinite(logits)).sum())
+            model.train(was_training)
+            raise FloatingPointError(
+                f"the logits of images {start}-{start + int(y.shape[0]) - 1} hold {bad} NaN or infinite value(s)"
+            )
         loss, _ = F.cross_entropy_forward(logits, y, label_smoothing)
         loss_sum += loss * int(y.shape[0])
         preds[start : start + len(y)] = asnumpy(logits.argmax(axis=1))

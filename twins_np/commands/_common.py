@@ -1,0 +1,113 @@
+"""What the ``twins-np`` commands share: one-line errors, argument types, reading weights.
+
+Every command reports a problem it can name as ``twins-np COMMAND: error: MESSAGE`` on
+stderr and exits with 2 (see :func:`twins_np.cli.main`); the helpers here raise
+:class:`CommandError` (or ``ValueError``) with such a message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import pickle
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+class CommandError(Exception):
+    """A bad argument or environment: ``main`` prints the message on one line and returns 2."""
+
+
+def model_name(text: str, names: list[str] | None = None) -> str:
+    """argparse type of ``--model`` / ``MODEL``: a registered name, with a suggestion for a typo.
+
+    ``names`` defaults to the classification models (:func:`twins_np.list_models`).
+    """
+    from ..models import list_models
+    from ..training.overrides import did_you_mean
+
+    names = list_models() if names is None else names
+    if text not in names:
+        raise argparse.ArgumentTypeError(f"unknown model {text!r}{did_you_mean(text, names)}; choose one of {', '.join(names)}")
+    return text
+
+
+def check_device(device: str | None) -> None:
+    """Refuse ``--device gpu`` without CuPy and a GPU, before anything is loaded."""
+    from ..backend import cupy_available
+    from ..training.trainer import NO_GPU
+
+    if device == "gpu" and not cupy_available():
+        raise CommandError(NO_GPU)
+
+
+def is_training_checkpoint(path: Path) -> bool:
+    """True for a ``checkpoint.npz`` written by ``twins-np train`` (its ``format`` entry)."""
+    import zipfile
+
+    if path.suffix != ".npz" or not path.is_file():
+        return False
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return "format.npy" in zf.namelist()
+    except (OSError, zipfile.BadZipFile, EOFError):
+        return False  # reading the weights will explain what is wrong with the file
+
+
+def read_model_weights(path: Path, model: str | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The model's arrays in ``path`` and the training settings recorded with them.
+
+    ``model`` is the ``--model`` given, if any: when it differs from the recorded model,
+    the recorded model settings (``model_overrides``) are dropped, the data settings kept.
+
+    ``path`` is a training ``checkpoint.npz`` (its ``model.*`` arrays and its config), a
+    ``weights.npz`` written by ``twins-np train`` (its record of the run, see
+    :func:`twins_np.training.read_run_record`), or any weights file
+    :func:`twins_np.io.read_weights` reads (no settings: ``{}``).
+    """
+    from ..io import read_weights
+    from ..training import load_checkpoint, read_run_record
+
+    if path.is_dir():
+        raise CommandError(f"--weights {path} is a folder, not a weights file")
+    from ..models import list_models
+
+    if is_training_checkpoint(path):
+        ckpt = load_checkpoint(path)
+        state, saved = ckpt["model"], dict(ckpt["config"])
+    else:
+        state, saved = read_weights(path), read_run_record(path) or {}
+    if model is not None and saved.get("model") not in (None, model):
+        # --model names another model than the recorded one: the recorded overrides belong to that one
+        saved = {k: v for k, v in saved.items() if k not in ("model", "model_overrides")}
+    if model is None and "model" in saved and saved["model"] not in list_models():
+        raise CommandError(f"{path} records the model {saved['model']!r}, which this twins-np does not know; pass --model")
+    return state, saved
+
+
+def check_finite_logits(logits: Any, weights: Path | str) -> None:
+    """Refuse NaN or infinite logits: a probability of nan is no answer."""
+    from ..backend import asnumpy
+
+    host = np.asarray(asnumpy(logits))
+    bad = int((~np.isfinite(host)).sum())
+    if bad:
+        raise CommandError(
+            f"the model's output holds {bad} NaN or infinite value(s) of {host.size}: the weights in {weights} are "
+            "broken (NaN/Inf weights, or values so large that the forward overflows)"
+        )
+
+
+@contextlib.contextmanager
+def reading_data(data_dir: str | None) -> Iterator[None]:
+    """Name ``--data-dir`` in the errors of reading a dataset (missing, damaged or hostile files)."""
+    try:
+        yield
+    except (FileNotFoundError, pickle.UnpicklingError, tarfile.TarError, EOFError) as err:
+        text = " ".join(str(err).split()).replace("pass its location as data_dir", "pass its location with --data-dir")
+        where = f"--data-dir {data_dir}: " if data_dir is not None else ""
+        raise CommandError(f"{where}{text}") from err
