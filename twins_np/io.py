@@ -426,34 +426,43 @@ def convert_weights(src: PathLike, dst: PathLike) -> dict[str, np.ndarray]:
 
 
 # -- loading into a model ------------------------------------------------------------------
-def load_weights(model: Any, path: PathLike, strict: bool = True) -> Any:
+def load_weights(model: Any, path: PathLike, strict: bool = True, allow_nonfinite: bool = False) -> Any:
     """Read ``path`` and copy its arrays into ``model`` (dtype and device become the model's).
+
+    All or nothing: on any error the model is left exactly as it was.
 
     Args:
         model: a twins-np module, e.g. from :func:`twins_np.create_model`.
         path: a ``.npz``, ``.safetensors`` or ``.pth`` checkpoint.
         strict: if True, a missing or an unexpected key is an error.
+        allow_nonfinite: load NaN and Inf weights (refused by default).
 
     Returns:
         ``model``, for chaining.
 
     Raises:
-        ValueError: if a shape differs; the message names the model, the first
-            mismatched key and both shapes. Also for unreadable files (see
-            :func:`read_weights`).
+        ValueError: if a shape differs (the message names the model, the first
+            mismatched key and both shapes), if weights are NaN or Inf, and for
+            unreadable files (see :func:`read_weights`).
+        TypeError: for complex, bool, string or object arrays, naming every such key.
         KeyError: (strict) if keys are missing or unexpected, naming the first few.
     """
-    return load_arrays(model, read_weights(path), strict=strict, source=f"checkpoint {path}")
+    state = read_weights(path)
+    return load_arrays(model, state, strict=strict, source=f"checkpoint {path}", allow_nonfinite=allow_nonfinite)
 
 
-def load_arrays(model: Any, state: Mapping[str, Any], strict: bool = True, source: str = "checkpoint") -> Any:
+def load_arrays(
+    model: Any, state: Mapping[str, Any], strict: bool = True, source: str = "checkpoint", allow_nonfinite: bool = False
+) -> Any:
     """Copy ``{name: array}`` into ``model`` with :func:`load_weights`'s checks and messages.
 
     ``source`` names where the arrays came from in error messages.
     """
     label = _model_label(model)
     own = dict(model.named_parameters())
-    wrong = [(k, p.shape, tuple(state[k].shape)) for k, p in own.items() if k in state and p.shape != tuple(state[k].shape)]
+    wrong = [
+        (k, p.shape, tuple(np.shape(state[k]))) for k, p in own.items() if k in state and p.shape != tuple(np.shape(state[k]))
+    ]
     if wrong:
         k, want, got = wrong[0]
         more = f" (and {len(wrong) - 1} more keys)" if len(wrong) > 1 else ""
@@ -467,7 +476,10 @@ def load_arrays(model: Any, state: Mapping[str, Any], strict: bool = True, sourc
             if v
         ]
         raise KeyError(f"{source} does not fit {label}: " + "; ".join(parts))
-    return model.load_state_dict(state, strict=strict)
+    try:
+        return model.load_state_dict(state, strict=strict, allow_nonfinite=allow_nonfinite)
+    except (TypeError, ValueError) as e:  # bad values: say which file they came from
+        raise type(e)(f"{source}: {e}") from e
 
 
 def _model_label(model: Any) -> str:

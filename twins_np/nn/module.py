@@ -48,6 +48,18 @@ __all__ = ["Parameter", "Module", "ModuleList", "Sequential", "Identity", "no_gr
 _KEEP_CACHES = [True]
 _NO_CACHE = object()  # what _save stores under no_grad, so backward can say why it fails
 
+# dtype kinds load_state_dict refuses, and why
+_REFUSED_KINDS = {
+    "c": "complex: casting would drop the imaginary part",
+    "b": "bool: not weights",
+    "U": "strings",
+    "S": "bytes",
+    "O": "Python objects",
+    "V": "raw or structured records",
+    "M": "dates",
+    "m": "time spans",
+}
+
 
 class _Saved(NamedTuple):
     """A cache and the id of the top-level forward that made it."""
@@ -294,12 +306,26 @@ class Module:
         """``{name: array}`` with timm's key names (the arrays themselves, not copies)."""
         return {name: p.data for name, p in self.named_parameters()}
 
-    def load_state_dict(self, state: dict[str, Any], strict: bool = True) -> Module:
+    def load_state_dict(self, state: dict[str, Any], strict: bool = True, allow_nonfinite: bool = False) -> Module:
         """Copy arrays into the parameters, converting dtype and device to the module's.
+
+        All or nothing: every value is checked and converted first, and only when all
+        of them are good are they assigned, so a refused state dict leaves the module
+        exactly as it was. Accepted values are real floating or integer arrays (NumPy,
+        CuPy, or anything ``np.asarray`` turns into one); complex, bool, string and
+        object arrays are refused rather than cast.
+
+        Args:
+            state: ``{name: array}`` with this module's ``state_dict()`` names.
+            strict: if True, a missing or an unexpected key is an error.
+            allow_nonfinite: load NaN and Inf values (refused by default: a model with
+                them computes NaN everywhere, silently).
 
         Raises:
             KeyError: (strict) listing missing and unexpected keys.
-            ValueError: listing every key whose shape differs, expected vs received.
+            ValueError: listing every key whose shape differs, expected vs received,
+                or whose values are not finite.
+            TypeError: listing every key whose value is not a real number array.
         """
         if not hasattr(state, "keys") or isinstance(state, Module):
             hint = (
@@ -324,12 +350,43 @@ class Module:
             raise KeyError(
                 f"state_dict does not match {type(self).__name__}: missing keys {missing}, unexpected keys {unexpected}"
             )
+        new, bad_type, not_finite = {}, [], []
         for k, p in own.items():
-            if k in state:
-                xp = get_xp(p.data)
-                value = state[k]
-                value = asnumpy(value) if xp is np else value
-                p.data = xp.asarray(value, dtype=p.data.dtype).copy()
+            if k not in state:
+                continue
+            value = state[k]
+            if not isinstance(getattr(value, "dtype", None), np.dtype):  # lists, scalars, torch tensors
+                value = np.asarray(value)
+            kind = value.dtype.kind
+            if kind not in "fiu":
+                what = _REFUSED_KINDS.get(kind, "not a number array")
+                bad_type.append(f"{k}: dtype {value.dtype} ({what})")
+                continue
+            xp = get_xp(p.data)
+            with np.errstate(over="ignore", invalid="ignore"):  # overflow to Inf is reported below
+                converted = xp.asarray(asnumpy(value) if xp is np else value, dtype=p.data.dtype).copy()
+            if not allow_nonfinite and not bool(xp.isfinite(converted).all()):
+                n_nan = int(xp.isnan(converted).sum())
+                n_inf = int(converted.size) - n_nan - int(xp.isfinite(converted).sum())
+                cast = ""
+                if kind == "f" and bool(xp.isfinite(xp.asarray(value)).all()):
+                    cast = f" (finite as {value.dtype}: its values overflow {p.data.dtype})"
+                not_finite.append(f"{k}: {n_nan} NaN and {n_inf} Inf values{cast}")
+                continue
+            new[k] = converted
+        if bad_type:
+            raise TypeError(
+                f"cannot load {len(bad_type)} of the arrays into {type(self).__name__} (nothing was loaded); "
+                "only real floating or integer arrays are accepted:\n  " + "\n  ".join(bad_type)
+            )
+        if not_finite:
+            raise ValueError(
+                f"cannot load {len(not_finite)} of the arrays into {type(self).__name__} (nothing was loaded): "
+                "they hold NaN or Inf, which would make every output NaN; pass allow_nonfinite=True to load "
+                "them anyway:\n  " + "\n  ".join(not_finite)
+            )
+        for k, data in new.items():  # every value is good: assign them all
+            own[k].data = data
         self._clear_caches()
         return self
 
