@@ -107,7 +107,7 @@ def test_interrupted_loss_then_backward_loss_raises(monkeypatch):
     monkeypatch.setattr(F, "lsa_forward", _fail_on_call(2, KeyboardInterrupt(), F.lsa_forward))
     with pytest.raises(KeyboardInterrupt):
         model.loss(_x(2, 2, 3, 32, 32), y)
-    with pytest.raises(RuntimeError, match=r"Twins.backward\(\): the last forward of Twins stopped part-way"):
+    with pytest.raises(RuntimeError, match=r"Twins.backward_loss\(\): the last forward of Twins stopped part-way"):
         model.backward_loss()
     assert _no_grads(model)
 

@@ -123,7 +123,7 @@ def _backward_pass(method: Callable[..., Any]) -> Callable[..., Any]:
         if _PASS.running:
             return method(self, *args, **kwargs)
         if isinstance(self._cache, _Incomplete):  # say so before any gradient is accumulated
-            raise self._incomplete_error(self._cache)
+            raise self._incomplete_error(self._cache, method.__name__)
         _PASS.running, _PASS.backward_of = True, None
         try:
             return method(self, *args, **kwargs)
@@ -431,10 +431,10 @@ class Module:
                 _PASS.backward_of = saved.forward_id
             elif saved.forward_id != _PASS.backward_of:
                 raise RuntimeError(
-                    f"{where}: its cache comes from another forward call (#{saved.forward_id}) than the caches "
-                    f"this backward read before it (#{_PASS.backward_of}), e.g. a part of the model was run on its "
-                    "own after the model's forward; gradients would mix two batches. The gradients accumulated "
-                    "so far are partial: call zero_grad(), then run forward and backward again"
+                    f"{where}: its cache comes from another forward call than the caches this backward read "
+                    "before it (e.g. a part of the model was run on its own after the model's forward); gradients "
+                    "would mix two batches. The gradients accumulated so far are partial: call zero_grad(), then "
+                    "run forward and backward again"
                 )
         object.__setattr__(self, slot, None)
         return saved.cache
@@ -444,8 +444,8 @@ class Module:
         for path, m in self.named_modules():
             object.__setattr__(m, "_cache", _Incomplete(type(self).__name__, path, error))
 
-    def _incomplete_error(self, marker: _Incomplete) -> RuntimeError:
-        where = f"{type(self).__name__}.backward()" + (f" ({marker.path} of {marker.root})" if marker.path else "")
+    def _incomplete_error(self, marker: _Incomplete, method: str = "backward") -> RuntimeError:
+        where = f"{type(self).__name__}.{method}()" + (f" ({marker.path} of {marker.root})" if marker.path else "")
         return RuntimeError(
             f"{where}: the last forward of {marker.root} stopped part-way ({marker.error}), so its modules hold "
             "caches of different batches; run forward again before backward"
