@@ -160,8 +160,9 @@ def build_by_hand(cfg, in_chans=3, rng=None, dtype=F64):
         stage = nn.ModuleList()
         for i in range(cfg["depths"][s]):
             ws = 1 if cfg.get("wss") is None or i % 2 == 1 else cfg["wss"][s]
+            # norm_eps: Twins' LayerNorms use 1e-6 (a Block on its own has timm's default, 1e-5)
             stage.append(nn.Block(C, cfg["num_heads"][s], cfg["mlp_ratios"][s], sr_ratio=cfg["sr_ratios"][s], ws=ws,
-                                  rng=rng, dtype=dtype))  # fmt: skip
+                                  norm_eps=1e-6, rng=rng, dtype=dtype))  # fmt: skip
         parts.blocks.append(stage)
         parts.pos_block.append(nn.PosConv(C, C, rng=rng, dtype=dtype))
         size, prev, p = size // p, C, 2

@@ -251,8 +251,9 @@ def tiny_twins(attention="lsa+gsa", num_classes=2, sr_mode="conv", peg=False, se
     if attention == "lsa":
         g = np.random.default_rng(seed + 1)
         for s, stage in enumerate(model.blocks):
+            # norm_eps: Twins' 1e-6, as the block it replaces (a Block on its own has timm's 1e-5)
             lsa = nn.Block(TINY["embed_dims"][s], TINY["num_heads"][s], TINY["mlp_ratios"][s], ws=TINY["wss"][s],
-                           rng=g, dtype=dtype)  # fmt: skip
+                           norm_eps=1e-6, rng=g, dtype=dtype)  # fmt: skip
             setattr(stage, "1", lsa)  # block 1 is the stage's last, so the block order is kept
     if not peg:
         model.pos_block = nn.ModuleList([nn.Identity() for _ in TINY["depths"]])  # the forward calls them as PEGs

@@ -461,3 +461,93 @@ def test_convert_without_torch_is_a_clean_cli_error(tmp_path, monkeypatch, capsy
     assert main(["convert", str(tmp_path / "a.npz"), str(tmp_path / "a.pth")]) == 2
     assert "needs PyTorch" in capsys.readouterr().err
     assert not (tmp_path / "a.pth").exists()
+
+
+# -- strict, all-or-nothing loading -------------------------------------------------------------------
+def _snapshot(model) -> dict[str, tuple]:
+    """Every parameter's dtype, shape and bytes: compared bit for bit after a refused load."""
+    return {k: (p.data.dtype, p.data.shape, twins_np.asnumpy(p.data).tobytes()) for k, p in model.named_parameters()}
+
+
+def _state_with(model, key: str, value) -> dict:
+    """The model's own state dict (as copies), with ``key`` replaced by ``value``."""
+    state = {k: np.asarray(v).copy() * 2.0 for k, v in model.state_dict().items()}  # every other value would change
+    state[key] = value
+    return state
+
+
+MIDDLE = "blocks.1.1.attn.kv.weight"  # a key near the middle: the keys before it must not be loaded either
+
+BAD_VALUES = {
+    "complex": (lambda shape: np.ones(shape, np.complex128) * (1 + 2j), TypeError, r"complex128 \(complex"),
+    "bool": (lambda shape: np.ones(shape, bool), TypeError, r"dtype bool"),
+    "strings": (lambda shape: np.full(shape, "0.5"), TypeError, r"dtype <U3 \(strings\)"),
+    "uncastable strings": (lambda shape: np.full(shape, "abc"), TypeError, r"dtype <U3 \(strings\)"),
+    "bytes": (lambda shape: np.full(shape, b"1"), TypeError, r"dtype \|S1 \(bytes\)"),
+    "objects": (lambda shape: np.full(shape, None, dtype=object), TypeError, r"dtype object \(Python objects\)"),
+    "NaN": (lambda shape: np.full(shape, np.nan, np.float32), ValueError, r"NaN or Inf.*allow_nonfinite=True"),
+    "Inf": (lambda shape: np.full(shape, -np.inf, np.float32), ValueError, r"0 NaN and \d+ Inf values"),
+    "float64 overflow": (lambda shape: np.full(shape, 1e300), ValueError, r"finite as float64: its values overflow float32"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_VALUES))
+def test_load_state_dict_refuses_bad_values_and_changes_nothing(case):
+    make, exc, message = BAD_VALUES[case]
+    model = _randomised()
+    before = _snapshot(model)
+    state = _state_with(model, MIDDLE, make(model.state_dict()[MIDDLE].shape))
+    with pytest.raises(exc, match=message) as e:
+        model.load_state_dict(state)
+    assert MIDDLE in str(e.value) and "nothing was loaded" in str(e.value)
+    assert _snapshot(model) == before
+
+
+def test_every_bad_key_is_listed():
+    model = _randomised()
+    state = _state_with(model, "head.bias", np.zeros(10, np.complex64))
+    state["norm.weight"] = np.ones(128, bool)
+    with pytest.raises(TypeError, match=r"cannot load 2 of the arrays") as e:
+        model.load_state_dict(state)
+    assert "head.bias: dtype complex64" in str(e.value) and "norm.weight: dtype bool" in str(e.value)
+
+
+def test_nonfinite_weights_load_only_when_allowed():
+    model = _randomised()
+    state = _state_with(model, MIDDLE, np.full(model.state_dict()[MIDDLE].shape, np.nan, np.float32))
+    model.load_state_dict(state, allow_nonfinite=True)
+    assert np.isnan(model.state_dict()[MIDDLE]).all()
+
+
+def test_integer_and_list_values_are_converted():
+    model = _randomised()
+    state = _state_with(model, "head.bias", np.arange(10, dtype=np.int64))
+    state["norm.bias"] = [0.5] * 128
+    model.load_state_dict(state)
+    assert model.head.bias.data.dtype == np.float32
+    np.testing.assert_array_equal(model.head.bias.data, np.arange(10))
+    np.testing.assert_array_equal(model.norm.bias.data, np.full(128, 0.5, np.float32))
+
+
+@pytest.mark.parametrize("case", ["complex", "bool", "strings", "NaN", "float64 overflow"])
+def test_load_weights_from_a_file_is_all_or_nothing(case, tmp_path):
+    make, exc, message = BAD_VALUES[case]
+    model = _randomised()
+    path = save_weights(_state_with(model, MIDDLE, make(model.state_dict()[MIDDLE].shape)), tmp_path / "w.npz")
+    before = _snapshot(model)
+    with pytest.raises(exc, match=message) as e:
+        load_weights(model, path)
+    assert str(path) in str(e.value) and MIDDLE in str(e.value)
+    assert _snapshot(model) == before
+    if exc is ValueError:  # non-finite values: the explicit opt-in loads them
+        load_weights(model, path, allow_nonfinite=True)
+        assert not np.isfinite(model.state_dict()[MIDDLE]).any()
+
+
+def test_a_successful_load_still_clears_caches_and_loads_everything(tmp_path):
+    model, other = _randomised(), _randomised(seed=1)
+    model(np.zeros((1, 3, 32, 32), np.float32))
+    load_weights(model, save_weights(other, tmp_path / "w.npz"))
+    assert _snapshot(model) == _snapshot(other)
+    with pytest.raises(RuntimeError, match="without a forward"):
+        model.backward(np.ones((1, 10), np.float32))

@@ -23,6 +23,8 @@ import functools
 import io
 import pathlib
 import sys
+import tempfile
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +33,7 @@ import numpy as np
 
 import twins_np.functional as F
 from twins_np.cli import main as cli_main
+from twins_np.io import load_weights, read_weights, save_weights
 from twins_np.models import create_model, create_segmenter
 from twins_np.nn import (
     BatchNorm2d,
@@ -232,6 +235,96 @@ def _nan_image(value: float) -> np.ndarray:
     x = _rand(1, 3, 32, 32)
     x[0, 0, :2, :3] = value
     return x
+
+
+# stale caches: a backward after a forward that did not complete, or of another forward
+
+
+def _block_backward_after_refused_forward() -> str:
+    blk = Block(8, 2, sr_ratio=3, ws=1, rng=0)
+    blk(_rand(2, 12, 8), (3, 4))
+    with contextlib.suppress(ValueError):
+        blk(_rand(2, 12, 8), (2, 6))  # LayerNorm ran on the new tokens, then the attention refused the 2x6 map
+    blk.backward(_rand(2, 12, 8))
+    return "returned gradients mixing two batches"
+
+
+def _twins_backward_after_interrupt() -> str:
+    m = create_model("twins_svt_teach32", seed=0)
+    m(_rand(2, 3, 32, 32))
+    blk = m.blocks[1][0]
+    real = blk.forward
+
+    def interrupted(*args: Any) -> Any:
+        blk.forward = real
+        raise KeyboardInterrupt
+
+    blk.forward = interrupted
+    with contextlib.suppress(KeyboardInterrupt):
+        m(_rand(2, 3, 32, 32))  # Ctrl-C in stage 2: stage 1 holds the new batch's caches
+    m.backward(_rand(2, 10))
+    return "returned gradients mixing two batches"
+
+
+def _backward_loss_after_refused_labels() -> str:
+    m = create_model("twins_svt_teach32", seed=0)
+    m.loss(_rand(2, 3, 32, 32), np.array([0, 1]))
+    with contextlib.suppress(ValueError):
+        m.loss(_rand(2, 3, 32, 32), np.array([0, 10]))
+    m.backward_loss()
+    return "returned the previous batch's loss gradient"
+
+
+def _twins_backward_after_block_alone() -> str:
+    m = create_model("twins_svt_teach32", seed=0)
+    m(_rand(2, 3, 32, 32))
+    m.blocks[2][1](_rand(2, 16, 128), (4, 4))
+    m.backward(_rand(2, 10))
+    return "returned gradients mixing two batches"
+
+
+# checkpoint files, written in a temporary folder (names relative to it, so messages are stable)
+
+
+def _read(name: str, content: bytes | Callable[[pathlib.Path], Any]) -> str:
+    with tempfile.TemporaryDirectory() as d, contextlib.chdir(d):
+        if isinstance(content, bytes):
+            pathlib.Path(name).write_bytes(content)
+        else:
+            content(pathlib.Path(name))
+        arrays = read_weights(name)
+    return f"returned {len(arrays)} arrays"
+
+
+def _npz(members: dict[str, bytes]) -> Callable[[pathlib.Path], Any]:
+    def write(path: pathlib.Path) -> None:
+        with zipfile.ZipFile(path, "w") as zf:
+            for name, data in members.items():
+                zf.writestr(name, data)
+
+    return write
+
+
+def _npy_claiming(shape: tuple[int, ...], data: bytes) -> bytes:
+    """A .npy member whose header claims float64 ``shape`` followed by ``data``."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f8", "fortran_order": False, "shape": shape})
+    return buf.getvalue() + data
+
+
+def _nested_safetensors(depth: int) -> bytes:
+    raw = b'{"__metadata__":' + b"[" * depth + b"]" * depth + b"}"
+    return len(raw).to_bytes(8, "little") + raw
+
+
+def _load_file_with(key: str, value: np.ndarray) -> str:
+    m = create_model("twins_svt_teach32")
+    state = dict(m.state_dict())
+    state[key] = value
+    with tempfile.TemporaryDirectory() as d, contextlib.chdir(d):
+        save_weights(state, "w.npz")
+        load_weights(m, "w.npz")
+    return "loaded"
 
 
 # --- the cases --------------------------------------------------------------------------
@@ -524,6 +617,51 @@ CASES: list[Case] = [
          lambda: (create_model("twins_svt_teach32", features_only=True, out_indices=(0, 3)), "built")[1]),
     Case("TwinsFeatures.backward", "2 gradients for 3 maps", ValueError,
          r"'grads' has 2 entries but forward_intermediates returned 3 maps", lambda: _features_backward(2)),
+    # one backward, one forward
+    Case("Block.backward", "after a forward refused half-way (LayerNorm ran, GSA refused the map)", RuntimeError,
+         r"Block.backward\(\): the last forward of Block stopped part-way \(ValueError\)",
+         _block_backward_after_refused_forward),
+    Case("Twins.backward", "after Ctrl-C in the middle of forward", RuntimeError,
+         r"Twins.backward\(\): the last forward of Twins stopped part-way \(KeyboardInterrupt\)",
+         _twins_backward_after_interrupt),
+    Case("Twins.backward_loss", "after loss() refused the next batch's labels", RuntimeError,
+         r"Twins.backward_loss\(\): the last forward of Twins stopped part-way \(ValueError\)",
+         _backward_loss_after_refused_labels),
+    Case("Twins.backward", "after a block was run on its own since the forward", RuntimeError,
+         r"Block.backward\(\): its cache comes from another forward call",
+         _twins_backward_after_block_alone),
+    # loading weights: all or nothing
+    Case("Module.load_state_dict", "complex128 head.weight", TypeError,
+         r"nothing was loaded.*\n  head.weight: dtype complex128 \(complex: casting would drop the imaginary part\)",
+         lambda: _load(_state(head__weight=np.ones((10, 128), np.complex128)))),
+    Case("Module.load_state_dict", "bool norm.weight", TypeError, r"norm.weight: dtype bool",
+         lambda: _load(_state(norm__weight=np.ones(128, bool)))),
+    Case("Module.load_state_dict", "strings in head.bias", TypeError, r"head.bias: dtype <U3 \(strings\)",
+         lambda: _load(_state(head__bias=np.full(10, "abc")))),
+    Case("Module.load_state_dict", "NaN in head.bias", ValueError,
+         r"NaN or Inf, .* allow_nonfinite=True .*\n  head.bias: 10 NaN and 0 Inf values",
+         lambda: _load(_state(head__bias=np.full(10, np.nan, np.float32)))),
+    Case("load_weights", "an .npz whose norm.bias is Inf", ValueError,
+         r"checkpoint w.npz: cannot load 1 of the arrays [\s\S]*norm.bias: 0 NaN and 128 Inf values",
+         lambda: _load_file_with("norm.bias", np.full(128, np.inf, np.float32))),
+    # damaged and hostile checkpoint files
+    Case("read_weights", "an empty .npz", ValueError, r"w.npz: the file is empty \(0 bytes\)",
+         lambda: _read("w.npz", b"")),
+    Case("read_weights", "an empty .safetensors", ValueError, r"w.safetensors: the file is empty \(0 bytes\)",
+         lambda: _read("w.safetensors", b"")),
+    Case("read_weights", "an empty .pth (no torch needed to refuse it)", ValueError, r"w.pth: the file is empty \(0 bytes\)",
+         lambda: _read("w.pth", b"")),
+    Case("read_weights", "random bytes named .npz", ValueError, r"w.npz: refused to load: not an .npz archive",
+         lambda: _read("w.npz", np.random.default_rng(0).bytes(256))),
+    Case("read_weights", ".npz member whose header claims a 1 GiB array", ValueError,
+         r"w.npz: array 'w' claims shape \(134217728,\) of float64 \(1073741824 bytes\) but its member holds 16 bytes",
+         lambda: _read("w.npz", _npz({"w.npy": _npy_claiming((2**27,), bytes(16))}))),
+    Case("read_weights", ".npz member that is not a .npy array", ValueError,
+         r"w.npz: member 'readme.txt' is not a .npy array",
+         lambda: _read("w.npz", _npz({"w.npy": _npy_claiming((1,), bytes(8)), "readme.txt": b"hi"}))),
+    Case("read_weights", ".safetensors header nesting JSON 100 000 deep", ValueError,
+         r"w.safetensors: corrupt safetensors file: the JSON header is nested too deeply",
+         lambda: _read("w.safetensors", _nested_safetensors(100_000))),
     # training
     Case("AdamW", "a model instead of its parameters", TypeError, r"got a Module; pass model.parameters\(\)",
          lambda: (AdamW(_teach()), "built")[1]),
@@ -667,6 +805,26 @@ What is refused, and why:
 - **State dicts must match.** `load_state_dict` lists missing and unexpected keys
   (`KeyError`, unless `strict=False`) and every wrongly shaped key, expected vs received
   (`ValueError`).
+- **Loading is all or nothing.** `load_state_dict`, `load_weights` and `load_arrays` check
+  and convert every value before they assign any, so a refused checkpoint leaves the model
+  exactly as it was. Only real floating or integer arrays load: complex (which would lose
+  its imaginary part), bool, string and object arrays are a `TypeError` listing every such
+  key. NaN and Inf weights (including float64 values that overflow float32) are a
+  `ValueError` unless `allow_nonfinite=True` is passed.
+- **Damaged or hostile checkpoint files** are a `ValueError` naming the file and the
+  problem, never NumPy's or torch's own exception and never the advice to unpickle:
+  empty files of every format, `.npz` archives that are not zip files, members that are
+  not `.npy` arrays, `.npy` headers whose claimed size differs from the member's real size
+  in the zip directory (checked before anything is allocated), deeply nested JSON in a
+  `.safetensors` header, and `.pth` tensors NumPy cannot hold (float8, complex32, sparse,
+  meta, quantized: tested in `tests/test_io_hostile.py`, which needs torch).
+- **One backward, one forward.** A backward never combines the caches of two forwards.
+  Each cache is tagged with the outermost forward call that made it (`model.forward`,
+  `model.loss`, or a module used on its own), and a forward that raises part-way (a bad
+  input found in a submodule, Ctrl-C, out of memory) marks every cache of its module tree
+  as incomplete. The next `backward` raises a `RuntimeError` naming the module (for an
+  incomplete forward before any gradient is accumulated) instead of returning gradients
+  that mix two batches. A forward that completes makes the module usable again.
 - **The command line** prints one line `twins-np <command>: error: <message>` to stderr and
   exits with status 2 for every bad input or environment: a bad option (argparse's errors
   too; `main()` returns 2 and never raises `SystemExit`, while `--help` and `--version` exit

@@ -5,7 +5,8 @@ A checkpoint is a flat ``{name: array}`` dict with timm's key names
 timm/official Twins ``.pth`` loads into twins-np. The format follows the file's suffix:
 
 ========================  ======================================================
-``.npz``                  NumPy zip archive; read with ``allow_pickle=False``
+``.npz``                  NumPy zip archive of ``.npy`` members; read here member
+                          by member, never unpickled
 ``.safetensors``          8-byte little-endian header length, JSON header, raw
                           little-endian bytes; read and written here with NumPy
 ``.pth`` ``.pt``          PyTorch pickle, read with ``torch.load(weights_only=True)``
@@ -14,6 +15,10 @@ timm/official Twins ``.pth`` loads into twins-np. The format follows the file's 
 
 Loading never runs code from the file: ``.npz`` object arrays and ``.pth`` files with
 Python objects other than tensors and plain containers are refused with a ``ValueError``.
+Damaged or hostile files (empty, truncated, a header claiming more data than the file
+holds, members that are not arrays, JSON nested to exhaust the parser, tensor types NumPy
+has no dtype for) are a ``ValueError`` naming the file and the problem, raised before
+anything the file claims is allocated.
 Writes are atomic: the bytes go to a temporary file next to the target, which replaces
 the target only once it is complete and flushed to disk.
 """
@@ -27,6 +32,7 @@ import os
 import pickle
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
@@ -96,6 +102,8 @@ def read_weights(path: PathLike) -> dict[str, np.ndarray]:
     fmt = weights_format(path)
     if not Path(path).is_file():
         raise FileNotFoundError(f"no such weights file: {path}")
+    if Path(path).stat().st_size == 0:
+        raise ValueError(f"{path}: the file is empty (0 bytes), not a {fmt} checkpoint: an interrupted download or copy?")
     if fmt == "npz":
         return _read_npz(path)
     if fmt == "safetensors":
@@ -104,29 +112,98 @@ def read_weights(path: PathLike) -> dict[str, np.ndarray]:
 
 
 def _read_npz(path: PathLike) -> dict[str, np.ndarray]:
+    """Read an .npz archive member by member, without ``np.load``.
+
+    Every claim a member's ``.npy`` header makes (dtype, shape) is checked against the
+    member's real size from the zip directory before any array is allocated, so a
+    header claiming a huge array fails at once; object arrays, which only unpickling
+    could restore, are refused.
+    """
+    with open(path, "rb") as f:
+        magic = f.read(len(np.lib.format.MAGIC_PREFIX))
+    if magic == np.lib.format.MAGIC_PREFIX:
+        raise ValueError(f"{path}: holds a single .npy array, not an .npz archive of named arrays")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(
+            f"{path}: refused to load: not an .npz archive (an .npz file is a zip archive of .npy arrays, and this "
+            "file is not a zip archive: truncated, corrupt, or another format renamed?)"
+        )
     try:
-        archive = np.load(path, allow_pickle=False)
-    except ValueError as e:  # a pickle file in disguise
-        raise ValueError(f"{path}: refused to load: not an .npz archive of plain arrays ({e})") from e
+        archive = zipfile.ZipFile(path)
     except (OSError, EOFError, zipfile.BadZipFile) as e:
         raise ValueError(f"{path}: not a readable .npz archive (truncated or corrupt?): {e}") from e
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise ValueError(f"{path}: holds a single .npy array, not an .npz archive of named arrays")
     out: dict[str, np.ndarray] = {}
     with archive:
-        for name in archive.files:
+        archive_size = Path(path).stat().st_size
+        for info in archive.infolist():
+            if not info.filename.endswith(".npy"):
+                raise ValueError(f"{path}: member {info.filename!r} is not a .npy array: not an .npz archive of arrays")
+            name = info.filename[: -len(".npy")]
+            if name in out:
+                raise ValueError(f"{path}: the archive holds two members named {info.filename!r}")
+            _check_zip_sizes(path, info, archive_size)
             try:
-                out[name] = archive[name]
-            except ValueError as e:
-                if "allow_pickle" in str(e):
-                    raise ValueError(
-                        f"{path}: refused to load array {name!r}: it is an object array, whose loading "
-                        "would unpickle (and could run) arbitrary code"
-                    ) from e
-                raise ValueError(f"{path}: array {name!r} is corrupt: {e}") from e
-            except (OSError, EOFError, zipfile.BadZipFile) as e:
+                with archive.open(info) as member:
+                    out[name] = _read_npy_member(path, name, member, info.file_size)
+            except (OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError) as e:
                 raise ValueError(f"{path}: array {name!r} cannot be read (truncated or corrupt?): {e}") from e
     return out
+
+
+# deflate cannot shrink data by more than about 1032:1, so a larger claimed ratio is a lie
+_MAX_DEFLATE_RATIO = 1032
+
+
+def _check_zip_sizes(path: PathLike, info: zipfile.ZipInfo, archive_size: int) -> None:
+    """The sizes the zip directory gives for a member must be possible for this file."""
+    where = f"{path}: member {info.filename!r}"
+    if info.compress_size > archive_size:
+        raise ValueError(f"{where} claims {info.compress_size} stored bytes in a {archive_size}-byte file (truncated?)")
+    if info.compress_type == zipfile.ZIP_STORED and info.file_size != info.compress_size:
+        raise ValueError(f"{where} is stored uncompressed but claims {info.file_size} bytes in {info.compress_size}")
+    if info.file_size > _MAX_DEFLATE_RATIO * info.compress_size + 1024:
+        raise ValueError(f"{where} claims {info.file_size} bytes from {info.compress_size} compressed: corrupt or hostile")
+
+
+def _read_npy_member(path: PathLike, name: str, member: Any, size: int) -> np.ndarray:
+    """One open ``.npy`` zip member of ``size`` bytes (its real size from the zip directory) -> array."""
+
+    def bad(msg: str) -> ValueError:
+        return ValueError(f"{path}: array {name!r} {msg}")
+
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(member)
+        if version == (1, 0):
+            shape, fortran, dtype = fmt.read_array_header_1_0(member)
+        elif version == (2, 0):
+            shape, fortran, dtype = fmt.read_array_header_2_0(member)
+        else:
+            raise bad(f"has .npy format version {version[0]}.{version[1]}, which is not supported (1.0 and 2.0 are)")
+    except ValueError as e:
+        if str(e).startswith(f"{path}:"):
+            raise
+        # NumPy's own message may suggest allow_pickle: never pass that advice on
+        raise bad("is not a valid .npy member: its header cannot be read") from e
+    if dtype.hasobject:
+        raise ValueError(
+            f"{path}: refused to load array {name!r}: it is an object array, whose loading would unpickle "
+            "(and could run) arbitrary code"
+        )
+    if dtype.itemsize == 0 or any(d < 0 for d in shape):
+        raise bad(f"has an invalid header: dtype {dtype}, shape {shape}")
+    need = math.prod(shape) * dtype.itemsize
+    have = size - member.tell()
+    if need != have:
+        raise bad(f"claims shape {shape} of {dtype} ({need} bytes) but its member holds {have} bytes of data: corrupt or hostile")
+    arr = np.empty(math.prod(shape), dtype=dtype)
+    if member.readinto(arr.view(np.uint8).data) != need:
+        raise bad("ends before its data does (truncated?)")
+    if member.read(1):  # also makes zipfile check the member's CRC, which it does at the end
+        raise bad("holds more bytes than the zip directory says")
+    if not dtype.isnative:
+        arr = arr.astype(dtype.newbyteorder("="))
+    return arr.reshape(shape, order="F" if fortran else "C")
 
 
 def _read_safetensors(path: PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]]:
@@ -186,6 +263,8 @@ def _parse_st_header(raw: bytes, bad: Callable[[str], ValueError]) -> dict[str, 
         header = json.loads(raw.decode("utf-8"), object_pairs_hook=no_duplicates)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise bad(f"the header is not valid UTF-8 JSON ({e})") from e
+    except RecursionError as e:  # e.g. 100 000 nested brackets: a header no writer makes
+        raise bad("the JSON header is nested too deeply") from e
     if not isinstance(header, dict):
         raise bad("the header is not a JSON object")
     return header
@@ -243,8 +322,9 @@ def _read_pth(path: PathLike) -> dict[str, np.ndarray]:
             f"{path}: refused to load: the file holds Python objects other than tensors, and unpickling them "
             f"could run arbitrary code (torch.load weights_only=True: {reason})"
         ) from e
-    except (RuntimeError, EOFError, OSError) as e:
-        raise ValueError(f"{path}: not a readable PyTorch file (truncated or corrupt?): {str(e).splitlines()[0]}") from e
+    except Exception as e:  # torch.load fails on damaged files with many types (IndexError, KeyError, ...)
+        first = (str(e).splitlines() or [""])[0]
+        raise ValueError(f"{path}: not a readable PyTorch file (truncated or corrupt?): {type(e).__name__}: {first}") from e
 
     state = obj
     if isinstance(obj, Mapping):
@@ -265,11 +345,29 @@ def _read_pth(path: PathLike) -> dict[str, np.ndarray]:
         names = [str(k)[len("module.") :] for k in names]
     out = {}
     for name, t in zip(names, state.values()):
-        t = t.detach().cpu()
-        if t.dtype == torch.bfloat16:  # NumPy has no bfloat16; float32 holds it exactly
-            t = t.float()
-        out[str(name)] = t.numpy().copy()
+        out[str(name)] = _pth_tensor_to_numpy(path, str(name), t, torch)
     return out
+
+
+def _pth_tensor_to_numpy(path: PathLike, name: str, t: Any, torch: Any) -> np.ndarray:
+    """A dense CPU tensor of a dtype NumPy has -> array; anything else a ValueError naming it."""
+
+    def bad(msg: str) -> ValueError:
+        return ValueError(f"{path}: tensor {name!r} {msg}; twins-np reads dense tensors of NumPy's dtypes only")
+
+    if t.is_meta or t.device.type == "meta":
+        raise bad("is a meta tensor: it has a shape but no values")
+    if t.layout != torch.strided:
+        raise bad(f"is a sparse tensor (layout {t.layout})")
+    if t.is_quantized:
+        raise bad(f"is quantized ({t.dtype})")
+    t = t.detach().cpu().resolve_conj().resolve_neg()
+    if t.dtype == torch.bfloat16:  # NumPy has no bfloat16; float32 holds it exactly
+        t = t.float()
+    try:
+        return t.numpy().copy()
+    except (TypeError, RuntimeError) as e:  # float8, complex32, bit and unsigned types NumPy lacks
+        raise bad(f"has dtype {t.dtype}, which NumPy cannot hold") from e
 
 
 # -- writing -----------------------------------------------------------------------------
@@ -426,34 +524,43 @@ def convert_weights(src: PathLike, dst: PathLike) -> dict[str, np.ndarray]:
 
 
 # -- loading into a model ------------------------------------------------------------------
-def load_weights(model: Any, path: PathLike, strict: bool = True) -> Any:
+def load_weights(model: Any, path: PathLike, strict: bool = True, allow_nonfinite: bool = False) -> Any:
     """Read ``path`` and copy its arrays into ``model`` (dtype and device become the model's).
+
+    All or nothing: on any error the model is left exactly as it was.
 
     Args:
         model: a twins-np module, e.g. from :func:`twins_np.create_model`.
         path: a ``.npz``, ``.safetensors`` or ``.pth`` checkpoint.
         strict: if True, a missing or an unexpected key is an error.
+        allow_nonfinite: load NaN and Inf weights (refused by default).
 
     Returns:
         ``model``, for chaining.
 
     Raises:
-        ValueError: if a shape differs; the message names the model, the first
-            mismatched key and both shapes. Also for unreadable files (see
-            :func:`read_weights`).
+        ValueError: if a shape differs (the message names the model, the first
+            mismatched key and both shapes), if weights are NaN or Inf, and for
+            unreadable files (see :func:`read_weights`).
+        TypeError: for complex, bool, string or object arrays, naming every such key.
         KeyError: (strict) if keys are missing or unexpected, naming the first few.
     """
-    return load_arrays(model, read_weights(path), strict=strict, source=f"checkpoint {path}")
+    state = read_weights(path)
+    return load_arrays(model, state, strict=strict, source=f"checkpoint {path}", allow_nonfinite=allow_nonfinite)
 
 
-def load_arrays(model: Any, state: Mapping[str, Any], strict: bool = True, source: str = "checkpoint") -> Any:
+def load_arrays(
+    model: Any, state: Mapping[str, Any], strict: bool = True, source: str = "checkpoint", allow_nonfinite: bool = False
+) -> Any:
     """Copy ``{name: array}`` into ``model`` with :func:`load_weights`'s checks and messages.
 
     ``source`` names where the arrays came from in error messages.
     """
     label = _model_label(model)
     own = dict(model.named_parameters())
-    wrong = [(k, p.shape, tuple(state[k].shape)) for k, p in own.items() if k in state and p.shape != tuple(state[k].shape)]
+    wrong = [
+        (k, p.shape, tuple(np.shape(state[k]))) for k, p in own.items() if k in state and p.shape != tuple(np.shape(state[k]))
+    ]
     if wrong:
         k, want, got = wrong[0]
         more = f" (and {len(wrong) - 1} more keys)" if len(wrong) > 1 else ""
@@ -467,7 +574,10 @@ def load_arrays(model: Any, state: Mapping[str, Any], strict: bool = True, sourc
             if v
         ]
         raise KeyError(f"{source} does not fit {label}: " + "; ".join(parts))
-    return model.load_state_dict(state, strict=strict)
+    try:
+        return model.load_state_dict(state, strict=strict, allow_nonfinite=allow_nonfinite)
+    except (TypeError, ValueError) as e:  # bad values: say which file they came from
+        raise type(e)(f"{source}: {e}") from e
 
 
 def _model_label(model: Any) -> str:

@@ -29,6 +29,7 @@ from nn_parity import timm_twins as _timm_twins
 from nn_parity import tokens as _tokens
 from nn_parity import torch_module as _torch_module
 
+import twins_np
 from twins_np.backend import asnumpy, cupy_available, is_cupy_array, to_device
 from twins_np.gradcheck import TOLERANCES
 from twins_np.nn import Block, DropPath, Identity, PatchEmbed, PosConv
@@ -126,25 +127,28 @@ BLOCK_CASES = [
 ]
 
 
-def _timm_block(C: int, heads: int, mlp_ratio: float, ws: int, sr: int, drop_path: float = 0.0) -> Any:
+def _timm_block(C: int, heads: int, mlp_ratio: float, ws: int, sr: int, drop_path: float = 0.0, eps: float | None = None) -> Any:
+    """timm's Block; with ``eps`` its norm_layer is LayerNorm(eps) (Twins passes 1e-6), else timm's default."""
     torch = pytest.importorskip("torch")
-    norm = partial(torch.nn.LayerNorm, eps=1e-6)  # Twins' block norm
-    return _timm_twins().Block(C, heads, mlp_ratio, drop_path=drop_path, norm_layer=norm, sr_ratio=sr, ws=ws)
+    norm = {} if eps is None else {"norm_layer": partial(torch.nn.LayerNorm, eps=eps)}
+    return _timm_twins().Block(C, heads, mlp_ratio, drop_path=drop_path, sr_ratio=sr, ws=ws, **norm)
 
 
 @pytest.mark.parity
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("H,W,C,heads,ws,sr,mlp_ratio", BLOCK_CASES)
 def test_block_matches_timm(dtype, H, W, C, heads, ws, sr, mlp_ratio):
-    tm = _torch_module(_timm_block(C, heads, mlp_ratio, ws, sr), dtype)
-    ours = Block(C, heads, mlp_ratio, sr_ratio=sr, ws=ws, dtype=dtype)
+    tm = _torch_module(_timm_block(C, heads, mlp_ratio, ws, sr, eps=1e-6), dtype)  # as in Twins
+    ours = Block(C, heads, mlp_ratio, sr_ratio=sr, ws=ws, norm_eps=1e-6, dtype=dtype)
     _copy_weights(tm, ours)
     _assert_parity(*_run(tm, ours, _tokens(2, H, W, C, dtype), (H, W)), dtype)
 
 
-def test_block_uses_twins_layernorm_eps():
+def test_block_layernorm_eps_is_timms_and_the_model_passes_twins_eps():
     b = Block(32, 2, ws=7)
-    assert b.norm1.eps == b.norm2.eps == 1e-6
+    assert b.norm1.eps == b.norm2.eps == 1e-5  # timm's Block: norm_layer=nn.LayerNorm (eps 1e-5)
+    model = twins_np.create_model("twins_svt_teach32")
+    assert {m.eps for blk in model.blocks for m in blk for m in (m.norm1, m.norm2)} == {1e-6}
 
 
 # ---- drop path -------------------------------------------------------------------------------
@@ -163,6 +167,7 @@ def test_block_train_mode_drop_path_matches_timm(dtype, ws, sr):
     torch = pytest.importorskip("torch")
     B, H, W, C, rate = 8, 8, 12, 32, 0.4
     keep = 1.0 - rate
+    # both with their default LayerNorm eps (1e-5): a standalone Block equals timm's
     tm = _torch_module(_timm_block(C, 2, 4.0, ws, sr, drop_path=rate), dtype).train()
     ours = Block(C, 2, 4.0, drop_path=rate, sr_ratio=sr, ws=ws, dtype=dtype).train()
     _copy_weights(tm, ours)

@@ -233,7 +233,7 @@ def test_repr_shows_the_tree():
         "Block(",
         "(attn): GlobalSubSampleAttn(dim=16, num_heads=2, sr_ratio=2",
         "(q): Linear(in_features=16, out_features=16)",
-        "(norm1): LayerNorm(16, eps=1e-06)",
+        "(norm1): LayerNorm(16, eps=1e-05)",
         "(sr): Conv2d(16, 16, kernel_size=2, stride=2",
     ]
     for part in parts:

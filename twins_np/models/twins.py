@@ -329,16 +329,14 @@ class Twins(Module):
         """Forward + cross-entropy; returns (loss, logits). Call :meth:`backward_loss` next."""
         logits = self.forward(x)
         loss, cache = F.cross_entropy_forward(logits, target, label_smoothing)
-        self._loss_cache: Any = cache
+        self._save(cache, slot="_loss_cache")  # tagged like every cache: backward_loss checks it is this forward's
         return loss, logits
 
     def backward_loss(self) -> Any:
         """Backward from the loss computed by :meth:`loss`; returns dx."""
-        cache = getattr(self, "_loss_cache", None)
-        if cache is None:
+        if getattr(self, "_loss_cache", None) is None:
             raise RuntimeError("backward_loss() needs a loss() call before it")
-        self._loss_cache = None
-        return self.backward(F.cross_entropy_backward(1.0, cache))
+        return self.backward(F.cross_entropy_backward(1.0, self._pop("_loss_cache")))
 
     # -- as a backbone (timm's forward_intermediates) -------------------------------------
     def _forward_stage(self, s: int, x: Any) -> tuple[Any, tuple[int, int]]:

@@ -99,7 +99,8 @@ class Block(Module):
         x = x + DropPath(Mlp(LN2(x)))
 
     ``ws = 1`` gives GSA (with sub-sampling ``sr_ratio``), ``ws > 1`` gives LSA. The
-    LayerNorms use eps = 1e-6 as in Twins (``norm_eps``).
+    LayerNorms' ``norm_eps`` defaults to 1e-5, as timm's ``Block`` (whose ``norm_layer``
+    is ``nn.LayerNorm``); the Twins model passes its own 1e-6.
 
     Shapes: x (B, N, C), size (H, W) -> (B, N, C).
     """
@@ -114,7 +115,7 @@ class Block(Module):
         drop_path: float = 0.0,
         sr_ratio: int = 1,
         ws: int | None = None,
-        norm_eps: float = 1e-6,
+        norm_eps: float = 1e-5,
         rng: Rng = None,
         dtype: Any = np.float32,
         sr_mode: str = "conv",

@@ -172,9 +172,12 @@ class Conv2d(_WeightBias):
 
 
 class Dropout(Module):
-    """Elementwise dropout with its own seeded generator (identity in eval or at p = 0)."""
+    """Elementwise dropout with its own seeded generator (identity in eval or at p = 0).
 
-    def __init__(self, p: float = 0.0, rng: Rng = None) -> None:
+    ``p`` defaults to 0.5, as ``torch.nn.Dropout``; Twins' modules pass their rates.
+    """
+
+    def __init__(self, p: float = 0.5, rng: Rng = None) -> None:
         super().__init__()
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"dropout p must be in [0, 1], got {p}")

@@ -8,13 +8,33 @@ equal timm's (``blocks.0.1.attn.qkv.weight``).
 Gradient rule: ``backward`` *adds* into ``param.grad`` (like PyTorch), so call
 ``zero_grad()`` before each step. A cache is used once: a second ``backward``
 without a new ``forward`` raises, because it would silently double the gradients.
+
+One backward, one forward. A backward must never combine caches of two different
+forwards: the gradients would be silently wrong. Two rules make sure of it, and both
+work without copying anything:
+
+- Every cache is tagged with the id of the *top-level* forward that made it: the
+  outermost forward method running (``model.forward(x)``, ``model.loss(x, y)``, or a
+  module used on its own). Nested module calls inside it share its id. A backward
+  checks that every cache it reads carries the same id as the first one it read.
+- A top-level forward that stops part-way (an exception, Ctrl-C, out of memory) marks
+  the cache of every module in its tree as incomplete, so the next backward raises
+  instead of mixing the new batch's caches with the old batch's.
+
+Both hook into the methods named ``forward``/``forward_*``/``loss`` (forward passes)
+and ``backward``/``backward_*`` (backward passes) of every Module subclass; see
+:meth:`Module.__init_subclass__`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+import itertools
+import re
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -27,6 +47,90 @@ __all__ = ["Parameter", "Module", "ModuleList", "Sequential", "Identity", "no_gr
 # inference holds no activations for a backward that will never come.
 _KEEP_CACHES = [True]
 _NO_CACHE = object()  # what _save stores under no_grad, so backward can say why it fails
+
+# dtype kinds load_state_dict refuses, and why
+_REFUSED_KINDS = {
+    "c": "complex: casting would drop the imaginary part",
+    "b": "bool: not weights",
+    "U": "strings",
+    "S": "bytes",
+    "O": "Python objects",
+    "V": "raw or structured records",
+    "M": "dates",
+    "m": "time spans",
+}
+
+
+class _Saved(NamedTuple):
+    """A cache and the id of the top-level forward that made it."""
+
+    cache: Any
+    forward_id: int
+
+
+class _Incomplete(NamedTuple):
+    """Left in place of a module's cache when the top-level forward over it raised."""
+
+    root: str  # class name of the module whose forward raised
+    path: str  # this module's dotted name inside it ("" for the root itself)
+    error: str  # the exception's class name
+
+
+class _PassState(threading.local):
+    """Per thread: whether a forward/backward pass is running, and which ids it uses."""
+
+    running = False  # True inside a top-level forward or backward method
+    forward_id = 0  # id of the top-level forward now running (tags every cache saved in it)
+    backward_of: int | None = None  # id of the forward the running backward reads caches of
+
+
+_PASS = _PassState()
+_FORWARD_IDS = itertools.count(1)
+
+# method names that are forward or backward passes, wrapped in every Module subclass
+_FORWARD_NAMES = re.compile(r"forward(_\w+)?|loss")
+_BACKWARD_NAMES = re.compile(r"backward(_\w+)?")
+
+
+def _forward_pass(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Give a top-level forward a fresh id; on an exception, mark the module tree incomplete."""
+
+    @functools.wraps(method)
+    def run(self: Module, *args: Any, **kwargs: Any) -> Any:
+        if _PASS.running:  # a module called inside another forward: part of that pass
+            out = method(self, *args, **kwargs)
+        else:
+            _PASS.running, _PASS.forward_id = True, next(_FORWARD_IDS)
+            try:
+                out = method(self, *args, **kwargs)
+            except BaseException as e:  # Ctrl-C and MemoryError too: those leave half-new caches as well
+                self._mark_incomplete(type(e).__name__)
+                raise
+            finally:
+                _PASS.running = False
+        if isinstance(self._cache, _Incomplete):  # a module that saves no cache of its own (Sequential)
+            object.__setattr__(self, "_cache", None)
+        return out
+
+    return run
+
+
+def _backward_pass(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Make every cache one top-level backward reads come from one forward."""
+
+    @functools.wraps(method)
+    def run(self: Module, *args: Any, **kwargs: Any) -> Any:
+        if _PASS.running:
+            return method(self, *args, **kwargs)
+        if isinstance(self._cache, _Incomplete):  # say so before any gradient is accumulated
+            raise self._incomplete_error(self._cache, method.__name__)
+        _PASS.running, _PASS.backward_of = True, None
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            _PASS.running, _PASS.backward_of = False, None
+
+    return run
 
 
 @contextmanager
@@ -96,6 +200,17 @@ class Module:
     _parameters: dict[str, Parameter]
     _modules: dict[str, Module]
     _cache: Any
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # forward/backward passes get the bookkeeping that keeps one backward on one forward
+        super().__init_subclass__(**kwargs)
+        for name, value in list(vars(cls).items()):
+            if not callable(value):
+                continue
+            if _FORWARD_NAMES.fullmatch(name):
+                setattr(cls, name, _forward_pass(value))
+            elif _BACKWARD_NAMES.fullmatch(name):
+                setattr(cls, name, _backward_pass(value))
 
     def __init__(self) -> None:
         object.__setattr__(self, "_parameters", {})
@@ -242,12 +357,26 @@ class Module:
         """
         return {k: v.data if isinstance(v, Parameter) else v for k, (_, _, v) in self._state_entries().items()}
 
-    def load_state_dict(self, state: dict[str, Any], strict: bool = True) -> Module:
+    def load_state_dict(self, state: dict[str, Any], strict: bool = True, allow_nonfinite: bool = False) -> Module:
         """Copy arrays into the parameters, converting dtype and device to the module's.
+
+        All or nothing: every value is checked and converted first, and only when all
+        of them are good are they assigned, so a refused state dict leaves the module
+        exactly as it was. Accepted values are real floating or integer arrays (NumPy,
+        CuPy, or anything ``np.asarray`` turns into one); complex, bool, string and
+        object arrays are refused rather than cast.
+
+        Args:
+            state: ``{name: array}`` with this module's ``state_dict()`` names.
+            strict: if True, a missing or an unexpected key is an error.
+            allow_nonfinite: load NaN and Inf values (refused by default: a model with
+                them computes NaN everywhere, silently).
 
         Raises:
             KeyError: (strict) listing missing and unexpected keys.
-            ValueError: listing every key whose shape differs, expected vs received.
+            ValueError: listing every key whose shape differs, expected vs received,
+                or whose values are not finite.
+            TypeError: listing every key whose value is not a real number array.
         """
         if not hasattr(state, "keys") or isinstance(state, Module):
             hint = (
@@ -273,18 +402,49 @@ class Module:
             raise KeyError(
                 f"state_dict does not match {type(self).__name__}: missing keys {missing}, unexpected keys {unexpected}"
             )
+        new, bad_type, not_finite = {}, [], []
         for k, p in own.items():
-            if k in state:
-                current = p.data if isinstance(p, Parameter) else p
-                xp = get_xp(current)
-                value = state[k]
-                value = asnumpy(value) if xp is np else value
-                value = xp.asarray(value, dtype=current.dtype).copy()
-                if isinstance(p, Parameter):
-                    p.data = value
-                else:  # a buffer: replace the module's array
-                    module, name, _ = entries[k]
-                    object.__setattr__(module, name, value)
+            if k not in state:
+                continue
+            current = p.data if isinstance(p, Parameter) else p  # a buffer is the array itself
+            value = state[k]
+            if not isinstance(getattr(value, "dtype", None), np.dtype):  # lists, scalars, torch tensors
+                value = np.asarray(value)
+            kind = value.dtype.kind
+            if kind not in "fiu":
+                what = _REFUSED_KINDS.get(kind, "not a number array")
+                bad_type.append(f"{k}: dtype {value.dtype} ({what})")
+                continue
+            xp = get_xp(current)
+            with np.errstate(over="ignore", invalid="ignore"):  # overflow to Inf is reported below
+                converted = xp.asarray(asnumpy(value) if xp is np else value, dtype=current.dtype).copy()
+            if not allow_nonfinite and not bool(xp.isfinite(converted).all()):
+                n_nan = int(xp.isnan(converted).sum())
+                n_inf = int(converted.size) - n_nan - int(xp.isfinite(converted).sum())
+                cast = ""
+                if kind == "f" and bool(xp.isfinite(xp.asarray(value)).all()):
+                    cast = f" (finite as {value.dtype}: its values overflow {current.dtype})"
+                not_finite.append(f"{k}: {n_nan} NaN and {n_inf} Inf values{cast}")
+                continue
+            new[k] = converted
+        if bad_type:
+            raise TypeError(
+                f"cannot load {len(bad_type)} of the arrays into {type(self).__name__} (nothing was loaded); "
+                "only real floating or integer arrays are accepted:\n  " + "\n  ".join(bad_type)
+            )
+        if not_finite:
+            raise ValueError(
+                f"cannot load {len(not_finite)} of the arrays into {type(self).__name__} (nothing was loaded): "
+                "they hold NaN or Inf, which would make every output NaN; pass allow_nonfinite=True to load "
+                "them anyway:\n  " + "\n  ".join(not_finite)
+            )
+        for k, data in new.items():  # every value is good: assign them all
+            p = own[k]
+            if isinstance(p, Parameter):
+                p.data = data
+            else:  # a buffer: replace the module's array
+                module, name, _ = entries[k]
+                object.__setattr__(module, name, data)
         self._clear_caches()
         return self
 
@@ -298,24 +458,56 @@ class Module:
     def backward(self, dout: Any) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError(f"{type(self).__name__} does not define backward()")
 
-    def _save(self, cache: Any) -> None:
-        object.__setattr__(self, "_cache", cache if _KEEP_CACHES[0] else _NO_CACHE)
+    def _save(self, cache: Any, slot: str = "_cache") -> None:
+        """Keep ``cache`` for backward, tagged with the top-level forward that made it."""
+        kept = _Saved(cache, _PASS.forward_id) if _KEEP_CACHES[0] else _NO_CACHE
+        object.__setattr__(self, slot, kept)
 
-    def _pop(self) -> Any:
-        """Return the cache saved by the last forward and forget it."""
-        cache = self._cache
-        if cache is None:
+    def _pop(self, slot: str = "_cache") -> Any:
+        """Return the cache saved by the last forward and forget it.
+
+        Raises:
+            RuntimeError: if there is none (no forward, or a second backward), if the
+                forward ran under ``no_grad``, stopped part-way, or is not the forward
+                the other caches of the running backward come from.
+        """
+        where = f"{type(self).__name__}.backward()" + ("" if slot == "_cache" else f" ({slot})")
+        saved = getattr(self, slot, None)
+        if saved is None:
             raise RuntimeError(
-                f"{type(self).__name__}.backward() called without a forward() before it "
-                "(or twice for one forward): run forward again first"
+                f"{where} called without a forward() before it (or twice for one forward): run forward again first"
             )
-        object.__setattr__(self, "_cache", None)
-        if cache is _NO_CACHE:
+        if isinstance(saved, _Incomplete):
+            raise self._incomplete_error(saved)
+        if saved is _NO_CACHE:
             raise RuntimeError(
-                f"{type(self).__name__}.backward(): the forward ran inside twins_np.no_grad(), which keeps no "
+                f"{where}: the forward ran inside twins_np.no_grad(), which keeps no "
                 "cache for backward; run forward again outside no_grad()"
             )
-        return cache
+        if _PASS.running:
+            if _PASS.backward_of is None:  # the first cache read fixes the forward this backward is of
+                _PASS.backward_of = saved.forward_id
+            elif saved.forward_id != _PASS.backward_of:
+                raise RuntimeError(
+                    f"{where}: its cache comes from another forward call than the caches this backward read "
+                    "before it (e.g. a part of the model was run on its own after the model's forward); gradients "
+                    "would mix two batches. The gradients accumulated so far are partial: call zero_grad(), then "
+                    "run forward and backward again"
+                )
+        object.__setattr__(self, slot, None)
+        return saved.cache
+
+    def _mark_incomplete(self, error: str) -> None:
+        """After a forward that raised: no module of the tree may serve a backward."""
+        for path, m in self.named_modules():
+            object.__setattr__(m, "_cache", _Incomplete(type(self).__name__, path, error))
+
+    def _incomplete_error(self, marker: _Incomplete, method: str = "backward") -> RuntimeError:
+        where = f"{type(self).__name__}.{method}()" + (f" ({marker.path} of {marker.root})" if marker.path else "")
+        return RuntimeError(
+            f"{where}: the last forward of {marker.root} stopped part-way ({marker.error}), so its modules hold "
+            "caches of different batches; run forward again before backward"
+        )
 
     def extra_repr(self) -> str:
         return ""
