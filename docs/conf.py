@@ -25,6 +25,12 @@ extensions = [
     "sphinx.ext.mathjax",
 ]
 
+# A student copy (`twins-np assignment build` writes its assignment.json): no [source] pages,
+# and pages are not executed, since the stubs raise NotImplementedError until the tasks are done.
+STUDENT_COPY = (ROOT / "assignment.json").exists()
+if STUDENT_COPY:
+    extensions.remove("sphinx.ext.viewcode")
+
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist"]
 myst_heading_anchors = 3
 math_numfig = True
@@ -37,6 +43,8 @@ nb_execution_mode = "auto"
 # print nothing count as unexecuted). Pages with code cells (e.g. derivations/gradcheck) still run.
 if os.environ.get("TWINS_NP_NOTEBOOKS_EXECUTED") == "1":
     nb_execution_excludepatterns = ["notebooks/*"]
+if STUDENT_COPY:
+    nb_execution_mode = "off"
 nb_execution_timeout = 900
 nb_execution_raise_on_error = True
 nb_merge_streams = True

@@ -401,14 +401,24 @@ for module in (GlobalSubSampleAttn(C, heads, sr_ratio=sr, rng=1), PosConv(C, C, 
 # %%
 def avgpool_forward(x, sr):
     """Exercise 1: (B, H, W, C) -> (B, H // sr, W // sr, C) patch means; return (out, cache)."""
-    # YOUR CODE HERE
-    raise NotImplementedError("exercise 1")
+    # BEGIN SOLUTION nb05_avgpool
+    B_, H_, W_, C_ = x.shape
+    Hs, Ws = H_ // sr, W_ // sr  # floor like the conv: the last rows / columns are dropped
+    patches = x[:, : Hs * sr, : Ws * sr].reshape(B_, Hs, sr, Ws, sr, C_)
+    return patches.mean(axis=(2, 4)), (x.shape, sr)
+    # END SOLUTION
 
 
 def avgpool_backward(dout, cache):
     """Exercise 1: return dx of shape (B, H, W, C)."""
-    # YOUR CODE HERE
-    raise NotImplementedError("exercise 1")
+    # BEGIN SOLUTION nb05_avgpool
+    shape, sr = cache
+    B_, Hs, Ws, C_ = dout.shape
+    dx = np.zeros(shape, dtype=dout.dtype)  # dropped rows / columns get zero gradient
+    share = np.broadcast_to(dout[:, :, None, :, None, :] / (sr * sr), (B_, Hs, sr, Ws, sr, C_))
+    dx[:, : Hs * sr, : Ws * sr] = share.reshape(B_, Hs * sr, Ws * sr, C_)
+    return dx
+    # END SOLUTION
 
 
 try:

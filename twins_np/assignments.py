@@ -27,10 +27,11 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import tomllib
 import zipfile
 from dataclasses import dataclass
 from typing import Any
+
+import tomllib
 
 __all__ = ["EXERCISES", "TASKS", "Task", "build", "regions_in", "status", "strip_source", "submit", "task_of_test"]
 
@@ -305,6 +306,7 @@ def build(
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{out} is not an empty folder; choose a new one")
     conf = load_config(config, root)
+    out.mkdir(parents=True, exist_ok=True)  # a file in the way, or a read-only disk, fails here, before the tests run
     frozen = grader.freeze(root, chosen, conf) if freeze else None
     strip = set(chosen) | set(EXERCISES)
     where: dict[str, list[str]] = {t: [] for t in chosen}
