@@ -60,7 +60,7 @@ def rel_err(a, b):
 H, W, ws = 5, 6, 4
 size = (H, W)
 pad_b, pad_r = F.window_pads(size, ws)
-Hp, Wp = H + pad_b, W + pad_r
+Hp, Wp = size[0] + pad_b, size[1] + pad_r  # the padded map
 nW, T = (Hp // ws) * (Wp // ws), ws * ws
 print(f"pad_b = {pad_b}, pad_r = {pad_r}, padded map {Hp}x{Wp}, {nW} windows of {T} slots")
 assert (pad_b, pad_r) == (3, 2) and (nW, T) == (4, 16)

@@ -180,6 +180,7 @@ plt.show()
 
 # %%
 dout = rng.standard_normal(out.shape)
+# BEGIN SOLUTION gsa_backward
 do, dproj_w, dproj_b = F.linear_backward(dout, proj_cache)
 dq, dk, dv = F.attention_backward(F.split_heads(do, heads), attn_cache)
 ds, dkv_w, dkv_b = F.linear_backward(F.join_qkv([dk, dv]), kv_cache)
@@ -187,6 +188,7 @@ dx_query, dq_w, dq_b = F.linear_backward(F.merge_heads(dq), q_cache)  # path 1: 
 ds, dnorm_w, dnorm_b = F.layernorm_backward(ds, norm_cache)
 dx4, dsr_w, dsr_b = F.patch_conv_backward(ds.reshape(B, Hs, Ws, C), sr_cache)
 dx_keyvalue = dx4.reshape(B, N, C)  # path 2: keys and values through the summary
+# END SOLUTION
 
 g = F.gsa_backward(dout, cache)
 print("gsa_backward returns:", sorted(g))

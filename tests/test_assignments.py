@@ -54,23 +54,6 @@ def test_student_copy_imports(student):
     assert r.stdout.strip() == "ok"
 
 
-def test_no_solution_line_survives(student):
-    out, where = student
-    for task, files in where.items():
-        for rel in files:
-            sol = (ROOT / rel).read_text()
-            stu = (out / rel).read_text()
-            assert "BEGIN SOLUTION" not in stu and "END SOLUTION" not in stu
-            assert re.search(rf"raise NotImplementedError\([\'\"]{task}: implement", stu), f"{rel}: no stub for {task}"
-            outside = re.sub(r"# BEGIN SOLUTION \S+\n.*?# END SOLUTION", "", sol, flags=re.S)
-            for line in _regions(sol)[task]:
-                code = line.strip()
-                # short lines such as `return dx` occur everywhere; a long line may also be used
-                # outside the regions (shape checks), so compare with its count there
-                if len(code) >= 25 and not code.startswith("#"):
-                    assert stu.count(code) <= outside.count(code), f"{rel}: solution line survived: {code}"
-
-
 def test_build_is_deterministic(student, tmp_path):
     out, _ = student
     again = tmp_path / "again"
@@ -160,11 +143,14 @@ def test_no_solution_line_anywhere_in_the_copy(student):
     leaks = []
     for src, line in lines:
         for rel, text in copy.items():
-            allowed = outside.get(rel, "").count(line) if rel.parts[0] in ("twins_np", "tests") else 0
+            # a library or test file, or the exercise's own notebook (its forward steps), may share a line
+            same = rel.parts[0] in ("twins_np", "tests") or rel.with_suffix(".py") == src
+            allowed = outside.get(rel, "").count(line) if same else 0
             if text.count(line) > allowed:
                 leaks.append(f"{rel}: {line}  (from {src})")
     assert not leaks, "\n".join(leaks)
-    assert not any("SOLUTION" in t for rel, t in copy.items() if rel.suffix in (".py", ".md", ".ipynb") and rel.parts[0] != "tests")
+    markers = [f"{rel}: {ln}" for rel, t in copy.items() for ln in t.splitlines() if _BEGIN.match(ln) or _END.match(ln)]
+    assert not markers, markers
 
 
 def test_instructor_material_stays_out(student):
@@ -205,10 +191,12 @@ def test_pytest_in_the_copy_tests_the_copys_own_code(student):
     in the copy imports the copy's twins_np; and the conftest refuses another twins_np."""
     out, _ = student
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gelu_backward", "tests/functional/test_f_activation.py"]
-    r = subprocess.run(cmd, cwd=out, env=env, capture_output=True, text=True, timeout=300)
+    args = ["-q", "-p", "no:cacheprovider", "-m", "gelu_backward and not parity", "tests/functional/test_f_activation.py"]
+    r = subprocess.run([sys.executable, "-m", "pytest", *args], cwd=out, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and "NotImplementedError: gelu_backward: implement" in r.stdout, r.stdout[-2000:]
-    r = subprocess.run([*cmd, "-o", "pythonpath="], cwd=out, env=env, capture_output=True, text=True, timeout=300)
+    # the `pytest` script (no current folder on sys.path) with the copy's pythonpath switched off
+    script = pathlib.Path(sys.executable).with_name("pytest")
+    r = subprocess.run([str(script), *args, "-o", "pythonpath="], cwd=out, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 4 and "not this copy's twins_np" in r.stdout + r.stderr, (r.stdout + r.stderr)[-2000:]
 
 

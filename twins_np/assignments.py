@@ -148,9 +148,10 @@ def _hint(region: list[str], after: list[str]) -> str:
         if all(isinstance(e, ast.Name) for e in items):
             return "compute and return " + ", ".join(e.id for e in items if isinstance(e, ast.Name))
         return "compute and return the result (see the docstring's Returns)"
-    assigned = {n.id for n in ast.walk(body) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+    augmented = {id(n.target) for n in ast.walk(body) if isinstance(n, ast.AugAssign)}
+    assigned = {n.id for n in ast.walk(body) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store) and id(n) not in augmented}
     in_place = []
-    for node in ast.walk(body):
+    for node in sorted(ast.walk(body), key=lambda n: (getattr(n, "lineno", 0), getattr(n, "col_offset", 0))):
         target = node.target if isinstance(node, ast.AugAssign) else None
         if isinstance(node, ast.keyword) and node.arg == "out":
             target = node.value
