@@ -88,7 +88,9 @@ def test_a_correct_task_scores_full_while_another_is_wrong(course, tmp_path):
     assert res["ffn_backward"].score == res["ffn_backward"].points == 10
     assert res["gelu_backward"].score < res["gelu_backward"].points
     # the report names each failed test with a one-line reason
-    assert res["gelu_backward"].failed and all(f["test"].startswith("tests/") and f["reason"] for f in res["gelu_backward"].failed)
+    assert res["gelu_backward"].failed and all(
+        f["test"].startswith("tests/") and f["reason"] for f in res["gelu_backward"].failed
+    )
     assert all("\n" not in f["reason"] for f in res["gelu_backward"].failed)
 
 
@@ -113,7 +115,9 @@ def test_syntax_error_and_hang_are_reported_with_a_non_zero_exit(course, tmp_pat
     assert r.returncode == 1, r.stdout + r.stderr
     assert "SyntaxError" in r.stdout and "error" in r.stdout
     hang = _submission(course, tmp_path / "b", **{GELU: _stub_replaced(course, GELU, "while True:\n    pass")})
-    r = subprocess.run([*cli, "--timeout", "8", str(hang), "--tasks", "gelu_backward"], env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [*cli, "--timeout", "8", str(hang), "--tasks", "gelu_backward"], env=env, capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 1, r.stdout + r.stderr
     assert "timeout: killed after 8 s" in r.stdout
 
@@ -123,7 +127,8 @@ def test_not_a_submission_exits_2_with_one_line(course, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     (tmp_path / "empty").mkdir()
     for target in (tmp_path / "empty", tmp_path / "missing"):
-        r = subprocess.run([sys.executable, "-m", "twins_np", "assignment", "grade", "--manifest", str(base / "manifest.json"), str(target)],
+        cmd = [sys.executable, "-m", "twins_np", "assignment", "grade", "--manifest", str(base / "manifest.json"), str(target)]
+        r = subprocess.run(cmd,
                            env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
         assert r.returncode == 2 and "not a submission" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
@@ -131,10 +136,11 @@ def test_not_a_submission_exits_2_with_one_line(course, tmp_path):
 def test_file_system_faults_end_cleanly(course, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     (tmp_path / "a_file").write_text("x")
-    r = subprocess.run([sys.executable, "-m", "twins_np", "assignment", "build", str(tmp_path / "a_file" / "copy"), "--tasks", "gelu_backward"],
+    cmd = [sys.executable, "-m", "twins_np", "assignment", "build"]
+    r = subprocess.run([*cmd, str(tmp_path / "a_file" / "copy"), "--tasks", "gelu_backward"],
                        env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "error" in r.stderr, r.stderr
-    r = subprocess.run([sys.executable, "-m", "twins_np", "assignment", "build", str(tmp_path / "a_file"), "--tasks", "gelu_backward"],
+    r = subprocess.run([*cmd, str(tmp_path / "a_file"), "--tasks", "gelu_backward"],
                        env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert r.returncode == 2 and "not an empty folder" in r.stderr, r.stderr
 
@@ -192,3 +198,42 @@ def test_gradescope_autograder_end_to_end(course, tmp_path):
     assert hang["score"] == 10.0 and "killed after" in hang["output"]
     empty = run({"notes.txt": "nothing"})
     assert empty["score"] == 0.0 and "not a submission" in empty["output"]
+
+
+def test_student_status_and_submit(course, tmp_path):
+    base, _ = course
+    copy = tmp_path / "copy"
+    shutil.copytree(base / "student", copy)
+    (copy / GELU).write_text((ROOT / GELU).read_text())  # gelu done, ffn not
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    r = subprocess.run(
+        [sys.executable, "-m", "twins_np", "assignment", "status", str(copy)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    rows = {ln.split()[0]: ln.split() for ln in r.stdout.splitlines()[1:]}
+    assert r.returncode == 1 and rows["gelu_backward"][-1] == "done" and rows["ffn_backward"][-1] == "todo", r.stdout + r.stderr
+    assert rows["ffn_backward"][1] == "0"
+    r = subprocess.run(
+        [sys.executable, "-m", "twins_np", "assignment", "submit", str(copy)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    assert sorted(zipfile.ZipFile(copy / "submission.zip").namelist()) == [GELU, MLP]
+    # the zip grades: gelu full marks, ffn none
+    res = by_task(grader.grade(copy / "submission.zip", course[1]))
+    assert res["gelu_backward"].score == 4.0 and res["ffn_backward"].score == 0.0
+    (copy / MLP).unlink()
+    r = subprocess.run(
+        [sys.executable, "-m", "twins_np", "assignment", "submit", str(copy)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 2 and "mlp.py missing" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -49,7 +49,9 @@ def test_nb03_attention_backward_from_the_formulas():
     ns = _exercise("03_attention_core.py", "nb03_attention")
     rng = np.random.default_rng(0)
     q, k, v = rng.standard_normal((2, 2, 5, 4)), rng.standard_normal((2, 2, 7, 4)), rng.standard_normal((2, 2, 7, 4))
-    check_backward(lambda q_, k_, v_: F.attention_forward(q_, k_, v_), ns["my_attention_backward"], [q, k, v], names=["q", "k", "v"])
+    check_backward(
+        lambda q_, k_, v_: F.attention_forward(q_, k_, v_), ns["my_attention_backward"], [q, k, v], names=["q", "k", "v"]
+    )
 
 
 def test_nb04_masked_lsa():
@@ -57,7 +59,12 @@ def test_nb04_masked_lsa():
     rng = np.random.default_rng(0)
     B, H, W, C, heads, ws = 1, 5, 6, 8, 2, 4
     x = rng.standard_normal((B, H * W, C))
-    weights = [0.3 * rng.standard_normal((3 * C, C)), rng.standard_normal(3 * C), 0.3 * rng.standard_normal((C, C)), rng.standard_normal(C)]
+    weights = [
+        0.3 * rng.standard_normal((3 * C, C)),
+        rng.standard_normal(3 * C),
+        0.3 * rng.standard_normal((C, C)),
+        rng.standard_normal(C),
+    ]
     args = [x, (H, W), *weights, heads, ws]
     check_backward(ns["masked_lsa_forward"], ns["masked_lsa_backward"], args, wrt=[0, 2, 3, 4, 5])
     # padded keys get no attention; without padding the mask changes nothing

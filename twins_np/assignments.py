@@ -149,10 +149,12 @@ def _hint(region: list[str], after: list[str]) -> str:
             return "compute and return " + ", ".join(e.id for e in items if isinstance(e, ast.Name))
         return "compute and return the result (see the docstring's Returns)"
     augmented = {id(n.target) for n in ast.walk(body) if isinstance(n, ast.AugAssign)}
-    assigned = {n.id for n in ast.walk(body) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store) and id(n) not in augmented}
+    assigned = {
+        n.id for n in ast.walk(body) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store) and id(n) not in augmented
+    }
     in_place = []
     for node in sorted(ast.walk(body), key=lambda n: (getattr(n, "lineno", 0), getattr(n, "col_offset", 0))):
-        target = node.target if isinstance(node, ast.AugAssign) else None
+        target: ast.expr | None = node.target if isinstance(node, ast.AugAssign) else None
         if isinstance(node, ast.keyword) and node.arg == "out":
             target = node.value
         if target is not None:
@@ -211,7 +213,8 @@ def strip_source(text: str, tasks: set[str] | None = None) -> tuple[str, list[st
         if tasks is None or task in tasks:
             title, doc = (TASKS[task].title, TASKS[task].doc) if task in TASKS else (EXERCISES[task], "")
             if m["c"] == "%":  # a MyST page: the code is the exercise
-                out.append(f"```{{note}}\nThe code of this step is left out: it is the assignment task `{task}` ({title}).\n```\n")
+                note = f"The code of this step is left out: it is the assignment task `{task}` ({title})."
+                out.append(f"```{{note}}\n{note}\n```\n")
             else:
                 after = []
                 for line in lines[j + 1 :]:
@@ -320,7 +323,7 @@ def build(
         dst.parent.mkdir(parents=True, exist_ok=True)
         if rel.as_posix() == "docs/instructors.md":
             dst.write_text(_INSTRUCTORS_STUB)
-        elif (src.suffix == ".py" and rel.parts[0] in ("twins_np", "notebooks")) or (src.suffix == ".md" and rel.parts[0] == "docs"):
+        elif (src.suffix, rel.parts[0]) in ((".py", "twins_np"), (".py", "notebooks"), (".md", "docs")):
             text, done = strip_source(src.read_text(), strip)
             dst.write_text(text)
             for t in done:

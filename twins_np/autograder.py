@@ -61,7 +61,9 @@ def _requirements() -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_autograder(out_zip: str | os.PathLike, manifest: str | os.PathLike, timeout: float = 600, root: pathlib.Path | None = None) -> list[str]:
+def write_autograder(
+    out_zip: str | os.PathLike, manifest: str | os.PathLike, timeout: float = 600, root: pathlib.Path | None = None
+) -> list[str]:
     """Write the autograder zip; returns the names in it.
 
     Args:

@@ -48,7 +48,7 @@ __all__ = ["GradingError", "TaskResult", "grade", "gradescope_results", "instruc
 MANIFEST_VERSION = 1
 # a pytest plugin of our own, written into each grading tree: it records every test's outcome
 # and one-line reason as JSON lines, flushed at once, so a killed run keeps what it had done
-_REPORT_PLUGIN = '''\
+_REPORT_PLUGIN = """\
 import json, os
 
 _OUT = open(os.environ["TWINS_NP_GRADER_REPORT"], "a", buffering=1)
@@ -75,7 +75,7 @@ def pytest_collectreport(report):
     if report.failed:
         _OUT.write(json.dumps({"test": report.nodeid, "when": "collect", "outcome": "error",
                                "reason": _reason(report)}) + "\\n")
-'''
+"""
 # PyTorch is blocked in every grading run: Gradescope's image has none, and a test must grade
 # the same on the instructor's machine and there
 _BLOCKED = ("torch", "torchvision", "timm")
@@ -150,7 +150,9 @@ def run_tests(tree: pathlib.Path, args: list[str], timeout: float) -> tuple[dict
                OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TQDM_DISABLE="1")  # fmt: skip
     cmd = [sys.executable, "-m", "pytest", "-c", str(tree / "pytest.ini"), "--rootdir", str(tree), "-q", "-p", "no:cacheprovider",
            "-p", "_twins_np_grader_report", *args]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=tree, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=tree, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     killed = False
     try:
         out, _ = proc.communicate(timeout=timeout)
@@ -333,6 +335,7 @@ def gradescope_results(results: list[TaskResult], manifest: dict[str, Any], seco
     output does not name them; its visibility is the manifest's ``hidden_visibility``.
     """
     tests = []
+    hidden_visibility = manifest.get("hidden_visibility", "after_published")
     for r in results:
         spec = manifest["tasks"][r.task]
         for vis in ("visible", "hidden"):
@@ -354,12 +357,18 @@ def gradescope_results(results: list[TaskResult], manifest: dict[str, Any], seco
                 "max_score": round(share, 4),
                 "status": "passed" if not failed and r.status == "ok" else "failed",
                 "output": "\n".join(lines),
-                "visibility": spec.get("visibility", "visible") if vis == "visible" else manifest.get("hidden_visibility", "after_published"),
+                "visibility": spec.get("visibility", "visible") if vis == "visible" else hidden_visibility,
             })  # fmt: skip
     errors = [f"{r.task}: {r.error}" for r in results if r.status != "ok"]
     total = sum(r.score for r in results)
     output = f"Score {total:.2f} / {sum(r.points for r in results):g}." + ("\n" + "\n".join(errors) if errors else "")
-    return {"score": round(total, 4), "execution_time": round(seconds, 2), "output": output, "visibility": "visible", "tests": tests}
+    return {
+        "score": round(total, 4),
+        "execution_time": round(seconds, 2),
+        "output": output,
+        "visibility": "visible",
+        "tests": tests,
+    }
 
 
 # --- freezing the tests of each task (called by assignments.build) ---------------------------
@@ -385,7 +394,9 @@ def freeze(root: pathlib.Path, tasks: list[str], config: dict[str, Any], jobs: i
 
         def stripped(task: str) -> dict[str, tuple[str, str]]:
             overlay = {rel: strip_source((root / rel).read_text(), {task})[0] for rel in files.get(task, [])}
-            got, out, killed = run_tests(_tree(root, tmp / task, overlay), ["-m", f"{task} and not parity and not gpu", *pool_files[task]], 600)
+            got, out, killed = run_tests(
+                _tree(root, tmp / task, overlay), ["-m", f"{task} and not parity and not gpu", *pool_files[task]], 600
+            )
             if killed or not got:
                 raise GradingError(f"{task}: the stripped copy's tests did not run: {_error_line(out)}")
             return got

@@ -108,10 +108,16 @@ def run_grade(args: argparse.Namespace) -> int:
     summary = grader.summary(results)
     print(f"{'task':<20}{'passed':>8}{'tests':>7}{'points':>14}  status")
     for r in results:
-        print(f"{r.task:<20}{r.passed:>8}{r.total:>7}{r.score:>8.2f} / {r.points:<4g}  {r.status}{': ' + r.error if r.error else ''}")
+        print(
+            f"{r.task:<20}{r.passed:>8}{r.total:>7}{r.score:>8.2f} / {r.points:<4g}  {r.status}"
+            + (f": {r.error}" if r.error else "")
+        )
         for f in r.failed:
             print(f"    FAILED {f['test']}: {f['reason']}")
-    print(f"{'total':<20}{'':>15}{summary['score']:>8.2f} / {summary['max_score']:<4g}  ({summary['percent']:.0f} %, {seconds:.0f} s)")
+    print(
+        f"{'total':<20}{'':>15}{summary['score']:>8.2f} / {summary['max_score']:<4g}"
+        f"  ({summary['percent']:.0f} %, {seconds:.0f} s)"
+    )
     if args.json:
         _write(args.json, summary)
     if args.gradescope:

@@ -28,9 +28,9 @@ def run(args: argparse.Namespace) -> int:
     print("-" * 72)
     failed = todo = 0
     for name, rows, err in results:
-        if rows is None and (err or "").startswith("TODO: "):  # not written yet (a student copy)
+        if rows is None and err and err.startswith("TODO: "):  # not written yet (a student copy)
             todo += 1
-            print(f"{name:<32}{'':>7}{'':>10}{'':>14}  TODO  {err[len('TODO: '):].split(' (see ')[0]}")
+            print(f"{name:<32}{'':>7}{'':>10}{'':>14}  TODO  {err[len('TODO: ') :].split(' (see ')[0]}")
             continue
         if rows is None:
             failed += 1
