@@ -65,7 +65,7 @@ source_suffix = {".md": "myst-nb", ".ipynb": "myst-nb"}
 
 html_theme = "sphinx_book_theme"
 html_title = "twins-np"
-html_static_path = ["_static"]
+html_static_path = ["_static"] if (pathlib.Path(__file__).parent / "_static").is_dir() else []
 html_theme_options = {"show_toc_level": 2, "use_download_button": False}
 
 # MathJax 3 is served from the built site itself (fetched from npm by `make docs` into
@@ -75,4 +75,4 @@ if _mathjax.exists() or os.environ.get("TWINS_NP_DOCS_OFFLINE"):
     mathjax_path = "mathjax/tex-svg.js"
 
 # short names such as `x` in docstrings match several NamedTuple fields; they are prose, not links
-suppress_warnings = ["mystnb.unknown_mime_type", "ref.python"]
+suppress_warnings = ["mystnb.unknown_mime_type", "ref.python"] + (["mystnb.lexer"] if STUDENT_COPY else [])

@@ -33,13 +33,11 @@ import json
 import os
 import pathlib
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 import zipfile
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -137,45 +135,136 @@ def _tree(root: pathlib.Path, dest: pathlib.Path, overlay: dict[str, str]) -> pa
     return dest
 
 
-def run_tests(tree: pathlib.Path, args: list[str], timeout: float) -> tuple[dict[str, tuple[str, str]], str, bool]:
-    """Run pytest in ``tree`` on ``args`` (node ids, files, options).
+# Runs every task's pytest in one Python process that has imported pytest, NumPy, SciPy and
+# matplotlib once, then forks a child per task (as many at a time as there are cores): each
+# child enters its task's tree, imports twins_np and the tests from there, and runs pytest.main.
+# The parent never imports twins_np, so no child sees another tree's modules; a child that runs
+# past its time limit is killed with its process group. Written into a temporary folder and
+# run as a script, so nothing of the instructor's or the student's package is imported first.
+_FORK_SERVER = """\
+import json, os, signal, sys, time
 
-    Returns ({test: (outcome, reason)}, the output's tail, whether the time limit killed it).
-    A test's outcome is "failed" if any phase failed or errored, "skipped" if it was skipped,
-    else "passed"; collection errors appear under the collected file's id.
-    """
-    report = tree / "_report.jsonl"
-    env = {k: v for k, v in os.environ.items() if k not in _ENV_DROP}
-    env.update(PYTHONPATH=str(tree / "_blocked"), TWINS_NP_GRADER_REPORT=str(report), PYTHONDONTWRITEBYTECODE="1",
-               OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TQDM_DISABLE="1")  # fmt: skip
-    cmd = [sys.executable, "-m", "pytest", "-c", str(tree / "pytest.ini"), "--rootdir", str(tree), "-q", "-p", "no:cacheprovider",
-           "-p", "_twins_np_grader_report", *args]  # fmt: skip
-    proc = subprocess.Popen(
-        cmd, cwd=tree, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
-    )
-    killed = False
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        killed = True
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-    results: dict[str, tuple[str, str]] = {}
-    if report.exists():
-        for line in report.read_text().splitlines():
+import numpy, scipy.special, matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot, pytest
+try:
+    import hypothesis
+except ImportError:
+    pass
+
+spec = json.load(open(sys.argv[1]))
+pending, running, status = list(enumerate(spec["runs"])), {}, {}
+while pending or running:
+    while pending and len(running) < spec["width"]:
+        i, job = pending.pop(0)
+        pid = os.fork()
+        if pid == 0:
+            code = 3
             try:
-                r = json.loads(line)
-            except json.JSONDecodeError:  # the last line of a killed run may be cut
-                continue
-            old = results.get(r["test"])
-            if r["outcome"] == "passed" and old is None:
-                results[r["test"]] = ("passed", "")
-            elif r["outcome"] == "skipped" and (old is None or old[0] == "passed"):
-                results[r["test"]] = ("skipped", r["reason"])
-            elif r["outcome"] in ("failed", "error"):
-                if old is None or old[0] != "failed":
-                    results[r["test"]] = ("failed", r["reason"])
-    return results, out[-4000:], killed
+                os.setsid()
+                os.chdir(job["tree"])
+                fd = os.open(job["output"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+                os.dup2(fd, 1)
+                os.dup2(fd, 2)
+                sys.path[:0] = [job["tree"], os.path.join(job["tree"], "_blocked")]
+                os.environ["TWINS_NP_GRADER_REPORT"] = job["report"]
+                code = int(pytest.main(job["args"]))
+            except BaseException:
+                import traceback
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        running[pid] = (i, time.monotonic() + job["timeout"])
+    pid, st = os.waitpid(-1, os.WNOHANG)
+    if pid:
+        i, _ = running.pop(pid)
+        status.setdefault(i, {"killed": False, "rc": os.waitstatus_to_exitcode(st)})
+        continue
+    for pid, (i, deadline) in list(running.items()):
+        if time.monotonic() > deadline:
+            status[i] = {"killed": True, "rc": -9}
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    time.sleep(0.02)
+json.dump({str(i): v for i, v in status.items()}, open(spec["status"], "w"))
+"""
+
+
+def _parse_report(report: pathlib.Path) -> dict[str, tuple[str, str]]:
+    """{test: (outcome, reason)}: "failed" if any phase failed or errored, "skipped" if it was
+    skipped, else "passed"; collection errors appear under the collected file's id."""
+    results: dict[str, tuple[str, str]] = {}
+    if not report.exists():
+        return results
+    for line in report.read_text().splitlines():
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:  # the last line of a killed run may be cut
+            continue
+        old = results.get(r["test"])
+        if r["outcome"] == "passed" and old is None:
+            results[r["test"]] = ("passed", "")
+        elif r["outcome"] == "skipped" and (old is None or old[0] == "passed"):
+            results[r["test"]] = ("skipped", r["reason"])
+        elif r["outcome"] in ("failed", "error") and (old is None or old[0] != "failed"):
+            results[r["test"]] = ("failed", r["reason"])
+    return results
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _ENV_DROP}
+    env.update(PYTHONDONTWRITEBYTECODE="1", OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TQDM_DISABLE="1")
+    return env
+
+
+def run_tests(
+    runs: list[tuple[pathlib.Path, list[str], float]], jobs: int | None = None
+) -> list[tuple[dict[str, tuple[str, str]], str, bool]]:
+    """Run pytest once per (tree, args, time limit), in parallel.
+
+    Returns per run: ({test: (outcome, reason)}, the output's tail, whether the time limit
+    killed it). Uses the fork server where the system can fork, else one process per run.
+    """
+    width = max(1, min(len(runs), jobs or os.cpu_count() or 2))
+    specs: list[dict[str, Any]] = []
+    for tree, args, limit in runs:
+        pytest_args = ["-c", str(tree / "pytest.ini"), "--rootdir", str(tree), "-q", "-p", "no:cacheprovider",
+                       "-p", "_twins_np_grader_report", *args]  # fmt: skip
+        (tree / "_report.jsonl").unlink(missing_ok=True)
+        specs.append({"tree": str(tree), "args": pytest_args, "timeout": limit,
+                      "report": str(tree / "_report.jsonl"), "output": str(tree / "_output.txt")})  # fmt: skip
+    if hasattr(os, "fork"):
+        with tempfile.TemporaryDirectory(prefix="twins-np-fork-") as tmp_name:
+            tmp = pathlib.Path(tmp_name)
+            (tmp / "server.py").write_text(_FORK_SERVER)
+            (tmp / "spec.json").write_text(json.dumps({"runs": specs, "width": width, "status": str(tmp / "status.json")}))
+            # the server's own time limit: every run's, one after the other, and a minute to start
+            limit = sum(lim for _, _, lim in runs) + 60
+            subprocess.run([sys.executable, str(tmp / "server.py"), str(tmp / "spec.json")], cwd=tmp, env=_env(),
+                           timeout=limit, capture_output=True)  # fmt: skip
+            status = json.loads((tmp / "status.json").read_text()) if (tmp / "status.json").exists() else {}
+        killed = [status.get(str(i), {"killed": True})["killed"] for i in range(len(specs))]
+    else:
+        killed = []
+        for spec in specs:
+            env = dict(_env(), PYTHONPATH=str(pathlib.Path(spec["tree"]) / "_blocked"), TWINS_NP_GRADER_REPORT=spec["report"])
+            with open(spec["output"], "w") as out:
+                try:
+                    subprocess.run([sys.executable, "-m", "pytest", *spec["args"]], cwd=spec["tree"], env=env,
+                                   stdout=out, stderr=subprocess.STDOUT, timeout=spec["timeout"])  # fmt: skip
+                    killed.append(False)
+                except subprocess.TimeoutExpired:
+                    killed.append(True)
+    results = []
+    for spec, k in zip(specs, killed, strict=True):
+        output = pathlib.Path(spec["output"])
+        text = output.read_text(errors="replace")[-4000:] if output.exists() else ""
+        results.append((_parse_report(pathlib.Path(spec["report"])), text, k))
+    return results
 
 
 def _error_line(output: str) -> str:
@@ -263,27 +352,29 @@ def grade(
                 "give the project folder, or the zip made by `twins-np assignment submit`"
             )
 
-        def one(task: str) -> TaskResult:
+        results, runs = [], []
+        for task in chosen:
             spec = manifest["tasks"][task]
             res = TaskResult(task, spec["title"], float(spec["points"]), total=len(spec["tests"]),
-                             visibility={t: v for t, v in spec["tests"].items()})  # fmt: skip
+                             visibility=dict(spec["tests"]))  # fmt: skip
             overlay, missing = {}, []
             for rel in spec["files"]:
                 src = found[rel]
+                try:
+                    overlay[rel] = src.read_text(encoding="utf-8") if src else spec["stubs"][rel]
+                except (OSError, UnicodeDecodeError) as e:
+                    overlay[rel], res.error = spec["stubs"][rel], f"cannot read {rel}: {e}"
                 if src is None:  # not handed in: graded as the untouched stub
                     missing.append(rel)
-                    overlay[rel] = spec["stubs"][rel]
-                else:
-                    try:
-                        overlay[rel] = src.read_text(encoding="utf-8")
-                    except (OSError, UnicodeDecodeError) as e:
-                        missing.append(rel)
-                        overlay[rel] = spec["stubs"][rel]
-                        res.error = f"cannot read {rel}: {e}"
-            tree = _tree(root, tmp / task, overlay)
-            t0 = time.perf_counter()
+            if missing:
+                res.error = f"not handed in: {', '.join(missing)}"
             limit = float(timeout or spec.get("timeout") or manifest.get("timeout", 120))
-            got, output, killed = run_tests(tree, ["-m", "not parity and not gpu", *spec["tests"]], limit)
+            runs.append((_tree(root, tmp / task, overlay), ["-m", "not parity and not gpu", *spec["tests"]], limit))
+            results.append(res)
+        t0 = time.perf_counter()
+        outcomes = run_tests(runs, jobs)
+        for res, (got, output, killed), (_, _, limit) in zip(results, outcomes, runs, strict=True):
+            spec = manifest["tasks"][res.task]
             res.seconds = time.perf_counter() - t0
             for test in spec["tests"]:
                 outcome, reason = got.get(test, ("failed", ""))
@@ -296,18 +387,15 @@ def grade(
                     reason = f"did not run: the task's time limit ({limit:g} s) was used up" if killed else "did not run"
                 res.failed.append({"test": test, "reason": _one_line(reason), "visibility": spec["tests"][test]})
             res.score = res.points * res.passed / res.total if res.total else 0.0
+            note = res.error
             if killed:
                 res.status, res.error = "timeout", f"killed after {limit:g} s (an endless loop?)"
             elif not got or any(t not in spec["tests"] for t in got):  # collection or import error
                 errs = [r for t, (o, r) in got.items() if t not in spec["tests"] and o == "failed"]
                 res.status, res.error = "error", _one_line(errs[0] if errs else _error_line(output))
-            if missing:
-                res.error = (res.error + "; " if res.error else "") + f"not handed in: {', '.join(missing)}"
-            return res
-
-        workers = max(1, min(len(chosen), jobs or os.cpu_count() or 2))
-        with ThreadPoolExecutor(workers) as pool:
-            return list(pool.map(one, chosen))
+            if note and note != res.error:
+                res.error = f"{res.error}; {note}" if res.status != "ok" else note
+        return results
 
 
 def _one_line(text: str, width: int = 200) -> str:
@@ -392,26 +480,22 @@ def freeze(root: pathlib.Path, tasks: list[str], config: dict[str, Any], jobs: i
     with tempfile.TemporaryDirectory(prefix="twins-np-freeze-") as tmp_name:
         tmp = pathlib.Path(tmp_name)
 
-        def stripped(task: str) -> dict[str, tuple[str, str]]:
+        every = sorted({f for t in tasks for f in pool_files[t]})
+        runs = [(_tree(root, tmp / "_reference", {}), ["-m", "not parity and not gpu", *every], 600.0)]
+        for task in tasks:
             overlay = {rel: strip_source((root / rel).read_text(), {task})[0] for rel in files.get(task, [])}
-            got, out, killed = run_tests(
-                _tree(root, tmp / task, overlay), ["-m", f"{task} and not parity and not gpu", *pool_files[task]], 600
+            runs.append(
+                (_tree(root, tmp / task, overlay), ["-m", f"{task} and not parity and not gpu", *pool_files[task]], 600.0)
             )
-            if killed or not got:
-                raise GradingError(f"{task}: the stripped copy's tests did not run: {_error_line(out)}")
-            return got
-
-        def reference(_: str) -> dict[str, tuple[str, str]]:
-            every = sorted({f for t in tasks for f in pool_files[t]})
-            got, out, _k = run_tests(_tree(root, tmp / "_reference", {}), ["-m", "not parity and not gpu", *every], 600)
-            if not got:
-                raise GradingError(f"the reference tests did not run: {_error_line(out)}")
-            return got
-
-        with ThreadPoolExecutor(max(1, jobs or os.cpu_count() or 2)) as pool:
-            ref_future = pool.submit(reference, "")
-            runs = dict(zip(tasks, pool.map(stripped, tasks), strict=True))
-            ref = ref_future.result()
+        outcomes = run_tests(runs, jobs)
+    (ref, out, _k), stripped_runs = outcomes[0], outcomes[1:]
+    if not ref:
+        raise GradingError(f"the reference tests did not run: {_error_line(out)}")
+    by_task = {}
+    for task, (got, out, killed) in zip(tasks, stripped_runs, strict=True):
+        if killed or not got:
+            raise GradingError(f"{task}: the stripped copy's tests did not run: {_error_line(out)}")
+        by_task[task] = got
     manifest: dict[str, Any] = {
         "version": MANIFEST_VERSION,
         "timeout": limit,
@@ -423,7 +507,7 @@ def freeze(root: pathlib.Path, tasks: list[str], config: dict[str, Any], jobs: i
         conf = config.get("tasks", {}).get(task, {})
         hidden = [h.lower() for h in conf.get("hidden", [])]
         own = f"NotImplementedError: {task}:"
-        tests = sorted(t for t, (o, r) in runs[task].items() if o == "failed" and own in r)
+        tests = sorted(t for t, (o, r) in by_task[task].items() if o == "failed" and own in r)
         bad = [f"{t} ({ref.get(t, ('not run', ''))[0]})" for t in tests if ref.get(t, ("", ""))[0] != "passed"]
         if bad:
             raise GradingError(f"{task}: the reference solution does not pass {', '.join(bad[:5])}")
