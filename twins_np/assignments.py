@@ -397,6 +397,10 @@ twins-np assignment status                   # which tasks pass, in one table
 twins-np gradcheck                           # finite-difference check of every layer (TODO = not written yet)
 ```
 
+`make demo` (gradient check, then training on the digits) works once every task is done;
+before that its gradient check lists the layers still to do and training stops at the first
+`NotImplementedError`.
+
 `pytest` here always imports this folder's `twins_np` (the `pytest.ini` sets `pythonpath`,
 and `tests/conftest.py` stops with a message if another copy was imported): do not
 `pip install twins-np` from PyPI next to it. The published package and its documentation
