@@ -75,4 +75,4 @@ if _mathjax.exists() or os.environ.get("TWINS_NP_DOCS_OFFLINE"):
     mathjax_path = "mathjax/tex-svg.js"
 
 # short names such as `x` in docstrings match several NamedTuple fields; they are prose, not links
-suppress_warnings = ["mystnb.unknown_mime_type", "ref.python"] + (["mystnb.lexer"] if STUDENT_COPY else [])
+suppress_warnings = ["mystnb.unknown_mime_type", "ref.python"] + (["myst-nb.lexer"] if STUDENT_COPY else [])
