@@ -58,6 +58,7 @@ def _stub_replaced(course, rel: str, body: str) -> str:
 
 
 REF_GELU_BODY = (ROOT / GELU).read_text().split("# BEGIN SOLUTION gelu_backward\n")[1].split("    # END SOLUTION")[0]
+HANG = "import time\nwhile True:  # endless, but idle: the test machine's cores stay free\n    time.sleep(0.5)"
 WRONG_GELU = "xp = get_xp(x)\npdf = xp.exp(-0.5 * x * x) * _INV_SQRT_2PI\nxp.multiply(dout, cdf - x * pdf, out=out)  # sign error"
 
 
@@ -114,7 +115,7 @@ def test_syntax_error_and_hang_are_reported_with_a_non_zero_exit(course, tmp_pat
     r = subprocess.run([*cli, str(syntax), "--tasks", "gelu_backward"], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 1, r.stdout + r.stderr
     assert "SyntaxError" in r.stdout and "error" in r.stdout
-    hang = _submission(course, tmp_path / "b", **{GELU: _stub_replaced(course, GELU, "import time\nwhile True:  # endless, but idle: the test machine's cores stay free\n    time.sleep(0.5)")})
+    hang = _submission(course, tmp_path / "b", **{GELU: _stub_replaced(course, GELU, HANG)})
     r = subprocess.run(
         [*cli, "--timeout", "8", str(hang), "--tasks", "gelu_backward"], env=env, capture_output=True, text=True, timeout=300
     )
@@ -194,7 +195,7 @@ def test_gradescope_autograder_end_to_end(course, tmp_path):
     assert skipping["score"] == 10.0 and any("a skip counts as a failure" in t["output"] for t in skipping["tests"])
     syntax = run({GELU: _stub_replaced(course, GELU, "return dout *"), MLP: (ROOT / MLP).read_text()})
     assert syntax["score"] == 10.0 and "SyntaxError" in syntax["output"]
-    hang = run({GELU: _stub_replaced(course, GELU, "import time\nwhile True:  # endless, but idle: the test machine's cores stay free\n    time.sleep(0.5)"), MLP: (ROOT / MLP).read_text()})
+    hang = run({GELU: _stub_replaced(course, GELU, HANG), MLP: (ROOT / MLP).read_text()})
     assert hang["score"] == 10.0 and "killed after" in hang["output"]
     empty = run({"notes.txt": "nothing"})
     assert empty["score"] == 0.0 and "not a submission" in empty["output"]
