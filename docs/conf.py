@@ -25,6 +25,12 @@ extensions = [
     "sphinx.ext.mathjax",
 ]
 
+# A student copy (`twins-np assignment build` writes its assignment.json): no [source] pages,
+# and pages are not executed, since the stubs raise NotImplementedError until the tasks are done.
+STUDENT_COPY = (ROOT / "assignment.json").exists()
+if STUDENT_COPY:
+    extensions.remove("sphinx.ext.viewcode")
+
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist"]
 myst_heading_anchors = 3
 math_numfig = True
@@ -37,6 +43,8 @@ nb_execution_mode = "auto"
 # print nothing count as unexecuted). Pages with code cells (e.g. derivations/gradcheck) still run.
 if os.environ.get("TWINS_NP_NOTEBOOKS_EXECUTED") == "1":
     nb_execution_excludepatterns = ["notebooks/*"]
+if STUDENT_COPY:
+    nb_execution_mode = "off"
 nb_execution_timeout = 900
 nb_execution_raise_on_error = True
 nb_merge_streams = True
@@ -57,7 +65,7 @@ source_suffix = {".md": "myst-nb", ".ipynb": "myst-nb"}
 
 html_theme = "sphinx_book_theme"
 html_title = "twins-np"
-html_static_path = ["_static"]
+html_static_path = ["_static"] if (pathlib.Path(__file__).parent / "_static").is_dir() else []
 html_theme_options = {"show_toc_level": 2, "use_download_button": False}
 
 # MathJax 3 is served from the built site itself (fetched from npm by `make docs` into
@@ -67,4 +75,4 @@ if _mathjax.exists() or os.environ.get("TWINS_NP_DOCS_OFFLINE"):
     mathjax_path = "mathjax/tex-svg.js"
 
 # short names such as `x` in docstrings match several NamedTuple fields; they are prose, not links
-suppress_warnings = ["mystnb.unknown_mime_type", "ref.python"]
+suppress_warnings = ["mystnb.unknown_mime_type", "ref.python"] + (["myst-nb.lexer"] if STUDENT_COPY else [])

@@ -434,8 +434,10 @@ else:
 # %%
 def my_wrong_softmax_backward(dout, cache):
     """Exercise 1: forget the factor y, i.e. return dout - <dout, y> per row."""
-    # YOUR CODE HERE (use cache.y; sum over the last axis with keepdims=True)
-    raise NotImplementedError("exercise 1")
+    # hint: use cache.y; sum over the last axis with keepdims=True
+    # BEGIN SOLUTION nb01_wrong_softmax
+    return dout - (dout * cache.y).sum(axis=-1, keepdims=True)
+    # END SOLUTION
 
 
 try:

@@ -411,14 +411,23 @@ if torch is not None:
 # %%
 def rmsnorm_forward(x, gamma, eps=1e-6):
     """Exercise 2: return (y, cache)."""
-    # YOUR CODE HERE
-    raise NotImplementedError("exercise 2")
+    # BEGIN SOLUTION nb02_rmsnorm
+    inv_rms = 1.0 / np.sqrt((x * x).mean(axis=-1, keepdims=True) + eps)
+    xhat = x * inv_rms
+    return gamma * xhat, (xhat, inv_rms, gamma)
+    # END SOLUTION
 
 
 def rmsnorm_backward(dout, cache):
     """Exercise 2: return (dx, dgamma)."""
-    # YOUR CODE HERE
-    raise NotImplementedError("exercise 2")
+    # BEGIN SOLUTION nb02_rmsnorm
+    xhat, inv_rms, gamma = cache
+    g = dout * gamma
+    # two terms: the direct path, and the path through the rms (no mean path: nothing is subtracted)
+    dx = inv_rms * (g - xhat * (g * xhat).mean(axis=-1, keepdims=True))
+    dgamma = (dout * xhat).reshape(-1, xhat.shape[-1]).sum(axis=0)
+    return dx, dgamma
+    # END SOLUTION
 
 
 try:

@@ -154,7 +154,9 @@ y, sm_cache = F.softmax_forward(x)
 dy = rng.standard_normal(n)
 J = np.diag(y) - np.outer(y, y)
 via_jacobian = J.T @ dy
+# BEGIN SOLUTION attention_backward
 via_formula = y * (dy - np.sum(dy * y))
+# END SOLUTION
 via_library = F.softmax_backward(dy, sm_cache)
 print("J^T dy            :", np.round(via_jacobian, 5))
 print("y*(dy - <dy, y>)  :", np.round(via_formula, 5))
@@ -226,11 +228,13 @@ out, cache = F.attention_forward(q, k, v)
 dO = rng.standard_normal(out.shape)
 
 P = cache.probs
+# BEGIN SOLUTION attention_backward
 dv_hand = P.swapaxes(-1, -2) @ dO
 dP = dO @ v.swapaxes(-1, -2)
 dS = P * (dP - (dP * P).sum(axis=-1, keepdims=True))
 dq_hand = cache.scale * dS @ k
 dk_hand = cache.scale * dS.swapaxes(-1, -2) @ q
+# END SOLUTION
 
 dq, dk, dv = F.attention_backward(dO, cache)
 for name, a_, b_ in [("dq", dq_hand, dq), ("dk", dk_hand, dk), ("dv", dv_hand, dv)]:
@@ -330,8 +334,13 @@ assert ent_raw[-1] < 0.25 * ent_scaled[-1] and pmax_raw[-1] > 0.8
 # %%
 def my_attention_backward(dout, cache):
     """Exercise 1: return dq, dk, dv from cache.q, cache.k, cache.v, cache.probs, cache.scale."""
-    # YOUR CODE HERE
-    raise NotImplementedError("exercise 1")
+    # BEGIN SOLUTION nb03_attention
+    P = cache.probs
+    dv = P.swapaxes(-1, -2) @ dout
+    dP = dout @ cache.v.swapaxes(-1, -2)
+    dS = P * (dP - (dP * P).sum(axis=-1, keepdims=True))
+    return cache.scale * dS @ cache.k, cache.scale * dS.swapaxes(-1, -2) @ cache.q, dv
+    # END SOLUTION
 
 
 try:

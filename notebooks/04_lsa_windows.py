@@ -60,7 +60,7 @@ def rel_err(a, b):
 H, W, ws = 5, 6, 4
 size = (H, W)
 pad_b, pad_r = F.window_pads(size, ws)
-Hp, Wp = H + pad_b, W + pad_r
+Hp, Wp = size[0] + pad_b, size[1] + pad_r  # the padded map
 nW, T = (Hp // ws) * (Wp // ws), ws * ws
 print(f"pad_b = {pad_b}, pad_r = {pad_r}, padded map {Hp}x{Wp}, {nW} windows of {T} slots")
 assert (pad_b, pad_r) == (3, 2) and (nW, T) == (4, 16)
@@ -148,12 +148,14 @@ assert rel_err(out_steps, out) < 1e-15
 # %%
 dout = rng.standard_normal(out.shape)
 
+# BEGIN SOLUTION lsa_backward
 dy, dproj_w, dproj_b = F.linear_backward(dout, proj_cache)
 do = F.window_reverse_backward(dy, rev_cache)  # (B, nW, T, C): zeros at padded query slots
 dq, dk, dv = F.attention_backward(F.split_heads(do, heads), attn_cache)
 dqkv = F.join_qkv([dq, dk, dv])
 dwin, dqkv_w, dqkv_b = F.linear_backward(dqkv, qkv_cache)
 dx = F.window_partition_backward(dwin, part_cache)  # the pad's backward is a slice
+# END SOLUTION
 
 grads = F.lsa_backward(dout, cache)
 for name, mine, lib in zip(["dx", "dqkv_w", "dqkv_b", "dproj_w", "dproj_b"], [dx, dqkv_w, dqkv_b, dproj_w, dproj_b], grads):
@@ -324,14 +326,32 @@ assert max(r.max_rel_err for r in rows) < TOL
 # %%
 def masked_lsa_forward(x, size, qkv_w, qkv_b, proj_w, proj_b, num_heads, ws):
     """Exercise 1: LSA with padded keys masked out; return (out, cache)."""
-    # YOUR CODE HERE
-    raise NotImplementedError("exercise 1")
+    # BEGIN SOLUTION nb04_masked_lsa
+    scale = (x.shape[-1] // num_heads) ** -0.5
+    win, part_cache = F.window_partition_forward(x, size, ws)  # (B, nW, T, C)
+    real, _ = F.window_partition_forward(np.ones((*x.shape[:2], 1)), size, ws)  # 1 at real slots, 0 at padding
+    qkv, qkv_cache = F.linear_forward(win, qkv_w, qkv_b)
+    q, k, v = F.split_qkv(qkv, 3, num_heads)  # (B, nW, heads, T, hd)
+    scores = np.where(real[:, :, None, None, :, 0] > 0, scale * (q @ k.swapaxes(-1, -2)), -np.inf)
+    P, sm_cache = F.softmax_forward(scores)  # padded keys get probability 0
+    y, rev_cache = F.window_reverse_forward(F.merge_heads(P @ v), size, ws)
+    out, proj_cache = F.linear_forward(y, proj_w, proj_b)
+    return out, (part_cache, qkv_cache, q, k, v, sm_cache, scale, rev_cache, proj_cache, num_heads)
+    # END SOLUTION
 
 
 def masked_lsa_backward(dout, cache):
     """Exercise 1: return dx, dqkv_w, dqkv_b, dproj_w, dproj_b."""
-    # YOUR CODE HERE
-    raise NotImplementedError("exercise 1")
+    # BEGIN SOLUTION nb04_masked_lsa
+    part_cache, qkv_cache, q, k, v, sm_cache, scale, rev_cache, proj_cache, heads = cache
+    dy, dproj_w, dproj_b = F.linear_backward(dout, proj_cache)
+    do = F.split_heads(F.window_reverse_backward(dy, rev_cache), heads)
+    dv = sm_cache.y.swapaxes(-1, -2) @ do
+    dS = scale * F.softmax_backward(do @ v.swapaxes(-1, -2), sm_cache)  # 0 at the masked keys
+    dqkv = F.join_qkv([dS @ k, dS.swapaxes(-1, -2) @ q, dv])
+    dwin, dqkv_w, dqkv_b = F.linear_backward(dqkv, qkv_cache)
+    return F.window_partition_backward(dwin, part_cache), dqkv_w, dqkv_b, dproj_w, dproj_b
+    # END SOLUTION
 
 
 try:

@@ -180,6 +180,7 @@ plt.show()
 
 # %%
 dout = rng.standard_normal(out.shape)
+# BEGIN SOLUTION gsa_backward
 do, dproj_w, dproj_b = F.linear_backward(dout, proj_cache)
 dq, dk, dv = F.attention_backward(F.split_heads(do, heads), attn_cache)
 ds, dkv_w, dkv_b = F.linear_backward(F.join_qkv([dk, dv]), kv_cache)
@@ -187,6 +188,7 @@ dx_query, dq_w, dq_b = F.linear_backward(F.merge_heads(dq), q_cache)  # path 1: 
 ds, dnorm_w, dnorm_b = F.layernorm_backward(ds, norm_cache)
 dx4, dsr_w, dsr_b = F.patch_conv_backward(ds.reshape(B, Hs, Ws, C), sr_cache)
 dx_keyvalue = dx4.reshape(B, N, C)  # path 2: keys and values through the summary
+# END SOLUTION
 
 g = F.gsa_backward(dout, cache)
 print("gsa_backward returns:", sorted(g))
@@ -401,14 +403,24 @@ for module in (GlobalSubSampleAttn(C, heads, sr_ratio=sr, rng=1), PosConv(C, C, 
 # %%
 def avgpool_forward(x, sr):
     """Exercise 1: (B, H, W, C) -> (B, H // sr, W // sr, C) patch means; return (out, cache)."""
-    # YOUR CODE HERE
-    raise NotImplementedError("exercise 1")
+    # BEGIN SOLUTION nb05_avgpool
+    B_, H_, W_, C_ = x.shape
+    Hs, Ws = H_ // sr, W_ // sr  # floor like the conv: the last rows / columns are dropped
+    patches = x[:, : Hs * sr, : Ws * sr].reshape(B_, Hs, sr, Ws, sr, C_)
+    return patches.mean(axis=(2, 4)), (x.shape, sr)
+    # END SOLUTION
 
 
 def avgpool_backward(dout, cache):
     """Exercise 1: return dx of shape (B, H, W, C)."""
-    # YOUR CODE HERE
-    raise NotImplementedError("exercise 1")
+    # BEGIN SOLUTION nb05_avgpool
+    shape, sr = cache
+    B_, Hs, Ws, C_ = dout.shape
+    dx = np.zeros(shape, dtype=dout.dtype)  # dropped rows / columns get zero gradient
+    share = np.broadcast_to(dout[:, :, None, :, None, :] / (sr * sr), (B_, Hs, sr, Ws, sr, C_))
+    dx[:, : Hs * sr, : Ws * sr] = share.reshape(B_, Hs * sr, Ws * sr, C_)
+    return dx
+    # END SOLUTION
 
 
 try:

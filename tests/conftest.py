@@ -33,8 +33,20 @@ def _close_figures():
 
 
 def pytest_configure(config):
-    """Register one marker per assignment task (see twins_np/assignments.py)."""
-    from twins_np.assignments import TASKS
+    """Register one marker per assignment task (see twins_np/assignments.py).
+
+    In a student copy (it has an assignment.json), stop unless the imported twins_np is the
+    copy's own: tests run against an installed twins_np would check its solutions instead.
+    """
+    import pathlib
+
+    import twins_np
+    from twins_np.assignments import STUDENT_MANIFEST, TASKS
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    if (root / STUDENT_MANIFEST).exists() and pathlib.Path(twins_np.__file__).resolve().parents[1] != root:
+        pytest.exit(f"these tests would check {twins_np.__file__}, not this copy's twins_np/: "
+                    f"run `python -m pytest` inside {root} (its pytest.ini puts it first on the path)", returncode=4)  # fmt: skip
 
     for name, task in TASKS.items():
         config.addinivalue_line("markers", f"{name}: assignment task - {task.title}")

@@ -362,4 +362,6 @@ def run_all(device: str = "cpu", progress: bool = True) -> list[tuple[str, list[
             results.append((case.name, case.run(device), None))
         except AssertionError as e:
             results.append((case.name, None, str(e)))
+        except NotImplementedError as e:  # a student copy's stub: marked TODO, the others still run
+            results.append((case.name, None, f"TODO: {e}"))
     return results

@@ -1,53 +1,162 @@
-"""``twins-np assignment build OUT_DIR`` and ``twins-np assignment grade [DIR]``."""
+"""``twins-np assignment``: build a student copy, grade submissions, make the Gradescope autograder.
+
+Instructor: ``list``, ``build OUT_DIR``, ``grade SUBMISSION``, ``autograder OUT.zip``.
+Student (inside a copy): ``status``, ``submit``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import functools
+import json
+import pathlib
+import sys
+import time
+from collections.abc import Callable
 from typing import Any
 
 
 def add_parser(sub: Any, name: str) -> None:
-    p = sub.add_parser(name, help="build a student copy of the project, or grade one")
+    p = sub.add_parser(name, help="build a student copy of the project, grade submissions, make a Gradescope autograder")
     verbs = p.add_subparsers(dest="verb", metavar="VERB")
     verbs.required = True
-    b = verbs.add_parser("build", help="write the student copy (solution regions replaced by NotImplementedError)")
+    b = verbs.add_parser("build", help="write the student copy and freeze each task's tests into the grading manifest")
     b.add_argument("out_dir")
     b.add_argument("--tasks", nargs="+", help="task ids to strip (default: all); see `twins-np assignment list`")
+    b.add_argument("--manifest", help="where to write the grading manifest (default: build/assignment/manifest.json here)")
+    b.add_argument("--config", help="points, hidden tests and time limits (default: assignment.toml here, if any)")
     b.set_defaults(func=run_build)
-    g = verbs.add_parser("grade", help="run each task's tests and print a score table")
-    g.add_argument("dir", nargs="?", default=".", help="the project to grade (default: here)")
+    g = verbs.add_parser("grade", help="grade a submission (folder or zip) with the instructor's tests, sealed")
+    g.add_argument("submission", help="the student's project folder, or the zip made by `assignment submit`")
+    g.add_argument("--manifest", help="the grading manifest written by `build` (default: build/assignment/manifest.json)")
     g.add_argument("--tasks", nargs="+")
-    g.add_argument("--json", default=None, help="also write the scores as JSON to this file")
+    g.add_argument("--timeout", type=float, help="seconds per task (default: the manifest's)")
+    g.add_argument("--jobs", type=int, help="parallel pytest processes (default: the number of cores)")
+    g.add_argument("--json", default=None, help="also write the grade as JSON to this file")
+    g.add_argument("--gradescope", default=None, help="also write Gradescope's results.json to this file")
     g.set_defaults(func=run_grade)
+    a = verbs.add_parser("autograder", help="write the zip Gradescope's autograder expects (setup.sh, run_autograder)")
+    a.add_argument("out_zip")
+    a.add_argument("--manifest", help="the grading manifest written by `build` (default: build/assignment/manifest.json)")
+    a.add_argument("--timeout", type=float, default=600, help="seconds for the whole grading run (default 600)")
+    a.set_defaults(func=run_autograder)
     ls = verbs.add_parser("list", help="list the tasks")
     ls.set_defaults(func=run_list)
+    st = verbs.add_parser("status", help="(in a student copy) which tasks pass")
+    st.add_argument("dir", nargs="?", default=".")
+    st.set_defaults(func=run_status)
+    sm = verbs.add_parser("submit", help="(in a student copy) zip the files to hand in")
+    sm.add_argument("dir", nargs="?", default=".")
+    sm.add_argument("--out", help="the zip to write (default: submission.zip in the copy)")
+    sm.set_defaults(func=run_submit)
+
+
+def _clean_exit(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """File-system faults (read-only or full disk, a file where a folder should be) and bad
+    input end the command with one line and exit status 2, not a traceback."""
+
+    @functools.wraps(run)
+    def wrapper(args: argparse.Namespace) -> int:
+        from ..grader import GradingError
+
+        try:
+            return run(args)
+        except (OSError, ValueError, GradingError) as e:
+            what = f"{e.strerror}: {e.filename}" if isinstance(e, OSError) and e.strerror and e.filename else str(e)
+            print(f"twins-np assignment {args.verb}: error: {what}", file=sys.stderr)
+            return 2
+
+    return wrapper
 
 
 def run_list(args: argparse.Namespace) -> int:
     from ..assignments import TASKS
 
     for name, task in TASKS.items():
-        print(f"{name:<20} {task.title}  ({task.doc})")
+        print(f"{name:<20} {task.points:>4g} pts  {task.title}  ({task.doc})")
     return 0
 
 
+@_clean_exit
 def run_build(args: argparse.Namespace) -> int:
-    from ..assignments import build
+    from ..assignments import build, default_manifest
 
-    where = build(args.out_dir, tasks=args.tasks)
+    t0 = time.perf_counter()
+    where = build(args.out_dir, tasks=args.tasks, manifest=args.manifest, config=args.config)
     for task, files in where.items():
         print(f"{task:<20} stripped in {', '.join(files) if files else '(no region found)'}")
-    print(f"student copy written to {args.out_dir}; run `pytest -m TASK` there to check one task")
+    print(f"student copy written to {args.out_dir} (its STUDENT.md is the handout)")
+    print(f"grading manifest: {args.manifest or default_manifest()} ({time.perf_counter() - t0:.0f} s)")
     return 0
 
 
+@_clean_exit
 def run_grade(args: argparse.Namespace) -> int:
-    from ..assignments import grade
+    from .. import grader
+    from ..assignments import default_manifest
 
-    res = grade(args.dir, args.tasks, args.json)
-    print(f"{'task':<20}{'passed':>8}{'failed':>8}{'skipped':>9}{'score':>8}")
+    t0 = time.perf_counter()
+    manifest = grader.load_manifest(args.manifest or default_manifest())
+    try:
+        results = grader.grade(args.submission, manifest, args.tasks, timeout=args.timeout, jobs=args.jobs)
+    except grader.GradingError as e:
+        if args.gradescope:  # Gradescope shows this to the student instead of an empty result
+            _write(args.gradescope, {"score": 0.0, "execution_time": round(time.perf_counter() - t0, 2), "output": str(e),
+                                     "visibility": "visible", "tests": []})  # fmt: skip
+        raise
+    seconds = time.perf_counter() - t0
+    summary = grader.summary(results)
+    print(f"{'task':<20}{'passed':>8}{'tests':>7}{'points':>14}  status")
+    for r in results:
+        print(
+            f"{r.task:<20}{r.passed:>8}{r.total:>7}{r.score:>8.2f} / {r.points:<4g}  {r.status}"
+            + (f": {r.error}" if r.error else "")
+        )
+        for f in r.failed:
+            print(f"    FAILED {f['test']}: {f['reason']}")
+    print(
+        f"{'total':<20}{'':>15}{summary['score']:>8.2f} / {summary['max_score']:<4g}"
+        f"  ({summary['percent']:.0f} %, {seconds:.0f} s)"
+    )
+    if args.json:
+        _write(args.json, summary)
+    if args.gradescope:
+        _write(args.gradescope, grader.gradescope_results(results, manifest, seconds))
+    return 1 if summary["errors"] else 0
+
+
+def _write(path: str, data: dict[str, Any]) -> None:
+    p = pathlib.Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+@_clean_exit
+def run_autograder(args: argparse.Namespace) -> int:
+    from ..assignments import default_manifest
+    from ..autograder import write_autograder
+
+    files = write_autograder(args.out_zip, args.manifest or default_manifest(), timeout=args.timeout)
+    print(f"Gradescope autograder written to {args.out_zip} ({len(files)} files); upload it under 'Configure Autograder'")
+    return 0
+
+
+@_clean_exit
+def run_status(args: argparse.Namespace) -> int:
+    from ..assignments import status
+
+    res = status(args.dir)
+    print(f"{'task':<20}{'passed':>8}{'tests':>7}")
     for task, r in res.items():
-        print(f"{task:<20}{r['passed']:>8}{r['failed']:>8}{r['skipped']:>9}{100 * r['score']:>7.0f}%")
-    total = sum(r["score"] for r in res.values()) / max(len(res), 1)
-    print(f"{'overall':<20}{'':>25}{100 * total:>7.0f}%")
+        mark = "done" if r["passed"] == r["total"] and r["total"] else "todo"
+        print(f"{task:<20}{r['passed']:>8}{r['total']:>7}  {mark}")
+    return 0 if all(r["passed"] == r["total"] for r in res.values()) else 1
+
+
+@_clean_exit
+def run_submit(args: argparse.Namespace) -> int:
+    from ..assignments import submit
+
+    dest, files = submit(args.dir, args.out)
+    print(f"wrote {dest} with {len(files)} files: {', '.join(files)}")
     return 0

@@ -34,8 +34,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"twins-np gradient check on {args.device}: float64, random upstream gradients, pass when max relative error < {tol:g}")
     print(f"{'layer':<32}{'inputs':>7}{'elements':>10}{'max rel err':>14}  result")
     print("-" * 72)
-    failed = 0
+    failed = todo = 0
     for name, rows, err in results:
+        if rows is None and err and err.startswith("TODO: "):  # not written yet (a student copy)
+            todo += 1
+            print(f"{name:<32}{'':>7}{'':>10}{'':>14}  TODO  {err[len('TODO: ') :].split(' (see ')[0]}")
+            continue
         if rows is None:
             failed += 1
             print(f"{name:<32}{'':>7}{'':>10}{'':>14}  FAIL")
@@ -46,5 +50,6 @@ def run(args: argparse.Namespace) -> int:
         if args.verbose:
             print("    " + format_table(rows, tol, seed=0).replace("\n", "\n    "))  # the suite's cases use seed 0
     print("-" * 72)
-    print(f"{len(results) - failed} passed, {failed} failed ({time.perf_counter() - t0:.1f} s)")
-    return 1 if failed else 0
+    todo_note = f", {todo} to do" if todo else ""
+    print(f"{len(results) - failed - todo} passed, {failed} failed{todo_note} ({time.perf_counter() - t0:.1f} s)")
+    return 1 if failed or todo else 0
