@@ -11,6 +11,9 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+# importing twins_np has already tuned glibc malloc; main's call is a no-op kept for clarity
+from ._malloc import tune_malloc as _tune_malloc
+
 # command name -> module in twins_np.commands
 COMMANDS = {
     "info": "info",
@@ -23,25 +26,6 @@ COMMANDS = {
     "evaluate": "evaluate",
     "demo": "demo",
 }
-
-
-def _tune_malloc() -> None:
-    """Keep glibc from returning big freed temporaries to the OS after every op.
-
-    NumPy chains allocate and free large temporaries; with glibc's default dynamic
-    mmap threshold each free can unmap and the next allocation fault the pages in again,
-    which made such chains up to ~3x slower. Raising the trim and mmap thresholds keeps
-    the memory in the process. No-op where glibc is absent.
-    """
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-        libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)
-        libc.mallopt(M_TRIM_THRESHOLD, 1 << 31)
-    except (OSError, AttributeError):
-        pass
 
 
 def build_parser() -> argparse.ArgumentParser:
