@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 JOBS     ?= 2
 TEST_ENV := OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 TQDM_DISABLE=1
 
-.PHONY: demo test lint typecheck pytest notebooks bench docs clean
+.PHONY: demo test lint typecheck pytest notebooks lab bench docs clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -41,6 +41,14 @@ typecheck: $(VENV)/.stamp-dev
 pytest: $(VENV)/.stamp-dev
 	rm -rf build/notebooks && mkdir -p build/notebooks && cp notebooks/[0-9]*.ipynb build/notebooks/
 	$(TEST_ENV) $(BIN)/python -m pytest tests build/notebooks --nbmake --overwrite --nbmake-timeout=900 -n $(JOBS) $(PYTEST_ARGS)
+
+# the notebooks, opened in JupyterLab (installs the notebooks extra: jupyter, ipykernel, jupytext)
+$(VENV)/.stamp-lab: $(BIN)/python setup.cfg pyproject.toml
+	$(BIN)/pip install -q -e ".[notebooks]"
+	touch $@ $(VENV)/.stamp-run
+
+lab: $(VENV)/.stamp-lab
+	$(BIN)/jupyter lab notebooks/
 
 # regenerate notebooks/*.ipynb (no outputs) from the jupytext sources notebooks/*.py
 notebooks: $(VENV)/.stamp-dev

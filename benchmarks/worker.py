@@ -97,9 +97,9 @@ def twins_np_task(args: argparse.Namespace) -> tuple[Callable[[], Any], Callable
     import twins_np
     import twins_np.functional as F
     from twins_np.backend import synchronize, to_device
-    from twins_np.cli import _tune_malloc
 
-    _tune_malloc()
+    # time the library as a user imports it: `import twins_np` applies its own malloc tuning
+    # (unless TWINS_NP_NO_MALLOC_TUNING=1), nothing more is set here
     rng = np.random.default_rng(0)
     dev = args.device
     if args.task == "segtrain":

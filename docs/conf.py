@@ -66,7 +66,13 @@ source_suffix = {".md": "myst-nb", ".ipynb": "myst-nb"}
 html_theme = "sphinx_book_theme"
 html_title = "twins-np"
 html_static_path = ["_static"] if (pathlib.Path(__file__).parent / "_static").is_dir() else []
-html_theme_options = {"show_toc_level": 2, "use_download_button": False}
+html_theme_options = {
+    "show_toc_level": 2,
+    "use_download_button": False,
+    # one search box, the sidebar's: the pydata header would repeat it above the page
+    "navbar_persistent": [],
+}
+html_css_files = ["custom.css"]
 
 # MathJax 3 is served from the built site itself (fetched from npm by `make docs` into
 # docs/_static/mathjax), so formulas render without reaching the internet at view time.

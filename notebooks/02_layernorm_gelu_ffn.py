@@ -239,7 +239,7 @@ exact, gcache = F.gelu_forward(t)
 exact_grad = F.gelu_backward(np.ones_like(t), gcache)  # dout = 1 gives the derivative itself
 approx, approx_grad = gelu_tanh(t), gelu_tanh_grad(t)
 
-fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
+fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
 axes[0].plot(t, exact, label="exact (erf)")
 axes[0].plot(t, approx, "--", label="tanh approximation")
 axes[0].plot(t, np.maximum(t, 0), ":", color="gray", label="ReLU")

@@ -197,21 +197,21 @@ for name, mine in [("q_w", dq_w), ("kv_w", dkv_w), ("proj_w", dproj_w), ("sr_w",
     assert rel_err(mine, g[name]) < 1e-14, name
 
 # %%
-fig, axes = plt.subplots(1, 3, figsize=(10, 4.5))
+fig, axes = plt.subplots(1, 3, figsize=(10, 4.5), layout="constrained")
 maps = [("query path", dx_query), ("key/value path", dx_keyvalue), ("total dx", g["x"])]
-for ax, (title, d) in zip(axes, maps):
-    m = np.linalg.norm(d[0], axis=-1).reshape(H, W)
-    cmap = plt.get_cmap("viridis").copy()
-    cmap.set_bad("lightgray")
-    im = ax.imshow(np.where(m == 0.0, np.nan, m), cmap=cmap)
+norms = [np.linalg.norm(d[0], axis=-1).reshape(H, W) for _, d in maps]
+vmax = max(float(m.max()) for m in norms)  # one colour scale: the two paths' shares of the total compare
+cmap = plt.get_cmap("viridis").copy()
+cmap.set_bad("lightgray")
+for ax, (title, _), m in zip(axes, maps, norms):
+    im = ax.imshow(np.where(m == 0.0, np.nan, m), cmap=cmap, vmin=0.0, vmax=vmax)
     ax.axhline(Hs * sr - 0.5, color="r", ls="--")
     ax.axvline(Ws * sr - 0.5, color="r", ls="--")
-    ax.set_title(f"|dx| per token: {title}")
+    ax.set_title(f"|dx| per token: {title}", fontsize=10)
     ax.set_xlabel("column w")
     ax.set_ylabel("row h")
-    plt.colorbar(im, ax=ax, fraction=0.05)
-plt.suptitle("GSA input gradient, 7x5 map, sr = 2 (grey: exactly 0; red: floor border)")
-plt.tight_layout()
+fig.colorbar(im, ax=axes, shrink=0.8, label="|dx| (one scale for all three)")
+fig.suptitle("GSA input gradient, 7x5 map, sr = 2 (grey: exactly 0; red: floor border)")
 plt.show()
 
 # %%

@@ -226,15 +226,26 @@ def theory_rf(kinds, target, H=16, W=16, ws=WS, sr=SR):
 
 # %% [markdown]
 # A plotting helper: $\log_{10}$ of the ERF, with exact zeros in grey, the target token
-# marked with a red cross and the LSA window borders drawn as white lines.
+# marked with a red cross and the LSA window borders drawn as white lines. The panels of one
+# figure share one colour scale (`log_range`), so that their colours compare.
 
 # %%
 CMAP = plt.get_cmap("viridis").with_extremes(bad="0.82")
 
 
-def show_rf(ax, erf, title, target, ws=WS, cell=1):
-    """Heatmap of log10(ERF) (grey = exactly 0); target in token units, ws*cell = window in pixels (ws=None: no lines)."""
-    im = ax.imshow(np.ma.log10(np.ma.masked_equal(erf, 0.0)), cmap=CMAP)
+def log_range(erfs):
+    """(vmin, vmax) of log10 over the non-zero values of several ERF maps: one colour scale for a figure."""
+    logs = np.concatenate([np.log10(e[e > 0]) for e in erfs])
+    return float(logs.min()), float(logs.max())
+
+
+def show_rf(ax, erf, title, target, ws=WS, cell=1, lims=None):
+    """Heatmap of log10(ERF) (grey = exactly 0); target in token units, ws*cell = window in pixels (ws=None: no lines).
+
+    lims: (vmin, vmax) shared by the figure's panels; None gives the panel its own colour bar.
+    """
+    vmin, vmax = lims if lims is not None else (None, None)
+    im = ax.imshow(np.ma.log10(np.ma.masked_equal(erf, 0.0)), cmap=CMAP, vmin=vmin, vmax=vmax)
     for b in np.arange(ws * cell, erf.shape[0], ws * cell) - 0.5 if ws else []:
         ax.axhline(b, color="w", lw=0.8)
         ax.axvline(b, color="w", lw=0.8)
@@ -242,9 +253,18 @@ def show_rf(ax, erf, title, target, ws=WS, cell=1):
     ax.add_patch(plt.Rectangle((c * cell - 0.5, r * cell - 0.5), cell, cell, fill=False, ec="red", lw=1.5))
     ax.plot(c * cell + (cell - 1) / 2, r * cell + (cell - 1) / 2, "rx", ms=6)
     ax.set_title(title, fontsize=9)
-    ax.set_xlabel("column")
-    ax.set_ylabel("row")
-    ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.03, label=r"$\log_{10}$ ERF")
+    ax.set_xlabel("column", fontsize=8)
+    ax.set_ylabel("row", fontsize=8)
+    ax.tick_params(labelsize=7)
+    if lims is None:
+        ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.03, label=r"$\log_{10}$ ERF")
+    return im
+
+
+def colorbar_in(ax, im, label):
+    """The figure's one colour bar, drawn in a spare panel `ax`."""
+    ax.axis("off")
+    ax.figure.colorbar(im, cax=ax.inset_axes([0.1, 0.05, 0.07, 0.85]), label=label)
 
 
 # %% [markdown]
@@ -277,11 +297,12 @@ for name in STACKS:
     print(f"{name:28s} reachable tokens: theory {THEORY[name].sum():3d}, ERF support {(ERF[name] > 0).sum():3d}")
 
 # %%
-fig, axes = plt.subplots(2, 4, figsize=(17, 8))
+fig, axes = plt.subplots(2, 4, figsize=(12, 6.6), layout="constrained")
+lims = log_range(ERF.values())
 for ax, name in zip(axes.flat, STACKS):
-    show_rf(ax, ERF[name], f"{name}\n{(ERF[name] > 0).sum()} of 256 tokens reach t", TARGET)
-fig.suptitle("Effective receptive field of token t = (6, 5) on a 16x16 map (k = 4, sr = 4; grey = exactly zero gradient)")
-fig.tight_layout()
+    im = show_rf(ax, ERF[name], f"{name}\n{(ERF[name] > 0).sum()} of 256 tokens reach t", TARGET, lims=lims)
+fig.colorbar(im, ax=axes, shrink=0.8, label=r"$\log_{10}$ ERF (one scale for all panels)")
+fig.suptitle("Effective receptive field of token t = (6, 5) on a 16x16 map\n(k = 4, sr = 4; grey = exactly zero gradient)")
 plt.show()
 
 # %% [markdown]
@@ -390,7 +411,7 @@ assert all(theory_rf(stage_kinds("LSA only", d), TARGET).sum() == 16 for d in DE
 assert theory_rf(stage_kinds("SVT stage", 2), TARGET).all() and theory_rf(stage_kinds("PCPVT stage", 1), TARGET).all()
 peg_every = [theory_rf(stage_kinds("LSA + PEG after every block", d), TARGET).sum() for d in DEPTHS]
 assert peg_every[:3] == [16, 144, 256]  # one window, then 3x3 windows, then the whole 4x4 grid
-print("reachable tokens with a PEG after every LSA block:", peg_every)
+print("reachable tokens with a PEG after every LSA block:", [int(n) for n in peg_every])
 
 # %% [markdown]
 # ## 5. Edge cases: padding and flooring on a $14 \times 14$ map
@@ -418,15 +439,15 @@ EDGE = {
     "LSA -> GSA, t = (6, 5)": (["LSA", "GSA"], (6, 5)),
     "LSA -> PEG -> GSA, t = (6, 5)": (["LSA", "PEG", "GSA"], (6, 5)),
 }
-fig, axes = plt.subplots(1, 5, figsize=(21, 4.2))
-EDGE_ERF = {}
-for ax, (name, (kinds, tgt)) in zip(axes, EDGE.items()):
-    erf = effective_rf(kinds, tgt, H=H14, W=H14, seeds=4)
-    EDGE_ERF[name] = erf
+EDGE_ERF = {name: effective_rf(kinds, tgt, H=H14, W=H14, seeds=4) for name, (kinds, tgt) in EDGE.items()}
+fig, axes = plt.subplots(2, 3, figsize=(12, 8), layout="constrained")
+lims = log_range(EDGE_ERF.values())
+for ax, (name, (kinds, tgt)) in zip(axes.flat, EDGE.items()):
+    erf = EDGE_ERF[name]
     assert np.array_equal(erf > 0, theory_rf(kinds, tgt, H=H14, W=H14)), name
-    show_rf(ax, erf, f"{name}\n{(erf > 0).sum()} of 196 tokens reach t", tgt)
+    im = show_rf(ax, erf, f"{name}\n{(erf > 0).sum()} of 196 tokens reach t", tgt, lims=lims)
+colorbar_in(axes.flat[-1], im, r"$\log_{10}$ ERF (one scale for all panels)")
 fig.suptitle("14x14 map, k = 4 (padded to 16), sr = 4 (floors to 12): grey = exactly zero")
-fig.tight_layout()
 plt.show()
 
 assert (EDGE_ERF["LSA, t = (13, 13)"] > 0).sum() == 4  # a 2x2 corner window: the padding is not an input
@@ -568,22 +589,27 @@ CHECKPOINTS = {  # (label, number of steps): a few layers of stage 1, then each 
                             ("stage 2 output", 8), ("stage 3 output", 12)],
 }  # fmt: skip
 t0 = time.perf_counter()
-fig, axes = plt.subplots(2, 5, figsize=(22, 8.5))
 PIX = {}
-for row, (name, checkpoints) in zip(axes, CHECKPOINTS.items()):
+for name, checkpoints in CHECKPOINTS.items():
     erfs = pixel_erfs(name, [n for _, n in checkpoints])
-    for ax, (label, n) in zip(row, checkpoints):
-        erf = erfs[n]
-        theory, stride = pixel_theory(name, n)
-        PIX[name, label] = erf
-        assert np.array_equal(erf > 0, theory), (name, label)  # effective support == theory, in pixels
-        target = (PIXEL[0] // stride, PIXEL[1] // stride)
-        show_rf(ax, erf, f"{name.replace('_teach32', '')}: {label}\n{(erf > 0).sum()} of 1024 pixels", target,
-                ws=4 if "svt" in name else None, cell=stride)  # fmt: skip
-fig.suptitle("Pixel receptive field of one token (red square: its patch; white lines: its stage's LSA windows)")
-fig.tight_layout()
-plt.show()
+    for label, n in checkpoints:
+        theory, _ = pixel_theory(name, n)
+        assert np.array_equal(erfs[n] > 0, theory), (name, label)  # effective support == theory, in pixels
+        PIX[name, label] = erfs[n]
 print(f"pixel ERFs in {time.perf_counter() - t0:.1f} s")
+
+lims = log_range(PIX.values())  # one colour scale for both models' figures
+for name, checkpoints in CHECKPOINTS.items():
+    fig, axes = plt.subplots(2, 3, figsize=(12, 8), layout="constrained")
+    for ax, (label, n) in zip(axes.flat, checkpoints):
+        erf = PIX[name, label]
+        stride = pixel_theory(name, n)[1]
+        target = (PIXEL[0] // stride, PIXEL[1] // stride)
+        im = show_rf(ax, erf, f"{label}\n{(erf > 0).sum()} of 1024 pixels", target,
+                     ws=4 if "svt" in name else None, cell=stride, lims=lims)  # fmt: skip
+    colorbar_in(axes.flat[-1], im, r"$\log_{10}$ ERF (one scale for both models)")
+    fig.suptitle(f"{name}: pixel receptive field of one token\n(red square: its patch; white lines: its stage's LSA windows)")
+    plt.show()
 
 # %% [markdown]
 # In pixels, the same story:
@@ -603,6 +629,15 @@ print(f"pixel ERFs in {time.perf_counter() - t0:.1f} s")
 # on the target's patch is more than five times the mean on the far corner of the image
 # (pixels 24–31 × 24–31) at every checkpoint, even at the stage-3 output where the patch is
 # $8 \times 8$ pixels.
+#
+# The dark band along the bottom and right edges of the stage-3 output (pixel rows and columns
+# 30–31) is not padding or GSA flooring: 32 pixels divide into every stage's windows and
+# sub-sampling cells. It is where the target's convolutional paths end. Without attention, a
+# stage-3 token (pixels 8–15) reaches pixels 0–23 through its stage's PEG, 0–27 through stage 2's
+# and 0–29 through stage 1's (patch embeddings, PEGs and the residual path, the MLP being
+# per token); pixels 30–31 reach it only through attention, which at initialisation spreads its
+# weight thinly, so their ERF is over ten times smaller. The top and left edges have no band
+# because the target sits near them.
 
 # %%
 svt = "twins_svt_teach32"
@@ -617,6 +652,9 @@ for (name, label), erf in PIX.items():
     r0, c0 = (PIXEL[0] // stride) * stride, (PIXEL[1] // stride) * stride
     patch_mean = erf[r0 : r0 + stride, c0 : c0 + stride].mean()
     assert patch_mean > 5 * erf[24:, 24:].mean(), (name, label)
+for name in CHECKPOINTS:  # the band: pixels 30-31 (attention only) against pixels 0-29 (also convolutions)
+    erf = PIX[name, "stage 3 output"]
+    assert erf[30:, :].mean() < 0.1 * erf[:30, :30].mean() and erf[:, 30:].mean() < 0.1 * erf[:30, :30].mean(), name
 print("SVT: window -> two windows -> global; PCPVT: global from block 0")
 
 # %%

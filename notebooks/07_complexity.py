@@ -161,7 +161,7 @@ def pair_attn(H, k, C=C):
 
 
 SIZES = (28, 56, 112)
-fig, axes = plt.subplots(1, 3, figsize=(16, 4.3))
+fig, axes = plt.subplots(1, 3, figsize=(12, 4.2))
 BEST = {}
 for ax, H in zip(axes, SIZES):
     k_star = (H * H) ** 0.25
@@ -174,14 +174,15 @@ for ax, H in zip(axes, SIZES):
     ax.semilogy(k_grid, ideal, "k--", lw=1, label=r"formula $2C(k^2HW + H^2W^2/k^2)$")
     ax.semilogy(ks, cost, ".-", label="counter, every k (padding, flooring)")
     ax.semilogy(divisors, dcost, "o", ms=8, mfc="none", label="counter, divisors of H")
-    ax.axvline(k_star, color="r", lw=1, label=rf"$k^* = (HW)^{{1/4}} = {k_star:.2f}$")
+    ax.axvline(k_star, color="r", lw=1, label=r"$k^* = (HW)^{1/4}$")
     ax.set_xlabel("window size k (= GSA sr)")
-    ax.set_ylabel("attention-product MACs (LSA + GSA)")
-    ax.set_title(f"{H}x{H}, C = {C}: best k (every k) = {ks[np.argmin(cost)]}")
-    ax.legend(fontsize=7, loc="upper center")
+    ax.set_title(f"{H}x{H}: $k^*$ = {k_star:.2f}, best k = {ks[np.argmin(cost)]}", fontsize=10)
+    ax.tick_params(which="both", labelsize=7)
     BEST[H] = dict(k_star=k_star, every=int(ks[np.argmin(cost)]), divisor=int(divisors[np.argmin(dcost)]),
                    min_cost=int(cost.min()), divisors=divisors, dcost=dcost)  # fmt: skip
-fig.suptitle("Cost of one LSA + GSA pair vs window size")
+axes[0].set_ylabel("attention-product MACs (LSA + GSA)")
+axes[0].legend(fontsize=7, loc="upper center")
+fig.suptitle(f"Cost of one LSA + GSA pair vs window size (C = {C}; the legend holds for every panel)")
 fig.tight_layout()
 plt.show()
 
@@ -378,7 +379,7 @@ for name, H in TIMES:
     )
 
 # %%
-fig, axes = plt.subplots(1, 3, figsize=(17, 4.5))
+fig, axes = plt.subplots(1, 3, figsize=(12, 4.4))
 for name in KINDS:
     Ns = np.array(TIME_SIZES) ** 2
     t = np.array([TIMES[name, H] for H in TIME_SIZES])
@@ -394,9 +395,16 @@ axes[0].set(xlabel="tokens N = HW", ylabel="forward + backward time (ms)", title
 axes[1].set(xlabel="tokens N = HW", ylabel="peak traced memory (MB)", title="tracemalloc peak, forward + backward")
 axes[2].set(xlabel="predicted time (ms)", ylabel="measured time (ms)",
             title=f"t = {T0 * 1e3:.2f} ms + 3M / ({THETA / 1e9:.1f} GMAC/s)")  # fmt: skip
+for ax in axes[:2]:  # the measured sizes as tick labels (log-axis minor labels overlap at this width)
+    ax.set_xticks(Ns, [f"{H}²" for H in TIME_SIZES])
+    ax.xaxis.set_minor_formatter(plt.NullFormatter())
 for ax in axes:
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3, which="both")
+    ax.tick_params(which="both", labelsize=8)
+axes[0].set_title("NumPy time, median of repeats", fontsize=10)
+axes[1].set_title("tracemalloc peak, forward + backward", fontsize=10)
+axes[2].set_title(axes[2].get_title(), fontsize=10)
 fig.tight_layout()
 plt.show()
 

@@ -210,8 +210,8 @@ lr_test = make_long_range(N_TEST, seed=[0, 1], noise=0.0)
 same = load_dataset("long-range", "train", n=N_TRAIN, noise=0.0)
 assert np.array_equal(same.images, lr_train.images) and np.array_equal(same.labels, lr_train.labels)
 
-fig, axes = plt.subplots(1, 6, figsize=(15, 3.3))
-for ax, i in zip(axes, range(6)):
+fig, axes = plt.subplots(2, 3, figsize=(7.5, 5.6), layout="constrained")
+for ax, i in zip(axes.flat, range(6)):
     ax.imshow(lr_train.images[i, 0], cmap="gray_r")
     ax.axhline(15.5, color="tab:red", lw=1)  # the 16-pixel windows of the tiny models below
     ax.axvline(15.5, color="tab:red", lw=1)
@@ -220,7 +220,6 @@ for ax, i in zip(axes, range(6)):
     ax.set_xticks([])
     ax.set_yticks([])
 fig.suptitle("The long-range task (red: the model's window borders)")
-fig.tight_layout(rect=(0, 0, 1, 0.94))
 plt.show()
 
 # %% [markdown]
@@ -413,7 +412,8 @@ def plot_curriculum(ax, runs, title, scratch=None):
     ax.text(COUNT_EPOCHS + PAIR_EPOCHS / 2 + 0.5, 3, "phase 2: same shape?", ha="center")
     ax.set(xlabel="epoch", ylabel="test accuracy (%)", ylim=(0, 102), title=title)
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    # below the axes, in columns: a legend to the right left an empty margin beside the next panel
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=8)
 
 
 fig, ax = plt.subplots(figsize=(9, 4.5))
@@ -493,13 +493,14 @@ for mode, row in TABLE9.items():
     print(f"{mode:8s} {row['params']:>8,d} {row['sr_params']:>22,d} {row['macs']:>11,d} {row['sr_macs']:>13,d} "
           f"{100 * row['acc']:>9.1f}% {row['seconds']:>7.1f}s")  # fmt: skip
 
-fig, (ax_curve, ax_bar) = plt.subplots(1, 2, figsize=(14, 4.5), gridspec_kw=dict(width_ratios=(1.6, 1)))
+fig, (ax_curve, ax_bar) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw=dict(width_ratios=(1.6, 1)))
 plot_curriculum(ax_curve, {f"sr_mode = {m}": r for m, r in SR_RUNS.items()}, "GSA's sub-sampling function")
 modes = list(TABLE9)
 ax_bar.bar(modes, [TABLE9[m]["sr_params"] for m in modes], color=["tab:blue", "tab:orange", "tab:green"])
 for i, m in enumerate(modes):
     ax_bar.text(i, TABLE9[m]["sr_params"], f"{100 * TABLE9[m]['acc']:.1f}%", ha="center", va="bottom")
-ax_bar.set(ylabel="sub-sampling parameters", title="parameters of the sub-sampling (label: median accuracy)")
+ax_bar.set(ylabel="sub-sampling parameters")
+ax_bar.set_title("parameters of the sub-sampling\n(label: median accuracy)", fontsize=10)
 fig.tight_layout()
 plt.show()
 

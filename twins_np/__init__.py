@@ -5,7 +5,14 @@ NumPy on the CPU, CuPy on the GPU, one code path. See README.md for the two comm
 
 __version__ = "0.1.0"
 
+from ._malloc import tune_malloc as _tune_malloc  # noqa: E402
+
+# NumPy's large temporaries are much cheaper when glibc keeps freed memory for the next one;
+# see twins_np/_malloc.py for when this is skipped (TWINS_NP_NO_MALLOC_TUNING=1 opts out)
+_tune_malloc()
+
 from .backend import asnumpy, cupy_available, get_xp, to_device  # noqa: E402
+from .io import load_weights, save_weights  # noqa: E402
 from .models import Twins, create_model, create_segmenter, list_models  # noqa: E402
 from .nn.module import no_grad  # noqa: E402
 
@@ -18,6 +25,8 @@ __all__ = [
     "cupy_available",
     "get_xp",
     "list_models",
+    "load_weights",
     "no_grad",
+    "save_weights",
     "to_device",
 ]

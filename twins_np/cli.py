@@ -21,7 +21,7 @@ import tarfile
 import zipfile
 from collections.abc import Sequence
 
-from . import __version__
+from . import __version__  # importing twins_np also tuned glibc malloc (twins_np/_malloc.py)
 
 # command name -> module in twins_np.commands
 COMMANDS = {
@@ -35,25 +35,6 @@ COMMANDS = {
     "evaluate": "evaluate",
     "demo": "demo",
 }
-
-
-def _tune_malloc() -> None:
-    """Keep glibc from returning big freed temporaries to the OS after every op.
-
-    NumPy chains allocate and free large temporaries; with glibc's default dynamic
-    mmap threshold each free can unmap and the next allocation fault the pages in again,
-    which made such chains up to ~3x slower. Raising the trim and mmap thresholds keeps
-    the memory in the process. No-op where glibc is absent.
-    """
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-        libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)
-        libc.mallopt(M_TRIM_THRESHOLD, 1 << 31)
-    except (OSError, AttributeError):
-        pass
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,7 +75,6 @@ def _message(err: BaseException) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``twins-np ARGV``; returns the exit code (see the module docstring), never raises SystemExit."""
-    _tune_malloc()
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # argparse printed its message (or the help / the version)

@@ -67,6 +67,20 @@ def _pick_examples(labels: np.ndarray, preds: np.ndarray, n: int = 16, wrong: in
     return np.sort(np.concatenate([bad, good]))
 
 
+def _predictions_title(labels: np.ndarray, preds: np.ndarray, pick: np.ndarray) -> str:
+    """Say that the grid is chosen to show mistakes, so its share of red is not the error rate."""
+    wrong = int((preds != labels).sum())
+    shown = int((preds[pick] != labels[pick]).sum())
+    accuracy = f"test accuracy {100 * (len(labels) - wrong) / len(labels):.1f}% ({len(labels) - wrong}/{len(labels)})"
+    if wrong == 0:
+        return f"the first {len(pick)} test images, all correct; {accuracy}"
+    if shown == wrong:
+        mistakes = "the one test mistake" if wrong == 1 else f"all {wrong} test mistakes"
+    else:
+        mistakes = f"{shown} of the {wrong} test mistakes"
+    return f"{mistakes} (red) and the first {len(pick) - shown} correct test images; {accuracy}"
+
+
 def run(args: argparse.Namespace) -> int:
     from ..training import TrainConfig, Trainer, blas_threads, claim_out_dir, clear_outputs, plot_predictions
     from ._common import check_device
@@ -113,7 +127,14 @@ def run(args: argparse.Namespace) -> int:
         test = trainer.test_set
         pick = _pick_examples(result.labels, result.preds)
         plot_predictions(
-            test.images[pick], result.labels[pick], result.preds[pick], test.classes, out / "predictions.png", test.mean, test.std
+            test.images[pick],
+            result.labels[pick],
+            result.preds[pick],
+            test.classes,
+            out / "predictions.png",
+            test.mean,
+            test.std,
+            title=_predictions_title(result.labels, result.preds, pick),
         )
     images = len(trainer.train_set) * len(history)
     pure = sum(len(trainer.train_set) / row["images_per_s"] for row in history)  # training time without evaluation

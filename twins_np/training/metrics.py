@@ -223,6 +223,7 @@ def plot_predictions(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     columns: int = 8,
+    title: str | None = None,
 ) -> Path:
     """A grid of images titled with the predicted class (red when wrong); saved as PNG.
 
@@ -233,6 +234,9 @@ def plot_predictions(
         path: the ``.png`` to write.
         mean, std: per-channel normalisation to undo for display (Dataset.mean/std).
         columns: images per row.
+        title: the figure's title; say how the images were chosen (a grid picked to show the
+            mistakes has far more red than the model's error rate). Default: "predicted class
+            (red: wrong)".
     """
     images = np.asarray(images, dtype=np.float32)
     n = len(images)
@@ -256,5 +260,5 @@ def plot_predictions(
         ok = int(preds[i]) == int(labels[i])
         text = f"{classes[int(preds[i])]}" if ok else f"{classes[int(preds[i])]} (true {classes[int(labels[i])]})"
         ax.set_title(text, color="black" if ok else "red", fontsize=9)
-    fig.suptitle("predicted class (red: wrong)", fontsize=10)
+    fig.suptitle(title or "predicted class (red: wrong)", fontsize=10)
     return _save_png(fig, path)
