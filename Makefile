@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 JOBS     ?= 2
 TEST_ENV := OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 TQDM_DISABLE=1
 
-.PHONY: demo test lint typecheck pytest notebooks bench docs clean
+.PHONY: demo test lint typecheck pytest pytest-standin gpu-check notebooks bench docs clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -42,11 +42,18 @@ pytest: $(VENV)/.stamp-dev
 	rm -rf build/notebooks && mkdir -p build/notebooks && cp notebooks/[0-9]*.ipynb build/notebooks/
 	$(TEST_ENV) $(BIN)/python -m pytest tests build/notebooks --nbmake --overwrite --nbmake-timeout=900 -n $(JOBS) $(PYTEST_ARGS)
 
+# the gpu-marked tests a second time, on the strict NumPy-backed CuPy stand-in
+# (tests/cupy_standin.py): device arrays that refuse implicit host conversion and mixing.
+# It proves which arrays live where and which CuPy APIs are called, not GPU numerics or
+# speed; on a machine with a real GPU the real CuPy is used instead.
+pytest-standin: $(VENV)/.stamp-dev
+	$(TEST_ENV) $(BIN)/python -m pytest tests -m gpu --cupy-standin -n $(JOBS) $(PYTEST_ARGS)
+
 # regenerate notebooks/*.ipynb (no outputs) from the jupytext sources notebooks/*.py
 notebooks: $(VENV)/.stamp-dev
 	$(BIN)/python tools/sync_notebooks.py
 
-test: lint typecheck pytest docs
+test: lint typecheck pytest pytest-standin docs
 
 # The site, with warnings as errors. MathJax 3 is fetched once from the npm registry into
 # docs/_static/mathjax so the built pages render math offline.
