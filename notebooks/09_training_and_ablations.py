@@ -177,15 +177,20 @@ assert result.accuracy == DIGITS[-1]["test_acc"]
 #
 # With CuPy and a CUDA GPU the loop runs unchanged with `device="gpu"`: the loader hands out
 # CuPy batches and the model's parameters live on the device. On tiny models the GPU is
-# bound by kernel launches, so do not expect a large speed-up here.
+# bound by kernel launches, so do not expect a large speed-up here. GPU float32 sums round
+# differently from the CPU's, so one seed's outcome can move: as for the ablations below, we
+# train three seeds and assert on the median.
 
 # %%
 if twins_np.cupy_available():
-    gpu_model = twins_np.create_model("twins_svt_teach32", in_chans=1, num_classes=10, seed=0)
     t0 = time.perf_counter()
-    GPU_DIGITS = fit(gpu_model, digits_train, digits_test, epochs=3, lr=1e-3, device="gpu", tag="digits (GPU)")
-    print(f"GPU: {time.perf_counter() - t0:.1f} s for what took {DIGITS_SECONDS:.1f} s on the CPU")
-    assert GPU_DIGITS[-1]["test_acc"] > 0.75
+    GPU_ACC = []
+    for seed in (0, 1, 2):
+        gpu_model = twins_np.create_model("twins_svt_teach32", in_chans=1, num_classes=10, seed=seed)
+        history = fit(gpu_model, digits_train, digits_test, epochs=3, lr=1e-3, seed=seed, device="gpu", tag=f"GPU seed {seed}")
+        GPU_ACC.append(history[-1]["test_acc"])
+    print(f"GPU: {(time.perf_counter() - t0) / 3:.1f} s per run for what took {DIGITS_SECONDS:.1f} s on the CPU")
+    assert np.median(GPU_ACC) > 0.75, GPU_ACC
 else:
     print("no CUDA GPU here: the GPU run is skipped")
 
