@@ -43,6 +43,7 @@
 # %autoreload 2
 
 # %%
+import os
 import time
 
 import matplotlib.pyplot as plt
@@ -54,6 +55,10 @@ from twins_np.data import DataLoader, Dataset, load_dataset, make_long_range
 from twins_np.data.long_range import MARKS
 from twins_np.optim import AdamW, CosineSchedule, clip_grad_norm, param_groups
 from twins_np.training import confusion_matrix, evaluate_model, format_confusion_matrix
+
+# the device of the device-aware cells: TWINS_NP_DEVICE=gpu runs them on CuPy (a CUDA GPU); default the CPU
+DEVICE = os.environ.get("TWINS_NP_DEVICE", "cpu")
+assert DEVICE == "cpu" or (DEVICE == "gpu" and twins_np.cupy_available()), f"TWINS_NP_DEVICE={DEVICE!r}: no CUDA GPU here"
 
 T_START = time.perf_counter()
 print("twins-np", twins_np.__version__, "| GPU available:", twins_np.cupy_available())
@@ -89,7 +94,7 @@ except ImportError:
 
 
 # %%
-def fit(model, train_set, test_set, epochs, lr, batch_size=32, seed=0, device="cpu", tag=""):
+def fit(model, train_set, test_set, epochs, lr, batch_size=32, seed=0, device=DEVICE, tag=""):
     """Train `model` in place; returns one dict of metrics per epoch (plus the per-update losses)."""
     model.to_device(device)
     optimizer = AdamW(param_groups(model, weight_decay=0.05), lr=lr)
@@ -158,7 +163,7 @@ fig.suptitle(f"twins_svt_teach32 on the digits ({DIGITS_SECONDS:.0f} s on the CP
 fig.tight_layout()
 plt.show()
 
-result = evaluate_model(digits_model, digits_test, 256, "cpu")
+result = evaluate_model(digits_model, digits_test, 256, DEVICE)
 print(format_confusion_matrix(confusion_matrix(result.labels, result.preds, 10), digits_test.classes))
 
 # %% [markdown]
