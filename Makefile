@@ -72,6 +72,14 @@ docs: $(VENV)/.stamp-dev docs/_static/mathjax/tex-svg.js
 	TQDM_DISABLE=1 TWINS_NP_NOTEBOOKS_EXECUTED=$$executed $(BIN)/sphinx-build -W --keep-going -q -b html docs docs/_build/html
 	@echo "docs: open docs/_build/html/index.html"
 
+# The prepared check for a machine with a real GPU (no venv there: system python3 with cupy,
+# torch + timm, pytest): device and versions, pytest -m gpu, float64 parity with timm on
+# CUDA, every notebook with TWINS_NP_DEVICE=gpu, one epoch of training, the GPU benchmark;
+# at most 8 minutes; writes OUT/report.md and OUT/benchmark-gpu.json.
+OUT ?= build/gpu-check
+gpu-check:
+	PYTHON=$(PY) bash tools/gpu_check.sh $(OUT)
+
 bench: $(VENV)/.stamp-dev
 	$(BIN)/python -m benchmarks.run_all
 
