@@ -57,15 +57,15 @@ FUNCTIONS = frozenset(
     concatenate conj conjugate copysign copyto corrcoef cos cosh count_nonzero cov cross cumprod
     cumsum deg2rad degrees diag diagflat diagonal diff digitize divide divmod dot dsplit dstack
     einsum empty_like equal exp exp2 expand_dims expm1 extract eye fix flatnonzero flip fliplr
-    flipud float_power floor floor_divide fmax fmin fmod full_like greater greater_equal histogram
+    flipud floor floor_divide fmax fmin fmod full_like greater greater_equal histogram
     hsplit hstack hypot identity imag inner invert isclose isfinite isin isinf isnan isreal kron
     ldexp left_shift less less_equal linspace log log10 log1p log2 logaddexp logaddexp2
     logical_and logical_not logical_or logical_xor logspace matmul max maximum mean median
     meshgrid min minimum mod moveaxis multiply nan_to_num nanargmax nanargmin nanmax nanmean
     nanmin nanprod nanstd nansum nanvar ndim negative nextafter nonzero not_equal ones_like outer
-    pad partition percentile positive power prod ptp put quantile rad2deg radians ravel real
+    pad partition percentile power prod ptp put quantile rad2deg radians ravel real
     reciprocal remainder repeat reshape right_shift rint roll rollaxis rot90 round searchsorted
-    select sign signbit sin sinc sinh size sort split sqrt square squeeze stack std subtract sum
+    select shape sign signbit sin sinc sinh size sort split sqrt square squeeze stack std subtract sum
     swapaxes take take_along_axis tan tanh tensordot tile trace transpose tri tril triu true_divide
     trunc unique unravel_index var vdot vsplit vstack where zeros_like
     """.split()
@@ -77,10 +77,10 @@ UFUNCS = frozenset(
     """
     abs absolute add arccos arccosh arcsin arcsinh arctan arctan2 arctanh bitwise_and bitwise_not
     bitwise_or bitwise_xor cbrt ceil conj conjugate copysign cos cosh deg2rad degrees divide divmod
-    equal exp exp2 expm1 float_power floor floor_divide fmax fmin fmod greater greater_equal hypot
+    equal exp exp2 expm1 floor floor_divide fmax fmin fmod greater greater_equal hypot
     invert isfinite isinf isnan ldexp left_shift less less_equal log log10 log1p log2 logaddexp
     logaddexp2 logical_and logical_not logical_or logical_xor maximum minimum mod multiply negative
-    nextafter not_equal positive power rad2deg radians reciprocal remainder right_shift rint sign
+    nextafter not_equal power rad2deg radians reciprocal remainder right_shift rint sign
     signbit sin sinh sqrt square subtract tan tanh true_divide trunc
     """.split()
 )
