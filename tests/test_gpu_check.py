@@ -54,8 +54,8 @@ def fake_run(tmp_path_factory):
 def test_report_has_every_step_in_the_issues_order(fake_run):
     out, _ = fake_run
     report = (out / "report.md").read_text()
-    titles = ["device and versions", "pytest -m gpu", "float64 parity", "notebooks with TWINS_NP_DEVICE=gpu", "train --device gpu",
-              "benchmark"]  # fmt: skip
+    titles = ["device and versions", "pytest -m gpu", "float64 parity", "notebooks with TWINS_NP_DEVICE=gpu",
+              "train --device gpu", "benchmark"]  # fmt: skip
     positions = [report.index(f"## {i}. ") for i in range(1, 7)]
     assert positions == sorted(positions)
     for i, title in enumerate(titles, 1):
@@ -65,9 +65,9 @@ def test_report_has_every_step_in_the_issues_order(fake_run):
 
 def test_every_command_exists_and_parses(fake_run):
     _, calls = fake_run
-    from benchmarks.run_all import parser as bench_parser
     from tools_gpu_parity import parser as parity_parser
 
+    from benchmarks.run_all import parser as bench_parser
     from twins_np.cli import build_parser
 
     seen = set()
