@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
               + (" host ms/step: twins-np | torch | kernels/step: twins-np | torch |" if gpu else ""))  # fmt: skip
         print("|---|---|---|---|---|---|---|---|---|---|" + ("---|---|---|---|" if gpu else ""))
         for name, batch, size in models:
-            for task in ("forward", "train"):
+            for task in ("train", "forward") if gpu else ("forward", "train"):  # on the GPU the target first
                 common = ["--task", task, "--model", name, "--batch", str(batch), "--size", str(size), *dev, *rep]
                 r = _pair(common, rounds)
                 results["models"].append({"model": name, "batch": batch, "size": size, "task": task, **r})

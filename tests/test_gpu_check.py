@@ -55,12 +55,12 @@ def test_report_has_every_step_in_the_issues_order(fake_run):
     out, _ = fake_run
     report = (out / "report.md").read_text()
     titles = ["device and versions", "pytest -m gpu", "float64 parity", "notebooks with TWINS_NP_DEVICE=gpu",
-              "train --device gpu", "benchmark"]  # fmt: skip
-    positions = [report.index(f"## {i}. ") for i in range(1, 7)]
+              "train --device gpu", "benchmark: models", "benchmark: layers"]  # fmt: skip
+    positions = [report.index(f"## {i}. ") for i in range(1, 8)]
     assert positions == sorted(positions)
     for i, title in enumerate(titles, 1):
         assert title in report.split(f"## {i}. ", 1)[1].splitlines()[0], title
-    assert "## Summary" in report and report.count("| ok |") == 6
+    assert "## Summary" in report and report.count("| ok |") == 7
 
 
 def test_every_command_exists_and_parses(fake_run):
@@ -85,8 +85,8 @@ def test_every_command_exists_and_parses(fake_run):
             seen.add("train")
         elif args[:2] == ["-m", "benchmarks.run_all"]:
             a = bench_parser().parse_args(args[2:])
-            assert a.device == "gpu" and a.out.name == "benchmark-gpu.json"
-            seen.add("bench")
+            assert a.device == "gpu" and a.out.name in ("benchmark-gpu.json", "benchmark-gpu-ops.json")
+            seen.add(f"bench {a.only}")
         elif args[0].endswith(".py") and "/notebooks/" in args[0]:
             assert pathlib.Path(args[0]).exists() and device == "gpu"
             seen.add(pathlib.Path(args[0]).name)
@@ -94,7 +94,7 @@ def test_every_command_exists_and_parses(fake_run):
             seen.add("device" if args[0].endswith("device.py") else "junit")
         else:
             raise AssertionError(f"unexpected call {args}")
-    assert {"device", "pytest", "junit", "parity", "train", "bench"} <= seen
+    assert {"device", "pytest", "junit", "parity", "train", "bench ['models']", "bench ['ops']"} <= seen
     assert {p.name for p in NOTEBOOKS} <= seen
 
 

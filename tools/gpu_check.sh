@@ -13,9 +13,11 @@
 # teaching model, so later steps find them in CuPy's kernel cache.
 #   1. device and versions (+ kernel warm-up)         2. pytest -m gpu (xdist, junit summary)
 #   3. whole-model float64 parity, CuPy vs timm CUDA   4. every notebook with TWINS_NP_DEVICE=gpu
-#   5. one-epoch `twins-np train --device gpu`         6. the GPU benchmark (whatever time is left)
+#   5. one-epoch `twins-np train --device gpu`         6. the GPU benchmark: models, then (7) layers
+#                                                         unfused and fused (whatever time is left)
 # It writes OUTDIR/report.md (appended step by step, so a killed run still leaves one), the
-# benchmark JSON OUTDIR/benchmark-gpu.json, the junit XML and one log per step.
+# benchmark JSONs OUTDIR/benchmark-gpu.json and benchmark-gpu-ops.json, the junit XML and one
+# log per step.
 set -u
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -141,7 +143,7 @@ for nb in "$ROOT"/notebooks/[0-9]*.py; do
 done
 exit $fail
 EOF
-NB_SECS=$(budget 4 110)
+NB_SECS=$(budget 4 130)
 step 4 "notebooks with TWINS_NP_DEVICE=gpu" "$((NB_SECS + 10))" bash "$OUT/notebooks.sh" "$PY" "$ROOT" "$OUT" "$NB_SECS"
 
 # --- 5. one epoch of twins-np train on the GPU -------------------------------------------
@@ -149,9 +151,13 @@ step 5 "twins-np train --device gpu, 1 epoch" "$(budget 5 45)" "$PY" -m twins_np
     --out "$OUT/train" --overwrite
 
 # --- 6. the GPU benchmark, with whatever time is left ------------------------------------
-# run_all writes its JSON after every row, so a timed-out run still leaves the rows it measured
-step 6 "benchmark: twins-np on CuPy vs timm on CUDA" "$(budget 6 $((BUDGET - $(elapsed))))" \
-    "$PY" -m benchmarks.run_all --device gpu --rounds 1 --out "$OUT/benchmark-gpu.json"
+# run_all writes its JSON after every row, so a timed-out run still leaves the rows it measured.
+# The models first (the targets are about the training step), then the layers, unfused and
+# fused, if at least a minute is left.
+step 6 "benchmark: models, twins-np on CuPy vs timm on CUDA" "$(budget 6 $((BUDGET - $(elapsed) - 60)))" \
+    "$PY" -m benchmarks.run_all --device gpu --rounds 1 --only models --out "$OUT/benchmark-gpu.json"
+step 7 "benchmark: layers, unfused and fused vs torch" "$(budget 7 $((BUDGET - $(elapsed))))" \
+    "$PY" -m benchmarks.run_all --device gpu --rounds 1 --only ops --out "$OUT/benchmark-gpu-ops.json"
 
 {
     echo
