@@ -104,7 +104,9 @@ def test_every_source_names_its_formula_and_its_twin():
 
 
 def test_fused_kernels_are_off_by_default_and_refuse_without_a_gpu():
-    assert fused_kernels() is False
+    import twins_np
+
+    assert twins_np.fused_kernels is fused_kernels and fused_kernels() is False
     if fused_kernels_available():
         pytest.skip("a GPU is present (the switch is exercised by the gpu tests)")
     with pytest.raises(RuntimeError, match="needs CuPy with a real CUDA GPU"):
