@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 JOBS     ?= 2
 TEST_ENV := OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 TQDM_DISABLE=1
 
-.PHONY: demo test lint typecheck pytest notebooks lab bench docs clean
+.PHONY: demo test lint typecheck pytest pytest-standin gpu-check notebooks lab bench docs clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -50,11 +50,18 @@ $(VENV)/.stamp-lab: $(BIN)/python setup.cfg pyproject.toml
 lab: $(VENV)/.stamp-lab
 	$(BIN)/jupyter lab notebooks/
 
+# the gpu-marked tests a second time, on the strict NumPy-backed CuPy stand-in
+# (tests/cupy_standin.py): device arrays that refuse implicit host conversion and mixing.
+# It proves which arrays live where and which CuPy APIs are called, not GPU numerics or
+# speed; on a machine with a real GPU the real CuPy is used instead.
+pytest-standin: $(VENV)/.stamp-dev
+	$(TEST_ENV) $(BIN)/python -m pytest tests -m gpu --cupy-standin -n $(JOBS) $(PYTEST_ARGS)
+
 # regenerate notebooks/*.ipynb (no outputs) from the jupytext sources notebooks/*.py
 notebooks: $(VENV)/.stamp-dev
 	$(BIN)/python tools/sync_notebooks.py
 
-test: lint typecheck pytest docs
+test: lint typecheck pytest pytest-standin docs
 
 # The site, with warnings as errors. MathJax 3 is fetched once from the npm registry into
 # docs/_static/mathjax so the built pages render math offline.
@@ -72,6 +79,14 @@ docs: $(VENV)/.stamp-dev docs/_static/mathjax/tex-svg.js
 	done; \
 	TQDM_DISABLE=1 TWINS_NP_NOTEBOOKS_EXECUTED=$$executed $(BIN)/sphinx-build -W --keep-going -q -b html docs docs/_build/html
 	@echo "docs: open docs/_build/html/index.html"
+
+# The prepared check for a machine with a real GPU (no venv there: system python3 with cupy,
+# torch + timm, pytest): device and versions, pytest -m gpu, float64 parity with timm on
+# CUDA, every notebook with TWINS_NP_DEVICE=gpu, one epoch of training, the GPU benchmark;
+# at most 8 minutes; writes OUT/report.md and OUT/benchmark-gpu.json.
+OUT ?= build/gpu-check
+gpu-check:
+	PYTHON=$(PY) bash tools/gpu_check.sh $(OUT)
 
 bench: $(VENV)/.stamp-dev
 	$(BIN)/python -m benchmarks.run_all

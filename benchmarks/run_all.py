@@ -2,8 +2,15 @@
 
     python -m benchmarks.run_all                 # everything on the CPU (about 15-25 minutes)
     python -m benchmarks.run_all --only models   # models | segmentation | ops | scaling
-    python -m benchmarks.run_all --device gpu    # CuPy vs PyTorch CUDA (needs a GPU)
+    python -m benchmarks.run_all --device gpu    # CuPy vs PyTorch eager CUDA (needs a GPU)
     python -m benchmarks.run_all --quick         # fewer rounds, for a smoke test
+
+On the GPU the sizes are the GPU's (GPU_MODELS, GPU_OPS: batch 64 at 224x224 for the small
+models, batch 256 for the teaching configs), float32 with TF32 off on both sides, and each
+row adds the host time and the kernels launched per step; ops are timed unfused, fused
+(when twins_np.backend has fused kernels) and in torch. Targets (a benchmark, never a
+test): training step <= 1.5x PyTorch eager for the small models, <= 2x for the teaching
+configs.
 
 Each measurement runs in its own process (benchmarks/worker.py); the two libraries are
 interleaved round by round (the machine's speed drifts over minutes, so back-to-back
@@ -49,6 +56,14 @@ OPS = [
     ("softmax", 8, 56, 64, 2, 8),
 ]
 SCALING_SIZES = [28, 56, 112, 224]
+GPU_MODELS = [
+    ("twins_svt_small", 64, 224),
+    ("twins_pcpvt_small", 64, 224),
+    ("twins_svt_teach32", 256, 32),
+    ("twins_pcpvt_teach32", 256, 32),
+]
+# stage-1 sizes of twins_svt_small at batch 64
+GPU_OPS = [(op, 64, side, dim, heads, sr) for op, _, side, dim, heads, sr in OPS]
 
 
 THREADS = 2  # BLAS / OpenMP threads per process, both libraries (set by --threads)
@@ -57,7 +72,7 @@ THREADS = 2  # BLAS / OpenMP threads per process, both libraries (set by --threa
 def _worker(args: list[str]) -> dict:
     n = str(THREADS)
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               OPENBLAS_NUM_THREADS=n, OMP_NUM_THREADS=n, MKL_NUM_THREADS=n)  # fmt: skip
+               OPENBLAS_NUM_THREADS=n, OMP_NUM_THREADS=n, MKL_NUM_THREADS=n, CUPY_TF32="0")  # fmt: skip
     args = [*args, "--threads", n]
     out = subprocess.run([sys.executable, "-m", "benchmarks.worker", *args], capture_output=True, text=True, cwd=ROOT, env=env)
     if out.returncode != 0:
@@ -65,19 +80,34 @@ def _worker(args: list[str]) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _pair(common: list[str], rounds: int) -> dict:
+def _pair(common: list[str], rounds: int, np_extra: list[str] | None = None) -> dict:
     """Interleave the two libraries for `rounds` rounds; medians of the per-round medians."""
     res: dict[str, list[dict]] = {"twins-np": [], "torch": []}
     for r in range(rounds):
         order = ["twins-np", "torch"] if r % 2 == 0 else ["torch", "twins-np"]
         for lib in order:
-            res[lib].append(_worker(["--lib", lib, *common]))
+            res[lib].append(_worker(["--lib", lib, *common, *((np_extra or []) if lib == "twins-np" else [])]))
     t_np = statistics.median(x["median_s"] for x in res["twins-np"])
     t_pt = statistics.median(x["median_s"] for x in res["torch"])
     m_np = statistics.median(x["peak_mib"] for x in res["twins-np"])
     m_pt = statistics.median(x["peak_mib"] for x in res["torch"])
-    return {"twins_np_s": t_np, "torch_s": t_pt, "ratio": t_np / t_pt, "twins_np_mib": m_np, "torch_mib": m_pt,
-            "mem_ratio": (m_np / m_pt) if m_pt > 0 else float("nan")}  # fmt: skip
+    out = {"twins_np_s": t_np, "torch_s": t_pt, "ratio": t_np / t_pt, "twins_np_mib": m_np, "torch_mib": m_pt,
+           "mem_ratio": (m_np / m_pt) if m_pt > 0 else float("nan")}  # fmt: skip
+    for key in ("host_s", "kernels", "gpu_mib"):  # GPU only: from the first round
+        if key in res["twins-np"][0]:
+            out[f"twins_np_{key}"], out[f"torch_{key}"] = res["twins-np"][0][key], res["torch"][0][key]
+    return out
+
+
+def _fused_available() -> bool:
+    """True when twins_np.backend has fused kernels that can run here (a real GPU)."""
+    out = subprocess.run([sys.executable, "-c", "from twins_np.backend import fused_kernels_available as f; print(f())"],
+                         capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+    return out.returncode == 0 and out.stdout.strip() == "True"
+
+
+def _fmt(v: object, scale: float = 1.0, spec: str = ".1f") -> str:
+    return "n/a" if v is None else format(float(v) * scale, spec)  # type: ignore[arg-type]
 
 
 def _slope(sizes: list[int], values: list[float]) -> float:
@@ -130,37 +160,55 @@ def versions() -> str:
     return ", ".join(parts)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", choices=["models", "segmentation", "ops", "scaling"], action="append")
     p.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--quick", action="store_true", help="1 round, 2 repeats (smoke test)")
     p.add_argument("--threads", type=int, default=2, help="threads per process for both libraries (default 2)")
-    args = p.parse_args(argv)
+    p.add_argument("--out", type=pathlib.Path, help="results JSON (default benchmarks/results/<device>.json)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     global THREADS
     THREADS = args.threads
-    only = set(args.only or ["models", "segmentation", "ops", "scaling"])
+    gpu = args.device == "gpu"
+    # the scaling table is about CPU time and memory against H*W; on the GPU it is asked for by name
+    only = set(args.only or (["models", "ops"] if gpu else ["models", "segmentation", "ops", "scaling"]))
+    models, ops = (GPU_MODELS, GPU_OPS) if gpu else (MODELS, OPS)
     rounds = 1 if args.quick else args.rounds
     rep = ["--warmup", "1", "--repeats", "2"] if args.quick else ["--warmup", "2", "--repeats", "5"]
     dev = ["--device", args.device]
     results: dict = {"machine": machine(), "versions": versions(), "device": args.device,
                      "date": time.strftime("%Y-%m-%d"), "models": [], "segmentation": [], "ops": [], "scaling": []}  # fmt: skip
     results["threads"] = THREADS
+    path = args.out or HERE / "results" / f"{args.device}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:  # after every row, so a run stopped by a time limit keeps what it measured
+        path.write_text(json.dumps(results, indent=2))
     print(f"# twins-np vs PyTorch ({args.device}, {THREADS} thread(s) per process)")
     print(f"\n{results['machine']}\n{results['versions']}\n")
 
     if "models" in only:
-        print("| model | batch | size | task | twins-np s | torch s | time ratio | twins-np MiB | torch MiB | memory ratio |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
-        for name, batch, size in MODELS:
-            for task in ("forward", "train"):
+        print("| model | batch | size | task | twins-np s | torch s | time ratio | twins-np MiB | torch MiB | memory ratio |"
+              + (" host ms/step: twins-np | torch | kernels/step: twins-np | torch |" if gpu else ""))  # fmt: skip
+        print("|---|---|---|---|---|---|---|---|---|---|" + ("---|---|---|---|" if gpu else ""))
+        for name, batch, size in models:
+            for task in ("train", "forward") if gpu else ("forward", "train"):  # on the GPU the target first
                 common = ["--task", task, "--model", name, "--batch", str(batch), "--size", str(size), *dev, *rep]
                 r = _pair(common, rounds)
                 results["models"].append({"model": name, "batch": batch, "size": size, "task": task, **r})
                 row = [name, batch, size, task, f"{r['twins_np_s']:.3f}", f"{r['torch_s']:.3f}", f"{r['ratio']:.2f}",
                        f"{r['twins_np_mib']:.0f}", f"{r['torch_mib']:.0f}", f"{r['mem_ratio']:.2f}"]  # fmt: skip
+                if gpu:
+                    row += [_fmt(r.get("twins_np_host_s"), 1e3), _fmt(r.get("torch_host_s"), 1e3),
+                            _fmt(r.get("twins_np_kernels"), 1, ".0f"), _fmt(r.get("torch_kernels"), 1, ".0f")]  # fmt: skip
                 print("| " + " | ".join(str(c) for c in row) + " |", flush=True)
+                save()
         print()
 
     if "segmentation" in only:
@@ -173,20 +221,31 @@ def main(argv: list[str] | None = None) -> int:
             row = [name, batch, size, "train", f"{r['twins_np_s']:.3f}", f"{r['torch_s']:.3f}", f"{r['ratio']:.2f}",
                    f"{r['twins_np_mib']:.0f}", f"{r['torch_mib']:.0f}", f"{r['mem_ratio']:.2f}"]  # fmt: skip
             print("| " + " | ".join(str(c) for c in row) + " |", flush=True)
+            save()
         print()
 
     if "ops" in only:
         print("| op | shape | forward: twins-np ms | torch ms | ratio | forward + backward: twins-np ms | torch ms | ratio |")
         print("|---|---|---|---|---|---|---|---|")
-        for op, batch, side, dim, heads, sr in OPS:
+        fused = gpu and _fused_available()
+        for op, batch, side, dim, heads, sr in ops:
             common = ["--task", "op", "--op", op, "--batch", str(batch), "--size", str(side), "--dim", str(dim),
                       "--heads", str(heads), "--sr", str(sr), *dev, *rep]  # fmt: skip
             fw = _pair([*common, "--passes", "fwd"], rounds)
             fb = _pair([*common, "--passes", "fwdbwd"], rounds)
-            results["ops"].append({"op": op, "batch": batch, "side": side, "dim": dim, "forward": fw, "forward_backward": fb})
+            row = {"op": op, "batch": batch, "side": side, "dim": dim, "forward": fw, "forward_backward": fb}
+            if fused:  # the same op with the fused kernels: speed-up of fused over unfused
+                ff = _pair([*common, "--passes", "fwdbwd"], rounds, ["--fused"])
+                row["forward_backward_fused"] = ff
+                row["fused_speedup"] = fb["twins_np_s"] / ff["twins_np_s"]
+            results["ops"].append(row)
+            save()
             print(f"| {op} | B={batch}, {side}x{side}, C={dim} | {1e3 * fw['twins_np_s']:.1f} | {1e3 * fw['torch_s']:.1f} | "
                   f"{fw['ratio']:.2f} | {1e3 * fb['twins_np_s']:.1f} | {1e3 * fb['torch_s']:.1f} | {fb['ratio']:.2f} |",
                   flush=True)  # fmt: skip
+            if "fused_speedup" in row:
+                print(f"|   {op}, fused kernels | | | | | {1e3 * row['forward_backward_fused']['twins_np_s']:.1f} | | "
+                      f"fused / unfused speed-up {row['fused_speedup']:.2f}x |", flush=True)  # fmt: skip
         print()
 
     if "scaling" in only:
@@ -210,10 +269,8 @@ def main(argv: list[str] | None = None) -> int:
                   + f" | {slopes['time']:.2f} | {slopes['memory']:.2f} | {slopes['macs']:.2f} |")  # fmt: skip
         print()
 
-    out = HERE / "results"
-    out.mkdir(exist_ok=True)
-    (out / f"{args.device}.json").write_text(json.dumps(results, indent=2))
-    print(f"(written to {out / (args.device + '.json')})")
+    save()
+    print(f"(written to {path})")
     return 0
 
 

@@ -15,6 +15,15 @@ the cores when both are loaded. Times are medians over ``--repeats`` runs after
 ``--warmup`` runs. Peak memory is the highest resident set size sampled during the runs
 minus the resident size just before them (model, inputs and library already loaded),
 measured the same way for both libraries: on the GPU it is host memory only.
+
+On the GPU (``--device gpu``) each library synchronises before reading the clock, TF32 is
+off on both sides (torch's flags here; CuPy only uses TF32 when ``CUPY_TF32=1``, which
+run_all clears), and three more figures are reported after the timed runs: the host time
+of one step (until the call returns, before synchronising: when it is close to the step
+time the step is bound by launching kernels, not by the GPU), the kernels launched per
+step (counted with torch's profiler, which sees every CUDA kernel of the process, CuPy's
+included; null where it cannot count), and the GPU memory held (CuPy's memory pool, or
+torch's peak allocation). ``--fused`` (twins-np) switches on the fused CUDA kernels.
 """
 
 from __future__ import annotations
@@ -288,6 +297,44 @@ def torch_task(args: argparse.Namespace) -> tuple[Callable[[], Any], Callable[[]
     return op, sync
 
 
+def _gpu_extras(lib: str, fn: Callable[[], Any], sync: Callable[[], None]) -> dict[str, Any]:
+    """Host time per step, kernels per step and GPU memory (best effort: None where unknown)."""
+    host = []
+    for _ in range(3):
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        host.append(time.perf_counter() - t0)
+        sync()
+    extras: dict[str, Any] = {"host_s": statistics.median(host), "kernels": None, "gpu_mib": None}
+    try:
+        if lib == "torch":
+            import torch
+
+            extras["gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
+        else:
+            import cupy  # the benchmark, not the package: twins_np imports cupy only in its backend
+
+            extras["gpu_mib"] = cupy.get_default_memory_pool().total_bytes() / 2**20
+    except Exception:  # noqa: BLE001 - a missing figure, not a failed benchmark
+        pass
+    try:
+        import torch
+        from torch.profiler import ProfilerActivity, profile
+
+        sync()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            fn()
+            sync()
+        cuda = torch.autograd.DeviceType.CUDA
+        extras["kernels"] = sum(
+            1 for e in prof.events() if e.device_type == cuda and not e.name.startswith(("Memcpy", "Memset"))
+        )
+    except Exception:  # noqa: BLE001
+        pass
+    return extras
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--lib", choices=["twins-np", "torch"], required=True)
@@ -304,10 +351,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--fused", action="store_true", help="twins-np: use the fused CUDA kernels (GPU only)")
     args = p.parse_args(argv)
+    if args.fused:
+        if args.lib != "twins-np" or args.device != "gpu":
+            p.error("--fused is for --lib twins-np --device gpu")
+        from twins_np.backend import fused_kernels
+
+        fused_kernels(True)
+    if args.device == "gpu" and args.lib == "torch":
+        import torch
+
+        torch.backends.cuda.matmul.allow_tf32 = False  # float32 on both sides, no TF32 rounding
+        torch.backends.cudnn.allow_tf32 = False
     fn, sync = (twins_np_task if args.lib == "twins-np" else torch_task)(args)
     median, times, peak = _time(fn, args.warmup, args.repeats, sync)
-    print(json.dumps({"lib": args.lib, "median_s": median, "times_s": times, "peak_mib": peak}))
+    row: dict[str, Any] = {"lib": args.lib, "median_s": median, "times_s": times, "peak_mib": peak}
+    if args.device == "gpu":
+        row.update(_gpu_extras(args.lib, fn, sync))
+    print(json.dumps(row))
     return 0
 
 

@@ -29,6 +29,7 @@
 # %autoreload 2
 
 # %%
+import os
 import time
 
 import matplotlib.pyplot as plt
@@ -39,6 +40,10 @@ from twins_np import functional as F
 from twins_np import gradcheck_suite
 from twins_np.gradcheck import TOLERANCES, check_backward, format_table, numerical_grad
 from twins_np.nn import Linear
+
+# the device of the device-aware cells: TWINS_NP_DEVICE=gpu runs them on CuPy (a CUDA GPU); default the CPU
+DEVICE = os.environ.get("TWINS_NP_DEVICE", "cpu")
+assert DEVICE == "cpu" or (DEVICE == "gpu" and twins_np.cupy_available()), f"TWINS_NP_DEVICE={DEVICE!r}: no CUDA GPU here"
 
 GPU = twins_np.cupy_available()
 TOL = TOLERANCES["gradcheck_rel"]

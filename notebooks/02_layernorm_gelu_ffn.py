@@ -29,6 +29,8 @@
 # %autoreload 2
 
 # %%
+import os
+
 import matplotlib.pyplot as plt
 import numpy as np
 from scipy.special import erf
@@ -37,6 +39,10 @@ import twins_np
 from twins_np import functional as F
 from twins_np.gradcheck import TOLERANCES, check_backward, check_module, format_table, numerical_grad
 from twins_np.nn import Mlp
+
+# the device of the device-aware cells: TWINS_NP_DEVICE=gpu runs them on CuPy (a CUDA GPU); default the CPU
+DEVICE = os.environ.get("TWINS_NP_DEVICE", "cpu")
+assert DEVICE == "cpu" or (DEVICE == "gpu" and twins_np.cupy_available()), f"TWINS_NP_DEVICE={DEVICE!r}: no CUDA GPU here"
 
 TOL = TOLERANCES["gradcheck_rel"]
 rng = np.random.default_rng(0)

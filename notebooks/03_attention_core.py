@@ -30,6 +30,7 @@
 # %autoreload 2
 
 # %%
+import os
 import time
 
 import matplotlib.pyplot as plt
@@ -38,6 +39,10 @@ import numpy as np
 import twins_np
 from twins_np import functional as F
 from twins_np.gradcheck import TOLERANCES, check_backward, format_table
+
+# the device of the device-aware cells: TWINS_NP_DEVICE=gpu runs them on CuPy (a CUDA GPU); default the CPU
+DEVICE = os.environ.get("TWINS_NP_DEVICE", "cpu")
+assert DEVICE == "cpu" or (DEVICE == "gpu" and twins_np.cupy_available()), f"TWINS_NP_DEVICE={DEVICE!r}: no CUDA GPU here"
 
 TOL = TOLERANCES["gradcheck_rel"]
 rng = np.random.default_rng(0)

@@ -40,6 +40,7 @@
 # %autoreload 2
 
 # %%
+import os
 import time
 
 import matplotlib.pyplot as plt
@@ -47,6 +48,10 @@ import numpy as np
 
 import twins_np
 from twins_np import nn
+
+# the device of the device-aware cells: TWINS_NP_DEVICE=gpu runs them on CuPy (a CUDA GPU); default the CPU
+DEVICE = os.environ.get("TWINS_NP_DEVICE", "cpu")
+assert DEVICE == "cpu" or (DEVICE == "gpu" and twins_np.cupy_available()), f"TWINS_NP_DEVICE={DEVICE!r}: no CUDA GPU here"
 
 T_START = time.perf_counter()
 print("twins-np", twins_np.__version__)

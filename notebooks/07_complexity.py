@@ -46,6 +46,7 @@
 
 # %%
 import contextlib
+import os
 import time
 import tracemalloc
 
@@ -57,6 +58,10 @@ import twins_np
 from twins_np import analysis, nn
 from twins_np.backend import synchronize
 from twins_np.gradcheck import TOLERANCES
+
+# the device of the device-aware cells: TWINS_NP_DEVICE=gpu runs them on CuPy (a CUDA GPU); default the CPU
+DEVICE = os.environ.get("TWINS_NP_DEVICE", "cpu")
+assert DEVICE == "cpu" or (DEVICE == "gpu" and twins_np.cupy_available()), f"TWINS_NP_DEVICE={DEVICE!r}: no CUDA GPU here"
 
 T_START = time.perf_counter()
 print("twins-np", twins_np.__version__, "| GPU available:", twins_np.cupy_available())

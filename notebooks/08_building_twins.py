@@ -43,6 +43,7 @@
 
 # %%
 import math
+import os
 import pathlib
 import tempfile
 import time
@@ -55,6 +56,10 @@ import twins_np
 from twins_np import analysis, io, nn
 from twins_np.gradcheck import TOLERANCES
 from twins_np.models import MODEL_CONFIGS, create_model, list_models
+
+# the device of the device-aware cells: TWINS_NP_DEVICE=gpu runs them on CuPy (a CUDA GPU); default the CPU
+DEVICE = os.environ.get("TWINS_NP_DEVICE", "cpu")
+assert DEVICE == "cpu" or (DEVICE == "gpu" and twins_np.cupy_available()), f"TWINS_NP_DEVICE={DEVICE!r}: no CUDA GPU here"
 
 T_START = time.perf_counter()
 F64 = np.float64

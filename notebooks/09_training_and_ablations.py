@@ -43,6 +43,7 @@
 # %autoreload 2
 
 # %%
+import os
 import time
 
 import matplotlib.pyplot as plt
@@ -54,6 +55,10 @@ from twins_np.data import DataLoader, Dataset, load_dataset, make_long_range
 from twins_np.data.long_range import MARKS
 from twins_np.optim import AdamW, CosineSchedule, clip_grad_norm, param_groups
 from twins_np.training import confusion_matrix, evaluate_model, format_confusion_matrix
+
+# the device of the device-aware cells: TWINS_NP_DEVICE=gpu runs them on CuPy (a CUDA GPU); default the CPU
+DEVICE = os.environ.get("TWINS_NP_DEVICE", "cpu")
+assert DEVICE == "cpu" or (DEVICE == "gpu" and twins_np.cupy_available()), f"TWINS_NP_DEVICE={DEVICE!r}: no CUDA GPU here"
 
 T_START = time.perf_counter()
 print("twins-np", twins_np.__version__, "| GPU available:", twins_np.cupy_available())
@@ -89,7 +94,7 @@ except ImportError:
 
 
 # %%
-def fit(model, train_set, test_set, epochs, lr, batch_size=32, seed=0, device="cpu", tag=""):
+def fit(model, train_set, test_set, epochs, lr, batch_size=32, seed=0, device=DEVICE, tag=""):
     """Train `model` in place; returns one dict of metrics per epoch (plus the per-update losses)."""
     model.to_device(device)
     optimizer = AdamW(param_groups(model, weight_decay=0.05), lr=lr)
@@ -158,7 +163,7 @@ fig.suptitle(f"twins_svt_teach32 on the digits ({DIGITS_SECONDS:.0f} s on the CP
 fig.tight_layout()
 plt.show()
 
-result = evaluate_model(digits_model, digits_test, 256, "cpu")
+result = evaluate_model(digits_model, digits_test, 256, DEVICE)
 print(format_confusion_matrix(confusion_matrix(result.labels, result.preds, 10), digits_test.classes))
 
 # %% [markdown]
@@ -177,15 +182,20 @@ assert result.accuracy == DIGITS[-1]["test_acc"]
 #
 # With CuPy and a CUDA GPU the loop runs unchanged with `device="gpu"`: the loader hands out
 # CuPy batches and the model's parameters live on the device. On tiny models the GPU is
-# bound by kernel launches, so do not expect a large speed-up here.
+# bound by kernel launches, so do not expect a large speed-up here. GPU float32 sums round
+# differently from the CPU's, so one seed's outcome can move: as for the ablations below, we
+# train three seeds and assert on the median.
 
 # %%
 if twins_np.cupy_available():
-    gpu_model = twins_np.create_model("twins_svt_teach32", in_chans=1, num_classes=10, seed=0)
     t0 = time.perf_counter()
-    GPU_DIGITS = fit(gpu_model, digits_train, digits_test, epochs=3, lr=1e-3, device="gpu", tag="digits (GPU)")
-    print(f"GPU: {time.perf_counter() - t0:.1f} s for what took {DIGITS_SECONDS:.1f} s on the CPU")
-    assert GPU_DIGITS[-1]["test_acc"] > 0.75
+    GPU_ACC = []
+    for seed in (0, 1, 2):
+        gpu_model = twins_np.create_model("twins_svt_teach32", in_chans=1, num_classes=10, seed=seed)
+        history = fit(gpu_model, digits_train, digits_test, epochs=3, lr=1e-3, seed=seed, device="gpu", tag=f"GPU seed {seed}")
+        GPU_ACC.append(history[-1]["test_acc"])
+    print(f"GPU: {(time.perf_counter() - t0) / 3:.1f} s per run for what took {DIGITS_SECONDS:.1f} s on the CPU")
+    assert np.median(GPU_ACC) > 0.75, GPU_ACC
 else:
     print("no CUDA GPU here: the GPU run is skipped")
 

@@ -6,16 +6,19 @@ import matplotlib
 
 matplotlib.use("Agg")  # set here only: a global MPLBACKEND would reach the notebook kernels
 
+import os
+
+import cupy_standin  # tests/ is on sys.path (rootdir conftest); the module imports no twins_np
 import numpy as np
 import pytest
-
-from twins_np.backend import cupy_available
 
 
 @pytest.fixture(params=["numpy", pytest.param("cupy", marks=pytest.mark.gpu)])
 def xp(request):
     """The array module under test; the cupy case is skipped without a GPU."""
     if request.param == "cupy":
+        from twins_np.backend import cupy_available
+
         if not cupy_available():
             pytest.skip("CuPy with a CUDA GPU is not available")
         import importlib
@@ -32,12 +35,24 @@ def _close_figures():
     plt.close("all")
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--cupy-standin",
+        action="store_true",
+        default=os.environ.get(cupy_standin.ENV_VAR) == "1",
+        help="without a GPU, run the gpu tests on the strict NumPy-backed CuPy stand-in "
+        f"(tests/cupy_standin.py; also {cupy_standin.ENV_VAR}=1): proves device placement, not GPU numerics",
+    )
+
+
 def pytest_configure(config):
-    """Register one marker per assignment task (see twins_np/assignments.py).
+    """Install the CuPy stand-in if asked (before twins_np is imported); register task markers.
 
     In a student copy (it has an assignment.json), stop unless the imported twins_np is the
     copy's own: tests run against an installed twins_np would check its solutions instead.
     """
+    if config.getoption("--cupy-standin"):
+        cupy_standin.install()
     import pathlib
 
     import twins_np
@@ -59,3 +74,12 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         for task in task_of_test(item.nodeid):
             item.add_marker(getattr(pytest.mark, task))
+
+
+def pytest_report_header(config):
+    if cupy_standin.is_active():
+        return (
+            "cupy: strict NumPy-backed stand-in (proves which arrays live where and which APIs are called; "
+            "not GPU numerics or speed)"
+        )
+    return None

@@ -43,6 +43,10 @@ __all__ = [
     "synchronize",
     "map_blocks",
     "row_sums",
+    "fused_kernels",
+    "fused_kernels_available",
+    "use_fused",
+    "cuda_function",
 ]
 
 Device = str  # "cpu" or "gpu"
@@ -282,3 +286,57 @@ def row_sums(a: Any) -> Any:
     ``sum``'s, as BLAS accumulates in its own order.
     """
     return (a @ get_xp(a).ones(a.shape[-1], dtype=a.dtype))[..., None]
+
+
+# --- fused GPU kernels --------------------------------------------------------------------
+# A few CUDA kernels (twins_np/kernels/*.cu) do in one pass what the readable NumPy/CuPy
+# expression does in several: GELU, LayerNorm, softmax, the PEG's 3x3 depthwise conv and the
+# AdamW update. The expression stays the reference (the "twin") and the default: a kernel is
+# used only after ``fused_kernels(True)``, and only on CuPy arrays. Tests compare each kernel
+# with its twin on a real GPU; until a GPU run has proven them, they stay off by default.
+
+_FUSED = False
+
+
+def fused_kernels_available() -> bool:
+    """True when the fused kernels can run: CuPy with a real CUDA GPU (not a stand-in)."""
+    return cupy_available() and not getattr(_cupy, "__twins_np_standin__", False)
+
+
+def fused_kernels(enabled: bool | None = None) -> bool:
+    """Switch the fused GPU kernels on or off (default off); returns the setting now in force.
+
+    ``fused_kernels()`` only reads it. NumPy arrays always take the readable path.
+
+    Raises:
+        RuntimeError: ``fused_kernels(True)`` where no kernel can run (no GPU, or the test
+            suite's CuPy stand-in, which cannot run CUDA code).
+    """
+    global _FUSED
+    if enabled is not None:
+        if enabled and not fused_kernels_available():
+            raise RuntimeError(
+                "fused_kernels(True) needs CuPy with a real CUDA GPU to compile and run the kernels in "
+                "twins_np/kernels/; none is available here, so the readable (unfused) path is used"
+            )
+        _FUSED = bool(enabled)
+    return _FUSED
+
+
+def use_fused(a: Any) -> bool:
+    """True when ``a`` should take the fused kernel: the switch is on and ``a`` is a CuPy array."""
+    return _FUSED and is_cupy_array(a)
+
+
+_MODULES: dict[str, Any] = {}
+
+
+def cuda_function(source: str, name: str) -> Any:
+    """The kernel ``name`` of ``twins_np/kernels/<source>``, compiled once with ``cupy.RawModule``."""
+    if source not in _MODULES:
+        from importlib import resources
+
+        folder = resources.files("twins_np").joinpath("kernels")
+        code = folder.joinpath(source).read_text(encoding="utf-8")
+        _MODULES[source] = _cupy.RawModule(code=code, options=("--std=c++14", f"-I{folder}"))  # type: ignore[union-attr]
+    return _MODULES[source].get_function(name)

@@ -80,6 +80,11 @@ def cases() -> list[Case]:
     fixed = np.random.default_rng(7)
     NW, NB = 1.0 + fixed.standard_normal(C), fixed.standard_normal(C)
     GSA_P = [fixed.standard_normal(s) for s in [(C, C), (C,), (2 * C, C), (2 * C,), (C, C), (C,)]]
+    # the fixed arrays above live on the host; a closure moves them to its input's device,
+    # since the analytic pass runs on the GPU and the numeric one on the host
+    from .backend import device_of, to_device
+
+    on = lambda a, like: to_device(a, device_of(like))  # noqa: E731
     out: list[Case] = [
         _op("linear", F.linear_forward, F.linear_backward, lambda r: [n(r, 2, 3, 4), n(r, 5, 4), n(r, 5)], ["x", "w", "b"]),
         _op("gelu", F.gelu_forward, F.gelu_backward, lambda r: [2.0 * n(r, 4, 6)], ["x"]),
@@ -202,7 +207,7 @@ def cases() -> list[Case]:
         _op(
             "GSA (sr 4, avg pool)",
             lambda x, q_w, q_b, kv_w, kv_b, proj_w, proj_b: F.gsa_forward(
-                x, (9, 10), q_w, q_b, kv_w, kv_b, proj_w, proj_b, heads, 4, norm_w=NW, norm_b=NB, sr_mode="avg"
+                x, (9, 10), q_w, q_b, kv_w, kv_b, proj_w, proj_b, heads, 4, norm_w=on(NW, x), norm_b=on(NB, x), sr_mode="avg"
             ),
             F.gsa_backward,
             lambda r: [n(r, 2, 90, C), n(r, C, C), n(r, C), n(r, 2 * C, C), n(r, 2 * C), n(r, C, C), n(r, C)],
@@ -211,8 +216,9 @@ def cases() -> list[Case]:
         _op(
             "GSA (sr 4, separable)",
             lambda x, dw_w, dw_b, pw_w, pw_b: F.gsa_forward(
-                x, (9, 10), GSA_P[0], GSA_P[1], GSA_P[2], GSA_P[3], GSA_P[4], GSA_P[5], heads, 4,
-                norm_w=NW, norm_b=NB, sr_mode="sep", sr_params=dict(dw_w=dw_w, dw_b=dw_b, pw_w=pw_w, pw_b=pw_b),
+                x, (9, 10), on(GSA_P[0], x), on(GSA_P[1], x), on(GSA_P[2], x), on(GSA_P[3], x), on(GSA_P[4], x),
+                on(GSA_P[5], x), heads, 4,
+                norm_w=on(NW, x), norm_b=on(NB, x), sr_mode="sep", sr_params=dict(dw_w=dw_w, dw_b=dw_b, pw_w=pw_w, pw_b=pw_b),
             ),
             F.gsa_backward,
             lambda r: [n(r, 2, 90, C), n(r, C, 1, 4, 4), n(r, C), n(r, C, C), n(r, C)],
@@ -235,7 +241,7 @@ def cases() -> list[Case]:
         ),
         _op(
             "cross-entropy (smoothing 0.1)",
-            lambda z: F.cross_entropy_forward(z, labels, 0.1),
+            lambda z: F.cross_entropy_forward(z, on(labels, z), 0.1),
             lambda d, c: F.cross_entropy_backward(float(d), c),
             lambda r: [n(r, 3, 4)],
             ["logits"],
@@ -353,7 +359,11 @@ def _dense_head_cases() -> list[Case]:
 
 
 def run_all(device: str = "cpu", progress: bool = True) -> list[tuple[str, list[GradCheckResult] | None, str | None]]:
-    """Run every case; returns (name, rows or None, error message or None) per case."""
+    """Run every case; returns (name, rows or None, error message or None) per case.
+
+    Any exception in a case (a failed check, or e.g. a TypeError from mixed devices) is
+    recorded for that case and the table goes on, so one broken layer cannot hide the rest.
+    """
     from tqdm.auto import tqdm
 
     results: list[tuple[str, list[GradCheckResult] | None, str | None]] = []
@@ -364,4 +374,6 @@ def run_all(device: str = "cpu", progress: bool = True) -> list[tuple[str, list[
             results.append((case.name, None, str(e)))
         except NotImplementedError as e:  # a student copy's stub: marked TODO, the others still run
             results.append((case.name, None, f"TODO: {e}"))
+        except Exception as e:  # noqa: BLE001 - reported in the table, not swallowed
+            results.append((case.name, None, f"{type(e).__name__}: {e}"))
     return results

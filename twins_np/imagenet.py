@@ -112,8 +112,13 @@ def imagenet_classes() -> tuple[str, ...]:
 
 
 def softmax(logits: Any) -> np.ndarray:
-    """Probabilities along the last axis, computed in float64 (max subtracted first)."""
-    z = np.asarray(logits, dtype=np.float64)
+    """Probabilities along the last axis, on the host in float64 (max subtracted first).
+
+    ``logits`` may be NumPy or CuPy (copied to the host explicitly); the result is NumPy.
+    """
+    from .backend import asnumpy
+
+    z = asnumpy(logits).astype(np.float64)
     z = z - z.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=-1, keepdims=True)

@@ -38,7 +38,11 @@ def make_params(seed: int, B: int, H: int, W: int, C: int, sr: int) -> dict:
 
 
 def call(p: dict, size, heads: int, sr: int, dtype=None, xp=np):
-    cast = (lambda a: xp.asarray(a)) if dtype is None else (lambda a: xp.asarray(a.astype(dtype)))
+    def cast(a):
+        if not isinstance(a, np.ndarray):  # already on the GPU (the mixed-device test): leave it there
+            return a
+        return xp.asarray(a if dtype is None else a.astype(dtype))
+
     kw = {k: cast(v) for k, v in p.items() if k != "x"}
     return F.gsa_forward(cast(p["x"]), size, num_heads=heads, sr_ratio=sr, **kw)
 

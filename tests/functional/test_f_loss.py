@@ -9,7 +9,7 @@ import pytest
 from f_helpers import rel_err
 
 from twins_np import functional as F
-from twins_np.backend import asnumpy, cupy_available
+from twins_np.backend import asnumpy, cupy_available, device_of, to_device
 from twins_np.gradcheck import TOLERANCES, check_backward
 
 B, K = 5, 7
@@ -62,9 +62,9 @@ def test_gradient_is_probs_minus_target_over_batch():
 def test_gradcheck_labels(xp, eps):
     device = "cpu" if xp is np else "gpu"
     z, y = logits_labels(3)
-    y_dev = y if xp is np else xp.asarray(y)
+    # the analytic pass runs on `device`, the numeric one on the host: labels follow the logits
     rows = check_backward(
-        lambda a: F.cross_entropy_forward(a, y_dev, eps),
+        lambda a: F.cross_entropy_forward(a, to_device(y, device_of(a)), eps),
         lambda d, c: F.cross_entropy_backward(float(d), c),
         [z],
         names=["logits"],

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import get_xp
+from ..backend import asnumpy, get_xp
 
 __all__ = [
     "resize",
@@ -108,7 +108,9 @@ def crop_at(x: Any, pad: int, offsets: Any) -> Any:
     _check_batch(x)
     xp = get_xp(x=x)
     n, c, h, w = x.shape
-    offsets = np.asarray(offsets, dtype=np.int64)
+    # offsets and mask are small: read them on the host (asnumpy is the explicit copy a
+    # CuPy array needs; np.asarray would refuse one)
+    offsets = asnumpy(offsets).astype(np.int64, copy=False)
     if offsets.shape != (n, 2) or offsets.min(initial=0) < 0 or offsets.max(initial=0) > 2 * pad:
         raise ValueError(f"'offsets' must be (N, 2) = ({n}, 2) integers in [0, {2 * pad}], got shape {offsets.shape}")
     padded = xp.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
@@ -154,7 +156,7 @@ def flip_where(x: Any, mask: Any) -> Any:
     """
     _check_batch(x)
     xp = get_xp(x=x)
-    mask = np.asarray(mask, dtype=bool)
+    mask = asnumpy(mask).astype(bool, copy=False)
     if mask.shape != (x.shape[0],):
         raise ValueError(f"'mask' must have shape (N,) = ({x.shape[0]},), got {mask.shape}")
     return xp.where(xp.asarray(mask)[:, None, None, None], x[..., ::-1], x)
