@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from .backend import asnumpy, to_device
+from .backend import asnumpy, device_of, to_device
 
 __all__ = ["TOLERANCES", "GradCheckResult", "numerical_grad", "check_backward", "check_module", "format_table"]
 
@@ -329,6 +329,10 @@ def check_module(
     def forward(x_: Any, *ps: Any) -> tuple[Any, None]:
         for (_, p), a in zip(named, ps):
             p.data = a  # the checker perturbs these arrays in place
+        # buffers (BatchNorm's running statistics) follow the input too: the numeric
+        # differences run on the host even when the analytic pass runs on the GPU
+        dev = device_of(x_)
+        module._map_buffers(lambda b: b if device_of(b) == dev else to_device(b, dev))
         out = module.forward(x_, *extra)
         # PatchEmbed returns (tokens, size): the array is the first element
         return (out[0] if isinstance(out, tuple) else out), None
