@@ -258,3 +258,13 @@ def test_demo_segment_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert "twins_svt_teach64_fpn" in out and "mIoU" in out and "pixel accuracy" in out
     for name in ("learning_curves.png", "class_iou.png", "overlays.png", "weights.npz"):
         assert (tmp_path / name).is_file(), name
+
+
+def test_evaluate_takes_typed_segmenter_settings(trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--model and --model-overrides typed for a segmenter: head keys accepted, bad values refused before reading."""
+    weights = str(trained / "weights.npz")
+    base = ["evaluate", "--weights", weights, "--model", MODEL, "--out", str(tmp_path), "--limit", "4"]
+    assert main([*base, "--model-overrides", TINY]) == 0
+    assert "mIoU" in capsys.readouterr().out
+    assert main([*base, "--model-overrides", '{"head_channels": 0}']) == 2
+    assert "--model-overrides: head_channels must be an integer >= 1, got 0" in capsys.readouterr().err

@@ -41,10 +41,10 @@ TARGET_ACCURACY = 0.95
 # --task segment: tuned for a 2-core CPU as well (see SEGMENT_* in the help)
 SEGMENT_MODEL = "twins_svt_teach64_fpn"
 SEGMENT_DATA = "shapes"
-SEGMENT_EPOCHS = 8
+SEGMENT_EPOCHS = 20
 SEGMENT_TRAIN_IMAGES = 2048
 SEGMENT_BATCH_SIZE = 8
-SEGMENT_LR = 1e-3
+SEGMENT_LR = 2e-3
 SEGMENT_WARMUP_EPOCHS = 0.5
 SEGMENT_OUT = "outputs/segment"
 TARGET_MIOU = 0.7

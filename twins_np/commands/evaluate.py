@@ -75,7 +75,10 @@ def run(args: argparse.Namespace) -> int:
     if out is not None and out.exists() and not out.is_dir():
         raise CommandError(f"--out {out} is a file, not a folder")
     if args.model is not None and args.model_overrides is not None:  # what was typed, before the weights are read
-        check_model_overrides(args.model, args.model_overrides, args.batch_size, "--model-overrides")
+        if task_of_model(args.model) == "segment":
+            _check_segmenter_overrides(args)
+        else:
+            check_model_overrides(args.model, args.model_overrides, args.batch_size, "--model-overrides")
     weights = Path(args.weights)
     state, saved = read_model_weights(weights, args.model)
     setting = {
@@ -165,6 +168,19 @@ def format_iou_table(scores: dict[str, Any], classes: list[str]) -> str:
         acc_text = "        -" if np.isnan(acc) else f"{100 * acc:8.2f}%"
         lines.append(f"{name[:width].ljust(width)} {iou_text}  {acc_text}   {n:15d}")
     return "\n".join(lines)
+
+
+def _check_segmenter_overrides(args: argparse.Namespace) -> None:
+    """The typed --model-overrides of a typed segmenter --model, before the weights are read."""
+    from ..training import TrainConfig
+    from ..training.tasks import TASKS
+    from ._common import CommandError
+
+    config = TrainConfig(task="segment", model=args.model, model_overrides=args.model_overrides, data="shapes")
+    try:
+        TASKS["segment"].check(config, lambda field: "--" + field.replace("_", "-"))
+    except ValueError as err:
+        raise CommandError(str(err)) from None
 
 
 def _evaluate_segmenter(
