@@ -268,3 +268,9 @@ def test_evaluate_takes_typed_segmenter_settings(trained: Path, tmp_path: Path, 
     assert "mIoU" in capsys.readouterr().out
     assert main([*base, "--model-overrides", '{"head_channels": 0}']) == 2
     assert "--model-overrides: head_channels must be an integer >= 1, got 0" in capsys.readouterr().err
+
+
+def test_predict_refuses_a_segmenter(trained: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    image = Path(__file__).resolve().parents[1] / "data_files" / "chelsea.jpg"
+    assert main(["predict", str(image), "--weights", str(trained / "weights.npz")]) == 2
+    assert "is a segmenter: predict names the class of a whole image" in capsys.readouterr().err
