@@ -15,7 +15,10 @@ the teaching segmenter ``twins_svt_teach64_fpn`` (a Semantic FPN head on twins_s
 on the synthetic *shapes* set (3 x 64 x 64, background / square / disc / triangle) and
 prints the test pixel accuracy, the per-class IoU and the mIoU, with learning curves,
 per-class IoU bars and image / ground truth / prediction overlays in OUT (no gradient
-check: ``twins-np gradcheck`` runs it alone).
+check: ``twins-np gradcheck`` runs it alone). Measured once with the defaults (seed 0, 20
+epochs of 2,048 images in batches of 8, lr 2e-3): test mIoU 85.8 % (IoU background 98.9,
+square 85.4, disc 80.2, triangle 78.8 %), pixel accuracy 98.6 %, in 387 s of wall time
+(251 s of CPU time) on a 2-core machine shared with other work.
 """
 
 from __future__ import annotations
@@ -38,7 +41,9 @@ DEMO_DROP_PATH = 0.05
 DEMO_THREADS = 1
 TARGET_ACCURACY = 0.95
 
-# --task segment: tuned for a 2-core CPU as well (see SEGMENT_* in the help)
+# --task segment, tuned for a 2-core CPU as well: with batches of 8 the model gets 256 updates an
+# epoch; it predicts only background for the first epochs (91 % of the pixels) and tells the
+# shapes apart from about epoch 5 on (test mIoU 58 % after 5, 80 % after 10, 86 % after 20 epochs).
 SEGMENT_MODEL = "twins_svt_teach64_fpn"
 SEGMENT_DATA = "shapes"
 SEGMENT_EPOCHS = 20
