@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 JOBS     ?= 2
 TEST_ENV := OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 TQDM_DISABLE=1
 
-.PHONY: demo test lint typecheck pytest pytest-standin gpu-check notebooks lab bench docs clean
+.PHONY: demo demo-segment test lint typecheck pytest pytest-standin gpu-check notebooks lab bench docs clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -29,6 +29,11 @@ $(VENV)/.stamp-dev: $(BIN)/python setup.cfg pyproject.toml
 # digits and report its test accuracy; figures go to outputs/
 demo: $(VENV)/.stamp-run
 	$(BIN)/twins-np demo --out outputs
+
+# the dense counterpart: train the teaching segmenter (twins_svt_teach64_fpn) on the synthetic
+# shapes set and report its test mIoU; figures go to outputs/segment/
+demo-segment: $(VENV)/.stamp-run
+	$(BIN)/twins-np demo --task segment --out outputs/segment
 
 lint: $(VENV)/.stamp-dev
 	$(BIN)/ruff check twins_np tests tools $(wildcard benchmarks)

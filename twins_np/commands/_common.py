@@ -36,6 +36,31 @@ def model_name(text: str, names: list[str] | None = None) -> str:
     return text
 
 
+def any_model_name(text: str) -> str:
+    """argparse type of ``--model`` where classifiers and segmenters are both welcome.
+
+    Whether the name fits ``--task`` is checked with the other settings
+    (:meth:`twins_np.training.TrainConfig.validate`), which then says which task it needs.
+    """
+    from ..models import list_models, list_segmenters
+
+    return model_name(text, list_models() + list_segmenters())
+
+
+def data_name(text: str) -> str:
+    """argparse type of ``--data``: a classification set, a segmentation set or ``folder:PATH``."""
+    from ..data import DATASETS
+    from ..training.overrides import did_you_mean
+    from ..training.tasks import SEGMENTATION_DATA, is_segmentation_data
+
+    if text in DATASETS or is_segmentation_data(text):
+        return text
+    if text == "folder:":
+        raise argparse.ArgumentTypeError("folder: needs the folder's path, e.g. folder:data/ade_small")
+    names = list(DATASETS) + list(SEGMENTATION_DATA)
+    raise argparse.ArgumentTypeError(f"unknown dataset {text!r}{did_you_mean(text, names)}; choose one of {', '.join(names)}")
+
+
 def check_device(device: str | None) -> None:
     """Refuse ``--device gpu`` without CuPy and a GPU, before anything is loaded."""
     from ..backend import cupy_available
@@ -74,7 +99,7 @@ def read_model_weights(path: Path, model: str | None = None) -> tuple[dict[str, 
 
     if path.is_dir():
         raise CommandError(f"--weights {path} is a folder, not a weights file")
-    from ..models import list_models
+    from ..models import list_models, list_segmenters
 
     if is_training_checkpoint(path):
         ckpt = load_checkpoint(path)
@@ -84,7 +109,7 @@ def read_model_weights(path: Path, model: str | None = None) -> tuple[dict[str, 
     if model is not None and saved.get("model") not in (None, model):
         # --model names another model than the recorded one: the recorded overrides belong to that one
         saved = {k: v for k, v in saved.items() if k not in ("model", "model_overrides")}
-    if model is None and "model" in saved and saved["model"] not in list_models():
+    if model is None and "model" in saved and saved["model"] not in list_models() + list_segmenters():
         raise CommandError(f"{path} records the model {saved['model']!r}, which this twins-np does not know; pass --model")
     return state, saved
 

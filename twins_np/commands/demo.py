@@ -9,6 +9,16 @@
    digits with their predicted labels.
 
 The defaults reach about 98 % test accuracy (98.1-98.6 % over seeds 0-2); the run is fully seeded.
+
+``twins-np demo --task segment`` (``make demo-segment``) is the dense counterpart: it trains
+the teaching segmenter ``twins_svt_teach64_fpn`` (a Semantic FPN head on twins_svt_teach64)
+on the synthetic *shapes* set (3 x 64 x 64, background / square / disc / triangle) and
+prints the test pixel accuracy, the per-class IoU and the mIoU, with learning curves,
+per-class IoU bars and image / ground truth / prediction overlays in OUT (no gradient
+check: ``twins-np gradcheck`` runs it alone). Measured once with the defaults (seed 0, 20
+epochs of 2,048 images in batches of 8, lr 2e-3): test mIoU 85.8 % (IoU background 98.9,
+square 85.4, disc 80.2, triangle 78.8 %), pixel accuracy 98.6 %, in 387 s of wall time
+(251 s of CPU time) on a 2-core machine shared with other work.
 """
 
 from __future__ import annotations
@@ -31,19 +41,48 @@ DEMO_DROP_PATH = 0.05
 DEMO_THREADS = 1
 TARGET_ACCURACY = 0.95
 
+# --task segment, tuned for a 2-core CPU as well: with batches of 8 the model gets 256 updates an
+# epoch; it predicts only background for the first epochs (91 % of the pixels) and tells the
+# shapes apart from about epoch 5 on (test mIoU 58 % after 5, 80 % after 10, 86 % after 20 epochs).
+SEGMENT_MODEL = "twins_svt_teach64_fpn"
+SEGMENT_DATA = "shapes"
+SEGMENT_EPOCHS = 20
+SEGMENT_TRAIN_IMAGES = 2048
+SEGMENT_BATCH_SIZE = 8
+SEGMENT_LR = 2e-3
+SEGMENT_WARMUP_EPOCHS = 0.5
+SEGMENT_OUT = "outputs/segment"
+TARGET_MIOU = 0.7
+
 
 def add_parser(sub: Any, name: str) -> None:
     p = sub.add_parser(
         name,
-        help="gradient check + train twins_svt_teach32 on digits in minutes, with figures (what `make demo` runs)",
+        help="gradient check + train twins_svt_teach32 on digits in minutes, with figures (what `make demo` runs); "
+        "--task segment: a segmenter on shapes (`make demo-segment`)",
         description="Check every layer's backward against finite differences, then train twins_svt_teach32 on the "
         "handwritten digits (32x32, 10 classes) on the CPU and write learning_curves.png, confusion_matrix.png and "
-        "predictions.png (plus the run's checkpoint, metrics and weights) into OUT.",
+        "predictions.png (plus the run's checkpoint, metrics and weights) into OUT. With --task segment: train the "
+        f"teaching segmenter {SEGMENT_MODEL} on {SEGMENT_TRAIN_IMAGES} shapes images (64x64, 4 classes), print the "
+        "pixel accuracy, per-class IoU and mIoU, and write learning_curves.png (mIoU), class_iou.png and overlays.png "
+        f"into OUT (default {SEGMENT_OUT}); no gradient check.",
     )
-    p.add_argument("--out", default="outputs", metavar="DIR", help="output directory (default outputs)")
-    p.add_argument("--epochs", type=int, default=DEMO_EPOCHS, metavar="N", help=f"training epochs (default {DEMO_EPOCHS})")
-    p.add_argument("--batch-size", type=int, default=DEMO_BATCH_SIZE, metavar="B", help=f"(default {DEMO_BATCH_SIZE})")
-    p.add_argument("--lr", type=float, default=DEMO_LR, metavar="LR", help=f"peak learning rate (default {DEMO_LR:g})")
+    p.add_argument(
+        "--task",
+        choices=["classify", "segment"],
+        default="classify",
+        help="classify: digits (default); segment: shapes, per-pixel labels",
+    )
+    p.add_argument("--out", metavar="DIR", help=f"output directory (default outputs; --task segment {SEGMENT_OUT})")
+    p.add_argument(
+        "--epochs", type=int, metavar="N", help=f"training epochs (default {DEMO_EPOCHS}; --task segment {SEGMENT_EPOCHS})"
+    )
+    p.add_argument(
+        "--batch-size", type=int, metavar="B", help=f"(default {DEMO_BATCH_SIZE}; --task segment {SEGMENT_BATCH_SIZE})"
+    )
+    p.add_argument(
+        "--lr", type=float, metavar="LR", help=f"peak learning rate (default {DEMO_LR:g}; --task segment {SEGMENT_LR:g})"
+    )
     p.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the run (default 0)")
     p.add_argument("--device", choices=["cpu", "gpu"], default="cpu", help="where to train (default cpu)")
     p.add_argument(
@@ -82,10 +121,16 @@ def _predictions_title(labels: np.ndarray, preds: np.ndarray, pick: np.ndarray) 
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..training import TrainConfig, Trainer, blas_threads, claim_out_dir, clear_outputs, plot_predictions
+    from ..training import EvalResult, TrainConfig, Trainer, blas_threads, claim_out_dir, clear_outputs, plot_predictions
     from ._common import check_device
 
     check_device(args.device)
+    if args.task == "segment":
+        return run_segment(args)
+    args.out = "outputs" if args.out is None else args.out
+    args.epochs = DEMO_EPOCHS if args.epochs is None else args.epochs
+    args.batch_size = DEMO_BATCH_SIZE if args.batch_size is None else args.batch_size
+    args.lr = DEMO_LR if args.lr is None else args.lr
     start = time.perf_counter()
     status = 0
     if not args.no_gradcheck:
@@ -123,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
         history = trainer.fit()
         train_seconds = time.perf_counter() - train_start
         result = trainer.last_eval
-        assert result is not None  # fit() ran to the end
+        assert isinstance(result, EvalResult)  # fit() ran to the end
         test = trainer.test_set
         pick = _pick_examples(result.labels, result.preds)
         plot_predictions(
@@ -148,3 +193,55 @@ def run(args: argparse.Namespace) -> int:
     if result.accuracy < TARGET_ACCURACY and args.epochs >= DEMO_EPOCHS and args.limit_train is None:
         print(f"note: below the expected {100 * TARGET_ACCURACY:.0f}%", file=sys.stderr)
     return status
+
+
+def run_segment(args: argparse.Namespace) -> int:
+    """``--task segment``: train the teaching segmenter on shapes and report its mIoU."""
+    from ..training import SegmentationEvalResult, TrainConfig, Trainer, blas_threads, claim_out_dir, clear_outputs
+    from .evaluate import format_iou_table
+
+    start = time.perf_counter()
+    out = Path(SEGMENT_OUT if args.out is None else args.out)
+    epochs = SEGMENT_EPOCHS if args.epochs is None else args.epochs
+    config = TrainConfig(
+        task="segment",
+        model=SEGMENT_MODEL,
+        data=SEGMENT_DATA,
+        epochs=epochs,
+        batch_size=SEGMENT_BATCH_SIZE if args.batch_size is None else args.batch_size,
+        lr=SEGMENT_LR if args.lr is None else args.lr,
+        warmup_epochs=min(SEGMENT_WARMUP_EPOCHS, epochs),
+        # segmentation recipes (mmsegmentation's) use neither label smoothing nor, at this size, drop path
+        label_smoothing=0.0,
+        drop_path=0.0,
+        seed=args.seed,
+        device=args.device,
+        limit_train=SEGMENT_TRAIN_IMAGES if args.limit_train is None else args.limit_train,
+        limit_test=args.limit_test,
+    )
+    with claim_out_dir(out), blas_threads(args.threads):  # OUT belongs to this run until it ends
+        trainer = Trainer(config, out)
+        clear_outputs(out)  # the demo always starts afresh
+        params = sum(p.data.size for p in trainer.model.parameters())
+        train, test = trainer.train_set, trainer.test_set
+        print(f"== training {SEGMENT_MODEL} ({params:,} parameters) on {SEGMENT_DATA}, {args.device} ==")
+        print(
+            f"{len(train)} train / {len(test)} test images of 3 x 64 x 64, classes {', '.join(train.classes)}; "
+            f"{config.epochs} epochs x {len(trainer.loader)} steps of {config.batch_size}; AdamW lr {config.lr:g}, "
+            f"warm-up {config.warmup_epochs:g} epoch, cosine, flips of image and labels together"
+        )
+        train_start = time.perf_counter()
+        trainer.fit()
+        train_seconds = time.perf_counter() - train_start
+        result = trainer.last_eval
+        assert isinstance(result, SegmentationEvalResult)  # fit() ran to the end
+    print("\n== result on the test split ==")
+    print(format_iou_table(result.scores, list(test.classes)))
+    print(f"pixel accuracy   {100 * result.pixel_accuracy:.2f}%")
+    print(f"mIoU             {100 * result.miou:.2f}%")
+    print(f"training time    {train_seconds:.0f} s for {config.epochs} epochs (with the test evaluation after each)")
+    print(f"total wall time  {time.perf_counter() - start:.0f} s")
+    print(f"figures          {out / 'learning_curves.png'}, {out / 'class_iou.png'}, {out / 'overlays.png'}")
+    if result.miou < TARGET_MIOU and epochs >= SEGMENT_EPOCHS and args.limit_train is None:
+        print(f"note: below the expected mIoU of {100 * TARGET_MIOU:.0f}%", file=sys.stderr)
+    return 0

@@ -111,6 +111,11 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(
             f"--model is needed: {weights} records no model (only checkpoint.npz and weights.npz of twins-np train do)"
         )
+    if saved.get("task") == "segment" or name.endswith("_fpn"):
+        raise CommandError(
+            f"{name} in {weights} is a segmenter: predict names the class of a whole image; score a segmenter with "
+            "twins-np evaluate"
+        )
     head = state.get("head.weight")
     if head is None or head.ndim != 2:
         raise CommandError(f"--weights {weights} has no classifier head (head.weight): nothing to predict")

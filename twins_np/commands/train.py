@@ -1,4 +1,5 @@
-"""``twins-np train``: train a Twins model on digits, CIFAR-10 or the long-range task.
+"""``twins-np train``: train a Twins model on digits, CIFAR-10 or the long-range task, or
+(``--task segment``) a Semantic FPN segmenter on shapes, the dense long-range set or a folder.
 
 Exit codes: 0 when training finished (or stopped early on request), 1 when a NaN/Inf
 stopped it, 2 for bad arguments or environment (argparse's errors too, a missing or
@@ -25,6 +26,9 @@ _CONFIG_OPTIONS = (
     "data",
     "data_dir",
     "data_seed",
+    "task",
+    "image_size",
+    "reduce_zero_label",
     "epochs",
     "batch_size",
     "lr",
@@ -54,13 +58,21 @@ def json_object(text: str) -> dict[str, Any]:
 
 
 def add_model_data_options(p: argparse.ArgumentParser, defaults: Any) -> None:
-    """--model, --model-overrides, --data, --data-dir, --data-seed (shared with ``evaluate``)."""
+    """--model, --model-overrides, --data, --data-dir, --data-seed, --image-size, --reduce-zero-label
+    (shared with ``evaluate``)."""
     from ..data import DATASETS
-    from ..models import list_models
-    from ._common import model_name
+    from ..models import list_models, list_segmenters
+    from ..training.tasks import SEGMENTATION_DATA
+    from ._common import any_model_name, data_name
 
     names = ", ".join(list_models())
-    p.add_argument("--model", type=model_name, metavar="NAME", help=f"one of: {names} (default {defaults.model})")
+    p.add_argument(
+        "--model",
+        type=any_model_name,
+        metavar="NAME",
+        help=f"a classifier: {names} (default {defaults.model}); with --task segment a segmenter: "
+        f"{', '.join(list_segmenters())}",
+    )
     p.add_argument(
         "--model-overrides",
         type=json_object,
@@ -68,10 +80,24 @@ def add_model_data_options(p: argparse.ArgumentParser, defaults: Any) -> None:
         help="replace entries of the model's config, e.g. '{\"depths\": [1, 1, 1]}' (keys: the arguments of "
         "twins_np.models.Twins except in_chans, num_classes, drop_path_rate, seed and dtype)",
     )
-    p.add_argument("--data", choices=DATASETS, help=f"dataset; sets the input channels and classes (default {defaults.data})")
+    p.add_argument(
+        "--data",
+        type=data_name,
+        metavar="NAME",
+        help=f"dataset; sets the input channels and classes: {', '.join(DATASETS)} (default {defaults.data}); with "
+        f"--task segment {', '.join(SEGMENTATION_DATA)} (PATH holds images/NAME.jpg|png and annotations/NAME.png)",
+    )
     p.add_argument("--data-dir", metavar="DIR", help="where CIFAR-10's python archive (or its folder) lies")
     p.add_argument(
-        "--data-seed", type=int, metavar="S", help=f"seed of the digits split / long-range draws (default {defaults.data_seed})"
+        "--data-seed", type=int, metavar="S", help=f"seed of the digits split / synthetic draws (default {defaults.data_seed})"
+    )
+    p.add_argument(
+        "--image-size", type=int, metavar="S", help="image side (default: the dataset's; 32 classification, 64 segmentation)"
+    )
+    p.add_argument(
+        "--reduce-zero-label",
+        action=argparse.BooleanOptionalAction,
+        help="folder:PATH as ADE20K labels it: label 0 ('other') is ignored, every other label k becomes k - 1 (default off)",
     )
 
 
@@ -81,13 +107,20 @@ def add_parser(sub: Any, name: str) -> None:
     d = TrainConfig()
     p = sub.add_parser(
         name,
-        help="train a Twins model (AdamW, cosine schedule, checkpoints, metrics, learning curves)",
+        help="train a Twins model or segmenter (AdamW, cosine schedule, checkpoints, metrics, learning curves)",
         description="Train with AdamW (no weight decay on biases, norms and the PEG), a per-update cosine schedule with "
         "linear warm-up, gradient clipping, label smoothing and drop path. After every epoch the test split is "
         "evaluated and OUT/checkpoint.npz, OUT/metrics.csv, OUT/metrics.json and OUT/learning_curves.png are "
-        "written; at the end OUT/weights.npz and OUT/confusion_matrix.png. OUT belongs to one run at a time (a "
+        "written; at the end OUT/weights.npz and OUT/confusion_matrix.png. With --task segment a segmenter learns "
+        "one class per pixel: the metrics hold pixel accuracy and mIoU (mmsegmentation's sums), the curves show mIoU, "
+        "and OUT/class_iou.png and OUT/overlays.png are rewritten after every epoch. OUT belongs to one run at a time (a "
         "second run into it is refused while the first runs). Exit codes: 0 ok, 1 stopped by a NaN/Inf, 2 bad "
         "arguments or environment (a missing or damaged file, a read-only or full disk).",
+    )
+    p.add_argument(
+        "--task",
+        choices=["classify", "segment"],
+        help="classify: one class per image (default); segment: one class per pixel (a segmenter on segmentation data)",
     )
     add_model_data_options(p, d)
     p.add_argument("--epochs", type=int, metavar="N", help=f"passes over the training split (default {d.epochs})")
@@ -104,7 +137,8 @@ def add_parser(sub: Any, name: str) -> None:
     p.add_argument(
         "--augment",
         action=argparse.BooleanOptionalAction,
-        help="random crop (digits: 2 px, no flip; CIFAR-10: 4 px + flip) or flip (long-range) (default on)",
+        help="random crop (digits: 2 px, no flip; CIFAR-10: 4 px + flip) or flip (long-range; segmentation: image and "
+        "labels together) (default on)",
     )
     p.add_argument("--device", choices=["cpu", "gpu"], help="where to train (default cpu)")
     p.add_argument("--threads", type=int, metavar="N", help="BLAS threads (default: the library's; 1 helps on a busy machine)")
@@ -200,9 +234,11 @@ def _train(args: argparse.Namespace, out: Path, given: dict[str, Any]) -> int:
                 removed = clear_outputs(out)
                 if removed:
                     print(f"--overwrite: removed the earlier run's {', '.join(p.name for p in removed)} from {out}")
+        size = "x".join(str(v) for v in trainer.train_set.images.shape[2:])
+        pixels = f"{size} pixels, " if cfg.task == "segment" else ""
         print(
             f"training {cfg.model} on {cfg.data} ({len(trainer.train_set)} train / {len(trainer.test_set)} test images, "
-            f"{trainer.train_set.images.shape[1]} channel(s), {trainer.train_set.num_classes} classes) on {cfg.device}: "
+            f"{pixels}{trainer.train_set.images.shape[1]} channel(s), {trainer.train_set.num_classes} classes) on {cfg.device}: "
             f"{cfg.epochs} epochs of {len(trainer.loader)} steps, batch {cfg.batch_size}, lr {cfg.lr:g}"
         )
         try:
@@ -217,12 +253,15 @@ def _train(args: argparse.Namespace, out: Path, given: dict[str, Any]) -> int:
     last = history[-1]
     finished = trainer.epoch >= cfg.epochs
     status = "finished" if finished else f"stopped after epoch {trainer.epoch}/{cfg.epochs} (continue with --resume)"
-    print(
-        f"{status}: test accuracy {100 * last['test_acc']:.2f}%, test loss {last['test_loss']:.4f} "
-        f"after epoch {last['epoch']} ({seconds:.1f} s in this call)"
-    )
+    if cfg.task == "segment":
+        score = f"test mIoU {100 * last['test_miou']:.2f}%, pixel accuracy {100 * last['test_pixel_acc']:.2f}%"
+    else:
+        score = f"test accuracy {100 * last['test_acc']:.2f}%"
+    print(f"{status}: {score}, test loss {last['test_loss']:.4f} after epoch {last['epoch']} ({seconds:.1f} s in this call)")
     files = ["checkpoint.npz", "metrics.csv", "metrics.json", "learning_curves.png"]
+    if cfg.task == "segment":
+        files += ["class_iou.png", "overlays.png"]
     if finished:
-        files += ["weights.npz", "confusion_matrix.png"]
+        files += ["weights.npz"] + ([] if cfg.task == "segment" else ["confusion_matrix.png"])
     print(f"files in {out}: {', '.join(files)}")
     return 0

@@ -39,7 +39,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from .augment import Compose, HorizontalFlip, RandomCrop, crop_at, flip_where, hflip, random_crop, resize, standard_augment
+from .augment import (
+    Compose,
+    HorizontalFlip,
+    PairedHorizontalFlip,
+    RandomCrop,
+    crop_at,
+    flip_where,
+    hflip,
+    random_crop,
+    resize,
+    standard_augment,
+)
 from .cifar10 import load_cifar10
 from .digits import load_digits
 from .loader import DataLoader, Dataset
@@ -76,6 +87,7 @@ __all__ = [
     "hflip",
     "RandomCrop",
     "HorizontalFlip",
+    "PairedHorizontalFlip",
     "Compose",
     "standard_augment",
 ]

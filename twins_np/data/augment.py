@@ -29,6 +29,7 @@ __all__ = [
     "HorizontalFlip",
     "Compose",
     "standard_augment",
+    "PairedHorizontalFlip",
 ]
 
 
@@ -230,3 +231,32 @@ class Compose:
 def standard_augment(pad: int = 4, p: float = 0.5) -> Compose:
     """The usual CIFAR-10 augmentation: random crop with zero padding, then a flip."""
     return Compose([RandomCrop(pad), HorizontalFlip(p)])
+
+
+class PairedHorizontalFlip:
+    """Mirror images *and their per-pixel labels* together: ``(x, y) = t(x, y, rng)``.
+
+    The transform for segmentation batches: an image-only flip would move the pixels but
+    not their labels. Draws ``mask = rng.random(N) < p`` (as :func:`hflip`) and mirrors
+    the same images of ``x`` (N, C, H, W) and label maps of ``y`` (N, H, W) along W.
+    :class:`~twins_np.data.DataLoader` calls it with the labels because ``joint`` is True.
+    """
+
+    joint = True
+
+    def __init__(self, p: float = 0.5) -> None:
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"'p' must be a probability in [0, 1], got {p!r}")
+        self.p = p
+
+    def __call__(self, x: Any, y: Any, rng: np.random.Generator) -> tuple[Any, Any]:
+        _check_batch(x)
+        want = (x.shape[0], *x.shape[2:])
+        if tuple(getattr(y, "shape", ())) != want:
+            raise ValueError(f"'y' must be label maps of shape (N, H, W) = {want}, got {getattr(y, 'shape', None)}")
+        mask = rng.random(x.shape[0]) < self.p
+        xp = get_xp(x=x)
+        return flip_where(x, mask), xp.where(xp.asarray(mask)[:, None, None], y[..., ::-1], y)
+
+    def __repr__(self) -> str:
+        return f"PairedHorizontalFlip(p={self.p})"

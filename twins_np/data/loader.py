@@ -120,7 +120,10 @@ class DataLoader:
         seed: seed of every random draw (order and augmentation).
         drop_last: skip the last batch when it has fewer than B samples.
         augment: optional ``augment(images, rng) -> images`` applied to each batch
-            on its device, e.g. :func:`twins_np.data.augment.standard_augment`.
+            on its device, e.g. :func:`twins_np.data.augment.standard_augment`; for a
+            segmentation set a joint transform (``augment.joint`` True) called as
+            ``augment(images, labels, rng) -> (images, labels)``, e.g.
+            :class:`twins_np.data.augment.PairedHorizontalFlip`.
         device: ``"cpu"`` (NumPy) or ``"gpu"`` (CuPy).
 
     Yields:
@@ -148,12 +151,16 @@ class DataLoader:
             raise ValueError(f"'augment' must be callable as augment(images, rng), got {augment!r}")
         if len(dataset) == 0:
             raise ValueError("'dataset' is empty")
-        if augment is not None and dataset.is_segmentation:
+        joint = bool(getattr(augment, "joint", False))
+        if augment is not None and dataset.is_segmentation and not joint:
             # An image-only transform would move the pixels but not their labels.
             raise ValueError(
                 "'augment' transforms images only and would misalign per-pixel labels; "
-                "augment segmentation batches with a transform that moves images and labels together"
+                "augment segmentation batches with a transform that moves images and labels together "
+                "(one with joint = True, called as augment(images, labels, rng), e.g. PairedHorizontalFlip)"
             )
+        if joint and not dataset.is_segmentation:
+            raise ValueError("'augment' is a joint image + label-map transform, but this dataset has one label per image")
         self.dataset = dataset
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
@@ -187,7 +194,12 @@ class DataLoader:
             images = to_device(self.dataset.images[idx], self.device)
             labels = to_device(self.dataset.labels[idx], self.device)
             if self.augment is not None:
-                images = self.augment(images, np.random.default_rng([self.seed, self.epoch, i]))
+                rng = np.random.default_rng([self.seed, self.epoch, i])
+                if getattr(self.augment, "joint", False):  # segmentation: labels move with their pixels
+                    joint: Any = self.augment  # augment(images, labels, rng), see PairedHorizontalFlip
+                    images, labels = joint(images, labels, rng)
+                else:
+                    images = self.augment(images, rng)
             yield images, labels
         self.epoch += 1
         self.batch = 0

@@ -33,6 +33,8 @@ from .metrics import (
     write_metrics,
 )
 from .outdir import OutDirBusyError, claim_out_dir, clear_outputs, earlier_outputs, remove_leftovers, writing_into
+from .segmentation_metrics import SegmentationMetrics, plot_class_iou, plot_segmentation_grid
+from .tasks import SEGMENT_METRIC_COLUMNS, TASKS, SegmentationEvalResult, evaluate_segmenter
 from .trainer import (
     CHECKPOINT_NAME,
     WEIGHTS_NAME,
@@ -47,6 +49,13 @@ from .trainer import (
 )
 
 __all__ = [
+    "SEGMENT_METRIC_COLUMNS",
+    "TASKS",
+    "SegmentationEvalResult",
+    "SegmentationMetrics",
+    "evaluate_segmenter",
+    "plot_class_iou",
+    "plot_segmentation_grid",
     "CHECKPOINT_NAME",
     "WEIGHTS_NAME",
     "METRIC_COLUMNS",

@@ -46,20 +46,24 @@ METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "
 # --- tables -------------------------------------------------------------------------------
 
 
-def write_metrics(out_dir: str | os.PathLike, history: Sequence[dict[str, Any]]) -> tuple[Path, Path]:
+def write_metrics(
+    out_dir: str | os.PathLike, history: Sequence[dict[str, Any]], columns: Sequence[str] = METRIC_COLUMNS
+) -> tuple[Path, Path]:
     """Write ``metrics.csv`` and ``metrics.json`` (a list of row dicts) into ``out_dir``.
 
     Args:
         out_dir: an existing directory.
-        history: one dict per epoch with (at least) the keys of :data:`METRIC_COLUMNS`.
+        history: one dict per epoch with (at least) the keys of ``columns``.
+        columns: the columns, in order: :data:`METRIC_COLUMNS` for a classifier,
+            :data:`twins_np.training.tasks.SEGMENT_METRIC_COLUMNS` for a segmenter.
 
     Returns:
         the paths of the CSV and the JSON file.
     """
     out_dir = Path(out_dir)
-    rows = [{key: row[key] for key in METRIC_COLUMNS} for row in history]
+    rows = [{key: row[key] for key in columns} for row in history]
     text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=METRIC_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(text, fieldnames=list(columns), lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     csv_path = _write_text(out_dir / "metrics.csv", text.getvalue())
@@ -143,16 +147,25 @@ def _save_png(fig: Any, path: str | os.PathLike) -> Path:
 
 
 def plot_learning_curves(
-    history: Sequence[dict[str, Any]], path: str | os.PathLike, title: str = "", loss_label: str = "cross-entropy"
+    history: Sequence[dict[str, Any]],
+    path: str | os.PathLike,
+    title: str = "",
+    loss_label: str = "cross-entropy",
+    metric: str = "acc",
+    metric_label: str = "accuracy",
 ) -> Path:
-    """Loss and accuracy against the epoch, train and test, side by side; saved as PNG.
+    """Loss and a score (accuracy, or a segmenter's mIoU) against the epoch, train and test; PNG.
 
     Args:
         history: metric rows (see :data:`METRIC_COLUMNS`).
         path: the ``.png`` to write.
         title: optional figure title.
         loss_label: y-axis label of the loss panel.
+        metric: the score's key without its split: the rows hold ``train_<metric>`` and
+            ``test_<metric>`` as fractions in [0, 1] (``"miou"`` for a segmenter).
+        metric_label: how the panel names it.
     """
+    train_key, test_key = f"train_{metric}", f"test_{metric}"
     epochs = [int(r["epoch"]) for r in history]
     fig = _new_figure(9.0, 3.6)
     ax_loss, ax_acc = fig.subplots(1, 2)
@@ -160,14 +173,14 @@ def plot_learning_curves(
     ax_loss.plot(epochs, [r["train_loss"] for r in history], label="train", **style)
     ax_loss.plot(epochs, [r["test_loss"] for r in history], label="test", **style)
     ax_loss.set(xlabel="epoch", ylabel=loss_label, title="loss")
-    ax_acc.plot(epochs, [100.0 * r["train_acc"] for r in history], label="train", **style)
-    ax_acc.plot(epochs, [100.0 * r["test_acc"] for r in history], label="test", **style)
-    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
+    ax_acc.plot(epochs, [100.0 * r[train_key] for r in history], label="train", **style)
+    ax_acc.plot(epochs, [100.0 * r[test_key] for r in history], label="test", **style)
+    ax_acc.set(xlabel="epoch", ylabel=f"{metric_label} (%)", title=metric_label)
     if history:
-        best = max(history, key=lambda r: r["test_acc"])
+        best = max(history, key=lambda r: r[test_key])
         ax_acc.annotate(
-            f"best {100.0 * best['test_acc']:.1f}%",
-            (best["epoch"], 100.0 * best["test_acc"]),
+            f"best {100.0 * best[test_key]:.1f}%",
+            (best["epoch"], 100.0 * best[test_key]),
             textcoords="offset points",
             xytext=(0, -14),
             ha="center",

@@ -48,8 +48,11 @@ OUTPUT_NAMES = (
     "learning_curves.png",
     "confusion_matrix.png",
     "predictions.png",
+    "class_iou.png",
+    "overlays.png",
 )
-_OUTPUT_PATTERNS = ("confusion_matrix_*.png", "evaluation_*.json")  # twins-np evaluate's files
+# twins-np evaluate's files
+_OUTPUT_PATTERNS = ("confusion_matrix_*.png", "evaluation_*.json", "class_iou_*.png", "overlays_*.png")
 
 # tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp") in twins_np.io.atomic_write: 8 random characters
 _TEMPORARY = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp$")

@@ -2,6 +2,11 @@
 
 Notation: B batch size, E epochs, S steps (updates) per epoch, K classes.
 
+One loop trains both a classifier (``task="classify"``: a Twins model, one class per
+image) and a segmenter (``task="segment"``: a Semantic FPN :class:`~twins_np.models.Segmenter`,
+one class per pixel, 255 ignored); what differs between the two (the model, the data,
+the scores counted per epoch, the figures) is a :class:`~twins_np.training.tasks.Task`.
+
 One update, as DeiT/Twins train (and as :mod:`twins_np.optim` documents)::
 
     lr = schedule.step(optimizer)         # linear warm-up, then cosine, per update
@@ -27,10 +32,13 @@ resumed from) is ever called the last good one, never another run's file in the 
 Output directory::
 
     checkpoint.npz         after every epoch: weights, optimizer, schedule, loader, RNGs
-    metrics.csv / .json    one row per epoch (columns: metrics.METRIC_COLUMNS)
-    learning_curves.png    loss and accuracy against the epoch, train and test
+    metrics.csv / .json    one row per epoch (columns: metrics.METRIC_COLUMNS, or
+                           tasks.SEGMENT_METRIC_COLUMNS for a segmenter)
+    learning_curves.png    loss and accuracy (a segmenter: mIoU) against the epoch, train and test
     weights.npz            at the end: the model's state dict only (timm's names)
-    confusion_matrix.png   at the end: on the test split
+    confusion_matrix.png   classifier, at the end: on the test split
+    class_iou.png          segmenter, after every epoch: per-class IoU on the test split
+    overlays.png           segmenter, after every epoch: image / ground truth / prediction
 """
 
 from __future__ import annotations
@@ -42,18 +50,17 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
-from .. import functional as F
-from ..backend import asnumpy, cupy_available, synchronize, to_device
-from ..data import DATASETS, DataLoader, Dataset, HorizontalFlip, RandomCrop, load_dataset, standard_augment
-from ..models import Twins, create_model, list_models
+from ..backend import cupy_available, synchronize
+from ..data import DataLoader, Dataset
 from ..optim import AdamW, CosineSchedule, clip_grad_norm, param_groups
 from .checkpoint import load_checkpoint, restore_rng_states, save_checkpoint, save_npz
-from .metrics import confusion_matrix, plot_confusion_matrix, plot_learning_curves, write_metrics
+from .metrics import write_metrics
 from .outdir import writing_into
+from .tasks import TASKS, EvalResult, SegmentationEvalResult, Task, default_augment, evaluate_model, load_split
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -61,6 +68,7 @@ __all__ = [
     "TrainConfig",
     "Trainer",
     "EvalResult",
+    "SegmentationEvalResult",
     "NonFiniteLossError",
     "default_augment",
     "load_split",
@@ -105,12 +113,21 @@ class TrainConfig:
     """Every setting of a training run; saved in the checkpoint as JSON.
 
     Attributes:
-        model: a name from :func:`twins_np.models.list_models`.
+        task: ``"classify"`` (one class per image) or ``"segment"`` (one per pixel).
+        model: a name from :func:`twins_np.models.list_models` (classify) or
+            :func:`twins_np.models.list_segmenters` (segment).
         model_overrides: config entries of that model to replace, e.g.
-            ``{"depths": [1, 1, 1]}`` (JSON-serialisable).
-        data: ``"digits"``, ``"cifar10"`` or ``"long-range"``; input channels and
-            number of classes come from it.
+            ``{"depths": [1, 1, 1]}`` (JSON-serialisable); for a segmenter also the
+            head's ``neck_channels``, ``head_channels``, ``norm``, ``num_groups``,
+            ``dropout_ratio``.
+        data: ``"digits"``, ``"cifar10"`` or ``"long-range"`` (classify);
+            ``"shapes"``, ``"long_range_dense"`` or ``"folder:PATH"`` (segment); input
+            channels and number of classes come from it.
         data_dir: where CIFAR-10 lies (unused by the other datasets).
+        image_size: side of the images (None: the dataset's default, 32 for the
+            classification sets, 64 for the segmentation sets).
+        reduce_zero_label: ADE20K's convention for ``folder:PATH``: label 0 is ignored
+            and every other label k becomes k - 1.
         data_seed: seed of the digits train/test split and of the long-range draws;
             apart from ``seed`` so that runs with different seeds share one test set.
         epochs: E, number of passes over the training split.
@@ -124,7 +141,8 @@ class TrainConfig:
         drop_path: stochastic-depth rate of the last block (linear in depth).
         clip_grad: max global gradient norm; 0 turns clipping off.
         seed: seed of the weights, dropout and drop path, data order and augmentation.
-        augment: random crop (digits: 2 px, CIFAR-10: 4 px + flips) or flips (long-range).
+        augment: random crop (digits: 2 px, CIFAR-10: 4 px + flips) or flips (long-range;
+            the segmentation sets: image and label map flipped together).
         device: ``"cpu"`` or ``"gpu"``.
         limit_train: use only the first N training images (quick runs, tests).
         limit_test: use only the first N test images.
@@ -134,6 +152,9 @@ class TrainConfig:
     model_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
     data: str = "digits"
     data_dir: str | None = None
+    task: str = "classify"
+    image_size: int | None = None
+    reduce_zero_label: bool = False
     data_seed: int = 0
     epochs: int = 10
     batch_size: int = 64
@@ -162,15 +183,13 @@ class TrainConfig:
         def n(field: str) -> str:
             return "--" + field.replace("_", "-") if flags else field
 
-        if self.model not in list_models():
-            from .overrides import did_you_mean
-
-            raise ValueError(
-                f"{n('model')}: unknown model {self.model!r}{did_you_mean(str(self.model), list_models())}; "
-                f"choose one of {', '.join(list_models())}"
-            )
-        if self.data not in DATASETS:
-            raise ValueError(f"{n('data')}: unknown dataset {self.data!r}; choose one of {', '.join(DATASETS)}")
+        if self.task not in TASKS:
+            raise ValueError(f"{n('task')} must be one of {', '.join(TASKS)}, got {self.task!r}")
+        if self.image_size is not None and (
+            not isinstance(self.image_size, int) or isinstance(self.image_size, bool) or self.image_size < 1
+        ):
+            raise ValueError(f"{n('image_size')} must be an integer >= 1, got {self.image_size!r}")
+        TASKS[self.task].check(self, n)  # model, data and model overrides
         if self.device not in ("cpu", "gpu"):
             raise ValueError(f"{n('device')} must be 'cpu' or 'gpu', got {self.device!r}")
         for name in ("epochs", "batch_size"):
@@ -194,9 +213,6 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{n(name)} must be >= 1 (or None for all), got {value}")
-        from .overrides import check_model_overrides
-
-        check_model_overrides(self.model, self.model_overrides, self.batch_size, name=n("model_overrides"))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -211,43 +227,8 @@ class TrainConfig:
         return cls(**d)
 
 
-class EvalResult(NamedTuple):
-    """Loss, accuracy and predictions on one split (host arrays)."""
-
-    loss: float  # mean cross-entropy, with the run's label smoothing
-    accuracy: float  # fraction in [0, 1]
-    preds: np.ndarray  # (N,) int64 predicted classes
-    labels: np.ndarray  # (N,) int64 true classes
-
-
-# --- data -----------------------------------------------------------------------------------
-
-
-def default_augment(data: str) -> Callable[[Any, np.random.Generator], Any]:
-    """The training augmentation of a dataset.
-
-    digits: random translation by up to 2 pixels (zero padding + crop); no flip, a
-    mirrored digit is another glyph. cifar10: the usual 4-pixel crop and horizontal
-    flip. long-range: horizontal flip only; a crop could move a mark out of its edge
-    band, which the task's construction relies on, while a flip keeps both marks'
-    shapes (plus and cross are mirror-symmetric) and their distance.
-    """
-    if data == "digits":
-        return RandomCrop(pad=2)
-    if data == "cifar10":
-        return standard_augment(pad=4, p=0.5)
-    if data == "long-range":
-        return HorizontalFlip(p=0.5)
-    raise ValueError(f"unknown dataset {data!r}")
-
-
-def load_split(config: TrainConfig, split: str) -> Dataset:
-    """One split of ``config.data``, cut to ``limit_train`` / ``limit_test`` images."""
-    data = load_dataset(config.data, split, data_dir=config.data_dir, seed=config.data_seed)
-    limit = config.limit_train if split == "train" else config.limit_test
-    if limit is not None and limit < len(data):
-        data = data.subset(np.arange(limit))
-    return data
+# EvalResult, default_augment, load_split and evaluate_model live in .tasks and are
+# re-exported from here, where they were first defined.
 
 
 @contextlib.contextmanager
@@ -276,7 +257,7 @@ def blas_threads(n: int | None) -> Iterator[None]:
 
 
 class Trainer:
-    """Train a Twins model on one of the twins-np datasets (see the module docstring).
+    """Train a Twins model or a segmenter on one of the twins-np datasets (see the module docstring).
 
     Args:
         config: the run's settings (validated here).
@@ -287,6 +268,7 @@ class Trainer:
         log: called with one summary line per epoch (None: silent).
 
     Attributes:
+        task: the :class:`~twins_np.training.tasks.Task` of ``config.task``.
         model, optimizer, schedule, loader: the training objects.
         epoch: number of finished epochs.
         history: one metric dict per finished epoch.
@@ -314,16 +296,12 @@ class Trainer:
         self.log = log
         self.train_set = train_set if train_set is not None else load_split(config, "train")
         self.test_set = test_set if test_set is not None else load_split(config, "test")
-        in_chans = self.train_set.images.shape[1]
-        self.model: Twins = create_model(
-            config.model,
-            **config.model_overrides,
-            in_chans=in_chans,
-            num_classes=self.train_set.num_classes,
-            drop_path_rate=config.drop_path,
-            seed=config.seed,
-            dtype=np.float32,
-        )
+        self.task: Task = TASKS[config.task]
+        for split, data in (("train", self.train_set), ("test", self.test_set)):
+            if data.is_segmentation != (config.task == "segment"):
+                kind = "per-pixel labels" if data.is_segmentation else "one label per image"
+                raise ValueError(f"the {split} set {data.name} has {kind}, which task={config.task!r} cannot train on")
+        self.model: Any = self.task.create_model(config, self.train_set)
         self.model.to_device(config.device)
         self.optimizer = AdamW(param_groups(self.model, config.weight_decay), lr=config.lr)
         self.loader = DataLoader(
@@ -344,7 +322,7 @@ class Trainer:
         )
         self.epoch = 0
         self.history: list[dict[str, Any]] = []
-        self.last_eval: EvalResult | None = None
+        self.last_eval: EvalResult | SegmentationEvalResult | None = None
         # whether checkpoint_path holds this run's state (saved by it or resumed from)
         self._checkpoint_is_ours = False
 
@@ -425,15 +403,14 @@ class Trainer:
     def run_epoch(self) -> dict[str, Any]:
         """Train one epoch, evaluate the test split, save the checkpoint and the metrics."""
         start = time.perf_counter()
-        train_loss, train_acc, train_seconds, images = self.train_epoch()
+        train_loss, train_scores, train_seconds, images = self.train_epoch()
         result = self.evaluate(self.test_set)
         self.epoch += 1
         row = {
             "epoch": self.epoch,
             "train_loss": train_loss,
-            "train_acc": train_acc,
-            "test_loss": result.loss,
-            "test_acc": result.accuracy,
+            **train_scores,
+            **self.task.test_row(result),
             "lr": self.optimizer.param_groups[0]["lr"],
             "seconds": time.perf_counter() - start,
             "images_per_s": images / max(train_seconds, 1e-9),
@@ -442,24 +419,24 @@ class Trainer:
         self.last_eval = result
         with writing_into(self.out_dir):
             self.save_checkpoint()
-            write_metrics(self.out_dir, self.history)
+            write_metrics(self.out_dir, self.history, self.task.columns)
             eps = self.config.label_smoothing
-            loss_label = f"cross-entropy (label smoothing {eps:g})" if eps else "cross-entropy"
-            plot_learning_curves(self.history, self.out_dir / "learning_curves.png", title=self._title(), loss_label=loss_label)
+            loss = "pixel cross-entropy" if self.config.task == "segment" else "cross-entropy"
+            loss_label = f"{loss} (label smoothing {eps:g})" if eps else loss
+            self.task.plot_epoch(self.history, self.out_dir, self._title(), loss_label)
+            if self.config.task == "segment":  # cheap next to an epoch, and a stopped run keeps its picture
+                self.task.plot_result(result, self.test_set, self.out_dir, self._title("test"))
         if self.log is not None:
-            self.log(
-                f"epoch {self.epoch}/{self.config.epochs}  train loss {train_loss:.4f} acc {100 * train_acc:5.1f}%  "
-                f"test loss {result.loss:.4f} acc {100 * result.accuracy:5.1f}%  lr {row['lr']:.2e}  "
-                f"{row['seconds']:.1f} s  {row['images_per_s']:.0f} img/s"
-            )
+            self.log(self.task.epoch_line(row, self.config.epochs))
         return row
 
-    def train_epoch(self) -> tuple[float, float, float, int]:
+    def train_epoch(self) -> tuple[float, dict[str, float], float, int]:
         """One pass over the training split.
 
         Returns:
-            mean training loss, training accuracy (on the augmented batches, in
-            training mode), seconds spent, number of images.
+            mean training loss (over images), the training scores (on the augmented
+            batches, in training mode: ``{"train_acc"}``, or ``{"train_pixel_acc",
+            "train_miou"}`` for a segmenter), seconds spent, number of images.
         """
         from tqdm.auto import tqdm
 
@@ -469,7 +446,8 @@ class Trainer:
         steps = len(self.loader)
         epoch = self.epoch + 1
         model.train()
-        loss_sum, correct, seen = 0.0, 0, 0
+        loss_sum, seen = 0.0, 0
+        meter = self.task.meter(self.train_set)
         disable = None if self.progress is None else not self.progress  # None: only on a terminal
         bar = tqdm(total=steps, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", disable=disable, leave=False)
         start = time.perf_counter()
@@ -480,7 +458,7 @@ class Trainer:
                 for step, (x, y) in enumerate(self.loader, 1):
                     lr = self.schedule.step(self.optimizer)
                     self.optimizer.zero_grad()
-                    loss, logits = model.loss(x, y, cfg.label_smoothing)
+                    loss, logits = self.task.loss(model, x, y, cfg.label_smoothing)
                     if not math.isfinite(loss):
                         raise self._non_finite("loss", loss, epoch, step, steps)
                     model.backward_loss()
@@ -491,10 +469,11 @@ class Trainer:
                     n = int(y.shape[0])
                     seen += n
                     loss_sum += loss * n
-                    correct += int((logits.argmax(axis=1) == y).sum())
+                    meter.update(logits, y)
                     bar.update(1)
-                    rate = seen / max(time.perf_counter() - start, 1e-9)
-                    bar.set_postfix(loss=f"{loss:.3f}", acc=f"{100 * correct / seen:.1f}%", lr=f"{lr:.1e}", img_s=f"{rate:.0f}")
+                    if not bar.disable:
+                        rate = seen / max(time.perf_counter() - start, 1e-9)
+                        bar.set_postfix(loss=f"{loss:.3f}", **meter.postfix(), lr=f"{lr:.1e}", img_s=f"{rate:.0f}")
             synchronize()
         finally:
             bar.close()
@@ -504,20 +483,24 @@ class Trainer:
         bad = [name for name, p in model.named_parameters() if not bool(model.xp.isfinite(p.data).all())]
         if bad:
             raise self._non_finite(f"weight {bad[0]}", math.nan, epoch, 0, steps)
-        return loss_sum / seen, correct / seen, seconds, seen
+        return loss_sum / seen, meter.row(), seconds, seen
 
-    def evaluate(self, dataset: Dataset, batch_size: int | None = None) -> EvalResult:
-        """Loss, accuracy and predictions on ``dataset`` in eval mode (no dropout, no drop path).
+    def evaluate(self, dataset: Dataset, batch_size: int | None = None) -> Any:
+        """Loss and scores on ``dataset`` in eval mode (no dropout, no drop path).
+
+        Returns an :class:`EvalResult` (accuracy, predictions) for a classifier, a
+        :class:`SegmentationEvalResult` (pixel accuracy, IoUs, mIoU) for a segmenter.
 
         Args:
             dataset: the split to evaluate, in its order.
             batch_size: images per forward (default: twice the training batch).
         """
         cfg = self.config
-        return evaluate_model(self.model, dataset, batch_size or 2 * cfg.batch_size, cfg.device, cfg.label_smoothing)
+        return self.task.evaluate(self.model, dataset, batch_size or 2 * cfg.batch_size, cfg.device, cfg.label_smoothing)
 
     def finish(self) -> None:
-        """Write ``weights.npz`` and the test split's ``confusion_matrix.png``.
+        """Write ``weights.npz`` and the test split's figures (``confusion_matrix.png``;
+        a segmenter: ``class_iou.png`` and ``overlays.png``).
 
         ``weights.npz`` holds the model's state dict only (what :func:`twins_np.load_weights`
         reads) and records the run's settings in the archive's comment
@@ -528,9 +511,8 @@ class Trainer:
             save_npz(self.out_dir / WEIGHTS_NAME, self.model.state_dict(), record={"config": self.config.to_dict()})
         result = self.last_eval if self.last_eval is not None else self.evaluate(self.test_set)
         self.last_eval = result
-        cm = confusion_matrix(result.labels, result.preds, self.test_set.num_classes)
         with writing_into(self.out_dir):
-            plot_confusion_matrix(cm, self.test_set.classes, self.out_dir / "confusion_matrix.png", title=self._title("test"))
+            self.task.plot_result(result, self.test_set, self.out_dir, self._title("test"))
 
     # -- helpers -----------------------------------------------------------------------------
     def _title(self, split: str = "") -> str:
@@ -541,40 +523,3 @@ class Trainer:
         ckpt = self.checkpoint_path if self._checkpoint_is_ours and self.checkpoint_path.is_file() else None
         return NonFiniteLossError(what, value, epoch, step, steps, ckpt, self.epoch)
 
-
-def evaluate_model(
-    model: Twins, dataset: Dataset, batch_size: int, device: str, label_smoothing: float = 0.0, check_finite: bool = False
-) -> EvalResult:
-    """Run ``model`` in eval mode over ``dataset`` in order; its train/eval mode is restored after.
-
-    Args:
-        model: a Twins model on ``device``.
-        dataset: images (N, C, H, W) and labels (N,).
-        batch_size: images per forward.
-        device: ``"cpu"`` or ``"gpu"``.
-        label_smoothing: eps of the reported cross-entropy.
-        check_finite: raise ``FloatingPointError`` when a logit is NaN or infinite (an
-            accuracy computed from NaN logits would be meaningless).
-    """
-    was_training = model.training
-    model.eval()
-    n = len(dataset)
-    preds = np.empty(n, dtype=np.int64)
-    loss_sum = 0.0
-    for start in range(0, n, batch_size):
-        x = to_device(dataset.images[start : start + batch_size], device)
-        y = to_device(dataset.labels[start : start + batch_size], device)
-        # overflow warnings are silenced when checked: the non-finite logits are reported below, in one message
-        with np.errstate(over="ignore", invalid="ignore") if check_finite else contextlib.nullcontext():
-            logits = model(x)
-        if check_finite and not bool(model.xp.isfinite(logits).all()):
-            bad = int((~model.xp.isfinite(logits)).sum())
-            model.train(was_training)
-            raise FloatingPointError(
-                f"the logits of images {start}-{start + int(y.shape[0]) - 1} hold {bad} NaN or infinite value(s)"
-            )
-        loss, _ = F.cross_entropy_forward(logits, y, label_smoothing)
-        loss_sum += loss * int(y.shape[0])
-        preds[start : start + len(y)] = asnumpy(logits.argmax(axis=1))
-    model.train(was_training)
-    return EvalResult(loss_sum / n, float((preds == dataset.labels).mean()), preds, dataset.labels.copy())

@@ -1,0 +1,580 @@
+"""What differs between training a classifier and a segmenter: the task of a run.
+
+The training loop (:class:`twins_np.training.Trainer`) is one and the same for both; a
+:class:`Task` supplies the parts that differ:
+
+===========================  ===============================  ===================================
+part                         ``classify``                      ``segment``
+===========================  ===============================  ===================================
+models                       :func:`~twins_np.list_models`     :func:`~twins_np.list_segmenters`
+data                         digits, cifar10, long-range       shapes, long_range_dense, folder:PATH
+labels                       (N,) one class per image          (N, H, W) per pixel, 255 ignored
+augmentation                 crop / flip of the images         flip of images and labels together
+loss                         cross-entropy                     per-pixel cross-entropy (255 skipped)
+metrics per epoch            accuracy                          pixel accuracy, mIoU (mmseg's sums)
+figures                      learning curves, confusion        learning curves (mIoU), per-class
+                             matrix                            IoU bars, image / truth / prediction
+===========================  ===============================  ===================================
+
+Notation: N images, B batch size, K classes, H x W pixels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+
+from .. import functional as F
+from ..backend import asnumpy, to_device
+from ..data import DATASETS, Dataset, HorizontalFlip, PairedHorizontalFlip, RandomCrop, load_dataset, standard_augment
+from ..data.segmentation import IGNORE_INDEX
+from ..nn.module import Module
+from .metrics import METRIC_COLUMNS, confusion_matrix, plot_confusion_matrix, plot_learning_curves
+from .segmentation_metrics import SegmentationMetrics, plot_class_iou, plot_segmentation_grid
+
+if TYPE_CHECKING:
+    from .trainer import TrainConfig
+
+__all__ = [
+    "TASKS",
+    "Task",
+    "ClassifyTask",
+    "SegmentTask",
+    "EvalResult",
+    "SegmentationEvalResult",
+    "METRIC_COLUMNS",
+    "SEGMENT_METRIC_COLUMNS",
+    "SEGMENT_HEAD_OPTIONS",
+    "SEGMENTATION_DATA",
+    "default_augment",
+    "load_split",
+    "evaluate_model",
+    "evaluate_segmenter",
+    "is_segmentation_data",
+    "task_of_model",
+]
+
+# One row per epoch of a segmentation run. Losses are the training objective (per-pixel
+# cross-entropy over the pixels not ignored, with the run's label smoothing); pixel
+# accuracies and IoUs are fractions in [0, 1]. The train scores are counted on the
+# augmented training batches in training mode (dropout on), like the classifier's train_acc.
+SEGMENT_METRIC_COLUMNS = (
+    "epoch",
+    "train_loss",
+    "train_pixel_acc",
+    "train_miou",
+    "test_loss",
+    "test_pixel_acc",
+    "test_miou",
+    "test_macc",
+    "lr",
+    "seconds",
+    "images_per_s",
+)
+
+# the segmentation data on the command line (folder:PATH: the user's own folder)
+SEGMENTATION_DATA = ("shapes", "long_range_dense", "folder:PATH")
+
+# entries of --model-overrides that configure the FPN neck and head; the others the backbone
+SEGMENT_HEAD_OPTIONS = ("neck_channels", "head_channels", "norm", "num_groups", "dropout_ratio")
+
+# how many test images the overlay grid shows
+GRID_IMAGES = 6
+
+
+def is_segmentation_data(name: str) -> bool:
+    """True for ``shapes``, ``long_range_dense`` (or ``long-range-dense``) and ``folder:PATH``."""
+    return name.replace("_", "-") in ("shapes", "long-range-dense") or (name.startswith("folder:") and len(name) > 7)
+
+
+def task_of_model(name: str | None) -> str | None:
+    """``"segment"`` for a segmenter's name, ``"classify"`` for a classifier's, None otherwise."""
+    from ..models import list_models, list_segmenters
+
+    if name in list_segmenters():
+        return "segment"
+    if name in list_models():
+        return "classify"
+    return None
+
+
+class EvalResult(NamedTuple):
+    """Loss, accuracy and predictions of a classifier on one split (host arrays)."""
+
+    loss: float  # mean cross-entropy, with the run's label smoothing
+    accuracy: float  # fraction in [0, 1]
+    preds: np.ndarray  # (N,) int64 predicted classes
+    labels: np.ndarray  # (N,) int64 true classes
+
+
+class SegmentationEvalResult(NamedTuple):
+    """Loss and mmsegmentation's scores of a segmenter on one split (host arrays).
+
+    ``preds`` and ``labels`` hold only the first few images (what the overlay grid
+    shows); the scores count every pixel of the split.
+    """
+
+    loss: float  # per-pixel cross-entropy, mean over the counted pixels of the whole split
+    pixel_accuracy: float  # mmseg's aAcc
+    miou: float
+    scores: dict[str, Any]  # SegmentationMetrics.compute(): iou, acc, macc, the four counts
+    preds: np.ndarray  # (n, H, W) int64 of the first n images
+    labels: np.ndarray  # (n, H, W) int64, 255 where ignored
+
+
+# --- classification ----------------------------------------------------------------------------
+
+
+def default_augment(data: str) -> Callable[..., Any]:
+    """The training augmentation of a dataset.
+
+    digits: random translation by up to 2 pixels (zero padding + crop); no flip, a
+    mirrored digit is another glyph. cifar10: the usual 4-pixel crop and horizontal
+    flip. long-range: horizontal flip only; a crop could move a mark out of its edge
+    band, which the task's construction relies on, while a flip keeps both marks'
+    shapes (plus and cross are mirror-symmetric) and their distance. The segmentation
+    sets: a horizontal flip of the image and its label map together (shapes stay their
+    class when mirrored; the long-range set's cue marks are mirror-symmetric and a flip
+    keeps every distance); no crop, which would cut the long-range set's cue band.
+    """
+    if data == "digits":
+        return RandomCrop(pad=2)
+    if data == "cifar10":
+        return standard_augment(pad=4, p=0.5)
+    if data == "long-range":
+        return HorizontalFlip(p=0.5)
+    if is_segmentation_data(data):
+        return PairedHorizontalFlip(p=0.5)
+    raise ValueError(f"unknown dataset {data!r}")
+
+
+def load_split(config: TrainConfig, split: str) -> Dataset:
+    """One split of ``config.data``, cut to ``limit_train`` / ``limit_test`` images."""
+    options: dict[str, Any] = {}
+    if config.reduce_zero_label:
+        options["reduce_zero_label"] = True
+    data = load_dataset(
+        config.data, split, image_size=config.image_size, data_dir=config.data_dir, seed=config.data_seed, **options
+    )
+    limit = config.limit_train if split == "train" else config.limit_test
+    if limit is not None and limit < len(data):
+        data = data.subset(np.arange(limit))
+    return data
+
+
+def evaluate_model(
+    model: Any, dataset: Dataset, batch_size: int, device: str, label_smoothing: float = 0.0, check_finite: bool = False
+) -> EvalResult:
+    """Run ``model`` in eval mode over ``dataset`` in order; its train/eval mode is restored after.
+
+    Args:
+        model: a Twins model on ``device``.
+        dataset: images (N, C, H, W) and labels (N,).
+        batch_size: images per forward.
+        device: ``"cpu"`` or ``"gpu"``.
+        label_smoothing: eps of the reported cross-entropy.
+        check_finite: raise ``FloatingPointError`` when a logit is NaN or infinite (an
+            accuracy computed from NaN logits would be meaningless).
+    """
+    was_training = model.training
+    model.eval()
+    n = len(dataset)
+    preds = np.empty(n, dtype=np.int64)
+    loss_sum = 0.0
+    for start in range(0, n, batch_size):
+        x = to_device(dataset.images[start : start + batch_size], device)
+        y = to_device(dataset.labels[start : start + batch_size], device)
+        # overflow warnings are silenced when checked: the non-finite logits are reported below, in one message
+        with np.errstate(over="ignore", invalid="ignore") if check_finite else contextlib.nullcontext():
+            logits = model(x)
+        if check_finite and not bool(model.xp.isfinite(logits).all()):
+            bad = int((~model.xp.isfinite(logits)).sum())
+            model.train(was_training)
+            raise FloatingPointError(
+                f"the logits of images {start}-{start + int(y.shape[0]) - 1} hold {bad} NaN or infinite value(s)"
+            )
+        loss, _ = F.cross_entropy_forward(logits, y, label_smoothing)
+        loss_sum += loss * int(y.shape[0])
+        preds[start : start + len(y)] = asnumpy(logits.argmax(axis=1))
+    model.train(was_training)
+    return EvalResult(loss_sum / n, float((preds == dataset.labels).mean()), preds, dataset.labels.copy())
+
+
+def evaluate_segmenter(
+    model: Any,
+    dataset: Dataset,
+    batch_size: int,
+    device: str,
+    label_smoothing: float = 0.0,
+    check_finite: bool = False,
+    keep: int = GRID_IMAGES,
+) -> SegmentationEvalResult:
+    """Run a segmenter in eval mode over ``dataset`` in order and score it as mmsegmentation does.
+
+    The intersection and union of every class are summed over the whole split before
+    dividing (:class:`~twins_np.training.SegmentationMetrics`); the loss is the mean over
+    every counted pixel of the split (each batch's mean weighted by its counted pixels).
+    The model's train/eval mode is restored after.
+
+    Args:
+        model: a :class:`~twins_np.models.Segmenter` on ``device``.
+        dataset: images (N, C, H, W) and labels (N, H, W) with ignore index 255.
+        batch_size: images per forward.
+        device: ``"cpu"`` or ``"gpu"``.
+        label_smoothing: eps of the reported cross-entropy.
+        check_finite: raise ``FloatingPointError`` when a logit is NaN or infinite.
+        keep: how many of the first images' predictions to return (for the overlay grid).
+    """
+    if not dataset.is_segmentation:
+        raise ValueError(f"evaluate_segmenter needs per-pixel labels (N, H, W); {dataset.name} has {dataset.labels.shape}")
+    ignore = IGNORE_INDEX if dataset.ignore_index is None else int(dataset.ignore_index)
+    was_training = model.training
+    model.eval()
+    metrics = SegmentationMetrics(dataset.num_classes, ignore)
+    n = len(dataset)
+    kept = min(keep, n)
+    preds = np.empty((kept, *dataset.labels.shape[1:]), dtype=np.int64)
+    loss_sum, counted = 0.0, 0
+    try:
+        for start in range(0, n, batch_size):
+            x = to_device(dataset.images[start : start + batch_size], device)
+            y = to_device(dataset.labels[start : start + batch_size], device)
+            with np.errstate(over="ignore", invalid="ignore") if check_finite else contextlib.nullcontext():
+                logits = model(x)
+            if check_finite and not bool(model.xp.isfinite(logits).all()):
+                bad = int((~model.xp.isfinite(logits)).sum())
+                raise FloatingPointError(
+                    f"the logits of images {start}-{start + int(y.shape[0]) - 1} hold {bad} NaN or infinite value(s)"
+                )
+            pixels = int((y != ignore).sum())
+            if pixels:  # a batch whose every pixel is ignored adds nothing (and has no mean)
+                loss, _ = F.pixel_cross_entropy_forward(logits, y, ignore, label_smoothing)
+                loss_sum += loss * pixels
+                counted += pixels
+            pred = logits.argmax(axis=1)
+            metrics.update(pred, y)
+            if start < kept:
+                preds[start : min(kept, start + batch_size)] = asnumpy(pred[: kept - start])
+    finally:
+        model.train(was_training)
+    scores = metrics.compute()
+    return SegmentationEvalResult(
+        loss_sum / counted if counted else float("nan"),
+        scores["pixel_accuracy"],
+        scores["miou"],
+        scores,
+        preds,
+        dataset.labels[:kept].copy(),
+    )
+
+
+# --- the tasks ------------------------------------------------------------------------------------
+
+
+class _ClassifyMeter:
+    """Training accuracy over the batches of an epoch."""
+
+    def __init__(self) -> None:
+        self.correct, self.seen = 0, 0
+
+    def update(self, logits: Any, y: Any) -> None:
+        self.correct += int((logits.argmax(axis=1) == y).sum())
+        self.seen += int(y.shape[0])
+
+    def postfix(self) -> dict[str, str]:
+        return {"acc": f"{100 * self.correct / max(self.seen, 1):.1f}%"}
+
+    def row(self) -> dict[str, float]:
+        return {"train_acc": self.correct / max(self.seen, 1)}
+
+
+class _SegmentMeter:
+    """Pixel accuracy and mIoU summed over the training batches of an epoch."""
+
+    def __init__(self, num_classes: int, ignore_index: int) -> None:
+        self.metrics = SegmentationMetrics(num_classes, ignore_index)
+
+    def update(self, logits: Any, y: Any) -> None:
+        self.metrics.update(logits.argmax(axis=1), y)
+
+    def postfix(self) -> dict[str, str]:
+        s = self.metrics.compute()
+        return {"pix": f"{100 * s['pixel_accuracy']:.1f}%", "mIoU": f"{100 * s['miou']:.1f}%"}
+
+    def row(self) -> dict[str, float]:
+        s = self.metrics.compute()
+        return {"train_pixel_acc": s["pixel_accuracy"], "train_miou": s["miou"]}
+
+
+class Task:
+    """The parts of a training run that depend on what is learned (see the module docstring).
+
+    Attributes:
+        name: ``"classify"`` or ``"segment"`` (``--task``).
+        columns: the metric table's columns, one row per epoch.
+        metric, metric_label: the history key of the headline score on the test split
+            and how figures and messages name it.
+        figures: the figure files a finished run leaves in its folder.
+    """
+
+    name = ""
+    columns: tuple[str, ...] = ()
+    metric = ""
+    metric_label = ""
+    figures: tuple[str, ...] = ()
+
+    def model_names(self) -> list[str]:
+        raise NotImplementedError
+
+    def check(self, config: TrainConfig, n: Callable[[str], str]) -> None:
+        """Raise ``ValueError`` naming ``--model``, ``--data`` or ``--model-overrides`` when they do not fit."""
+        raise NotImplementedError
+
+    def create_model(self, config: TrainConfig, train_set: Dataset) -> Module:
+        raise NotImplementedError
+
+    def loss(self, model: Any, x: Any, y: Any, label_smoothing: float) -> tuple[float, Any]:
+        """Forward and loss of one training batch: ``(loss, logits)``; ``model.backward_loss()`` follows."""
+        raise NotImplementedError
+
+    def meter(self, dataset: Dataset) -> Any:
+        """An accumulator of the training scores: ``update(logits, y)``, ``postfix()``, ``row()``."""
+        raise NotImplementedError
+
+    def evaluate(self, model: Module, dataset: Dataset, batch_size: int, device: str, label_smoothing: float) -> Any:
+        raise NotImplementedError
+
+    def test_row(self, result: Any) -> dict[str, float]:
+        """The test split's entries of the epoch's metric row."""
+        raise NotImplementedError
+
+    def epoch_line(self, row: dict[str, Any], epochs: int) -> str:
+        raise NotImplementedError
+
+    def plot_epoch(self, history: list[dict[str, Any]], out_dir: Path, title: str, loss_label: str) -> None:
+        """The figures rewritten after every epoch."""
+        plot_learning_curves(
+            history,
+            out_dir / "learning_curves.png",
+            title=title,
+            loss_label=loss_label,
+            metric=self.metric.replace("test_", ""),
+            metric_label=self.metric_label,
+        )
+
+    def plot_result(self, result: Any, dataset: Dataset, out_dir: Path, title: str, suffix: str = "") -> None:
+        """The figures of an evaluation (after every epoch or at the end, see the subclasses).
+
+        ``suffix`` is appended to each file's stem (``twins-np evaluate`` writes ``_test``).
+        """
+        raise NotImplementedError
+
+
+class ClassifyTask(Task):
+    """One class per image: Twins models on digits, CIFAR-10 or the long-range task."""
+
+    name = "classify"
+    columns = METRIC_COLUMNS
+    metric = "test_acc"
+    metric_label = "accuracy"
+    figures = ("learning_curves.png", "confusion_matrix.png")
+
+    def model_names(self) -> list[str]:
+        from ..models import list_models
+
+        return list_models()
+
+    def check(self, config: TrainConfig, n: Callable[[str], str]) -> None:
+        from ..models import list_models, list_segmenters
+        from .overrides import check_model_overrides, did_you_mean
+
+        if config.model in list_segmenters():
+            raise ValueError(
+                f"{n('model')}: {config.model!r} is a segmenter (an FPN head on a backbone); "
+                f"train it with {n('task')} segment, or choose a classifier: {', '.join(list_models())}"
+            )
+        if config.model not in list_models():
+            raise ValueError(
+                f"{n('model')}: unknown model {config.model!r}{did_you_mean(str(config.model), list_models())}; "
+                f"choose one of {', '.join(list_models())}"
+            )
+        if is_segmentation_data(config.data):
+            raise ValueError(
+                f"{n('data')}: {config.data!r} has per-pixel labels: train a segmenter on it with {n('task')} segment, "
+                f"or choose a classification set: {', '.join(DATASETS)}"
+            )
+        if config.data not in DATASETS:
+            raise ValueError(f"{n('data')}: unknown dataset {config.data!r}; choose one of {', '.join(DATASETS)}")
+        if config.reduce_zero_label:
+            raise ValueError(f"{n('reduce_zero_label')} is for segmentation folders (--data folder:PATH)")
+        check_model_overrides(config.model, config.model_overrides, config.batch_size, name=n("model_overrides"))
+
+    def create_model(self, config: TrainConfig, train_set: Dataset) -> Module:
+        from ..models import create_model
+
+        return create_model(
+            config.model,
+            **config.model_overrides,
+            in_chans=train_set.images.shape[1],
+            num_classes=train_set.num_classes,
+            drop_path_rate=config.drop_path,
+            seed=config.seed,
+            dtype=np.float32,
+        )
+
+    def loss(self, model: Any, x: Any, y: Any, label_smoothing: float) -> tuple[float, Any]:
+        return model.loss(x, y, label_smoothing)  # type: ignore[no-any-return]
+
+    def meter(self, dataset: Dataset) -> _ClassifyMeter:
+        return _ClassifyMeter()
+
+    def evaluate(self, model: Module, dataset: Dataset, batch_size: int, device: str, label_smoothing: float) -> EvalResult:
+        return evaluate_model(model, dataset, batch_size, device, label_smoothing)
+
+    def test_row(self, result: EvalResult) -> dict[str, float]:
+        return {"test_loss": result.loss, "test_acc": result.accuracy}
+
+    def epoch_line(self, row: dict[str, Any], epochs: int) -> str:
+        return (
+            f"epoch {row['epoch']}/{epochs}  train loss {row['train_loss']:.4f} acc {100 * row['train_acc']:5.1f}%  "
+            f"test loss {row['test_loss']:.4f} acc {100 * row['test_acc']:5.1f}%  lr {row['lr']:.2e}  "
+            f"{row['seconds']:.1f} s  {row['images_per_s']:.0f} img/s"
+        )
+
+    def plot_result(self, result: EvalResult, dataset: Dataset, out_dir: Path, title: str, suffix: str = "") -> None:
+        """At the end only: the test split's confusion matrix."""
+        cm = confusion_matrix(result.labels, result.preds, dataset.num_classes)
+        plot_confusion_matrix(cm, dataset.classes, out_dir / f"confusion_matrix{suffix}.png", title=title)
+
+
+class SegmentTask(Task):
+    """One class per pixel: Semantic FPN segmenters on shapes, the dense long-range set or a folder."""
+
+    name = "segment"
+    columns = SEGMENT_METRIC_COLUMNS
+    metric = "test_miou"
+    metric_label = "mIoU"
+    figures = ("learning_curves.png", "class_iou.png", "overlays.png")
+
+    def model_names(self) -> list[str]:
+        from ..models import list_segmenters
+
+        return list_segmenters()
+
+    def check(self, config: TrainConfig, n: Callable[[str], str]) -> None:
+        from ..models import MODEL_CONFIGS, list_models, list_segmenters
+        from ..models.segmentation import SEGMENTER_CONFIGS
+        from .overrides import check_model_overrides, did_you_mean
+
+        names = list_segmenters()
+        if config.model in list_models():
+            fit = f"{config.model}_fpn"
+            hint = f" ({fit} puts the FPN head on it)" if fit in names else ""
+            raise ValueError(
+                f"{n('model')}: {config.model!r} is a classifier; {n('task')} segment trains a segmenter{hint}: "
+                f"choose one of {', '.join(names)}"
+            )
+        if config.model not in names:
+            raise ValueError(
+                f"{n('model')}: unknown segmenter {config.model!r}{did_you_mean(str(config.model), names)}; "
+                f"choose one of {', '.join(names)}"
+            )
+        if config.data in DATASETS:
+            raise ValueError(
+                f"{n('data')}: {config.data!r} has one label per image; {n('task')} segment needs per-pixel labels: "
+                f"{', '.join(SEGMENTATION_DATA)}"
+            )
+        if not is_segmentation_data(config.data):
+            raise ValueError(
+                f"{n('data')}: unknown segmentation data {config.data!r}; choose one of {', '.join(SEGMENTATION_DATA)}"
+            )
+        if config.reduce_zero_label and not config.data.startswith("folder:"):
+            raise ValueError(f"{n('reduce_zero_label')} is for segmentation folders (--data folder:PATH), not {config.data}")
+        overrides = config.model_overrides
+        if not isinstance(overrides, dict):
+            raise ValueError(f"{n('model_overrides')} must be a JSON object (a dict), got {type(overrides).__name__}")
+        head = {k: v for k, v in overrides.items() if k in SEGMENT_HEAD_OPTIONS}
+        for key in ("neck_channels", "head_channels", "num_groups"):
+            if key in head and (not isinstance(head[key], int) or isinstance(head[key], bool) or head[key] < 1):
+                raise ValueError(f"{n('model_overrides')}: {key} must be an integer >= 1, got {head[key]!r}")
+        if "norm" in head and head["norm"] not in (None, "gn", "bn"):
+            raise ValueError(f"{n('model_overrides')}: norm must be null, \"gn\" or \"bn\", got {head['norm']!r}")
+        rate = head.get("dropout_ratio", 0.0)
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
+            raise ValueError(f"{n('model_overrides')}: dropout_ratio must be a number in [0, 1), got {rate!r}")
+        cfg = {**SEGMENTER_CONFIGS[config.model], **head}
+        if cfg["norm"] == "gn" and cfg["head_channels"] % cfg["num_groups"]:
+            raise ValueError(
+                f"{n('model_overrides')}: head_channels ({cfg['head_channels']}) must be divisible by num_groups "
+                f"({cfg['num_groups']}) for GroupNorm"
+            )
+        backbone = SEGMENTER_CONFIGS[config.model]["backbone"]
+        assert backbone in MODEL_CONFIGS
+        rest = {k: v for k, v in overrides.items() if k not in SEGMENT_HEAD_OPTIONS}
+        check_model_overrides(backbone, rest, config.batch_size, name=n("model_overrides"))
+
+    def create_model(self, config: TrainConfig, train_set: Dataset) -> Module:
+        from ..models import create_segmenter
+
+        head = {k: v for k, v in config.model_overrides.items() if k in SEGMENT_HEAD_OPTIONS}
+        backbone = {k: v for k, v in config.model_overrides.items() if k not in SEGMENT_HEAD_OPTIONS}
+        return create_segmenter(
+            config.model,
+            num_classes=train_set.num_classes,
+            seed=config.seed,
+            dtype=np.float32,
+            backbone_kwargs={**backbone, "in_chans": train_set.images.shape[1], "drop_path_rate": config.drop_path},
+            **head,
+        )
+
+    def loss(self, model: Any, x: Any, y: Any, label_smoothing: float) -> tuple[float, Any]:
+        # per-pixel cross-entropy over the pixels whose label is not 255 (Segmenter.loss)
+        return model.loss(x, y, label_smoothing=label_smoothing)  # type: ignore[no-any-return]
+
+    def meter(self, dataset: Dataset) -> _SegmentMeter:
+        return _SegmentMeter(dataset.num_classes, IGNORE_INDEX if dataset.ignore_index is None else dataset.ignore_index)
+
+    def evaluate(
+        self, model: Module, dataset: Dataset, batch_size: int, device: str, label_smoothing: float
+    ) -> SegmentationEvalResult:
+        return evaluate_segmenter(model, dataset, batch_size, device, label_smoothing)
+
+    def test_row(self, result: SegmentationEvalResult) -> dict[str, float]:
+        return {
+            "test_loss": result.loss,
+            "test_pixel_acc": result.pixel_accuracy,
+            "test_miou": result.miou,
+            "test_macc": result.scores["macc"],
+        }
+
+    def epoch_line(self, row: dict[str, Any], epochs: int) -> str:
+        return (
+            f"epoch {row['epoch']}/{epochs}  train loss {row['train_loss']:.4f} pixel acc {100 * row['train_pixel_acc']:5.1f}% "
+            f"mIoU {100 * row['train_miou']:5.1f}%  test loss {row['test_loss']:.4f} pixel acc "
+            f"{100 * row['test_pixel_acc']:5.1f}% mIoU {100 * row['test_miou']:5.1f}%  lr {row['lr']:.2e}  "
+            f"{row['seconds']:.1f} s  {row['images_per_s']:.0f} img/s"
+        )
+
+    def plot_result(
+        self, result: SegmentationEvalResult, dataset: Dataset, out_dir: Path, title: str, suffix: str = ""
+    ) -> None:
+        """After every epoch: per-class IoU bars and the overlays of the first test images."""
+        plot_class_iou(result.scores["iou"], dataset.classes, out_dir / f"class_iou{suffix}.png", title=title)
+        n = len(result.preds)
+        plot_segmentation_grid(
+            dataset.images[:n],
+            result.labels,
+            result.preds,
+            dataset.classes,
+            out_dir / f"overlays{suffix}.png",
+            dataset.mean,
+            dataset.std,
+            ignore_index=IGNORE_INDEX if dataset.ignore_index is None else dataset.ignore_index,
+        )
+
+
+TASKS: dict[str, Task] = {"classify": ClassifyTask(), "segment": SegmentTask()}
