@@ -309,3 +309,20 @@ def test_no_grad_forward_still_refuses_backward_by_name():
         out = model.forward(_x(1, 2, 3, 32, 32))
     with pytest.raises(RuntimeError, match="no_grad"):
         model.backward(np.ones_like(out))
+
+
+def test_segmenter_refused_labels_then_backward_loss_raises():
+    """The same for the Segmenter: its per-pixel loss cache is tagged like every other cache."""
+    from twins_np.models import create_segmenter
+
+    seg = create_segmenter("twins_svt_teach32_fpn", num_classes=3, seed=0, dtype=np.float64)
+    y = np.zeros((1, 32, 32), np.int64)
+    seg.loss(_x(1, 1, 3, 32, 32), y)
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 3\) or equal ignore_index = 255"):
+        seg.loss(_x(2, 1, 3, 32, 32), np.full((1, 32, 32), 7))
+    with pytest.raises(RuntimeError, match=r"Segmenter.backward_loss\(\): the last forward of Segmenter stopped part-way"):
+        seg.backward_loss()
+    assert _no_grads(seg)
+    seg.loss(_x(3, 1, 3, 32, 32), y)  # a complete forward makes it usable again
+    seg.backward_loss()
+    assert not _no_grads(seg)

@@ -376,9 +376,11 @@ class Segmenter(Module):
         d = F.resize_backward(dlogits.transpose(0, 2, 3, 1), cache.resize)
         return self.backbone.backward_intermediates(self.neck.backward(self.decode_head.backward(d)))
 
-    def loss(self, x: Any, target: Any, ignore_index: int = 255, label_smoothing: float = 0.0) -> tuple[float, Any]:
+    def loss(self, x: Any, target: Any, label_smoothing: float = 0.0, ignore_index: int = 255) -> tuple[float, Any]:
         """Forward + per-pixel cross-entropy (mean over non-ignored pixels); returns (loss, logits).
 
+        The arguments come in :meth:`Twins.loss`'s order (``label_smoothing`` third), so a
+        training loop calls either model the same way; ``ignore_index`` comes last.
         The mean is torch's ``cross_entropy(..., ignore_index=255)``: over the counted pixels.
         mmsegmentation's ``CrossEntropyLoss`` divides by *all* pixels unless
         ``avg_non_ignore=True``; with ignored pixels its loss is smaller by the counted share.
@@ -386,16 +388,14 @@ class Segmenter(Module):
         """
         logits = self.forward(x)
         loss, cache = F.pixel_cross_entropy_forward(logits, target, ignore_index, label_smoothing)
-        self._loss_cache: Any = cache
+        self._save(cache, slot="_loss_cache")  # tagged like every cache: backward_loss checks it is this forward's
         return loss, logits
 
     def backward_loss(self) -> Any:
         """Backward from the loss computed by :meth:`loss`; returns dx."""
-        cache = getattr(self, "_loss_cache", None)
-        if cache is None:
+        if getattr(self, "_loss_cache", None) is None:
             raise RuntimeError("backward_loss() needs a loss() call before it")
-        self._loss_cache = None
-        return self.backward(F.pixel_cross_entropy_backward(1.0, cache))
+        return self.backward(F.pixel_cross_entropy_backward(1.0, self._pop("_loss_cache")))
 
     def level_sizes(self, H: int, W: int) -> list[tuple[int, int]]:
         """(H_s, W_s) of each backbone level for an H x W image (the patch embeddings floor)."""
