@@ -49,7 +49,7 @@ import twins_np
 from twins_np import analysis, nn
 from twins_np import functional as F
 from twins_np.data import DataLoader, Dataset, load_dataset
-from twins_np.data.segmentation import LONG_RANGE_DENSE_CLASSES, SHAPE_CLASSES, make_long_range_dense
+from twins_np.data.segmentation import CUES, LONG_RANGE_DENSE_CLASSES, SHAPE_CLASSES
 from twins_np.models.segmentation import FPN, FPNHead, Segmenter, create_segmenter
 from twins_np.optim import AdamW, CosineSchedule, clip_grad_norm, param_groups
 from twins_np.training.segmentation_metrics import SegmentationMetrics
@@ -349,7 +349,7 @@ assert 0.4 < COVER["LSA only"] < 0.6  # about half the image
 #
 # To fit the budget we train the small SVT segmenter of section 3 (here *with* its PEGs
 # and a GroupNorm head, the teaching configuration; 3 input channels, 4 classes) on 768
-# images of $64 \times 64$ for 6 epochs, batch 32: a short run. `twins-np train --task
+# images of $64 \times 64$ for 15 epochs, batch 32: a short run. `twins-np train --task
 # segment --data shapes` trains a larger one for longer.
 
 
@@ -399,7 +399,8 @@ def fit_seg(seg, train_set, test_set, epochs, lr, batch_size=32, seed=0, keep_ba
         scores, _ = evaluate_seg(seg, test_set, device)
         history.append(dict(epoch=epoch, train_loss=float(np.mean(losses)), seconds=time.perf_counter() - t0, **scores))
         print(f"{tag:>18s} epoch {epoch}: train loss {history[-1]['train_loss']:.3f} | test mIoU "
-              f"{100 * scores['miou']:5.1f}%, pixel acc {100 * scores['pixel_accuracy']:5.1f}% | {history[-1]['seconds']:.1f} s")  # fmt: skip
+              f"{100 * scores['miou']:5.1f}%, pixel acc {100 * scores['pixel_accuracy']:5.1f}% | "
+              f"{history[-1]['seconds']:.1f} s")  # fmt: skip
     return history
 
 
@@ -411,7 +412,7 @@ print(f"shapes: train {shapes_train.images.shape}, test {shapes_test.images.shap
 shapes_seg = tiny_segmenter("svt", num_classes=4, in_chans=3, peg=True, norm="gn", seed=0)
 print(f"{analysis.count_params(shapes_seg):,} parameters")
 t0 = time.perf_counter()
-SHAPES = fit_seg(shapes_seg, shapes_train, shapes_test, epochs=6, lr=3e-3, keep_background=0.2, tag="shapes")
+SHAPES = fit_seg(shapes_seg, shapes_train, shapes_test, epochs=15, lr=3e-3, keep_background=0.2, tag="shapes")
 SHAPES_SECONDS = time.perf_counter() - t0
 
 # %%
@@ -439,3 +440,214 @@ fig.legend(handles, SHAPE_CLASSES, loc="lower center", ncols=4)
 fig.suptitle(f"shapes after {len(SHAPES)} epochs ({SHAPES_SECONDS:.0f} s): test mIoU {100 * scores['miou']:.1f}%")
 fig.tight_layout(rect=(0, 0.05, 1, 0.96))
 plt.show()
+
+# %% [markdown]
+# A short run, and it shows: after about six epochs the model starts to mark the shapes
+# (before that it calls every pixel background, which already scores 91 % pixel accuracy —
+# the reason to read mIoU, not pixel accuracy). After 15 epochs it finds the objects
+# (background IoU about 95 %) and recognises squares, but still calls discs and triangles
+# squares or background: measured here, mIoU 31 % against 22.7 % for "all background". Telling
+# the three shapes apart takes a longer run (exercise 1). The assertions keep a margin below
+# the measured values.
+
+# %%
+assert scores["miou"] > freq[0] / 4 + 0.05  # clearly above the all-background mIoU
+assert scores["iou"][0] > 0.9 and np.nanmax(scores["iou"][1:]) > 0.2
+assert SHAPES[-1]["train_loss"] < 0.65 * SHAPES[0]["train_loss"]
+assert scores["miou"] == SHAPES[-1]["miou"]
+assert abs(SHAPES[0]["pixel_accuracy"] - freq[0]) < 0.01  # epoch 1: (almost) everything called background
+
+
+# %% [markdown]
+# ## 5. Table 8 in miniature: the dense long-range set
+#
+# `load_dataset("long-range-dense", gap=...)` draws one-channel images of noise with a
+# **cue**, a $5\times5$ "plus" or "cross" in the 8-pixel band along one edge, and one
+# **object**, a square or disc on the opposite side. Every object pixel is labelled with the
+# cue's kind (class 1 plus, class 2 cross); the cue's own pixels are ignored (255). Every
+# object pixel lies more than `gap` pixels from every cue pixel (see the docstring of
+# `make_long_range_dense`).
+#
+# **What follows from the design.** The LSA-only segmenter's reach, 37 pixels, is less than
+# the gap of 40. So its logits at an object pixel are a function of pixels that do not
+# depend on the cue: if we **swap the cue** (plus ↔ cross, same place, same noise), they
+# cannot change — not approximately, *exactly*. Then on an image and its swapped twin the
+# model predicts the same class at each object pixel, and the two labels differ: it is right
+# on **at most half** of the object pixels of the pair, whatever its weights. On the test
+# set it is at chance, 50 % in expectation; for the mIoU, the two object classes then score
+# an IoU of about 1/3 each, so even with a perfect background the mIoU stays near
+# $(1 + 1/3 + 1/3) / 3 \approx 0.56$. The SVT and PCPVT segmenters see the cue (section 3):
+# their logits change when it is swapped, and they *can* be right everywhere.
+
+# %%
+lr_train = load_dataset("long-range-dense", "train", image_size=SIZE, gap=GAP, n=512)
+lr_test = load_dataset("long-range-dense", "test", image_size=SIZE, gap=GAP, n=256)
+
+
+def swap_cues(dataset):
+    """The same images with every cue swapped (plus <-> cross, same place) and the object labels swapped."""
+    images, labels = dataset.images.copy(), dataset.labels.copy()
+    for i in range(len(images)):
+        lit = labels[i] == 255
+        r0, c0 = np.argmax(lit.any(axis=1)), np.argmax(lit.any(axis=0))  # the cue's 5 x 5 box
+        kind = int(labels[i][(labels[i] != 255) & (labels[i] > 0)][0]) - 1
+        images[i, 0, r0 : r0 + 5, c0 : c0 + 5] += CUES[1 - kind] - CUES[kind]  # both marks are symmetric
+        labels[i] = np.where((labels[i] == 1) | (labels[i] == 2), 3 - labels[i], labels[i])
+    return Dataset(images, labels, dataset.classes, "long-range-dense, cues swapped", ignore_index=255)
+
+
+lr_swapped = swap_cues(lr_test)
+assert np.allclose(swap_cues(lr_swapped).images, lr_test.images, atol=1e-6)  # swapping twice gives the images back
+assert np.array_equal(lr_swapped.labels == 255, lr_test.labels == 255)  # the plus and cross light the same count
+OBJECT = (lr_test.labels == 1) | (lr_test.labels == 2)
+KINDS = lr_test.labels.max(axis=(1, 2), where=lr_test.labels != 255, initial=0)  # the object's class = the cue's kind
+print(f"object pixels: {100 * OBJECT.mean():.1f}% of the test pixels; cues: {np.bincount(KINDS)[1:]} plus / cross")
+assert np.array_equal(np.bincount(KINDS)[1:], [128, 128])  # exactly balanced
+
+fig, axes = plt.subplots(2, 6, figsize=(15, 5.4))
+for j in range(6):
+    axes[0, j].imshow(lr_test.images[j, 0], cmap="gray")
+    axes[1, j].imshow(np.where(lr_test.labels[j] == 255, 3, lr_test.labels[j]), cmap="tab10", vmin=0, vmax=9)
+    axes[0, j].set_title(LONG_RANGE_DENSE_CLASSES[lr_test.labels[j][OBJECT[j]][0]], fontsize=9)
+for ax in axes.ravel():
+    ax.set_xticks([])
+    ax.set_yticks([])
+axes[0, 0].set_ylabel("image")
+axes[1, 0].set_ylabel("labels (red: the ignored cue)")
+fig.suptitle(f"The dense long-range set: {SIZE} x {SIZE}, gap {GAP} px")
+fig.tight_layout()
+plt.show()
+
+
+# %%
+def object_change(seg, images, swapped):
+    """Largest |logit change| at object pixels when every cue is swapped."""
+    seg.eval()
+    return float(np.abs(seg(images) - seg(swapped))[np.broadcast_to(OBJECT[:32, None], (32, 3, SIZE, SIZE))].max())
+
+
+MODELS = {"LSA only": "lsa", "SVT (LSA + GSA)": "svt", "PCPVT (GSA)": "pcpvt"}
+CHANGE0 = {name: object_change(tiny_segmenter(a, dtype=np.float64), lr_test.images[:32].astype(np.float64),
+                               lr_swapped.images[:32].astype(np.float64)) for name, a in MODELS.items()}  # fmt: skip
+PARAMS = {name: analysis.count_params(tiny_segmenter(a)) for name, a in MODELS.items()}
+for name in MODELS:
+    print(f"{name:16s} {PARAMS[name]:6,d} parameters | at init, swapping the cue moves object logits "
+          f"by up to {CHANGE0[name]:.1e}")  # fmt: skip
+assert CHANGE0["LSA only"] == 0.0  # exactly: the cue is out of reach
+assert CHANGE0["SVT (LSA + GSA)"] > 1e-6 and CHANGE0["PCPVT (GSA)"] > 1e-6
+
+# the parameter budgets differ by GSA's sub-sampling conv (s^2 C^2 + C) and its LayerNorm (2C), per GSA block
+sr_block = sum(s * s * c * c + c + 2 * c for c, s in zip(TINY["embed_dims"], TINY["sr_ratios"]))
+assert PARAMS["SVT (LSA + GSA)"] - PARAMS["LSA only"] == sr_block == PARAMS["PCPVT (GSA)"] - PARAMS["SVT (LSA + GSA)"]
+print(f"LSA only has {100 * (1 - PARAMS['LSA only'] / PARAMS['SVT (LSA + GSA)']):.0f}% fewer parameters than SVT, "
+      f"PCPVT {100 * (PARAMS['PCPVT (GSA)'] / PARAMS['SVT (LSA + GSA)'] - 1):.0f}% more: the sub-sampling convs")  # fmt: skip
+
+# %% [markdown]
+# The three models differ only in their attention; every other layer is the same. Their
+# budgets differ by GSA's sub-sampling convolutions alone (asserted above): a GSA block has
+# $s^2C^2 + 3C$ parameters more than an LSA block. The LSA-only model is the smallest.
+#
+# **Training.** Object pixels are 4 % of all pixels: trained on every pixel, a small model
+# first learns to call everything background and stays there for a long time. So the loss
+# keeps only 5 % of the background pixels of each batch (a class-balancing pixel sampler;
+# the evaluation scores every pixel). Each model trains with 3 seeds on 512 images for 3
+# epochs — a budget far below what the paper's models get, chosen to fit this notebook.
+
+# %%
+ABL_EPOCHS, ABL_LR = 3, 3e-3
+
+
+def object_accuracy(scores):
+    """Share of object pixels (classes 1 and 2) predicted with their class."""
+    return float(scores["area_intersect"][1:].sum() / scores["area_label"][1:].sum())
+
+
+ABLATION = {}
+t0 = time.perf_counter()
+for name, attention in MODELS.items():
+    ABLATION[name] = []
+    for seed in (0, 1, 2):
+        seg_ = tiny_segmenter(attention, seed=seed)
+        fit_seg(seg_, lr_train, lr_test, ABL_EPOCHS, ABL_LR, seed=seed, keep_background=0.05, tag=f"{attention} seed {seed}")
+        test_scores, _ = evaluate_seg(seg_, lr_test)
+        swapped_scores, _ = evaluate_seg(seg_, lr_swapped)
+        pair = {k: test_scores[k] + swapped_scores[k] for k in ("area_intersect", "area_label")}
+        ABLATION[name].append(dict(miou=test_scores["miou"], obj=object_accuracy(test_scores), pair_obj=object_accuracy(pair),
+                                   change=object_change(seg_, lr_test.images[:32], lr_swapped.images[:32])))  # fmt: skip
+ABLATION_SECONDS = time.perf_counter() - t0
+MEDIAN = {name: {k: float(np.median([r[k] for r in runs])) for k in ("miou", "obj", "pair_obj")}
+          for name, runs in ABLATION.items()}  # fmt: skip
+print(f"{'model':16s} {'params':>7s} {'mIoU':>6s} {'object acc':>10s} {'on test + swapped':>18s}   (medians of 3 seeds)")
+for name in MODELS:
+    m = MEDIAN[name]
+    print(f"{name:16s} {PARAMS[name]:7,d} {100 * m['miou']:5.1f}% {100 * m['obj']:9.1f}% {100 * m['pair_obj']:17.1f}%")
+print(f"({ABLATION_SECONDS:.0f} s for the 9 runs)")
+
+# %% [markdown]
+# What we measured, and what it shows:
+#
+# - The **LSA-only** model is blind to the cue *by construction*: trained or not, swapping
+#   the cue changes none of its object logits (exactly 0), and on the test set plus its
+#   swapped copy it is right on at most 50 % of the object pixels. Its test object-pixel
+#   accuracy is at chance (median 50 %).
+# - The **SVT and PCPVT** models do see the cue — their logits move when it is swapped —
+#   but **in this notebook's budget (48 updates per run) they have not learned to use it**:
+#   their object-pixel accuracy is at chance too (medians about 50 %). All three models find
+#   the objects (mIoU about 45 %, close to the 56 % that a coin-flip class allows).
+#
+# So the run confirms the half of Table 8 that is structural (local attention *cannot*
+# solve it) but not yet the other half (global attention *does*): learning to read a
+# 9-pixel cue from 40 pixels away takes far more updates than fit here. Notebook 09 met
+# the same wall on its classification task and needed a curriculum; we tried two in
+# preparing this notebook (first labelling the cue's own pixels with its kind, and noise-free
+# images), and neither lifted the GSA models above chance within a few hundred updates on a
+# CPU. Exercise 4 is the longer run. The assertions state exactly this.
+
+# %%
+for run in ABLATION["LSA only"]:
+    assert run["change"] == 0.0  # trained or not, the cue is out of reach
+    assert run["pair_obj"] <= 0.5  # right on at most one of each image and its swapped twin
+for name in ("SVT (LSA + GSA)", "PCPVT (GSA)"):
+    assert all(run["change"] > 0.0 for run in ABLATION[name]), name
+assert MEDIAN["LSA only"]["obj"] < 0.6 and MEDIAN["LSA only"]["miou"] < 0.6
+for name in MODELS:
+    assert MEDIAN[name]["miou"] > 0.4, name  # every model segments the objects from the background
+    assert abs(MEDIAN[name]["obj"] - 0.5) < 0.1, name  # and, in this budget, none reads the cue
+
+# %%
+TOTAL = time.perf_counter() - T_START
+print(f"notebook ran in {TOTAL:.0f} s (shapes {SHAPES_SECONDS:.0f} s, ablation {ABLATION_SECONDS:.0f} s)")
+if BLAS_LIMIT is not None:
+    BLAS_LIMIT.restore_original_limits()
+
+# %% [markdown]
+# ## Summary
+#
+# - A Twins backbone gives four maps at strides 4, 8, 16 and 32
+#   (`create_model(..., features_only=True)`, `feature_info`, `forward_intermediates`).
+# - The Semantic FPN head is a handful of 1x1 and 3x3 convs, a nearest top-down path,
+#   bilinear upsamplings and a sum; run by hand it gives `Segmenter.forward` bit for bit.
+# - twins-np's backward measures how far an output pixel sees. LSA alone sees its window
+#   plus what the head's convs add (37 pixels here); one GSA makes the field global; so do
+#   the PEGs (in a few stages) and, weakly, the head's GroupNorm.
+# - Short training runs already segment *shapes* from their background; mIoU, not pixel
+#   accuracy, shows how far from done they are.
+# - On the dense long-range set an LSA-only segmenter is provably at chance on the object
+#   pixels; global attention removes that limit, but learning to use it needs a longer run
+#   than this notebook's.
+#
+# ## Exercises
+#
+# 1. Train the *shapes* model for 40 epochs, or use `create_segmenter("twins_svt_teach64_fpn",
+#    num_classes=4)`. When do discs and triangles get an IoU of their own?
+# 2. Compute the reach of the LSA-only segmenter by hand: its window, then each 3x3 conv,
+#    upsampling and resize of the head. Do you get the measured 37 pixels?
+# 3. Put the PEGs back (`tiny_segmenter("lsa", peg=True)`), measure the reach on a
+#    $128 \times 128$ image, and choose `gap` and `image_size` so that the LSA-only model is
+#    again out of reach of the cue. Check it with `object_change`.
+# 4. Give the SVT model a longer run on the long-range set (more images, 20 or more
+#    epochs), or a curriculum: first `gap=0` (the cue next to the object, where LSA can
+#    learn what a plus and a cross are), then `gap=40`. When does its object-pixel accuracy
+#    leave 50 %, and does the LSA-only model follow?
+# 5. Train with the GroupNorm head (`norm="gn"`) and the LSA-only backbone. Swap the cues:
+#    do the object logits now move? Can a model learn to use that path?
