@@ -296,21 +296,25 @@ for name in VARIANTS:
 print(f"({time.perf_counter() - t0:.1f} s)")
 
 # %%
-CENTRE = 29  # an output pixel in the middle of a window row/column, away from the borders
-fig, axes = plt.subplots(1, len(ERF), figsize=(16, 3.6))
+CORNER = 10  # an output pixel near the top-left corner, so that a finite reach ends inside the image
+cmap = plt.get_cmap("magma").copy()
+cmap.set_bad("white")  # exactly zero gradient: no path from that input pixel
+fig, axes = plt.subplots(1, len(ERF), figsize=(16, 3.9))
 for ax, (name, (sup, mag)) in zip(axes, ERF.items()):
-    m = np.where(sup[CENTRE], mag[CENTRE], np.nan)
-    ax.imshow(np.log10(m), cmap="magma")
-    ax.plot(CENTRE, CENTRE, "c+", ms=10)
+    m = np.where(sup[CORNER], mag[CORNER], np.nan)
+    ax.imshow(np.log10(m), cmap=cmap)
+    ax.plot(CORNER, CORNER, "c+", ms=10)
     for b in range(16, 64, 16):
-        ax.axhline(b - 0.5, color="white", lw=0.5, alpha=0.5)
-        ax.axvline(b - 0.5, color="white", lw=0.5, alpha=0.5)
+        ax.axhline(b - 0.5, color="gray", lw=0.5, alpha=0.7)
+        ax.axvline(b - 0.5, color="gray", lw=0.5, alpha=0.7)
     ax.set_title(f"{name}\nreach {REACH[name]} px", fontsize=9)
     ax.set_xticks([])
     ax.set_yticks([])
-fig.suptitle("log10 of the gradient magnitude for output pixel + (black: exactly zero; white lines: 16-px windows)")
-fig.tight_layout()
+fig.suptitle("log10 |gradient| for the output pixel + (white: exactly zero; grey lines: the 16-pixel windows)")
+fig.tight_layout(rect=(0, 0, 1, 0.93))
 plt.show()
+# the LSA-only field of this pixel ends inside the image; the others cover it
+assert not ERF["LSA only"][0][CORNER].all() and ERF["SVT (LSA + GSA)"][0][CORNER].all()
 
 # %% [markdown]
 # What the measurements say (asserted below):
