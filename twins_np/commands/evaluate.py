@@ -53,7 +53,6 @@ def run(args: argparse.Namespace) -> int:
     from ..io import load_arrays
     from ..models import create_model
     from ..training import (
-        atomic_write,
         blas_threads,
         confusion_matrix,
         evaluate_model,
@@ -144,7 +143,16 @@ def run(args: argparse.Namespace) -> int:
         "per_class_accuracy": {c: (None if np.isnan(a) else float(a)) for c, a in zip(data.classes, per_class)},
         "confusion_matrix": cm.tolist(),
     }
-    js = out / f"evaluation_{args.split}.json"
+    js = _write_report(out, args.split, report)
+    print(f"\nwrote {png} and {js}")
+    return 0
+
+
+def _write_report(out: Path, split: str, report: dict[str, Any]) -> Path:
+    """Write ``out/evaluation_<split>.json`` atomically; returns its path."""
+    from ..training import atomic_write, writing_into
+
+    js = out / f"evaluation_{split}.json"
     text = json.dumps(report, indent=1) + "\n"
 
     def write_json(f: IO[bytes]) -> None:
@@ -152,8 +160,7 @@ def run(args: argparse.Namespace) -> int:
 
     with writing_into(out):
         atomic_write(js, write_json)
-    print(f"\nwrote {png} and {js}")
-    return 0
+    return js
 
 
 def format_iou_table(scores: dict[str, Any], classes: list[str]) -> str:
@@ -195,7 +202,7 @@ def _evaluate_segmenter(
     import numpy as np
 
     from ..io import load_arrays
-    from ..training import TrainConfig, atomic_write, blas_threads, writing_into
+    from ..training import TrainConfig, blas_threads, writing_into
     from ..training.tasks import TASKS, evaluate_segmenter, load_split
     from ._common import CommandError, reading_data
 
@@ -270,13 +277,6 @@ def _evaluate_segmenter(
         "area_pred": scores["area_pred"].tolist(),
         "area_label": scores["area_label"].tolist(),
     }
-    js = out / f"evaluation_{args.split}.json"
-    text = json.dumps(report, indent=1) + "\n"
-
-    def write_json(f: IO[bytes]) -> None:
-        f.write(text.encode("utf-8"))
-
-    with writing_into(out):
-        atomic_write(js, write_json)
+    js = _write_report(out, args.split, report)
     print(f"\nwrote {out / f'class_iou_{args.split}.png'}, {out / f'overlays_{args.split}.png'} and {js}")
     return 0

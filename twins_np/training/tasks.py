@@ -166,6 +166,19 @@ def load_split(config: TrainConfig, split: str) -> Dataset:
     return data
 
 
+def _logits(model: Any, x: Any, start: int, check_finite: bool) -> Any:
+    """The model's logits for the batch of images starting at ``start``; with ``check_finite``,
+    a FloatingPointError naming the images when a logit is NaN or infinite."""
+    # overflow warnings are silenced when checked: the non-finite logits are reported in one message
+    with np.errstate(over="ignore", invalid="ignore") if check_finite else contextlib.nullcontext():
+        logits = model(x)
+    if check_finite and not bool(model.xp.isfinite(logits).all()):
+        bad = int((~model.xp.isfinite(logits)).sum())
+        last = start + int(x.shape[0]) - 1
+        raise FloatingPointError(f"the logits of images {start}-{last} hold {bad} NaN or infinite value(s)")
+    return logits
+
+
 def evaluate_model(
     model: Any, dataset: Dataset, batch_size: int, device: str, label_smoothing: float = 0.0, check_finite: bool = False
 ) -> EvalResult:
@@ -188,15 +201,11 @@ def evaluate_model(
     for start in range(0, n, batch_size):
         x = to_device(dataset.images[start : start + batch_size], device)
         y = to_device(dataset.labels[start : start + batch_size], device)
-        # overflow warnings are silenced when checked: the non-finite logits are reported below, in one message
-        with np.errstate(over="ignore", invalid="ignore") if check_finite else contextlib.nullcontext():
-            logits = model(x)
-        if check_finite and not bool(model.xp.isfinite(logits).all()):
-            bad = int((~model.xp.isfinite(logits)).sum())
+        try:
+            logits = _logits(model, x, start, check_finite)
+        except FloatingPointError:
             model.train(was_training)
-            raise FloatingPointError(
-                f"the logits of images {start}-{start + int(y.shape[0]) - 1} hold {bad} NaN or infinite value(s)"
-            )
+            raise
         loss, _ = F.cross_entropy_forward(logits, y, label_smoothing)
         loss_sum += loss * int(y.shape[0])
         preds[start : start + len(y)] = asnumpy(logits.argmax(axis=1))
@@ -243,13 +252,7 @@ def evaluate_segmenter(
         for start in range(0, n, batch_size):
             x = to_device(dataset.images[start : start + batch_size], device)
             y = to_device(dataset.labels[start : start + batch_size], device)
-            with np.errstate(over="ignore", invalid="ignore") if check_finite else contextlib.nullcontext():
-                logits = model(x)
-            if check_finite and not bool(model.xp.isfinite(logits).all()):
-                bad = int((~model.xp.isfinite(logits)).sum())
-                raise FloatingPointError(
-                    f"the logits of images {start}-{start + int(y.shape[0]) - 1} hold {bad} NaN or infinite value(s)"
-                )
+            logits = _logits(model, x, start, check_finite)
             pixels = int((y != ignore).sum())
             if pixels:  # a batch whose every pixel is ignored adds nothing (and has no mean)
                 loss, _ = F.pixel_cross_entropy_forward(logits, y, ignore, label_smoothing)
