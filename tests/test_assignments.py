@@ -175,7 +175,7 @@ def test_handout_and_pytest_config(student):
 
 def test_stub_todo_lines_say_what_to_do(student):
     out, _ = student
-    functional = ("activation", "mlp", "layernorm")
+    functional = ("activation", "mlp", "layernorm", "norm2d", "resize")
     files = (*(f"twins_np/functional/{m}.py" for m in functional), "twins_np/optim.py")
     todo = {rel: re.findall(r"# TODO\((\w+)\): (.*)", (out / rel).read_text()) for rel in files}
     in_place = "write the result into `out` in place (nothing to return)"
@@ -186,6 +186,12 @@ def test_stub_todo_lines_say_what_to_do(student):
         ("layernorm_backward", in_place),
     ]
     assert todo["twins_np/optim.py"] == [("adamw_step", "update p.data, m, v in place (nothing to return)")]
+    assert todo["twins_np/functional/norm2d.py"] == [
+        ("group_norm_backward", "compute and return dx"),
+        ("group_norm_backward", "compute and return dgamma, dbeta"),
+        ("group_norm_backward", "compute and return dx, dgamma, dbeta"),
+    ]
+    assert todo["twins_np/functional/resize.py"] == [("bilinear_resize_backward", "compute and return dx")]
 
 
 def test_pytest_in_the_copy_tests_the_copys_own_code(student):

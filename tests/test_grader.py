@@ -238,3 +238,31 @@ def test_student_status_and_submit(course, tmp_path):
         timeout=120,
     )
     assert r.returncode == 2 and "mlp.py missing" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_the_dense_head_tasks_grade_zero_untouched_and_full_with_the_reference(tmp_path):
+    """group_norm_backward and bilinear_resize_backward (issue 13's layers), built and graded as
+    the others: an untouched copy scores 0, the reference full marks, a GroupNorm backward
+    without the variance path only part of them."""
+    tasks = ["group_norm_backward", "bilinear_resize_backward"]
+    norm2d, resize = "twins_np/functional/norm2d.py", "twins_np/functional/resize.py"
+    build(tmp_path / "student", root=ROOT, tasks=tasks, manifest=tmp_path / "manifest.json")
+    manifest = grader.load_manifest(tmp_path / "manifest.json")
+    for task in tasks:  # enough tests that reach the region, gradient checks and torch-free references among them
+        tests = manifest["tasks"][task]["tests"]
+        assert len(tests) >= 20 and any("gradcheck" in t for t in tests), tests
+        assert any("invariances" in t or "adjoint" in t for t in tests), tests
+    res = by_task(grader.grade(tmp_path / "student", manifest))
+    assert {t: r.score for t, r in res.items()} == {t: 0.0 for t in tasks}
+    ref = tmp_path / "ref"
+    (ref / "twins_np/functional").mkdir(parents=True)
+    for rel in (norm2d, resize):
+        shutil.copyfile(ROOT / rel, ref / rel)
+    res = by_task(grader.grade(ref, manifest))
+    assert all(r.score == r.points == 10.0 and r.status == "ok" for r in res.values()), res
+    text = (ROOT / norm2d).read_text()
+    assert text.count("    dx -= xhat * m2\n") == 1
+    (ref / norm2d).write_text(text.replace("    dx -= xhat * m2\n", ""))  # the path through var forgotten
+    res = by_task(grader.grade(ref, manifest))
+    assert 0.0 < res["group_norm_backward"].score < 10.0 and res["bilinear_resize_backward"].score == 10.0
+    assert any("invariances" in f["test"] for f in res["group_norm_backward"].failed)

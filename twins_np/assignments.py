@@ -88,6 +88,18 @@ TASKS: dict[str, Task] = {
         "one AdamW update with decoupled weight decay", "twins_np/optim.py",
         ("tests/test_optim.py::adamw",),
     ),
+    # the dense head's layers; BatchNorm's backward shares GroupNorm's two helpers, so its tests grade them too
+    "group_norm_backward": Task(
+        "GroupNorm backward (three-term dx per image and group, dgamma, dbeta)", "docs/derivations/norm2d.md",
+        ("tests/functional/test_f_norm2d.py", "tests/nn/test_nn_dense.py::norm",
+         "tests/test_gradcheck_suite.py::GroupNorm", "tests/test_gradcheck_suite.py::BatchNorm"),
+    ),
+    # resize_backward is shared by bilinear and nearest resizing: only the matrices differ
+    "bilinear_resize_backward": Task(
+        "bilinear (and nearest) resize backward: the transposed interpolation matrices", "docs/derivations/resize.md",
+        ("tests/functional/test_f_resize.py", "tests/nn/test_nn_resize.py",
+         "tests/test_gradcheck_suite.py::resize"),
+    ),
 }  # fmt: skip
 
 # Notebook exercises: solutions in the instructor's jupytext sources, stripped in the copy;

@@ -89,6 +89,33 @@ def test_group_norm_is_per_image():
     np.testing.assert_array_equal(out2[0], out[0])
 
 
+def _invariance_errors(dx, x, axes):
+    """Relative sizes of sum_S dx and sum_S dx * x over each set S (the axes): both vanish when the
+    output does not change as a constant is added to a set or (eps = 0) the set is scaled."""
+    shift = np.abs(dx.sum(axis=axes)).max() / np.abs(dx).sum(axis=axes).max()
+    scale = np.abs((dx * x).sum(axis=axes)).max() / np.abs(dx * x).sum(axis=axes).max()
+    return shift, scale
+
+
+@pytest.mark.parametrize("shape,G", GN_CASES)
+def test_group_norm_backward_respects_the_invariances(shape, G):
+    """A check of the backward without a reference gradient. GroupNorm's output (eps = 0) does
+    not change when a constant is added to one image's group, or the group is scaled: so dx sums
+    to zero over each group and is orthogonal to x there. And d beta_c, d gamma_c are sums of
+    dout, dout * xhat over the channel (xhat read back from the output)."""
+    x, g, b = norm_args(18, shape)
+    B, C = shape[0], shape[-1]
+    out, cache = F.group_norm_forward(x, g, b, G, 0.0)
+    dout = np.random.default_rng(19).standard_normal(out.shape)
+    dx, dg, db = F.group_norm_backward(dout, cache)
+    assert dx.shape == x.shape and dg.shape == db.shape == (C,)
+    grouped = (B, -1, G, C // G)
+    assert max(_invariance_errors(dx.reshape(grouped), x.reshape(grouped), (1, 3))) < 1e-13
+    assert np.abs(dx).max() > 0.1  # not trivially zero
+    assert rel_err(db, dout.reshape(-1, C).sum(axis=0)) < 1e-14
+    assert rel_err(dg, (dout * (out - b) / g).reshape(-1, C).sum(axis=0)) < 1e-12
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_group_norm_dtype_preserved(xp, dtype):
     x, g, b = (xp.asarray(a.astype(dtype)) for a in norm_args(5, (2, 7, 5, 9)))
@@ -187,6 +214,20 @@ def test_batch_norm_gradcheck(xp, shape, training):
 
     rows = check_backward(fwd, F.batch_norm_backward, list(norm_args(12, shape)), names=["x", "gamma", "beta"], device=device)
     assert max(r.max_rel_err for r in rows) < TOLERANCES["gradcheck_rel"]
+
+
+@pytest.mark.parametrize("shape", BN_SHAPES)
+def test_batch_norm_train_backward_respects_the_invariances(shape):
+    """As for GroupNorm, with S = one channel over the batch and the map."""
+    x, g, b = norm_args(20, shape)
+    C = shape[-1]
+    out, cache = F.batch_norm_forward(x, g, b, None, None, True, 0.1, 0.0)
+    dout = np.random.default_rng(21).standard_normal(out.shape)
+    dx, dg, db = F.batch_norm_backward(dout, cache)
+    assert max(_invariance_errors(dx.reshape(-1, C), x.reshape(-1, C), (0,))) < 1e-13
+    assert np.abs(dx).max() > 0.1
+    assert rel_err(db, dout.reshape(-1, C).sum(axis=0)) < 1e-14
+    assert rel_err(dg, (dout * (out - b) / g).reshape(-1, C).sum(axis=0)) < 1e-12
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -77,6 +77,23 @@ def test_gradcheck(xp, hw, size, mode):
     assert rows[0].max_rel_err < TOLERANCES["gradcheck_rel"]
 
 
+@pytest.mark.parametrize(("hw", "size"), SIZES, ids=SIZE_IDS)
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+def test_backward_is_the_adjoint_of_the_forward(xp, hw, size, mode):
+    """A check of the backward without a reference gradient: resizing is linear, so
+    <forward(x), d> = <x, backward(d)> for every x and d; at every size of SIZES (up, down,
+    identity, 1-pixel maps)."""
+    r = np.random.default_rng(11)
+    x, d = r.standard_normal((2, *hw, 3)), r.standard_normal((2, *size, 3))
+    fwd = F.bilinear_resize_forward if mode == "bilinear" else F.nearest_resize_forward
+    out, cache = fwd(xp.asarray(x), size)
+    dx = asnumpy(F.resize_backward(xp.asarray(d), cache))
+    assert dx.shape == x.shape
+    lhs, rhs = np.vdot(asnumpy(out), d), np.vdot(x, dx)
+    assert abs(lhs - rhs) < 1e-13 * np.abs(x).sum() * np.abs(d).sum()
+    assert np.abs(dx).max() > 0.1  # not trivially zero
+
+
 def test_gradcheck_upsample2x(xp):
     rows = check_backward(
         F.nearest_upsample2x_forward,

@@ -12,7 +12,7 @@ import json
 import pathlib
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 
@@ -69,11 +69,17 @@ def _clean_exit(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.
     return wrapper
 
 
+def _width(tasks: Iterable[str]) -> int:
+    """The task column's width: the longest task id and a space (at least 20, as before)."""
+    return max([20, *(len(t) + 1 for t in tasks)])
+
+
 def run_list(args: argparse.Namespace) -> int:
     from ..assignments import TASKS
 
+    w = _width(TASKS)
     for name, task in TASKS.items():
-        print(f"{name:<20} {task.points:>4g} pts  {task.title}  ({task.doc})")
+        print(f"{name:<{w}} {task.points:>4g} pts  {task.title}  ({task.doc})")
     return 0
 
 
@@ -83,8 +89,9 @@ def run_build(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     where = build(args.out_dir, tasks=args.tasks, manifest=args.manifest, config=args.config)
+    w = _width(where)
     for task, files in where.items():
-        print(f"{task:<20} stripped in {', '.join(files) if files else '(no region found)'}")
+        print(f"{task:<{w}} stripped in {', '.join(files) if files else '(no region found)'}")
     print(f"student copy written to {args.out_dir} (its STUDENT.md is the handout)")
     print(f"grading manifest: {args.manifest or default_manifest()} ({time.perf_counter() - t0:.0f} s)")
     return 0
@@ -106,16 +113,17 @@ def run_grade(args: argparse.Namespace) -> int:
         raise
     seconds = time.perf_counter() - t0
     summary = grader.summary(results)
-    print(f"{'task':<20}{'passed':>8}{'tests':>7}{'points':>14}  status")
+    w = _width(r.task for r in results)
+    print(f"{'task':<{w}}{'passed':>8}{'tests':>7}{'points':>14}  status")
     for r in results:
         print(
-            f"{r.task:<20}{r.passed:>8}{r.total:>7}{r.score:>8.2f} / {r.points:<4g}  {r.status}"
+            f"{r.task:<{w}}{r.passed:>8}{r.total:>7}{r.score:>8.2f} / {r.points:<4g}  {r.status}"
             + (f": {r.error}" if r.error else "")
         )
         for f in r.failed:
             print(f"    FAILED {f['test']}: {f['reason']}")
     print(
-        f"{'total':<20}{'':>15}{summary['score']:>8.2f} / {summary['max_score']:<4g}"
+        f"{'total':<{w}}{'':>15}{summary['score']:>8.2f} / {summary['max_score']:<4g}"
         f"  ({summary['percent']:.0f} %, {seconds:.0f} s)"
     )
     if args.json:
@@ -146,10 +154,11 @@ def run_status(args: argparse.Namespace) -> int:
     from ..assignments import status
 
     res = status(args.dir)
-    print(f"{'task':<20}{'passed':>8}{'tests':>7}")
+    w = _width(res)
+    print(f"{'task':<{w}}{'passed':>8}{'tests':>7}")
     for task, r in res.items():
         mark = "done" if r["passed"] == r["total"] and r["total"] else "todo"
-        print(f"{task:<20}{r['passed']:>8}{r['total']:>7}  {mark}")
+        print(f"{task:<{w}}{r['passed']:>8}{r['total']:>7}  {mark}")
     return 0 if all(r["passed"] == r["total"] for r in res.values()) else 1
 
 

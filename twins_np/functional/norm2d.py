@@ -48,18 +48,24 @@ def _normalized_backward(dxhat: Any, xhat: Any, inv_std: Any, axes: tuple[int, .
     dx = inv_std * (dxhat - mean_S(dxhat) - xhat * mean_S(dxhat * xhat)): the two means
     are the gradient flowing through mu and through var.
     """
+    # BEGIN SOLUTION group_norm_backward
     m1 = dxhat.mean(axis=axes, keepdims=True)
     m2 = (dxhat * xhat).mean(axis=axes, keepdims=True)
     dx = dxhat - m1
     dx -= xhat * m2
     dx *= inv_std
     return dx
+    # END SOLUTION
 
 
 def _param_grads(dout: Any, xhat: Any, C: int) -> tuple[Any, Any]:
     """(dgamma, dbeta): sums over every axis but the channel axis."""
+    # BEGIN SOLUTION group_norm_backward
     d2 = dout.reshape(-1, C)
-    return (d2 * xhat.reshape(-1, C)).sum(axis=0), d2.sum(axis=0)
+    dgamma = (d2 * xhat.reshape(-1, C)).sum(axis=0)
+    dbeta = d2.sum(axis=0)
+    return dgamma, dbeta
+    # END SOLUTION
 
 
 # --- GroupNorm ---------------------------------------------------------------------------
@@ -126,11 +132,13 @@ def group_norm_backward(dout: Any, cache: GroupNormCache) -> tuple[Any, Any, Any
     if tuple(dout.shape) != tuple(xhat.shape):
         raise ValueError(f"group_norm_backward: dout must have the forward's shape {tuple(xhat.shape)}, got {tuple(dout.shape)}")
     B, C = xhat.shape[0], xhat.shape[-1]
+    # BEGIN SOLUTION group_norm_backward
     dgamma, dbeta = _param_grads(dout, xhat, C)
     dxhat = dout * gamma if gamma is not None else dout
-    shape = (B, -1, G, C // G)
-    dx = _normalized_backward(dxhat.reshape(shape), xhat.reshape(shape), inv_std, (1, 3))
-    return dx.reshape(xhat.shape), dgamma, dbeta
+    grouped = (B, -1, G, C // G)  # S = axes 1 and 3 of this view: one image's group
+    dx = _normalized_backward(dxhat.reshape(grouped), xhat.reshape(grouped), inv_std, (1, 3)).reshape(xhat.shape)
+    return dx, dgamma, dbeta
+    # END SOLUTION
 
 
 # --- BatchNorm ---------------------------------------------------------------------------

@@ -132,9 +132,11 @@ def resize_backward(dout: Any, cache: ResizeCache) -> Any:
     a_h, a_w = cache
     B, Ho, Wo, C = dout.shape
     H, W = a_h.shape[1], a_w.shape[1]
+    # BEGIN SOLUTION bilinear_resize_backward
     dy = a_w.T @ dout.reshape(B * Ho, Wo, C)  # (W, Wo) @ (B*Ho, Wo, C) -> (B*Ho, W, C)
-    dx = a_h.T @ dy.reshape(B, Ho, W * C)  # (H, Ho) @ (B, Ho, W*C) -> (B, H, W*C)
-    return dx.reshape(B, H, W, C)
+    dx = (a_h.T @ dy.reshape(B, Ho, W * C)).reshape(B, H, W, C)  # (H, Ho) @ (B, Ho, W*C) -> (B, H, W*C)
+    return dx
+    # END SOLUTION
 
 
 def bilinear_resize_forward(x: Any, size: Any = None, scale_factor: Any = None) -> tuple[Any, ResizeCache]:
