@@ -83,7 +83,8 @@ def test_long_range_dense_geometry(gap):
     assert a.images.shape == (64, 1, 64, 64) and a.labels.shape == (64, 64, 64)
     assert set(np.unique(a.labels)) == {0, 1, 2, IGNORE_INDEX}
     for cue, obj, lab, _ in _cue_and_object(a.labels, a.images):
-        assert len(cue) == 9 and len(obj) > 0
+        assert len(cue) == CUES[0].size and len(obj) > 0  # the whole 6 x 6 cue is ignored
+        assert np.ptp(cue, axis=0).tolist() == [CUES.shape[1] - 1, CUES.shape[2] - 1]  # one square box
         assert len(np.unique(lab[(lab == 1) | (lab == 2)])) == 1  # one class per object
         # along one axis, every object pixel is more than `gap` pixels from every cue pixel
         apart = [np.abs(obj[:, None, ax] - cue[None, :, ax]).min() for ax in (0, 1)]
@@ -91,20 +92,25 @@ def test_long_range_dense_geometry(gap):
 
 
 def test_long_range_dense_class_is_the_cue():
-    """Object class 1 iff the cue is a plus; the cue kinds are exactly balanced."""
+    """Object class 1 iff the cue is bright; the cue kinds are exactly balanced."""
     a = make_long_range_dense(40, seed=0, noise=0.0)
     kinds = []
     for cue, obj, lab, img in _cue_and_object(a.labels, a.images):
         r0, c0 = cue.min(axis=0)
         r1, c1 = cue.max(axis=0)
-        patch = (img[0, r0 : r1 + 1, c0 : c1 + 1] > 0.5).astype(np.float32)
-        # the 5 x 5 patch seen in any of the four orientations equals one of the two cues
-        kind = [k for k in (0, 1) if any(np.array_equal(patch, np.rot90(CUES[k], r)) for r in range(4))]
+        patch = img[0, r0 : r1 + 1, c0 : c1 + 1]
+        # the ignored box is exactly one of the two cues (a constant +1 or -1 square)
+        kind = [k for k in (0, 1) if np.array_equal(patch, CUES[k])]
         assert len(kind) == 1
         assert lab[tuple(obj[0])] == kind[0] + 1
+        # nothing else in the noise-free image is dark; the only other bright pixels are the object's
+        rest = img[0].copy()
+        rest[r0 : r1 + 1, c0 : c1 + 1] = 0.0
+        assert np.array_equal(np.argwhere(rest != 0.0), obj) and (rest[rest != 0.0] == 1.0).all()
         kinds.append(kind[0])
     assert sum(kinds) == 20
-    assert LONG_RANGE_DENSE_CLASSES[1].endswith("plus")
+    assert "bright" in LONG_RANGE_DENSE_CLASSES[1] and "dark" in LONG_RANGE_DENSE_CLASSES[2]
+    assert CUES.shape == (2, 6, 6) and (CUES[0] == 1.0).all() and (CUES[1] == -1.0).all()
 
 
 def test_long_range_dense_object_is_independent_of_the_cue():

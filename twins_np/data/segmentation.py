@@ -34,6 +34,7 @@ __all__ = [
     "IGNORE_INDEX",
     "SHAPE_CLASSES",
     "LONG_RANGE_DENSE_CLASSES",
+    "CUES",
     "SegmentationArrays",
     "make_shapes",
     "load_shapes",
@@ -44,7 +45,7 @@ __all__ = [
 
 IGNORE_INDEX = 255
 SHAPE_CLASSES = ["background", "square", "disc", "triangle"]
-LONG_RANGE_DENSE_CLASSES = ["background", "object, cue plus", "object, cue cross"]
+LONG_RANGE_DENSE_CLASSES = ["background", "object, bright cue", "object, dark cue"]
 _SPLIT_STREAM = {"train": 0, "test": 1}
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -192,10 +193,10 @@ def load_shapes(
     return Dataset(arrays.images, arrays.labels, list(SHAPE_CLASSES), "shapes", ignore_index=IGNORE_INDEX)
 
 
-# The two cue marks (0: plus, 1: cross), 5 x 5 with 9 lit pixels each: equal brightness.
-CUES = np.zeros((2, 5, 5), dtype=np.float32)
-CUES[0, 2, :] = CUES[0, :, 2] = 1.0
-CUES[1][np.eye(5, dtype=bool) | np.eye(5, dtype=bool)[::-1]] = 1.0
+# The two cues (0: bright, 1: dark), 6 x 6 contrast patches of amplitude 1: the kind is the
+# patch's sign, so the mean over the patch (or over the whole band) already tells it.
+CUE_SIZE = 6
+CUES = np.stack([np.ones((CUE_SIZE, CUE_SIZE)), -np.ones((CUE_SIZE, CUE_SIZE))]).astype(np.float32)
 
 
 def make_long_range_dense(
@@ -204,17 +205,22 @@ def make_long_range_dense(
     seed: int | Sequence[int] = 0,
     gap: int = 28,
     noise: float = 0.3,
+    cue_length: int = 6,
 ) -> SegmentationArrays:
     """Draw ``n`` images of the dense long-range set, deterministically from ``seed``.
 
     **The task.** Each 1-channel image is Gaussian noise (std ``noise``) with two things
-    of amplitude 1: a **cue**, a 5 x 5 "plus" or "cross" (9 lit pixels each), inside the
+    of amplitude 1: a **cue**, a 6 x 6 contrast patch, bright (+1) or dark (-1), inside the
     8-pixel band along one edge (which edge of the four is a fair draw), and one
-    **object**, a filled square or disc (shape and size, 4 to 8 pixels half side, drawn
-    independently of everything else) on the opposite side. Every object pixel is labelled
-    with the cue: class 1 for a plus, class 2 for a cross (``LONG_RANGE_DENSE_CLASSES``); the
-    rest is background (class 0), except the cue's lit pixels, which are ignored (255): the
-    cue is a hint, not a target. The cue kind is a fair coin, independent of the object.
+    **object**, a bright (+1) filled square or disc (shape and size, 4 to 8 pixels half
+    side, drawn independently of everything else) on the opposite side. Every object pixel
+    is labelled with the cue: class 1 for a bright cue, class 2 for a dark one
+    (``LONG_RANGE_DENSE_CLASSES``); the rest is background (class 0), except the cue's 36
+    pixels, which are ignored (255): the cue is a hint, not a target. The cue kind is a
+    fair coin (exactly balanced over the set), independent of the object. The kind is the
+    patch's sign, so it survives any averaging over the band: a global summary of the
+    image (the mean of the band, a sub-sampled GSA key) carries it, which makes it easy to
+    read for a model that can see it at all.
 
     **The distance.** Along the axis that separates them, every object pixel lies at least
     ``gap`` pixels beyond the cue band's last pixel, so every object pixel is more than
@@ -228,8 +234,10 @@ def make_long_range_dense(
     ``gap``, the model's output at an object pixel is a function of pixels that are
     independent of the cue kind. It can therefore find the object (object against
     background is plain to see, amplitude 1 against noise 0.3) and segment it exactly, but
-    it cannot tell class 1 from class 2: its expected accuracy on object pixels is at most
-    50 %, whatever it learned. A model whose reach exceeds ``gap`` (global sub-sampled
+    it cannot tell class 1 from class 2: on an image and its twin with the cue's sign
+    flipped (same place, same noise) it predicts the same classes at the object pixels,
+    while the labels differ, so it is right on at most half of the pair's object pixels
+    and its expected accuracy on object pixels is at most 50 %, whatever it learned. A model whose reach exceeds ``gap`` (global sub-sampled
     attention, a stage whose window covers the whole map) can read the cue and be right
     everywhere.
 
@@ -244,7 +252,7 @@ def make_long_range_dense(
     ``image_size``) for a model with a longer reach.
 
     Args:
-        n: number of images (the cue kinds are exactly balanced: ``n // 2`` crosses).
+        n: number of images (the cue kinds are exactly balanced: ``n // 2`` dark cues).
         image_size: S; needs ``8 + gap + 16 <= S`` (band, gap, the largest object).
         seed: seed of every draw.
         gap: minimum distance in pixels, along the separating axis, between the cue band
@@ -274,20 +282,22 @@ def make_long_range_dense(
     half = rng.integers(4, largest // 2 + 1, size=n)  # half side / radius in pixels
 
     # Work in a frame where the cue band is the top rows, then rotate each image.
-    cue_row = rng.integers(0, band - 5 + 1, size=n)
-    cue_col = rng.integers(0, s - 5 + 1, size=n)
+    cue_row = rng.integers(0, band - CUE_SIZE + 1, size=n)
+    cue_col = rng.integers(0, s - cue_length + 1, size=n)
     first_row = band + gap  # every object pixel row >= this
     cy = first_row + half + rng.uniform(0.0, 1.0, size=n) * (s - first_row - 2 * half)
     cx = half + rng.uniform(0.0, 1.0, size=n) * (s - 2 * half)
     # An object pixel's centre is within half of (cy, cx); its row is >= floor(cy - half) >= first_row.
     obj = _shape_masks(np.where(shape == 0, 0, 1), cy, cx, half.astype(np.float64), s)
     marks = np.zeros((n, s, s), dtype=np.float32)
-    rows = (cue_row[:, None] + np.arange(5))[:, :, None]
-    cols = (cue_col[:, None] + np.arange(5))[:, None, :]
-    marks[np.arange(n)[:, None, None], rows, cols] = CUES[cue]
+    in_cue = np.zeros((n, s, s), dtype=bool)
+    rows = (cue_row[:, None] + np.arange(CUE_SIZE))[:, :, None]
+    cols = (cue_col[:, None] + np.arange(cue_length))[:, None, :]
+    marks[np.arange(n)[:, None, None], rows, cols] = np.where(cue == 0, 1.0, -1.0)[:, None, None]
+    in_cue[np.arange(n)[:, None, None], rows, cols] = True
     images = noise * rng.standard_normal((n, s, s)) + marks + obj
     labels = np.where(obj, cue[:, None, None] + 1, 0)
-    labels = np.where(marks > 0, IGNORE_INDEX, labels)
+    labels = np.where(in_cue, IGNORE_INDEX, labels)
     # edge 0: top (as built), 1: bottom, 2: left, 3: right
     images = np.stack([_orient(im, e) for im, e in zip(images, edge)]) if n else images
     labels = np.stack([_orient(lb, e) for lb, e in zip(labels, edge)]) if n else labels
