@@ -240,9 +240,9 @@ def make_long_range_dense(
     it cannot tell class 1 from class 2: on an image and its twin with the cue's sign
     flipped (same place, same noise) it predicts the same classes at the object pixels,
     while the labels differ, so it is right on at most half of the pair's object pixels
-    and its expected accuracy on object pixels is at most 50 %, whatever it learned. A model whose reach exceeds ``gap`` (global sub-sampled
-    attention, a stage whose window covers the whole map) can read the cue and be right
-    everywhere.
+    and its expected accuracy on object pixels is at most 50 %, whatever it learned. A
+    model whose reach exceeds ``gap`` (global sub-sampled attention, a stage whose window
+    covers the whole map) can read the cue and be right everywhere.
 
     **The PEG and the head count towards the reach.** Notebook 09 showed that the PEG's
     3 x 3 convolution between two LSA blocks already crosses window borders: each PEG
