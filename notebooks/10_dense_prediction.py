@@ -26,16 +26,17 @@
 # - Measure the **reach** of one output pixel (its effective receptive field) with
 #   twins-np's own backward, for an LSA-only, an SVT (LSA + GSA) and a PCPVT (GSA)
 #   segmenter, and see what the PEG and the head's GroupNorm add to it.
-# - Train a small segmenter on the *shapes* set with AdamW and a cosine schedule, and score
-#   it with mmsegmentation's mIoU (`SegmentationMetrics`).
+# - Train a small segmenter on the *shapes* set with AdamW, a warm-up + cosine schedule
+#   and many small-batch updates, and score it with mmsegmentation's mIoU
+#   (`SegmentationMetrics`).
 # - Replay the paper's Table 8 on the *dense long-range* set, where the class of every object
 #   pixel is decided by a cue further away than an LSA-only model can see.
 #
-# The whole notebook runs in about a minute and a half on two CPU cores (85 s measured with
-# one BLAS thread; a busy machine takes longer). The training runs are small to fit that
-# budget, and each says so: the *shapes* run is short, and the ablation's runs are too short
-# for the global-attention models to learn their task (section 5 says what that does and
-# does not show).
+# The whole notebook runs in about three minutes on two CPU cores (230 s measured with one
+# BLAS thread on a shared, busy machine; 171 s of that was this notebook's own CPU time).
+# The training runs are small to fit that budget, and each says so: *shapes* trains for a
+# minute and a half (section 4), and each of the ablation's nine runs for a few seconds
+# (section 5) — enough for the design's prediction to show, far from the paper's budgets.
 
 # %%
 # %load_ext autoreload
@@ -52,7 +53,7 @@ import twins_np
 from twins_np import analysis, nn
 from twins_np import functional as F
 from twins_np.data import DataLoader, Dataset, load_dataset
-from twins_np.data.segmentation import CUES, LONG_RANGE_DENSE_CLASSES, SHAPE_CLASSES
+from twins_np.data.segmentation import CUE_SIGNS, LONG_RANGE_DENSE_CLASSES, SHAPE_CLASSES
 from twins_np.models.segmentation import FPN, FPNHead, Segmenter, create_segmenter
 from twins_np.optim import AdamW, CosineSchedule, clip_grad_norm, param_groups
 from twins_np.training.segmentation_metrics import SegmentationMetrics
@@ -354,10 +355,16 @@ assert 0.4 < COVER["LSA only"] < 0.6  # about half the image
 # the whole test set, then divided; classes absent from both labels and predictions left
 # out of the mean).
 #
-# To fit the budget we train the small SVT segmenter of section 3 (here *with* its PEGs
-# and a GroupNorm head, the teaching configuration; 3 input channels, 4 classes) on 768
-# images of $64 \times 64$ for 15 epochs, batch 32: a short run. `twins-np train --task
-# segment --data shapes` trains a larger one for longer.
+# What makes a small segmenter learn here is **many small updates**. 91 % of the pixels
+# are background, and "everything is background" is a strong pull: in preparing this
+# notebook (and `twins-np demo --task segment`), runs with batches of 32 called every pixel
+# background for most of their budget. Batches of 4 give eight times as many updates per
+# epoch, and the model leaves that answer in its second epoch. So we train the teaching
+# segmenter `twins_svt_teach64_fpn` (three stages of widths 32, 64 and 128 with PEGs and a
+# GroupNorm FPN head; the model `twins-np demo --task segment` trains) on 2,048 images of
+# $64 \times 64$ for 10 epochs with **batches of 4** — 5,120 updates — at a peak learning
+# rate of 1.5e-3 with a half-epoch warm-up, every pixel in the loss. That takes about two
+# minutes on two cores; the demo trains longer (20 epochs, batches of 8).
 
 
 # %%
@@ -374,7 +381,7 @@ def evaluate_seg(seg, dataset, device=DEVICE, batch_size=128):
     return metrics.compute(), np.concatenate(preds)
 
 
-def fit_seg(seg, train_set, test_set, epochs, lr, batch_size=32, seed=0, keep_background=1.0, device=DEVICE, tag=""):
+def fit_seg(seg, train_set, test_set, epochs, lr, batch_size=8, seed=0, keep_background=1.0, device=DEVICE, tag=""):
     """Train `seg` in place with AdamW + warm-up/cosine + clipping; one dict of metrics per epoch.
 
     keep_background < 1 leaves only that fraction of the background pixels in each batch's
@@ -412,14 +419,14 @@ def fit_seg(seg, train_set, test_set, epochs, lr, batch_size=32, seed=0, keep_ba
 
 
 t0 = time.perf_counter()
-shapes_train = load_dataset("shapes", "train", n=768)
+shapes_train = load_dataset("shapes", "train", n=2048)
 shapes_test = load_dataset("shapes", "test", n=128)
 print(f"shapes: train {shapes_train.images.shape}, test {shapes_test.images.shape}, classes {shapes_train.classes} "
       f"({time.perf_counter() - t0:.1f} s to draw)")  # fmt: skip
-shapes_seg = tiny_segmenter("svt", num_classes=4, in_chans=3, peg=True, norm="gn", seed=0)
+shapes_seg = create_segmenter("twins_svt_teach64_fpn", num_classes=4, seed=0)
 print(f"{analysis.count_params(shapes_seg):,} parameters")
 t0 = time.perf_counter()
-SHAPES = fit_seg(shapes_seg, shapes_train, shapes_test, epochs=15, lr=3e-3, keep_background=0.2, tag="shapes")
+SHAPES = fit_seg(shapes_seg, shapes_train, shapes_test, epochs=10, lr=1.5e-3, batch_size=4, tag="shapes")
 SHAPES_SECONDS = time.perf_counter() - t0
 
 # %%
@@ -449,35 +456,38 @@ fig.tight_layout(rect=(0, 0.05, 1, 0.96))
 plt.show()
 
 # %% [markdown]
-# A short run, and it shows: after about six epochs the model starts to mark the shapes
-# (before that it calls every pixel background, which already scores 91 % pixel accuracy —
-# the reason to read mIoU, not pixel accuracy). After 15 epochs it finds the objects
-# (background IoU about 95 %) and recognises squares, but still calls discs and triangles
-# squares or background: measured here, mIoU 31 % against 22.7 % for "all background". Telling
-# the three shapes apart takes a longer run (exercise 1). The assertions keep a margin below
-# the measured values.
+# In the first epoch the model calls every pixel background, which already scores 91 %
+# pixel accuracy — the reason to read mIoU, not pixel accuracy. From the second epoch on
+# it marks the shapes, and after 10 epochs (5,120 updates) it tells the three apart:
+# measured here, mIoU 75 % (background 98 %, squares 72 %, discs 62 %, triangles 69 %)
+# against 22.7 % for "all background"; two other seeds (1 and 2) gave 69 % and 70 %. Discs are
+# the hardest: at this size a small disc and a small square differ by a few corner pixels.
+# The assertions keep a margin below the lowest seed.
 
 # %%
-assert scores["miou"] > freq[0] / 4 + 0.05  # clearly above the all-background mIoU
-assert scores["iou"][0] > 0.9 and np.nanmax(scores["iou"][1:]) > 0.2
+assert scores["miou"] > 0.6  # far above the all-background mIoU (22.7 %)
+assert scores["iou"][0] > 0.95 and (scores["iou"][1:] > 0.4).all()  # every shape class gets an IoU of its own
 assert SHAPES[-1]["train_loss"] < 0.65 * SHAPES[0]["train_loss"]
 assert scores["miou"] == SHAPES[-1]["miou"]
 assert abs(SHAPES[0]["pixel_accuracy"] - freq[0]) < 0.01  # epoch 1: (almost) everything called background
+assert SHAPES[1]["miou"] > freq[0] / 4 + 0.05  # epoch 2: the shapes are marked
 
 
 # %% [markdown]
 # ## 5. Table 8 in miniature: the dense long-range set
 #
 # `load_dataset("long-range-dense", gap=...)` draws one-channel images of noise with a
-# **cue**, a $5\times5$ "plus" or "cross" in the 8-pixel band along one edge, and one
-# **object**, a square or disc on the opposite side. Every object pixel is labelled with the
-# cue's kind (class 1 plus, class 2 cross); the cue's own pixels are ignored (255). Every
-# object pixel lies more than `gap` pixels from every cue pixel (see the docstring of
-# `make_long_range_dense`).
+# **cue**, a contrast bar $6 \times 32$ pixels, bright (+1) or dark (−1), in the 8-pixel
+# band along one edge, and one **object**, a bright square or disc on the opposite side.
+# Every object pixel is labelled with the cue's kind (class 1 bright, class 2 dark); the
+# cue's own pixels are ignored (255). Every object pixel lies more than `gap` pixels from
+# every cue pixel (see the docstring of `make_long_range_dense`). The cue's kind is its
+# sign, so any average over the bar keeps it: a coarse summary of the band — exactly what
+# a GSA key, a sub-sampled patch of the map, is — carries the class.
 #
 # **What follows from the design.** The LSA-only segmenter's reach, 37 pixels, is less than
 # the gap of 40. So its logits at an object pixel are a function of pixels that do not
-# depend on the cue: if we **swap the cue** (plus ↔ cross, same place, same noise), they
+# depend on the cue: if we **swap the cue** (bright ↔ dark, same place, same noise), they
 # cannot change — not approximately, *exactly*. Then on an image and its swapped twin the
 # model predicts the same class at each object pixel, and the two labels differ: it is right
 # on **at most half** of the object pixels of the pair, whatever its weights. On the test
@@ -487,30 +497,30 @@ assert abs(SHAPES[0]["pixel_accuracy"] - freq[0]) < 0.01  # epoch 1: (almost) ev
 # their logits change when it is swapped, and they *can* be right everywhere.
 
 # %%
-lr_train = load_dataset("long-range-dense", "train", image_size=SIZE, gap=GAP, n=512)
+ABL_IMAGES = 1024
+lr_train = load_dataset("long-range-dense", "train", image_size=SIZE, gap=GAP, n=ABL_IMAGES)
 lr_test = load_dataset("long-range-dense", "test", image_size=SIZE, gap=GAP, n=256)
 
 
 def swap_cues(dataset):
-    """The same images with every cue swapped (plus <-> cross, same place) and the object labels swapped."""
+    """The same images with every cue's sign flipped (bright <-> dark, same place, same noise), object labels swapped."""
     images, labels = dataset.images.copy(), dataset.labels.copy()
     for i in range(len(images)):
-        lit = labels[i] == 255
-        r0, c0 = np.argmax(lit.any(axis=1)), np.argmax(lit.any(axis=0))  # the cue's 5 x 5 box
-        kind = int(labels[i][(labels[i] != 255) & (labels[i] > 0)][0]) - 1
-        images[i, 0, r0 : r0 + 5, c0 : c0 + 5] += CUES[1 - kind] - CUES[kind]  # both marks are symmetric
+        cue = labels[i] == 255  # the cue's pixels, all ignored
+        kind = int(labels[i][(labels[i] == 1) | (labels[i] == 2)][0]) - 1  # 0 bright, 1 dark
+        images[i, 0][cue] += CUE_SIGNS[1 - kind] - CUE_SIGNS[kind]
         labels[i] = np.where((labels[i] == 1) | (labels[i] == 2), 3 - labels[i], labels[i])
-        labels[i, r0 : r0 + 5, c0 : c0 + 5] = np.where(CUES[1 - kind] > 0, 255, 0)  # the new cue's lit pixels
     return Dataset(images, labels, dataset.classes, "long-range-dense, cues swapped", ignore_index=255)
 
 
 lr_swapped = swap_cues(lr_test)
 assert np.allclose(swap_cues(lr_swapped).images, lr_test.images, atol=1e-6)  # swapping twice gives the images back
 assert np.array_equal(swap_cues(lr_swapped).labels, lr_test.labels)
-assert ((lr_swapped.labels == 255).sum(axis=(1, 2)) == 9).all()  # each cue lights 9 pixels
+assert ((lr_swapped.labels == 255).sum(axis=(1, 2)) == 6 * 32).all()  # each cue is a 6 x 32 bar, all ignored
+assert np.array_equal(lr_swapped.labels == 255, lr_test.labels == 255)  # in the same place
 OBJECT = (lr_test.labels == 1) | (lr_test.labels == 2)
 KINDS = lr_test.labels.max(axis=(1, 2), where=lr_test.labels != 255, initial=0)  # the object's class = the cue's kind
-print(f"object pixels: {100 * OBJECT.mean():.1f}% of the test pixels; cues: {np.bincount(KINDS)[1:]} plus / cross")
+print(f"object pixels: {100 * OBJECT.mean():.1f}% of the test pixels; cues: {np.bincount(KINDS)[1:]} bright / dark")
 assert np.array_equal(np.bincount(KINDS)[1:], [128, 128])  # exactly balanced
 assert 0.02 < OBJECT.mean() < 0.05  # about 3 % of the pixels are object pixels
 
@@ -560,11 +570,13 @@ print(f"LSA only has {100 * (1 - PARAMS['LSA only'] / PARAMS['SVT (LSA + GSA)'])
 # **Training.** Object pixels are about 3 % of all pixels: trained on every pixel, a small model
 # first learns to call everything background and stays there for a long time. So the loss
 # keeps only 5 % of the background pixels of each batch (a class-balancing pixel sampler;
-# the evaluation scores every pixel). Each model trains with 3 seeds on 512 images for 3
-# epochs — a budget far below what the paper's models get, chosen to fit this notebook.
+# the evaluation scores every pixel). As on *shapes*, small batches are what make it
+# learn: each model trains with 3 seeds on 1,024 images for 3 epochs in batches of 8 —
+# 384 updates at a peak learning rate of 2e-3 — a budget far below what the paper's models
+# get, chosen to fit this notebook.
 
 # %%
-ABL_EPOCHS, ABL_LR = 3, 3e-3
+ABL_EPOCHS, ABL_LR, ABL_BATCH = 3, 2e-3, 8
 
 
 def object_accuracy(scores):
@@ -578,7 +590,8 @@ for name, attention in MODELS.items():
     ABLATION[name] = []
     for seed in (0, 1, 2):
         seg_ = tiny_segmenter(attention, seed=seed)
-        fit_seg(seg_, lr_train, lr_test, ABL_EPOCHS, ABL_LR, seed=seed, keep_background=0.05, tag=f"{attention} seed {seed}")
+        fit_seg(seg_, lr_train, lr_test, ABL_EPOCHS, ABL_LR, ABL_BATCH, seed=seed, keep_background=0.05,
+                tag=f"{attention} seed {seed}")  # fmt: skip
         test_scores, _ = evaluate_seg(seg_, lr_test)
         swapped_scores, _ = evaluate_seg(seg_, lr_swapped)
         pair = {k: test_scores[k] + swapped_scores[k] for k in ("area_intersect", "area_label")}
@@ -591,27 +604,36 @@ print(f"{'model':16s} {'params':>7s} {'mIoU':>6s} {'object acc':>10s} {'on test 
 for name in MODELS:
     m = MEDIAN[name]
     print(f"{name:16s} {PARAMS[name]:7,d} {100 * m['miou']:5.1f}% {100 * m['obj']:9.1f}% {100 * m['pair_obj']:17.1f}%")
+print("per seed (object accuracy / mIoU):")
+for name, runs in ABLATION.items():
+    print(f"  {name:16s} " + " | ".join(f"{100 * r['obj']:5.1f}% / {100 * r['miou']:5.1f}%" for r in runs))
 print(f"({ABLATION_SECONDS:.0f} s for the 9 runs)")
 
 # %% [markdown]
-# What we measured, and what it shows:
+# What we measured (medians of 3 seeds; the assertions below keep a margin), and what it
+# shows:
 #
 # - The **LSA-only** model is blind to the cue *by construction*: trained or not, swapping
 #   the cue changes none of its object logits (exactly 0), and on the test set plus its
 #   swapped copy it is right on at most 50 % of the object pixels. Its test object-pixel
-#   accuracy is at chance (median 50 %).
-# - The **SVT and PCPVT** models do see the cue — their logits move when it is swapped —
-#   but **in this notebook's budget (48 updates per run) they have not learned to use it**:
-#   their object-pixel accuracy is at chance too (medians about 50 %). All three models find
-#   the objects (mIoU about 45 %, close to the 56 % that a coin-flip class allows).
+#   accuracy is at chance (median 48 %, the three seeds between 47 % and 52 %), and its
+#   mIoU stays below the 56 % a coin-flip class allows (median 49 %): it finds the objects
+#   but cannot name them.
+# - The **SVT and PCPVT** models read the cue from more than 40 pixels away: object-pixel
+#   accuracy 99 % for every seed, and the same on the swapped copy — they follow the cue,
+#   not the object. Their mIoU (median 78 % and 76 %) is far above the LSA-only model's.
+#   What keeps it below 100 % is not the class but background pixels called object: the
+#   pixel sampler makes a background error 20 times cheaper in the loss than an object
+#   error, and the models take the hint.
 #
-# So the run confirms the half of Table 8 that is structural (local attention *cannot*
-# solve it) but not yet the other half (global attention *does*): learning to read a
-# 9-pixel cue from 40 pixels away takes far more updates than fit here. Notebook 09 met
-# the same wall on its classification task and needed a curriculum; we tried two in
-# preparing this notebook (first labelling the cue's own pixels with its kind, and noise-free
-# images), and neither lifted the GSA models above chance within a few hundred updates on a
-# CPU. Exercise 4 is the longer run. The assertions state exactly this.
+# Same data, same updates, same layers but the attention; the budgets differ only by GSA's
+# sub-sampling convs (SVT 19 % more parameters than LSA-only, PCPVT 16 % more than SVT), and
+# SVT and PCPVT score alike: global attention wins exactly where the design says a window
+# cannot. This needed a cue that a coarse summary can carry — with a
+# small $5 \times 5$ "plus or cross" glyph as cue (an earlier version of this set) the
+# global models stayed at chance for the whole budget, so what the ablation shows is that
+# they *can* use distant context that is easy to summarise, and LSA alone cannot use it at
+# all (exercise 4 makes the cue harder).
 
 # %%
 for run in ABLATION["LSA only"]:
@@ -619,10 +641,14 @@ for run in ABLATION["LSA only"]:
     assert run["pair_obj"] <= 0.5  # right on at most one of each image and its swapped twin
 for name in ("SVT (LSA + GSA)", "PCPVT (GSA)"):
     assert all(run["change"] > 0.0 for run in ABLATION[name]), name
-assert MEDIAN["LSA only"]["obj"] < 0.6 and MEDIAN["LSA only"]["miou"] < 0.6
+assert MEDIAN["LSA only"]["obj"] < 0.6 and MEDIAN["LSA only"]["miou"] < 0.56  # chance, and the coin-flip mIoU
+assert all(abs(run["obj"] - 0.5) < 0.1 for run in ABLATION["LSA only"])
+for name in ("SVT (LSA + GSA)", "PCPVT (GSA)"):
+    assert MEDIAN[name]["obj"] > 0.9, name  # the global models read the cue ...
+    assert all(run["obj"] > 0.9 and run["pair_obj"] > 0.9 for run in ABLATION[name]), name  # ... every seed, swapped too
+    assert MEDIAN[name]["miou"] > 0.7 and MEDIAN[name]["miou"] > MEDIAN["LSA only"]["miou"] + 0.2, name
 for name in MODELS:
     assert MEDIAN[name]["miou"] > 0.4, name  # every model segments the objects from the background
-    assert abs(MEDIAN[name]["obj"] - 0.5) < 0.1, name  # and, in this budget, none reads the cue
 
 # %%
 TOTAL = time.perf_counter() - T_START
@@ -640,24 +666,27 @@ if BLAS_LIMIT is not None:
 # - twins-np's backward measures how far an output pixel sees. LSA alone sees its window
 #   plus what the head's convs add (37 pixels here); one GSA makes the field global; so do
 #   the PEGs (in a few stages) and, weakly, the head's GroupNorm.
-# - Short training runs already segment *shapes* from their background; mIoU, not pixel
-#   accuracy, shows how far from done they are.
+# - Many small-batch updates make a small segmenter learn: a minute and a half of batches of
+#   4 segments *shapes* well (mIoU well above the all-background 23 %); mIoU, not pixel
+#   accuracy, shows how far from done it is.
 # - On the dense long-range set an LSA-only segmenter is provably at chance on the object
-#   pixels; global attention removes that limit, but learning to use it needs a longer run
-#   than this notebook's.
+#   pixels, exactly as its reach predicts; SVT and PCPVT, with the same training budget and
+#   only GSA's sub-sampling convs as extra parameters, read the cue from more than 40 pixels
+#   away and give almost every object pixel its class: Table 8's argument, in miniature.
 #
 # ## Exercises
 #
-# 1. Train the *shapes* model for 40 epochs, or use `create_segmenter("twins_svt_teach64_fpn",
-#    num_classes=4)`. When do discs and triangles get an IoU of their own?
+# 1. Train the *shapes* model for 20 epochs (or run `twins-np demo --task segment`), and
+#    once with batches of 32 at the same learning rate. Which class's IoU comes last, and how
+#    many updates does the batch-32 run spend calling every pixel background?
 # 2. Compute the reach of the LSA-only segmenter by hand: its window, then each 3x3 conv,
 #    upsampling and resize of the head. Do you get the measured 37 pixels?
 # 3. Put the PEGs back (`tiny_segmenter("lsa", peg=True)`), measure the reach on a
 #    $128 \times 128$ image, and choose `gap` and `image_size` so that the LSA-only model is
 #    again out of reach of the cue. Check it with `object_change`.
-# 4. Give the SVT model a longer run on the long-range set (more images, 20 or more
-#    epochs), or a curriculum: first `gap=0` (the cue next to the object, where LSA can
-#    learn what a plus and a cross are), then `gap=40`. When does its object-pixel accuracy
-#    leave 50 %, and does the LSA-only model follow?
+# 4. Make the cue harder to read: `cue_length=6` (a $6 \times 6$ patch instead of a
+#    $6 \times 32$ bar; a GSA key then sees it diluted among noise and the object). How many
+#    updates do SVT and PCPVT now need to leave 50 % object-pixel accuracy? Does the LSA-only
+#    model ever follow?
 # 5. Train with the GroupNorm head (`norm="gn"`) and the LSA-only backbone. Swap the cues:
 #    do the object logits now move? Can a model learn to use that path?

@@ -14,7 +14,7 @@ from twins_np.data import (
     make_long_range_dense,
     make_shapes,
 )
-from twins_np.data.segmentation import CUES, LONG_RANGE_DENSE_CLASSES, SHAPE_CLASSES
+from twins_np.data.segmentation import CUE_SIGNS, CUE_WIDTH, LONG_RANGE_DENSE_CLASSES, SHAPE_CLASSES
 
 # --- shapes ---------------------------------------------------------------------------------
 
@@ -77,13 +77,20 @@ def _cue_and_object(labels, images):
         yield np.argwhere(lab == IGNORE_INDEX), np.argwhere((lab == 1) | (lab == 2)), lab, img
 
 
-@pytest.mark.parametrize("gap", [28, 12])
-def test_long_range_dense_geometry(gap):
-    a = make_long_range_dense(64, image_size=64, seed=5, gap=gap)
+@pytest.mark.parametrize("gap, cue_length", [(28, 32), (12, 6), (40, 64)])
+def test_long_range_dense_geometry(gap, cue_length):
+    a = make_long_range_dense(64, image_size=64, seed=5, gap=gap, cue_length=cue_length)
     assert a.images.shape == (64, 1, 64, 64) and a.labels.shape == (64, 64, 64)
     assert set(np.unique(a.labels)) == {0, 1, 2, IGNORE_INDEX}
     for cue, obj, lab, _ in _cue_and_object(a.labels, a.images):
-        assert len(cue) == 9 and len(obj) > 0
+        assert len(cue) == CUE_WIDTH * cue_length and len(obj) > 0  # the whole cue bar is ignored
+        # one bar, CUE_WIDTH x cue_length along a horizontal edge or cue_length x CUE_WIDTH along a vertical one
+        extent = sorted(np.ptp(cue, axis=0) + 1)
+        assert extent == sorted([CUE_WIDTH, cue_length])
+        # inside the 8-pixel band of one edge
+        r0, c0 = cue.min(axis=0)
+        r1, c1 = cue.max(axis=0)
+        assert r1 < 8 or c1 < 8 or r0 >= 56 or c0 >= 56
         assert len(np.unique(lab[(lab == 1) | (lab == 2)])) == 1  # one class per object
         # along one axis, every object pixel is more than `gap` pixels from every cue pixel
         apart = [np.abs(obj[:, None, ax] - cue[None, :, ax]).min() for ax in (0, 1)]
@@ -91,20 +98,25 @@ def test_long_range_dense_geometry(gap):
 
 
 def test_long_range_dense_class_is_the_cue():
-    """Object class 1 iff the cue is a plus; the cue kinds are exactly balanced."""
+    """Object class 1 iff the cue is bright; the cue kinds are exactly balanced."""
     a = make_long_range_dense(40, seed=0, noise=0.0)
     kinds = []
     for cue, obj, lab, img in _cue_and_object(a.labels, a.images):
         r0, c0 = cue.min(axis=0)
         r1, c1 = cue.max(axis=0)
-        patch = (img[0, r0 : r1 + 1, c0 : c1 + 1] > 0.5).astype(np.float32)
-        # the 5 x 5 patch seen in any of the four orientations equals one of the two cues
-        kind = [k for k in (0, 1) if any(np.array_equal(patch, np.rot90(CUES[k], r)) for r in range(4))]
+        patch = img[0, r0 : r1 + 1, c0 : c1 + 1]
+        # the ignored box is exactly one of the two cues (a constant +1 or -1 bar)
+        kind = [k for k in (0, 1) if (patch == CUE_SIGNS[k]).all()]
         assert len(kind) == 1
         assert lab[tuple(obj[0])] == kind[0] + 1
+        # nothing else in the noise-free image is dark; the only other bright pixels are the object's
+        rest = img[0].copy()
+        rest[r0 : r1 + 1, c0 : c1 + 1] = 0.0
+        assert np.array_equal(np.argwhere(rest != 0.0), obj) and (rest[rest != 0.0] == 1.0).all()
         kinds.append(kind[0])
     assert sum(kinds) == 20
-    assert LONG_RANGE_DENSE_CLASSES[1].endswith("plus")
+    assert "bright" in LONG_RANGE_DENSE_CLASSES[1] and "dark" in LONG_RANGE_DENSE_CLASSES[2]
+    assert CUE_SIGNS == (1.0, -1.0)
 
 
 def test_long_range_dense_object_is_independent_of_the_cue():
@@ -119,6 +131,9 @@ def test_long_range_dense_object_is_independent_of_the_cue():
 def test_long_range_dense_too_small():
     with pytest.raises(ValueError, match="too small for gap=40"):
         make_long_range_dense(2, image_size=48, gap=40)
+    for bad in (5, 65, 8.0, True):
+        with pytest.raises(ValueError, match="'cue_length' must be an integer in \\[6, image_size=64\\]"):
+            make_long_range_dense(2, image_size=64, cue_length=bad)
 
 
 # --- Dataset with per-pixel labels -----------------------------------------------------------

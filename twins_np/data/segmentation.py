@@ -34,6 +34,8 @@ __all__ = [
     "IGNORE_INDEX",
     "SHAPE_CLASSES",
     "LONG_RANGE_DENSE_CLASSES",
+    "CUE_SIGNS",
+    "CUE_WIDTH",
     "SegmentationArrays",
     "make_shapes",
     "load_shapes",
@@ -44,7 +46,7 @@ __all__ = [
 
 IGNORE_INDEX = 255
 SHAPE_CLASSES = ["background", "square", "disc", "triangle"]
-LONG_RANGE_DENSE_CLASSES = ["background", "object, cue plus", "object, cue cross"]
+LONG_RANGE_DENSE_CLASSES = ["background", "object, bright cue", "object, dark cue"]
 _SPLIT_STREAM = {"train": 0, "test": 1}
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -192,10 +194,11 @@ def load_shapes(
     return Dataset(arrays.images, arrays.labels, list(SHAPE_CLASSES), "shapes", ignore_index=IGNORE_INDEX)
 
 
-# The two cue marks (0: plus, 1: cross), 5 x 5 with 9 lit pixels each: equal brightness.
-CUES = np.zeros((2, 5, 5), dtype=np.float32)
-CUES[0, 2, :] = CUES[0, :, 2] = 1.0
-CUES[1][np.eye(5, dtype=bool) | np.eye(5, dtype=bool)[::-1]] = 1.0
+# The cue of the dense long-range set: a bar CUE_WIDTH pixels wide (inside the 8-pixel edge
+# band) of amplitude +1 (kind 0, bright) or -1 (kind 1, dark). The kind is the bar's sign, so
+# any average over the bar keeps it: a sub-sampled key of GSA can carry it.
+CUE_WIDTH = 6
+CUE_SIGNS = (1.0, -1.0)
 
 
 def make_long_range_dense(
@@ -204,17 +207,23 @@ def make_long_range_dense(
     seed: int | Sequence[int] = 0,
     gap: int = 28,
     noise: float = 0.3,
+    cue_length: int = 32,
 ) -> SegmentationArrays:
     """Draw ``n`` images of the dense long-range set, deterministically from ``seed``.
 
     **The task.** Each 1-channel image is Gaussian noise (std ``noise``) with two things
-    of amplitude 1: a **cue**, a 5 x 5 "plus" or "cross" (9 lit pixels each), inside the
-    8-pixel band along one edge (which edge of the four is a fair draw), and one
-    **object**, a filled square or disc (shape and size, 4 to 8 pixels half side, drawn
-    independently of everything else) on the opposite side. Every object pixel is labelled
-    with the cue: class 1 for a plus, class 2 for a cross (``LONG_RANGE_DENSE_CLASSES``); the
-    rest is background (class 0), except the cue's lit pixels, which are ignored (255): the
-    cue is a hint, not a target. The cue kind is a fair coin, independent of the object.
+    of amplitude 1: a **cue**, a contrast bar ``CUE_WIDTH`` = 6 pixels wide and
+    ``cue_length`` pixels long, bright (+1) or dark (-1), lying along one edge inside the
+    8-pixel band of that edge (which edge of the four, and where in the band, are fair
+    draws), and one **object**, a bright (+1) filled square or disc (shape and size, 4 to 8
+    pixels half side, drawn independently of everything else) on the opposite side. Every
+    object pixel is labelled with the cue: class 1 for a bright cue, class 2 for a dark
+    one (``LONG_RANGE_DENSE_CLASSES``); the rest is background (class 0), except the cue's
+    pixels, which are all ignored (255): the cue is a hint, not a target. The cue kind is
+    exactly balanced over the set (a random half of the images get a dark cue) and
+    independent of the object. The kind is the bar's sign, so it survives averaging over
+    the bar: a coarse summary of the band (a sub-sampled GSA key) carries it, which makes
+    the cue easy to read for a model that sees it at all.
 
     **The distance.** Along the axis that separates them, every object pixel lies at least
     ``gap`` pixels beyond the cue band's last pixel, so every object pixel is more than
@@ -228,10 +237,12 @@ def make_long_range_dense(
     ``gap``, the model's output at an object pixel is a function of pixels that are
     independent of the cue kind. It can therefore find the object (object against
     background is plain to see, amplitude 1 against noise 0.3) and segment it exactly, but
-    it cannot tell class 1 from class 2: its expected accuracy on object pixels is at most
-    50 %, whatever it learned. A model whose reach exceeds ``gap`` (global sub-sampled
-    attention, a stage whose window covers the whole map) can read the cue and be right
-    everywhere.
+    it cannot tell class 1 from class 2: on an image and its twin with the cue's sign
+    flipped (same place, same noise) it predicts the same classes at the object pixels,
+    while the labels differ, so it is right on at most half of the pair's object pixels
+    and its expected accuracy on object pixels is at most 50 %, whatever it learned. A
+    model whose reach exceeds ``gap`` (global sub-sampled attention, a stage whose window
+    covers the whole map) can read the cue and be right everywhere.
 
     **The PEG and the head count towards the reach.** Notebook 09 showed that the PEG's
     3 x 3 convolution between two LSA blocks already crosses window borders: each PEG
@@ -244,12 +255,13 @@ def make_long_range_dense(
     ``image_size``) for a model with a longer reach.
 
     Args:
-        n: number of images (the cue kinds are exactly balanced: ``n // 2`` crosses).
+        n: number of images (the cue kinds are exactly balanced: ``n // 2`` dark cues).
         image_size: S; needs ``8 + gap + 16 <= S`` (band, gap, the largest object).
         seed: seed of every draw.
         gap: minimum distance in pixels, along the separating axis, between the cue band
             and every object pixel.
         noise: background noise standard deviation.
+        cue_length: length of the cue bar along its edge, ``CUE_WIDTH`` to S pixels.
 
     Returns:
         :class:`SegmentationArrays`: images (N, 1, S, S) float32, labels (N, S, S) int64 in
@@ -266,6 +278,8 @@ def make_long_range_dense(
         )
     if noise < 0:
         raise ValueError(f"'noise' must be >= 0, got {noise!r}")
+    if not isinstance(cue_length, (int, np.integer)) or isinstance(cue_length, bool) or not CUE_WIDTH <= cue_length <= image_size:
+        raise ValueError(f"'cue_length' must be an integer in [{CUE_WIDTH}, image_size={image_size}], got {cue_length!r}")
     rng = np.random.default_rng(seed)
     s = int(image_size)
     cue = rng.permutation(np.arange(n) % 2)  # exactly balanced
@@ -274,20 +288,22 @@ def make_long_range_dense(
     half = rng.integers(4, largest // 2 + 1, size=n)  # half side / radius in pixels
 
     # Work in a frame where the cue band is the top rows, then rotate each image.
-    cue_row = rng.integers(0, band - 5 + 1, size=n)
-    cue_col = rng.integers(0, s - 5 + 1, size=n)
+    cue_row = rng.integers(0, band - CUE_WIDTH + 1, size=n)
+    cue_col = rng.integers(0, s - cue_length + 1, size=n)
     first_row = band + gap  # every object pixel row >= this
     cy = first_row + half + rng.uniform(0.0, 1.0, size=n) * (s - first_row - 2 * half)
     cx = half + rng.uniform(0.0, 1.0, size=n) * (s - 2 * half)
     # An object pixel's centre is within half of (cy, cx); its row is >= floor(cy - half) >= first_row.
     obj = _shape_masks(np.where(shape == 0, 0, 1), cy, cx, half.astype(np.float64), s)
     marks = np.zeros((n, s, s), dtype=np.float32)
-    rows = (cue_row[:, None] + np.arange(5))[:, :, None]
-    cols = (cue_col[:, None] + np.arange(5))[:, None, :]
-    marks[np.arange(n)[:, None, None], rows, cols] = CUES[cue]
+    in_cue = np.zeros((n, s, s), dtype=bool)
+    rows = (cue_row[:, None] + np.arange(CUE_WIDTH))[:, :, None]
+    cols = (cue_col[:, None] + np.arange(cue_length))[:, None, :]
+    marks[np.arange(n)[:, None, None], rows, cols] = np.asarray(CUE_SIGNS, dtype=np.float32)[cue][:, None, None]
+    in_cue[np.arange(n)[:, None, None], rows, cols] = True
     images = noise * rng.standard_normal((n, s, s)) + marks + obj
     labels = np.where(obj, cue[:, None, None] + 1, 0)
-    labels = np.where(marks > 0, IGNORE_INDEX, labels)
+    labels = np.where(in_cue, IGNORE_INDEX, labels)
     # edge 0: top (as built), 1: bottom, 2: left, 3: right
     images = np.stack([_orient(im, e) for im, e in zip(images, edge)]) if n else images
     labels = np.stack([_orient(lb, e) for lb, e in zip(labels, edge)]) if n else labels
@@ -315,7 +331,7 @@ def load_long_range_dense(
         image_size: S (default 64).
         seed: base seed; the splits are independent draws.
         n: number of images.
-        **options: ``gap``, ``noise`` (see :func:`make_long_range_dense`).
+        **options: ``gap``, ``noise``, ``cue_length`` (see :func:`make_long_range_dense`).
     """
     if n is None:
         n = 2048 if split == "train" else 512

@@ -138,8 +138,9 @@ def default_augment(data: str) -> Callable[..., Any]:
     band, which the task's construction relies on, while a flip keeps both marks'
     shapes (plus and cross are mirror-symmetric) and their distance. The segmentation
     sets: a horizontal flip of the image and its label map together (shapes stay their
-    class when mirrored; the long-range set's cue marks are mirror-symmetric and a flip
-    keeps every distance); no crop, which would cut the long-range set's cue band.
+    class when mirrored; the dense long-range set's cue, a bright or dark bar, keeps its
+    sign under a flip, and a flip keeps every distance); no crop, which would cut the
+    dense long-range set's cue band.
     """
     if data == "digits":
         return RandomCrop(pad=2)
