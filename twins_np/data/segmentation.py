@@ -188,10 +188,15 @@ def load_shapes(
         n: number of images.
         **options: ``max_objects``, ``noise``, ``boundary`` (see :func:`make_shapes`).
     """
+    return _synthetic(make_shapes, SHAPE_CLASSES, "shapes", split, image_size, seed, n, options)
+
+
+def _synthetic(make, classes, name, split, image_size, seed, n, options) -> Dataset:  # type: ignore[no-untyped-def]
+    """A synthetic set's split: ``make(n, S, [seed, split stream], **options)`` as a Dataset."""
     if n is None:
         n = 2048 if split == "train" else 512
-    arrays = make_shapes(n, 64 if image_size is None else image_size, _split_seed(split, seed), **options)  # type: ignore[arg-type]
-    return Dataset(arrays.images, arrays.labels, list(SHAPE_CLASSES), "shapes", ignore_index=IGNORE_INDEX)
+    arrays = make(n, 64 if image_size is None else image_size, _split_seed(split, seed), **options)
+    return Dataset(arrays.images, arrays.labels, list(classes), name, ignore_index=IGNORE_INDEX)
 
 
 # The cue of the dense long-range set: a bar CUE_WIDTH pixels wide (inside the 8-pixel edge
@@ -333,10 +338,7 @@ def load_long_range_dense(
         n: number of images.
         **options: ``gap``, ``noise``, ``cue_length`` (see :func:`make_long_range_dense`).
     """
-    if n is None:
-        n = 2048 if split == "train" else 512
-    arrays = make_long_range_dense(n, 64 if image_size is None else image_size, _split_seed(split, seed), **options)  # type: ignore[arg-type]
-    return Dataset(arrays.images, arrays.labels, list(LONG_RANGE_DENSE_CLASSES), "long-range-dense", ignore_index=IGNORE_INDEX)
+    return _synthetic(make_long_range_dense, LONG_RANGE_DENSE_CLASSES, "long-range-dense", split, image_size, seed, n, options)
 
 
 # ImageNet statistics, as mmsegmentation normalises ADE20K and VOC.
