@@ -21,7 +21,7 @@ The synthetic sets are deterministic: train and test are independent draws from 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -191,7 +191,16 @@ def load_shapes(
     return _synthetic(make_shapes, SHAPE_CLASSES, "shapes", split, image_size, seed, n, options)
 
 
-def _synthetic(make, classes, name, split, image_size, seed, n, options) -> Dataset:  # type: ignore[no-untyped-def]
+def _synthetic(
+    make: Callable[..., SegmentationArrays],
+    classes: list[str],
+    name: str,
+    split: str,
+    image_size: int | None,
+    seed: int,
+    n: int | None,
+    options: dict[str, object],
+) -> Dataset:
     """A synthetic set's split: ``make(n, S, [seed, split stream], **options)`` as a Dataset."""
     if n is None:
         n = 2048 if split == "train" else 512
