@@ -160,7 +160,7 @@ def twins_np_task(args: argparse.Namespace) -> tuple[Callable[[], Any], Callable
     elif args.op == "gsa":
         sr = args.sr
         p = [n(C, C), n(C), n(2 * C, C), n(2 * C), n(C, C), n(C)]
-        sub = [n(C, C, sr, sr), n(C), n(C) + 1.0, n(C)] if sr > 1 else []
+        sub = [(n(C, C, sr, sr), n(C)), n(C) + 1.0, n(C)] if sr > 1 else []
         fwd = lambda: F.gsa_forward(x, (H, H), *p, heads, sr, *sub)[1]  # noqa: E731
         bwd = lambda cache: F.gsa_backward(dout, cache)  # noqa: E731
     elif args.op == "peg":

@@ -154,7 +154,7 @@ k, v = F.split_qkv(kv, 2, heads)
 o, attn_cache = F.attention_forward(F.split_heads(q, heads), k, v)
 out_steps, proj_cache = F.linear_forward(F.merge_heads(o), proj_w, proj_b)
 
-gsa_args = [x, (H, W), q_w, q_b, kv_w, kv_b, proj_w, proj_b, heads, sr, sr_w, sr_b, norm_w, norm_b]
+gsa_args = [x, (H, W), q_w, q_b, kv_w, kv_b, proj_w, proj_b, heads, sr, (sr_w, sr_b), norm_w, norm_b]
 out, cache = F.gsa_forward(*gsa_args)
 print("GSACache fields:", cache._fields)
 print("summary tokens:", s.shape, "| keys:", k.shape, "| attention map:", cache.attn.probs.shape)
@@ -195,15 +195,16 @@ dx4, dsr_w, dsr_b = F.patch_conv_backward(ds.reshape(B, Hs, Ws, C), sr_cache)
 dx_keyvalue = dx4.reshape(B, N, C)  # path 2: keys and values through the summary
 # END SOLUTION
 
-g = F.gsa_backward(dout, cache)
-print("gsa_backward returns:", sorted(g))
-assert rel_err(dx_query + dx_keyvalue, g["x"]) < 1e-14
-for name, mine in [("q_w", dq_w), ("kv_w", dkv_w), ("proj_w", dproj_w), ("sr_w", dsr_w), ("norm_w", dnorm_w), ("sr_b", dsr_b)]:
-    assert rel_err(mine, g[name]) < 1e-14, name
+# gsa_backward returns one gradient per array argument, in gsa_forward's order
+g_x, g_q_w, g_q_b, g_kv_w, g_kv_b, g_proj_w, g_proj_b, (g_sr_w, g_sr_b), g_norm_w, g_norm_b = F.gsa_backward(dout, cache)
+assert rel_err(dx_query + dx_keyvalue, g_x) < 1e-14
+for name, mine, theirs in [("q_w", dq_w, g_q_w), ("kv_w", dkv_w, g_kv_w), ("proj_w", dproj_w, g_proj_w),
+                           ("sr_w", dsr_w, g_sr_w), ("norm_w", dnorm_w, g_norm_w), ("sr_b", dsr_b, g_sr_b)]:
+    assert rel_err(mine, theirs) < 1e-14, name
 
 # %%
 fig, axes = plt.subplots(1, 3, figsize=(10, 4.5), layout="constrained")
-maps = [("query path", dx_query), ("key/value path", dx_keyvalue), ("total dx", g["x"])]
+maps = [("query path", dx_query), ("key/value path", dx_keyvalue), ("total dx", g_x)]
 norms = [np.linalg.norm(d[0], axis=-1).reshape(H, W) for _, d in maps]
 vmax = max(float(m.max()) for m in norms)  # one colour scale: the two paths' shares of the total compare
 cmap = plt.get_cmap("viridis").copy()
@@ -370,7 +371,15 @@ assert n_kinds == 9  # interior, 4 edges, 4 corners
 
 # %%
 names = ["x", "q_w", "q_b", "kv_w", "kv_b", "proj_w", "proj_b", "sr_w", "sr_b", "norm_w", "norm_b"]
-rows = check_backward(F.gsa_forward, F.gsa_backward, gsa_args, wrt=[0, 2, 3, 4, 5, 6, 7, 10, 11, 12, 13], names=names)
+
+
+def gsa_flat(x, q_w, q_b, kv_w, kv_b, proj_w, proj_b, sr_w, sr_b, norm_w, norm_b):
+    """gsa_forward with every checked array a positional argument, in gsa_backward's order."""
+    return F.gsa_forward(x, (H, W), q_w, q_b, kv_w, kv_b, proj_w, proj_b, heads, sr, (sr_w, sr_b), norm_w, norm_b)
+
+
+flat_args = [x, q_w, q_b, kv_w, kv_b, proj_w, proj_b, sr_w, sr_b, norm_w, norm_b]
+rows = check_backward(gsa_flat, F.gsa_backward, flat_args, names=names)
 print(format_table(rows, TOL, seed=0))
 assert max(r.max_rel_err for r in rows) < TOL
 

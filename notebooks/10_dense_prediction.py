@@ -188,17 +188,19 @@ assert np.array_equal(logits, reference)  # the same operations in the same orde
 # The steps reproduce `forward` bit for bit. Where the parameters sit and where the multiply-adds go:
 
 # %%
-rows = seg.flop_rows(1, 64, 64)
-neck_p = sum(r[3] for r in rows if r[0].startswith("neck"))
-head_p = sum(r[3] for r in rows if r[0].startswith("decode_head"))
+report = analysis.count_flops(seg, (64, 64))  # walks the segmenter as it walks a Twins
+rows = [r for r in report.rows if not r.name.startswith("backbone.")]
+neck_p = sum(r.params for r in rows if r.name.startswith("neck"))
+head_p = sum(r.params for r in rows if r.name.startswith("decode_head"))
 total_p = analysis.count_params(seg)
 print(f"backbone {total_p - neck_p - head_p:,} | neck {neck_p:,} | head {head_p:,} parameters")
-for name, kind, shape, params, macs in rows:
-    print(f"  {name:32s} {kind:5s} out {str(shape):18s} {params:6,d} params {macs / 1e6:6.2f} M MACs")
+for r in rows:
+    print(f"  {r.name:32s} {r.kind:5s} out {str(r.output_shape):18s} {r.params:6,d} params {r.macs / 1e6:6.2f} M MACs")
 assert neck_p == sum(int(p.data.size) for p in seg.neck.parameters())
 assert head_p == sum(int(p.data.size) for p in seg.decode_head.parameters())
+assert report.params == total_p
 # the lateral convs: C_s * F + F each
-assert sum(r[3] for r in rows if ".lateral_convs." in r[0]) == sum((c + 1) * 32 for c in (32, 64, 128))
+assert sum(r.params for r in rows if ".lateral_convs." in r.name) == sum((c + 1) * 32 for c in (32, 64, 128))
 
 # %% [markdown]
 # ## 3. How far does one output pixel see?

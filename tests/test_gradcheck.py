@@ -124,17 +124,28 @@ def test_non_array_arguments_pass_through_and_wrt_defaults_to_float_arrays():
     assert rows[0].max_rel_err < TOLERANCES["gradcheck_rel"]
 
 
-def test_dict_gradients_are_matched_by_name():
-    def fwd(x, y):
-        return x * y, (x, y)
+def test_grouped_and_none_gradients_follow_the_backward_contract():
+    """Nested tuples (a parameter group, as GSA's sr_params) are flattened and None entries
+    (arguments passed as None) dropped, so the gradients line up with the array arguments."""
+
+    def fwd(x, y, z):
+        return x * y + z, (x, y)
 
     def bwd(dout, cache):
         x, y = cache
-        return {"y": dout * x, "x": dout * y}  # order differs from wrt on purpose
+        return dout * y, (dout * x, dout), None
 
     r = np.random.default_rng(7)
-    rows = check_backward(fwd, bwd, [r.standard_normal(4), r.standard_normal(4)], names=["x", "y"])
+    rows = check_backward(fwd, bwd, [r.standard_normal(4), r.standard_normal(4), r.standard_normal(4)], names=["x", "y", "z"])
+    assert [row.name for row in rows] == ["x", "y", "z"]
     assert max(row.max_rel_err for row in rows) < TOLERANCES["gradcheck_rel"]
+
+    def bwd_swapped(dout, cache):  # y's and z's gradients in the wrong order: the check must fail
+        x, y = cache
+        return dout * y, (dout, dout * x), None
+
+    with pytest.raises(AssertionError, match="gradient check failed"):
+        check_backward(fwd, bwd_swapped, [r.standard_normal(4), r.standard_normal(4), r.standard_normal(4)], names=["x", "y", "z"])
 
 
 # --- wrong backwards fail, with the table ------------------------------------------

@@ -105,7 +105,7 @@ def _gsa(**over: Any) -> str:
     """F.gsa_forward on x (2, 12, 8), size (3, 4), 2 heads, sr 2, with overrides."""
     args: dict[str, Any] = dict(
         x=_rand(2, 12, 8), size=(3, 4), q_w=_rand(8, 8), q_b=_rand(8), kv_w=_rand(16, 8), kv_b=_rand(16),
-        proj_w=_rand(8, 8), proj_b=_rand(8), num_heads=2, sr_ratio=2, sr_w=_rand(8, 8, 2, 2), sr_b=_rand(8),
+        proj_w=_rand(8, 8), proj_b=_rand(8), num_heads=2, sr_ratio=2, sr_params=(_rand(8, 8, 2, 2), _rand(8)),
         norm_w=_rand(8), norm_b=_rand(8),
     )  # fmt: skip
     args.update(over)
@@ -348,9 +348,9 @@ CASES: list[Case] = [
     Case("F.lsa_forward", "size (3.5, 4): not integers", ValueError, r"'size' must be a pair of integers",
          lambda: _lsa(size=(3.5, 4))),
     Case("F.gsa_forward", "sr_ratio = 4 on a 3x4 map", ValueError, r"sr = 4 is larger than the 3x4 map",
-         lambda: _gsa(sr_ratio=4, sr_w=_rand(8, 8, 4, 4))),
-    Case("F.gsa_forward", "sr_ratio = 2 without sr_w", ValueError, r"sr_ratio > 1 needs sr_w",
-         lambda: _gsa(sr_w=None)),
+         lambda: _gsa(sr_ratio=4, sr_params=(_rand(8, 8, 4, 4), _rand(8)))),
+    Case("F.gsa_forward", "sr_ratio = 2 without the sub-sampling weights", ValueError, r"sr_ratio > 1 needs sr_params",
+         lambda: _gsa(sr_params=())),
     Case("F.gsa_forward", "sr_ratio = 0", ValueError, r"sr_ratio must be a positive integer, got 0",
          lambda: _gsa(sr_ratio=0)),
     Case("F.gsa_forward", "x 4-D (B, H, W, C) instead of tokens", ValueError, r"'x' must have shape \(B, N, C\)",

@@ -34,12 +34,22 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .models import MODEL_CONFIGS, Twins, TwinsFeatures, list_models
-from .models.segmentation import SEGMENTER_CONFIGS, Segmenter, create_segmenter
+from .models import (
+    FPN,
+    MODEL_CONFIGS,
+    SEGMENTER_CONFIGS,
+    FPNHead,
+    Segmenter,
+    Twins,
+    TwinsFeatures,
+    create_segmenter,
+    list_models,
+)
 from .nn import (
     BatchNorm2d,
     Block,
     Conv2d,
+    ConvModule,
     GlobalSubSampleAttn,
     GroupNorm,
     LayerNorm,
@@ -50,6 +60,7 @@ from .nn import (
     PatchEmbed,
     PosConv,
     ReLU,
+    Upsample,
 )
 
 __all__ = [
@@ -61,6 +72,7 @@ __all__ = [
     "count_flops",
     "count_params",
     "count_params_from_config",
+    "level_sizes",
     "module_flops",
     "params_by_module",
 ]
@@ -560,11 +572,10 @@ def count_flops(
 
 
 def _segmenter_flops(seg: Segmenter, input_size: Any, B: int, include_attention: bool) -> FlopReport:
-    """Backbone rows (prefixed ``backbone.``) from its modules, then each neck and head module's own count.
+    """Backbone rows (prefixed ``backbone.``) from its modules, then the neck's and the head's.
 
-    The neck and head convolutions count ``H_o W_o C_out C_in k^2`` each (their modules report
-    it, :meth:`Segmenter.flop_rows`); norms, ReLU, the resizes and the sums count 0, as
-    LayerNorm, GELU and residual adds do in the backbone.
+    The neck and head convolutions count ``H_o W_o C_out C_in k^2`` each; norms, ReLU, the
+    resizes and the sums count 0, as LayerNorm, GELU and residual adds do in the backbone.
     """
     H0, W0 = (seg.crop_size, seg.crop_size) if input_size is None else _pair(input_size)
     backbone = count_flops(seg.backbone, (H0, W0), B, include_attention)
@@ -572,8 +583,65 @@ def _segmenter_flops(seg: Segmenter, input_size: Any, B: int, include_attention:
     rows = [dataclasses.replace(r, name=f"backbone.{r.name}") for r in backbone.rows if r.name != "norm"]
     if isinstance(seg.backbone.norm, LayerNorm):
         rows += [dataclasses.replace(r, name=f"backbone.{r.name}") for r in backbone.rows if r.name == "norm"]
-    rows += [FlopRow(*row) for row in seg.flop_rows(B, H0, W0)]
+    sizes = level_sizes(seg.backbone, H0, W0)
+    for prefix, part in (("neck", seg.neck), ("decode_head", seg.decode_head)):
+        walker = _DENSE_WALKERS.get(type(part))
+        if walker is None:
+            raise TypeError(f"count_flops does not know the segmenter part {prefix} ({type(part).__name__})")
+        rows += walker(prefix, part, B, sizes)
     return FlopReport("Segmenter", (H0, W0), B, include_attention, rows)
+
+
+def level_sizes(backbone: Twins, H: int, W: int) -> list[tuple[int, int]]:
+    """(H_s, W_s) of each stage map of ``backbone`` for an H x W image (the patch embeddings floor)."""
+    sizes = []
+    for embed in backbone.patch_embeds:
+        p = int(embed.proj.weight.shape[-1])
+        H, W = H // p, W // p
+        sizes.append((H, W))
+    return sizes
+
+
+def _conv_rows(prefix: str, m: Conv2d | ConvModule, B: int, H: int, W: int) -> list[FlopRow]:
+    """A conv (or ConvModule: conv, then norm and ReLU, which count 0) on an H x W map."""
+    conv = m.conv if isinstance(m, ConvModule) else m
+    name = f"{prefix}.conv" if isinstance(m, ConvModule) else prefix
+    c_out, _, k, _ = conv.weight.shape
+    Ho = (H + 2 * conv.padding - k) // conv.stride + 1
+    Wo = (W + 2 * conv.padding - k) // conv.stride + 1
+    rows = [FlopRow(name, "conv", (B, int(c_out), Ho, Wo), count_params(conv), _conv2d_macs(conv, H, W, B))]
+    if isinstance(m, ConvModule) and m.norm is not None:
+        rows.append(FlopRow(f"{prefix}.{m.norm_name}", "norm", (B, int(c_out), Ho, Wo), count_params(m.norm), 0))
+    return rows
+
+
+def _fpn_rows(prefix: str, neck: FPN, B: int, sizes: list[tuple[int, int]]) -> list[FlopRow]:
+    """The FPN neck: a 1x1 lateral conv per level, then a 3x3 conv per level (the top-down sums count 0)."""
+    rows: list[FlopRow] = []
+    for s, (H, W) in enumerate(sizes):
+        rows += _conv_rows(f"{prefix}.lateral_convs.{s}", neck.lateral_convs[s], B, H, W)
+    for s, (H, W) in enumerate(sizes):
+        rows += _conv_rows(f"{prefix}.fpn_convs.{s}", neck.fpn_convs[s], B, H, W)
+    return rows
+
+
+def _fpn_head_rows(prefix: str, head: FPNHead, B: int, sizes: list[tuple[int, int]]) -> list[FlopRow]:
+    """The Semantic FPN head: each scale head's convs (its 2x upsamplings count 0), then the classifier."""
+    rows: list[FlopRow] = []
+    for s, (H, W) in enumerate(sizes):
+        for j, m in enumerate(head.scale_heads[s]):
+            if isinstance(m, ConvModule):
+                rows += _conv_rows(f"{prefix}.scale_heads.{s}.{j}", m, B, H, W)
+            elif isinstance(m, Upsample):  # FPNHead's 2x: no parameters, its weighted sums are not counted
+                H, W = 2 * H, 2 * W
+    H0, W0 = sizes[0]
+    rows += _conv_rows(f"{prefix}.conv_seg", head.conv_seg, B, H0, W0)
+    return rows
+
+
+# How count_flops walks each kind of segmenter neck and head: (prefix, module, B, level sizes) -> rows.
+# A new head adds its walker here; the model files hold no counting code.
+_DENSE_WALKERS: dict[type, Any] = {FPN: _fpn_rows, FPNHead: _fpn_head_rows}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -76,7 +76,7 @@ TASKS: dict[str, Task] = {
     ),
     "peg_backward": Task(
         "depthwise 3x3 conv backward and the PEG residual", "docs/derivations/conv.md",
-        ("tests/functional/test_f_peg.py", "tests/functional/test_f_conv.py::depthwise",
+        ("tests/functional/test_f_peg.py", "tests/functional/test_f_depthwise_conv.py",
          "tests/test_gradcheck_suite.py::depthwise conv 3x3", "tests/test_gradcheck_suite.py::PEG",
          "tests/test_gradcheck_suite.py::PosConv"),
     ),

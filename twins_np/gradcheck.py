@@ -175,6 +175,19 @@ def format_table(rows: list[GradCheckResult], tol: float, seed: int | None = Non
     return "\n".join(lines)
 
 
+def _flat_grads(grads: Any) -> list[Any]:
+    """A backward's result as a flat list: nested tuples flattened, None entries dropped."""
+    if not isinstance(grads, (tuple, list)):
+        return [grads]
+    out: list[Any] = []
+    for g in grads:
+        if isinstance(g, (tuple, list)):
+            out += _flat_grads(g)
+        elif g is not None:
+            out.append(g)
+    return out
+
+
 def check_backward(
     forward: Callable[..., Any],
     backward: Callable[[Any, Any], Any],
@@ -194,12 +207,14 @@ def check_backward(
 
     Args:
         forward: ``forward(*args) -> (out, cache)`` (or just ``out``).
-        backward: ``backward(dout, cache) -> grads``: one array, a tuple aligned with
-            ``wrt``, or a dict keyed by ``names``.
+        backward: ``backward(dout, cache) -> grads``: one array, or a tuple with one gradient
+            per array argument in the forward's order (twins-np's backward contract): nested
+            tuples (a group of parameters, e.g. GSA's ``sr_params``) are flattened and None
+            entries (arguments passed as None) dropped, and the result is aligned with ``wrt``.
         args: the inputs; float arrays are converted to NumPy float64, other values
             (sizes, head counts, None) are passed through unchanged.
         wrt: indices of ``args`` to check; default: every float array.
-        names: display names of the ``wrt`` inputs (and keys when backward returns a dict).
+        names: display names of the ``wrt`` inputs.
         mode: ``"full"``, ``"sampled"`` or ``"directional"``.
         dout: upstream gradient; default N(0, 1) from ``seed`` (never ones).
         n_samples: elements per input in ``sampled`` mode.
@@ -243,10 +258,7 @@ def check_backward(
     # size of the terms summed into L = sum(out * dout): their rounding sets the resolution
     # of the finite differences (see the module docstring)
     lmag = float(np.sum(np.abs(out) * np.abs(dout)))
-    if isinstance(grads, dict):
-        grads = [grads[n] for n in names]
-    elif not isinstance(grads, (tuple, list)):
-        grads = [grads]
+    grads = _flat_grads(grads)
     if len(grads) < len(wrt):
         raise ValueError(f"backward returned {len(grads)} gradients for {len(wrt)} checked inputs")
     if check_inputs_unchanged:

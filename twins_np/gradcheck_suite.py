@@ -14,8 +14,20 @@ from typing import Any
 import numpy as np
 
 from . import functional as F
-from .backend import get_xp
+from .backend import device_of, get_xp, to_device
 from .gradcheck import GradCheckResult, check_backward, check_module
+from .nn import (
+    BatchNorm2d,
+    Block,
+    Conv2d,
+    ConvModule,
+    GlobalSubSampleAttn,
+    GroupNorm,
+    LocallyGroupedAttn,
+    PatchEmbed,
+    PosConv,
+    Upsample,
+)
 
 
 @dataclass
@@ -70,9 +82,6 @@ def _pixel_labels(z: Any) -> Any:
 
 def cases() -> list[Case]:
     """Every layer of Twins, smallest shapes that still exercise padding and flooring."""
-    from .models.segmentation import ConvModule
-    from .nn import Block, GlobalSubSampleAttn, LocallyGroupedAttn, PatchEmbed, PosConv, Upsample
-
     H, W, C, heads = 5, 6, 8, 2
     n = lambda r, *s: r.standard_normal(s)  # noqa: E731
     labels = np.array([1, 0, 3])
@@ -82,8 +91,6 @@ def cases() -> list[Case]:
     GSA_P = [fixed.standard_normal(s) for s in [(C, C), (C,), (2 * C, C), (2 * C,), (C, C), (C,)]]
     # the fixed arrays above live on the host; a closure moves them to its input's device,
     # since the analytic pass runs on the GPU and the numeric one on the host
-    from .backend import device_of, to_device
-
     on = lambda a, like: to_device(a, device_of(like))  # noqa: E731
     out: list[Case] = [
         _op("linear", F.linear_forward, F.linear_backward, lambda r: [n(r, 2, 3, 4), n(r, 5, 4), n(r, 5)], ["x", "w", "b"]),
@@ -175,26 +182,24 @@ def cases() -> list[Case]:
         # 9x10 with sr 4: the conv floors to 2x2 = 4 keys (one key would make dq exactly 0)
         _op(
             "GSA (sr 4, floors)",
-            F.gsa_forward,
+            lambda x, q_w, q_b, kv_w, kv_b, proj_w, proj_b, sr_w, sr_b, norm_w, norm_b: F.gsa_forward(
+                x, (9, 10), q_w, q_b, kv_w, kv_b, proj_w, proj_b, heads, 4, (sr_w, sr_b), norm_w, norm_b
+            ),
             F.gsa_backward,
             lambda r: [
                 n(r, 2, 90, C),
-                (9, 10),
                 n(r, C, C),
                 n(r, C),
                 n(r, 2 * C, C),
                 n(r, 2 * C),
                 n(r, C, C),
                 n(r, C),
-                heads,
-                4,
                 n(r, C, C, 4, 4),
                 n(r, C),
                 1.0 + n(r, C),
                 n(r, C),
             ],
             ["x", "q_w", "q_b", "kv_w", "kv_b", "proj_w", "proj_b", "sr_w", "sr_b", "norm_w", "norm_b"],
-            wrt=[0, 2, 3, 4, 5, 6, 7, 10, 11, 12, 13],
         ),
         _op(
             "depthwise patch conv (floors)",
@@ -218,9 +223,9 @@ def cases() -> list[Case]:
             lambda x, dw_w, dw_b, pw_w, pw_b: F.gsa_forward(
                 x, (9, 10), on(GSA_P[0], x), on(GSA_P[1], x), on(GSA_P[2], x), on(GSA_P[3], x), on(GSA_P[4], x),
                 on(GSA_P[5], x), heads, 4,
-                norm_w=on(NW, x), norm_b=on(NB, x), sr_mode="sep", sr_params=dict(dw_w=dw_w, dw_b=dw_b, pw_w=pw_w, pw_b=pw_b),
+                norm_w=on(NW, x), norm_b=on(NB, x), sr_mode="sep", sr_params=(dw_w, dw_b, pw_w, pw_b),
             ),
-            F.gsa_backward,
+            lambda d, cache: (lambda g: (g[0], *g[7]))(F.gsa_backward(d, cache)),  # dx, then the sub-sampling's
             lambda r: [n(r, 2, 90, C), n(r, C, 1, 4, 4), n(r, C), n(r, C, C), n(r, C)],
             ["x", "dw_w", "dw_b", "pw_w", "pw_b"],
         ),  # fmt: skip
@@ -278,7 +283,7 @@ def cases() -> list[Case]:
         ),
         _op(
             "pixel cross-entropy (ignore 255, smoothing 0.1)",
-            lambda z: F.pixel_cross_entropy_forward(z, _pixel_labels(z), 255, 0.1),
+            lambda z: F.pixel_cross_entropy_forward(z, _pixel_labels(z), 0.1, 255),
             lambda d, c: F.pixel_cross_entropy_backward(float(d), c),
             lambda r: [n(r, 2, 4, 3, 5)],
             ["logits"],
@@ -313,9 +318,6 @@ def _dense_head_cases() -> list[Case]:
     Odd sizes and odd channel counts; BatchNorm's running statistics are built inside the
     forward with x's array module, so a GPU run never mixes NumPy and CuPy arrays.
     """
-    from .backend import get_xp
-    from .nn import BatchNorm2d, Conv2d, GroupNorm
-
     n = lambda r, *s: r.standard_normal(s)  # noqa: E731
 
     def batch_norm_train(x: Any, g: Any, b: Any) -> Any:

@@ -29,3 +29,11 @@ def assert_grad_close(mine, ref, tol: float, scale: float) -> None:
         assert float(np.max(np.abs(ref))) < tol * scale
     else:
         assert rel_err(mine, ref, scale) < tol
+
+
+def torch_conv_nhwc(torch, x, w, b, dout, **conv_kwargs):
+    """torch's conv2d on the NCHW view of channels-last x; returns out (NHWC) and grads (x NHWC, w, b)."""
+    tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+    tout = torch.nn.functional.conv2d(tx.permute(0, 3, 1, 2), tw, tb, **conv_kwargs).permute(0, 2, 3, 1)
+    tout.backward(torch.tensor(dout))
+    return tout.detach().numpy(), [tx.grad.numpy(), tw.grad.numpy(), tb.grad.numpy()]

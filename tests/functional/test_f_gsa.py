@@ -44,7 +44,17 @@ def call(p: dict, size, heads: int, sr: int, dtype=None, xp=np):
         return xp.asarray(a if dtype is None else a.astype(dtype))
 
     kw = {k: cast(v) for k, v in p.items() if k != "x"}
-    return F.gsa_forward(cast(p["x"]), size, num_heads=heads, sr_ratio=sr, **kw)
+    sub = {"sr_params": (kw.pop("sr_w"), kw.pop("sr_b"))} if "sr_w" in kw else {}
+    return F.gsa_forward(cast(p["x"]), size, num_heads=heads, sr_ratio=sr, **kw, **sub)
+
+
+def by_name(g: tuple) -> dict:
+    """gsa_backward's tuple (the forward's argument order) as {argument name: gradient}."""
+    dx, dq_w, dq_b, dkv_w, dkv_b, dproj_w, dproj_b, dsr, dnorm_w, dnorm_b = g
+    out = dict(x=dx, q_w=dq_w, q_b=dq_b, kv_w=dkv_w, kv_b=dkv_b, proj_w=dproj_w, proj_b=dproj_b)
+    if dsr:
+        out.update(sr_w=dsr[0], sr_b=dsr[1], norm_w=dnorm_w, norm_b=dnorm_b)
+    return out
 
 
 def gsa_loop(p: dict, size, heads: int, sr: int, eps: float = 1e-5):
@@ -104,7 +114,8 @@ def test_gradcheck(xp, H, W, sr):
     names = ["x"] + BASE + (SR if sr > 1 else [])
 
     def fwd(x, *params):
-        return F.gsa_forward(x, (H, W), *params[:6], num_heads=2, sr_ratio=sr, **dict(zip(SR, params[6:])))
+        sub = dict(sr_params=params[6:8], norm_w=params[8], norm_b=params[9]) if sr > 1 else {}
+        return F.gsa_forward(x, (H, W), *params[:6], num_heads=2, sr_ratio=sr, **sub)
 
     rows = check_backward(fwd, F.gsa_backward, [p[n] for n in names], names=names, device=device)
     assert [r.name for r in rows] == names
@@ -116,14 +127,14 @@ def test_sr_one_has_no_conv_and_no_norm():
     _, cache = call(p, (3, 4), 2, 1)
     assert cache.sr is None and cache.norm is None
     g = F.gsa_backward(np.random.default_rng(4).standard_normal((1, 12, 4)), cache)
-    assert set(g) == {"x", *BASE}
+    assert len(g) == 10 and g[7] == () and g[8] is None and g[9] is None  # no sub-sampling, no norm
 
 
 def test_single_key_gives_zero_query_gradient():
     """7x5 with sr 4 leaves one key: attention is constant, so q_w, q_b and the key rows of kv_w get exactly 0."""
     p = make_params(5, 2, 7, 5, 4, 4)
     out, cache = call(p, (7, 5), 2, 4)
-    g = F.gsa_backward(np.random.default_rng(6).standard_normal(out.shape), cache)
+    g = by_name(F.gsa_backward(np.random.default_rng(6).standard_normal(out.shape), cache))
     np.testing.assert_array_equal(g["q_w"], 0.0)
     np.testing.assert_array_equal(g["q_b"], 0.0)
     # the key is as useless as the queries (k rows of kv: 0); the value carries everything
@@ -138,7 +149,7 @@ def test_floor_dropped_pixels_feed_no_key(H, W, sr):
     p = make_params(7, 1, H, W, 4, sr)
     out, cache = call(p, (H, W), 2, sr)
     dout = np.random.default_rng(8).standard_normal(out.shape)
-    dx = F.gsa_backward(dout, cache)["x"]
+    dx = F.gsa_backward(dout, cache)[0]
     do, _, _ = F.linear_backward(dout, cache.proj)
     dq, _, _ = F.attention_backward(F.split_heads(do, 2), cache.attn)
     dx_q, _, _ = F.linear_backward(F.merge_heads(dq), cache.q)
@@ -154,7 +165,7 @@ def test_dtype_preserved(xp, dtype, sr):
     p = make_params(9, 2, 5, 6, 4, sr)
     out, cache = call(p, (5, 6), 2, sr, dtype=dtype, xp=xp)
     assert out.dtype == dtype
-    g = F.gsa_backward(xp.asarray(np.random.default_rng(10).standard_normal(out.shape).astype(dtype)), cache)
+    g = by_name(F.gsa_backward(xp.asarray(np.random.default_rng(10).standard_normal(out.shape).astype(dtype)), cache))
     assert set(g) == {"x", *BASE, *(SR if sr > 1 else [])}
     for name, grad in g.items():
         assert grad.dtype == dtype and grad.shape == p[name].shape, name
@@ -200,7 +211,7 @@ def test_parity_with_timm(dtype, tol, B, H, W, sr):
     p = {k: v.astype(dtype) for k, v in make_params(11, B, H, W, 16, sr).items()}
     out, cache = call(p, (H, W), 2, sr)
     dout = np.random.default_rng(12).standard_normal(out.shape).astype(dtype)
-    g = F.gsa_backward(dout, cache)
+    g = by_name(F.gsa_backward(dout, cache))
     t_out, t_g = timm_gsa(torch, p, (H, W), 2, sr, dout)
     assert set(g) == set(t_g)
     scale = max(float(np.abs(v).max()) for v in t_g.values())
@@ -227,7 +238,7 @@ def test_bad_sr_ratio_raises(sr):
 
 def test_sr_without_conv_weights_raises():
     p = make_params(15, 1, 5, 6, 4, 1)
-    with pytest.raises(ValueError, match="needs sr_w, norm_w and norm_b"):
+    with pytest.raises(ValueError, match=r"needs sr_params = \(sr_w, sr_b\), norm_w, norm_b"):
         call(p, (5, 6), 2, 2)
 
 

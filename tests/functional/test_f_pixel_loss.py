@@ -73,7 +73,7 @@ def test_gradcheck(xp, eps, ignore_index):
     y[y == 255] = ignore_index
     # the analytic pass runs on xp's device, the numeric one on the host: labels follow the logits
     rows = check_backward(
-        lambda a: F.pixel_cross_entropy_forward(a, to_device(y, device_of(a)), ignore_index, eps),
+        lambda a: F.pixel_cross_entropy_forward(a, to_device(y, device_of(a)), eps, ignore_index),
         lambda d, c: F.pixel_cross_entropy_backward(float(d), c),
         [z],
         names=["logits"],
@@ -86,7 +86,7 @@ def test_gradcheck(xp, eps, ignore_index):
 @pytest.mark.parametrize("label_dtype", [np.uint8, np.int32, np.int64])
 def test_dtypes(xp, dtype, label_dtype):
     z, y = logits_labels(4)
-    loss, cache = F.pixel_cross_entropy_forward(xp.asarray(z.astype(dtype)), xp.asarray(y.astype(label_dtype)), 255, 0.1)
+    loss, cache = F.pixel_cross_entropy_forward(xp.asarray(z.astype(dtype)), xp.asarray(y.astype(label_dtype)), 0.1, 255)
     assert isinstance(loss, float)
     assert F.pixel_cross_entropy_backward(1.0, cache).dtype == dtype
 
@@ -106,7 +106,7 @@ def test_parity_with_torch(dtype, tol, eps, ignored):
     z, y = logits_labels(6, ignored)
     y[0, 0, 0] = 1  # at least one counted pixel
     z = z.astype(dtype)
-    loss, cache = F.pixel_cross_entropy_forward(z, y, 255, eps)
+    loss, cache = F.pixel_cross_entropy_forward(z, y, eps, 255)
     dz = F.pixel_cross_entropy_backward(1.7, cache)
     tz = torch.tensor(z, requires_grad=True)
     tloss = torch.nn.functional.cross_entropy(tz, torch.tensor(y), ignore_index=255, label_smoothing=eps, reduction="mean")
@@ -153,7 +153,7 @@ def test_bad_shapes_and_types_raise():
 def test_inputs_unchanged():
     z, y = logits_labels(10)
     z0, y0 = z.copy(), y.copy()
-    _, cache = F.pixel_cross_entropy_forward(z, y, 255, 0.1)
+    _, cache = F.pixel_cross_entropy_forward(z, y, 0.1, 255)
     F.pixel_cross_entropy_backward(1.0, cache)
     assert np.array_equal(asnumpy(z), z0) and np.array_equal(y, y0)
 

@@ -50,13 +50,14 @@ def test_subsample_gradcheck(mode):
                 "pw_w": r.standard_normal((C, C)), "pw_b": r.standard_normal(C)},
     }[mode]  # fmt: skip
     names = list(params)
+    assert tuple(names) == F.SUBSAMPLE_PARAMS[mode]  # the order the functions take them
 
     def fwd(x, *ps):
-        return F.subsample_forward(x, mode, sr, dict(zip(names, ps)))
+        return F.subsample_forward(x, mode, sr, ps)
 
     def bwd(d, cache):
         dx, g = F.subsample_backward(d, cache)
-        return [dx] + [g[n] for n in names]
+        return [dx, *g]
 
     rows = check_backward(fwd, bwd, [r.standard_normal((2, 5, 7, C)), *params.values()], names=["x", *names])
     assert all(row.passed(TOLERANCES["gradcheck_rel"]) for row in rows)
@@ -74,7 +75,7 @@ def test_new_ops_keep_dtype(dtype):
 def test_bad_mode_and_window():
     x = np.zeros((1, 4, 4, 2))
     with pytest.raises(ValueError, match="sub-sampling mode"):
-        F.subsample_forward(x, "max", 2, {})
+        F.subsample_forward(x, "max", 2, ())
     with pytest.raises(ValueError, match="no larger than"):
         F.avg_pool_forward(x, 5)
     with pytest.raises(ValueError, match="sr_mode"):

@@ -44,7 +44,14 @@ MIRRORS: dict[type, tuple[str, str]] = {
     tnn.GroupNorm: ("torch.nn", "GroupNorm"),
     tnn.BatchNorm2d: ("torch.nn", "BatchNorm2d"),
     tnn.Upsample: ("torch.nn", "Upsample"),
+    tnn.Dropout2d: ("torch.nn", "Dropout2d"),
     Twins: ("timm.models.twins", "Twins"),
+}
+
+# twins-np classes that mirror no importable class's constructor, and why
+NOT_MIRRORED = {
+    tnn.ConvModule: "mmcv's ConvModule gives its key layout (conv, gn/bn) only; mmcv configures it with "
+    "config dicts (norm_cfg, act_cfg), which have no counterpart here, and is not a test dependency",
 }
 
 # arguments only twins-np has, and why
@@ -107,7 +114,9 @@ def test_every_module_class_is_mirrored():
     mirrored = {c for c in MIRRORS if c.__module__.startswith("twins_np.nn")}
     exported = [getattr(tnn, n) for n in tnn.__all__]
     classes = {c for c in exported if isinstance(c, type) and issubclass(c, tnn.Module)}
-    assert classes - {tnn.Module} == mirrored, "a twins_np.nn class without its timm/torch counterpart in MIRRORS"
+    assert classes - {tnn.Module} - set(NOT_MIRRORED) == mirrored, (
+        "a twins_np.nn class without its timm/torch counterpart in MIRRORS (or its reason in NOT_MIRRORED)"
+    )
 
 
 @pytest.mark.parametrize("cls", list(MIRRORS), ids=lambda c: c.__name__)

@@ -99,7 +99,7 @@ def test_epoch_scores_are_mmseg_sums_over_the_test_split(trained: Path) -> None:
     last = trainer.history[-1]
     assert last["test_miou"] == pytest.approx(np.mean(ious), abs=1e-12)
     assert last["test_pixel_acc"] == pytest.approx(((pred == y) & keep).sum() / keep.sum(), abs=1e-12)
-    loss, _ = F.pixel_cross_entropy_forward(logits, y, 255, trainer.config.label_smoothing)
+    loss, _ = F.pixel_cross_entropy_forward(logits, y, trainer.config.label_smoothing, 255)
     assert last["test_loss"] == pytest.approx(loss, rel=1e-5)  # per-batch means weighted by counted pixels
 
 

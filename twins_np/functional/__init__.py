@@ -14,27 +14,15 @@ from .attention import (
     merge_heads,
     split_heads,
 )
-from .conv import (
-    AvgPoolCache,
-    DWConvCache,
-    DWPatchConvCache,
-    PatchConvCache,
-    avg_pool_backward,
-    avg_pool_forward,
-    depthwise_conv3x3_backward,
-    depthwise_conv3x3_forward,
-    depthwise_patch_conv_backward,
-    depthwise_patch_conv_forward,
-    patch_conv_backward,
-    patch_conv_forward,
-)
 from .conv2d import Conv2dCache, conv2d_backward, conv2d_forward
+from .depthwise_conv import DWConvCache, depthwise_conv3x3_backward, depthwise_conv3x3_forward
 from .dropout import (
     DropoutCache,
     drop_path_backward,
     drop_path_forward,
     dropout_backward,
     dropout_forward,
+    dropout_mask,
 )
 from .gsa import GSACache, gsa_backward, gsa_forward
 from .layernorm import LayerNormCache, layernorm_backward, layernorm_forward
@@ -57,6 +45,17 @@ from .norm2d import (
     group_norm_backward,
     group_norm_forward,
 )
+from .patch_conv import (
+    AvgPoolCache,
+    DWPatchConvCache,
+    PatchConvCache,
+    avg_pool_backward,
+    avg_pool_forward,
+    depthwise_patch_conv_backward,
+    depthwise_patch_conv_forward,
+    patch_conv_backward,
+    patch_conv_forward,
+)
 from .peg import PEGCache, peg_backward, peg_forward
 from .resize import (
     ResizeCache,
@@ -70,7 +69,7 @@ from .resize import (
     resize_backward,
 )
 from .softmax import SoftmaxCache, softmax_backward, softmax_forward
-from .subsample import SUBSAMPLE_MODES, SubsampleCache, subsample_backward, subsample_forward
+from .subsample import SUBSAMPLE_MODES, SUBSAMPLE_PARAMS, SubsampleCache, subsample_backward, subsample_forward
 from .windows import (
     WindowCache,
     window_pads,

@@ -1,6 +1,7 @@
 """The general 2-D convolution: k x k kernel, any stride, zero padding, groups = 1.
 
-Twins itself needs only the special convolutions of :mod:`twins_np.functional.conv`; a
+Twins itself needs only two special convolutions, :mod:`twins_np.functional.patch_conv`
+(kernel = stride, no padding) and :mod:`twins_np.functional.depthwise_conv` (the PEG); a
 dense-prediction head (the FPN neck's 3x3 output convs, the semantic head's 3x3 convs, the
 1x1 lateral convs and classifier) needs overlapping windows and zero padding.
 

@@ -24,6 +24,25 @@ def _check_p(name: str, p: float) -> None:
         raise ValueError(f"{name} must be in [0, 1], got {p}")
 
 
+def dropout_mask(rng: np.random.Generator, shape: tuple[int, ...], p: float, dtype: Any, xp: Any) -> Any:
+    """The scaled keep-mask of every dropout kind: 1/(1-p) with probability 1-p, else 0.
+
+    One rule for elementwise dropout (``shape`` = x's), drop path (``(B,)``) and channel
+    dropout (``(B, 1, 1, C)``). The uniforms are drawn on the host from ``rng`` and moved
+    to ``xp``'s device, so one seed gives the same mask on the CPU and the GPU.
+
+    Args:
+        rng: host generator.
+        shape: the mask's shape; it broadcasts against the input.
+        p: drop probability in [0, 1] (p = 1 drops everything: the mask is all zeros).
+        dtype: the input's dtype (the mask never upcasts it).
+        xp: numpy or cupy, the input's array module.
+    """
+    keep = 1.0 - p
+    u = host_uniform(rng, tuple(shape), dtype=dtype, xp=xp)
+    return (u < keep).astype(dtype) * (1.0 / keep if keep > 0 else 0.0)
+
+
 def dropout_forward(
     x: Any,
     p: float,
@@ -52,9 +71,7 @@ def dropout_forward(
     if mask is None:
         if rng is None:
             raise ValueError("dropout with p > 0 in training needs an rng or a mask")
-        keep = 1.0 - p
-        u = host_uniform(rng, tuple(x.shape), dtype=x.dtype, xp=xp)
-        mask = (u < keep).astype(x.dtype) * (1.0 / keep if keep > 0 else 0.0)
+        mask = dropout_mask(rng, tuple(x.shape), p, x.dtype, xp)
     return x * mask, DropoutCache(mask)
 
 
@@ -92,9 +109,7 @@ def drop_path_forward(
     if mask is None:
         if rng is None:
             raise ValueError("drop path with drop_prob > 0 in training needs an rng or a mask")
-        keep = 1.0 - drop_prob
-        u = host_uniform(rng, (B,), dtype=x.dtype, xp=xp)
-        mask = (u < keep).astype(x.dtype) * (1.0 / keep if keep > 0 else 0.0)
+        mask = dropout_mask(rng, (B,), drop_prob, x.dtype, xp)
     if mask.shape != (B,):
         raise ValueError(f"drop path mask must have shape (B,) = ({B},), got {tuple(mask.shape)}")
     mask = mask.reshape((B,) + (1,) * (x.ndim - 1))

@@ -15,6 +15,7 @@ conv floors, so trailing rows/columns of a map not divisible by sr feed no key.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -24,7 +25,7 @@ from .attention import AttentionCache, attention_backward, attention_forward, me
 from .layernorm import LayerNormCache, layernorm_backward, layernorm_forward
 from .linear import LinearCache, linear_backward, linear_forward
 from .lsa import join_qkv, split_qkv
-from .subsample import SubsampleCache, subsample_backward, subsample_forward
+from .subsample import SUBSAMPLE_PARAMS, SubsampleCache, subsample_backward, subsample_forward
 
 
 class GSACache(NamedTuple):
@@ -50,8 +51,7 @@ def gsa_forward(
     proj_b: Any,
     num_heads: int,
     sr_ratio: int = 1,
-    sr_w: Any | None = None,
-    sr_b: Any | None = None,
+    sr_params: Sequence[Any] = (),
     norm_w: Any | None = None,
     norm_b: Any | None = None,
     norm_eps: float = 1e-5,
@@ -59,7 +59,6 @@ def gsa_forward(
     rng: np.random.Generator | None = None,
     training: bool = True,
     sr_mode: str = "conv",
-    sr_params: dict[str, Any] | None = None,
 ) -> tuple[Any, GSACache]:
     """Global sub-sampled attention.
 
@@ -69,13 +68,14 @@ def gsa_forward(
         q_w (C, C), q_b (C,); kv_w (2C, C), kv_b (2C,); proj_w (C, C), proj_b (C,).
         num_heads: heads; C must be divisible by it.
         sr_ratio: sub-sampling ratio; 1 means keys/values are all N tokens.
-        sr_w (C, C, sr, sr), sr_b (C,): the sub-sampling conv (sr > 1 only).
-        norm_w, norm_b (C,): LayerNorm after the conv, eps ``norm_eps`` (1e-5 in timm).
-        attn_drop, rng, training: dropout on the attention probabilities.
-        sr_mode: the sub-sampling function (sr > 1): ``"conv"`` (timm's, uses sr_w/sr_b),
-            ``"avg"`` (average pooling) or ``"sep"`` (depthwise-separable, parameters in
-            ``sr_params``: dw_w (C, 1, sr, sr), dw_b, pw_w (C, C), pw_b); see
+        sr_params: the sub-sampling function's parameters (sr > 1 only), a tuple in the order
+            of ``SUBSAMPLE_PARAMS[sr_mode]``: ``(sr_w (C, C, sr, sr), sr_b (C,))`` for
+            timm's conv, ``()`` for average pooling, ``(dw_w (C, 1, sr, sr), dw_b (C,),
+            pw_w (C, C), pw_b (C,))`` for the separable one; see
             :mod:`twins_np.functional.subsample`.
+        norm_w, norm_b (C,): LayerNorm after the sub-sampling, eps ``norm_eps`` (1e-5 in timm).
+        attn_drop, rng, training: dropout on the attention probabilities.
+        sr_mode: the sub-sampling function (sr > 1): ``"conv"`` (timm's), ``"avg"`` or ``"sep"``.
 
     Returns:
         out: (B, N, C); cache for :func:`gsa_backward`.
@@ -90,8 +90,11 @@ def gsa_forward(
     q, q_cache = linear_forward(x, q_w, q_b)
     sr_cache = norm_cache = None
     if sr_ratio > 1:
-        if norm_w is None or norm_b is None or (sr_mode == "conv" and sr_w is None):
-            what = "sr_w, norm_w and norm_b" if sr_mode == "conv" else "norm_w and norm_b"
+        if sr_mode not in SUBSAMPLE_PARAMS:
+            raise ValueError(f"sub-sampling mode must be one of {tuple(SUBSAMPLE_PARAMS)}, got {sr_mode!r}")
+        names = SUBSAMPLE_PARAMS[sr_mode]
+        if norm_w is None or norm_b is None or len(sr_params) != len(names) or (names and sr_params[0] is None):
+            what = ", ".join((*([f"sr_params = ({', '.join(names)})"] if names else []), "norm_w", "norm_b"))
             raise ValueError(f"gsa with sr_ratio > 1 needs {what} (sr_mode {sr_mode!r})")
         if sr_ratio > H or sr_ratio > W:
             raise ValueError(
@@ -99,9 +102,8 @@ def gsa_forward(
                 f"no key would remain (use a larger input or a smaller sr_ratio)"
             )
         if sr_mode == "conv":
-            check_weight("sr_w", sr_w, (C, C, sr_ratio, sr_ratio))
-            sr_params = {"sr_w": sr_w, "sr_b": sr_b}
-        s, sr_cache = subsample_forward(x.reshape(B, H, W, C), sr_mode, sr_ratio, sr_params or {})
+            check_weight("sr_w", sr_params[0], (C, C, sr_ratio, sr_ratio))
+        s, sr_cache = subsample_forward(x.reshape(B, H, W, C), sr_mode, sr_ratio, tuple(sr_params))
         s, norm_cache = layernorm_forward(s.reshape(B, -1, C), norm_w, norm_b, norm_eps)
     else:
         s = x
@@ -113,31 +115,30 @@ def gsa_forward(
     return out, cache
 
 
-def gsa_backward(dout: Any, cache: GSACache) -> dict[str, Any]:
-    """Gradients of :func:`gsa_forward`.
+def gsa_backward(dout: Any, cache: GSACache) -> tuple[Any, ...]:
+    """Gradients of :func:`gsa_forward`, one per array argument, in the forward's order.
 
     x feeds two paths (queries, and the keys/values summary), so dx is their sum.
 
     Returns:
-        dict with ``x``, ``q_w``, ``q_b``, ``kv_w``, ``kv_b``, ``proj_w``, ``proj_b`` and,
-        when sr > 1, ``norm_w``, ``norm_b`` and the sub-sampling's parameters (``sr_w``,
-        ``sr_b`` for the default conv).
+        dx (B, N, C), dq_w (C, C), dq_b (C,), dkv_w (2C, C), dkv_b (2C,), dproj_w (C, C),
+        dproj_b (C,), dsr_params (a tuple in ``sr_params``' order; ``()`` when sr = 1),
+        dnorm_w (C,), dnorm_b (C,) (None when sr = 1: there is no norm).
     """
     # BEGIN SOLUTION gsa_backward
     q_cache, sr_cache, norm_cache, kv_cache, attn_cache, proj_cache, heads, (H, W), sr = cache
-    g: dict[str, Any] = {}
-    do, g["proj_w"], g["proj_b"] = linear_backward(dout, proj_cache)
+    do, dproj_w, dproj_b = linear_backward(dout, proj_cache)
     dq, dk, dv = attention_backward(split_heads(do, heads), attn_cache)
-    ds, g["kv_w"], g["kv_b"] = linear_backward(join_qkv([dk, dv]), kv_cache)
-    dx, g["q_w"], g["q_b"] = linear_backward(merge_heads(dq), q_cache)
+    ds, dkv_w, dkv_b = linear_backward(join_qkv([dk, dv]), kv_cache)
+    dx, dq_w, dq_b = linear_backward(merge_heads(dq), q_cache)
+    dsr: tuple[Any, ...] = ()
+    dnorm_w = dnorm_b = None
     if sr_cache is not None and norm_cache is not None:
         B, C = ds.shape[0], ds.shape[-1]
-        ds, g["norm_w"], g["norm_b"] = layernorm_backward(ds, norm_cache)
-        dx4, sub_grads = subsample_backward(ds.reshape(B, H // sr, W // sr, C), sr_cache)
-        g.update(sub_grads)
+        ds, dnorm_w, dnorm_b = layernorm_backward(ds, norm_cache)
+        dx4, dsr = subsample_backward(ds.reshape(B, H // sr, W // sr, C), sr_cache)
         dx += dx4.reshape(B, H * W, C)
     else:
         dx += ds  # sr == 1: x itself was the key/value source
-    g["x"] = dx
-    return g
+    return dx, dq_w, dq_b, dkv_w, dkv_b, dproj_w, dproj_b, dsr, dnorm_w, dnorm_b
     # END SOLUTION

@@ -86,7 +86,7 @@ class PixelCrossEntropyCache(NamedTuple):
 
 
 def pixel_cross_entropy_forward(
-    logits: Any, target: Any, ignore_index: int = 255, label_smoothing: float = 0.0
+    logits: Any, target: Any, label_smoothing: float = 0.0, ignore_index: int = 255
 ) -> tuple[float, PixelCrossEntropyCache]:
     """Per-pixel cross-entropy, the mean over the pixels whose label is not ``ignore_index``.
 
@@ -102,9 +102,9 @@ def pixel_cross_entropy_forward(
         logits: (B, K, H, W) float, NCHW as torch's.
         target: (B, H, W) integer labels in [0, K), or ``ignore_index``; on the same
             device as the logits.
+        label_smoothing: eps in [0, 1) (third, as in :func:`cross_entropy_forward`).
         ignore_index: the label of pixels that do not count (255, mmsegmentation's
             "unlabelled", by default).
-        label_smoothing: eps in [0, 1).
 
     Returns:
         loss: a Python float; cache for :func:`pixel_cross_entropy_backward`.

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from ._checks import check_tokens
-from .conv import DWConvCache, depthwise_conv3x3_backward, depthwise_conv3x3_forward
+from .depthwise_conv import DWConvCache, depthwise_conv3x3_backward, depthwise_conv3x3_forward
 
 
 class PEGCache(NamedTuple):

@@ -1,7 +1,7 @@
 """Resizing feature maps: bilinear (any size), nearest (any size) and the nearest 2x fast path.
 
 Notation: x (B, H, W, C) channels-last, as every spatial op of twins-np (see
-:mod:`twins_np.functional.conv`); the output is (B, Ho, Wo, C).
+:mod:`twins_np.functional.patch_conv`); the output is (B, Ho, Wo, C).
 
 Bilinear and nearest resizing are both *separable linear maps*: each output row is a
 fixed mix of input rows, and each output column a fixed mix of input columns. With an

@@ -9,7 +9,7 @@ launcher                     twin
 gelu_forward / _backward     twins_np.functional.activation.gelu_forward / gelu_backward
 layernorm_forward / _bwd     twins_np.functional.layernorm.layernorm_forward / _backward
 softmax_forward / _backward  twins_np.functional.softmax.softmax_forward / _backward (last axis)
-dwconv3x3_forward / _bwd     twins_np.functional.conv.depthwise_conv3x3_forward / _backward
+dwconv3x3_forward / _bwd     twins_np.functional.depthwise_conv.depthwise_conv3x3_forward / _backward
 adamw_update                 twins_np.optim.AdamW._update
 ===========================  ================================================================
 

@@ -4,7 +4,7 @@
 //     backward:  dx[b,i,j,c]  = sum_{u,v} dout[b, i+1-u, j+1-v, c] w[c, u, v]   (inside the map)
 //                dw_img[b,u,v,c] = sum_{i,j} dout[b,i,j,c] xpad[b, i+u, j+v, c]   (per image)
 //
-// NumPy twin: twins_np.functional.conv.depthwise_conv3x3_forward / _backward. x is
+// NumPy twin: twins_np.functional.depthwise_conv.depthwise_conv3x3_forward / _backward. x is
 // (B, H, W, C), w is (C, 1, 3, 3) read as (C, 9). The forward also fills the interior of
 // the zeroed padded copy xpad, the twin's cache. The launcher sums dw_img over the images
 // and dout over (b, i, j) for the bias, as the twin does.

@@ -19,6 +19,8 @@ the logits are NCHW, as in torch.
 Everything here is a composition of modules from :mod:`twins_np.nn` and functional pairs
 (the top-down and level-sum resizes, which have no parameters); each ``backward`` runs the
 forward's steps in reverse, and the sums of the forward become explicit gradient sums.
+Multiply-adds are counted outside the models, by :func:`twins_np.analysis.count_flops`,
+which walks a segmenter as it walks a Twins.
 """
 
 from __future__ import annotations
@@ -30,131 +32,12 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .. import functional as F
-from .. import nn
-from ..backend import default_rng, get_xp, host_uniform
+from ..backend import default_rng
 from ..functional._checks import check_float, check_ndim
-from ..nn.module import Module, ModuleList, Sequential
+from ..nn import Conv2d, ConvModule, Dropout2d, Module, ModuleList, Sequential, Upsample
+from ..nn.init import Rng
+from .registry import MODEL_CONFIGS, create_model
 from .twins import Twins
-
-NORMS = (None, "gn", "bn")
-Rng = np.random.Generator | int | None
-
-# A FLOP row as analysis.FlopRow takes it: (name, kind, output shape, params, MACs).
-Row = tuple[str, str, tuple[int, ...], int, int]
-
-
-def _conv_row(name: str, conv: Any, B: int, H: int, W: int) -> Row:
-    """A stride-1 "same" conv on an H x W map; its MACs from analysis.module_flops, the one conv count."""
-    from ..analysis import module_flops  # analysis imports the models: import it when counting
-
-    params = int(conv.weight.data.size) + (0 if conv.bias is None else int(conv.bias.data.size))
-    return (name, "conv", (B, int(conv.weight.shape[0]), H, W), params, module_flops(conv, (H, W), B))
-
-
-class ConvModule(Module):
-    """mmcv's ConvModule: conv, then an optional norm, then an optional ReLU.
-
-    Keys as mmcv's: ``conv.weight`` (and ``conv.bias`` only without a norm, as mmcv's
-    ``bias="auto"``), ``gn.weight``/``gn.bias`` or ``bn.*`` for the norm.
-
-    Shapes: x (B, H, W, C_in) -> (B, H, W, C_out) (stride 1, "same" padding for k = 3).
-
-    Args:
-        norm: None, ``"gn"`` (GroupNorm with ``num_groups``) or ``"bn"`` (BatchNorm2d).
-        act: apply ReLU after the norm.
-    """
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int,
-        padding: int = 0,
-        norm: str | None = None,
-        act: bool = False,
-        num_groups: int = 32,
-        rng: Rng = None,
-        dtype: Any = np.float32,
-    ) -> None:
-        super().__init__()
-        if norm not in NORMS:
-            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding, bias=norm is None, rng=rng, dtype=dtype)
-        self.norm_name = norm
-        if norm == "gn":
-            if out_channels % num_groups:
-                raise ValueError(f"GroupNorm: {out_channels} channels are not divisible into num_groups = {num_groups}")
-            self.gn = nn.GroupNorm(num_groups, out_channels, dtype=dtype)
-        elif norm == "bn":
-            self.bn = nn.BatchNorm2d(out_channels, dtype=dtype)
-        self.activate = nn.ReLU() if act else None
-
-    @property
-    def norm(self) -> Module | None:
-        return None if self.norm_name is None else getattr(self, self.norm_name)
-
-    def forward(self, x: Any) -> Any:
-        if x.shape[-1] != self.in_channels:
-            raise ValueError(
-                f"ConvModule was built for {self.in_channels} input channels, got a map of shape {tuple(x.shape)} "
-                f"(channels-last, C = {x.shape[-1]})"
-            )
-        x = self.conv(x)
-        if self.norm is not None:
-            x = self.norm(x)
-        if self.activate is not None:
-            x = self.activate(x)
-        return x
-
-    def backward(self, dout: Any) -> Any:
-        if self.activate is not None:
-            dout = self.activate.backward(dout)
-        if self.norm is not None:
-            dout = self.norm.backward(dout)
-        return self.conv.backward(dout)
-
-    def flop_rows(self, prefix: str, B: int, H: int, W: int) -> list[Row]:
-        """The conv's MACs (norm and ReLU count 0, as LayerNorm and GELU elsewhere) and parameters."""
-        rows = [_conv_row(f"{prefix}.conv", self.conv, B, H, W)]
-        if self.norm is not None:
-            n = sum(int(p.data.size) for p in self.norm.parameters())
-            rows.append((f"{prefix}.{self.norm_name}", "norm", (B, self.out_channels, H, W), n, 0))
-        return rows
-
-    def extra_repr(self) -> str:
-        return f"{self.in_channels}, {self.out_channels}, norm={self.norm_name}, act={self.activate is not None}"
-
-
-class Dropout2d(Module):
-    """Channel dropout (torch's ``nn.Dropout2d``, used before mmseg's classifier): each (image,
-    channel) map is zeroed with probability p, the kept ones scaled by 1/(1-p).
-
-    Shapes: x (B, H, W, C) -> same; the mask is (B, 1, 1, C), broadcast over the map.
-    """
-
-    def __init__(self, p: float = 0.1, rng: Rng = None) -> None:
-        super().__init__()
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"dropout p must be in [0, 1), got {p}")
-        self.p = p
-        self.rng = default_rng(rng)
-
-    def forward(self, x: Any) -> Any:
-        mask = None
-        if self.training and self.p > 0.0:
-            keep = 1.0 - self.p
-            u = host_uniform(self.rng, (x.shape[0], 1, 1, x.shape[-1]), dtype=x.dtype, xp=get_xp(x))
-            mask = (u < keep).astype(x.dtype) * (1.0 / keep)
-        out, cache = F.dropout_forward(x, self.p, mask=mask, training=self.training)
-        self._save(cache)
-        return out
-
-    def backward(self, dout: Any) -> Any:
-        return F.dropout_backward(dout, self._pop())
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
 
 
 class FPNCache(NamedTuple):
@@ -204,14 +87,6 @@ class FPN(Module):
         for s in range(1, len(dp)):
             dp[s] = dp[s] + F.resize_backward(dp[s - 1], up[s])
         return [conv.backward(d) for conv, d in zip(self.lateral_convs, dp)]
-
-    def flop_rows(self, prefix: str, B: int, sizes: Sequence[tuple[int, int]]) -> list[Row]:
-        rows: list[Row] = []
-        for s, (H, W) in enumerate(sizes):
-            rows += self.lateral_convs[s].flop_rows(f"{prefix}.lateral_convs.{s}", B, H, W)
-        for s, (H, W) in enumerate(sizes):
-            rows += self.fpn_convs[s].flop_rows(f"{prefix}.fpn_convs.{s}", B, H, W)
-        return rows
 
     def extra_repr(self) -> str:
         return f"in_channels={self.in_channels}, out_channels={self.out_channels}"
@@ -264,10 +139,10 @@ class FPNHead(Module):
             for k in range(max(1, int(math.log2(s) - math.log2(strides[0])))):
                 layers.append(ConvModule(c if k == 0 else channels, channels, 3, 1, norm, True, num_groups, g, dtype))
                 if s != strides[0]:
-                    layers.append(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False))
+                    layers.append(Upsample(scale_factor=2, mode="bilinear", align_corners=False))
             self.scale_heads.append(Sequential(layers))
         self.dropout = Dropout2d(dropout_ratio, g)
-        self.conv_seg = nn.Conv2d(channels, num_classes, 1, rng=g, dtype=dtype)
+        self.conv_seg = Conv2d(channels, num_classes, 1, rng=g, dtype=dtype)
         # mmsegmentation initialises the classifier with N(0, 0.01) and a zero bias
         self.conv_seg.weight.data = (0.01 * g.standard_normal(self.conv_seg.weight.shape)).astype(dtype)
 
@@ -295,18 +170,6 @@ class FPNHead(Module):
         for head, rc in zip(self.scale_heads, cache.resize):
             grads.append(head.backward(dsum if rc is None else F.resize_backward(dsum, rc)))
         return grads
-
-    def flop_rows(self, prefix: str, B: int, sizes: Sequence[tuple[int, int]]) -> list[Row]:
-        rows: list[Row] = []
-        for s, (H, W) in enumerate(sizes):
-            for j, m in enumerate(self.scale_heads[s]):
-                if isinstance(m, ConvModule):
-                    rows += m.flop_rows(f"{prefix}.scale_heads.{s}.{j}", B, H, W)
-                else:  # the 2x upsampling: no parameters, its weighted sums are not counted
-                    H, W = 2 * H, 2 * W
-        H0, W0 = sizes[0]
-        rows.append(_conv_row(f"{prefix}.conv_seg", self.conv_seg, B, H0, W0))
-        return rows
 
     def extra_repr(self) -> str:
         return (
@@ -387,7 +250,7 @@ class Segmenter(Module):
         Call :meth:`backward_loss` next.
         """
         logits = self.forward(x)
-        loss, cache = F.pixel_cross_entropy_forward(logits, target, ignore_index, label_smoothing)
+        loss, cache = F.pixel_cross_entropy_forward(logits, target, label_smoothing, ignore_index)
         self._save(cache, slot="_loss_cache")  # tagged like every cache: backward_loss checks it is this forward's
         return loss, logits
 
@@ -396,20 +259,6 @@ class Segmenter(Module):
         if getattr(self, "_loss_cache", None) is None:
             raise RuntimeError("backward_loss() needs a loss() call before it")
         return self.backward(F.pixel_cross_entropy_backward(1.0, self._pop("_loss_cache")))
-
-    def level_sizes(self, H: int, W: int) -> list[tuple[int, int]]:
-        """(H_s, W_s) of each backbone level for an H x W image (the patch embeddings floor)."""
-        sizes = []
-        for embed in self.backbone.patch_embeds:
-            p = int(embed.proj.weight.shape[-1])
-            H, W = H // p, W // p
-            sizes.append((H, W))
-        return sizes
-
-    def flop_rows(self, B: int, H: int, W: int) -> list[Row]:
-        """Rows of the neck and the head (the backbone's come from :func:`twins_np.analysis.count_flops`)."""
-        sizes = self.level_sizes(H, W)
-        return self.neck.flop_rows("neck", B, sizes) + self.decode_head.flop_rows("decode_head", B, sizes)
 
 
 # ------------------------------------------------------------------------------------------
@@ -458,8 +307,6 @@ def create_segmenter(
         overrides: replace ``neck_channels``, ``head_channels``, ``norm`` (None, "gn", "bn"),
             ``num_groups``, ``dropout_ratio``.
     """
-    from .registry import MODEL_CONFIGS, create_model
-
     if name not in SEGMENTER_CONFIGS:
         raise ValueError(f"unknown segmenter {name!r}; choose one of {', '.join(list_segmenters())}")
     unknown = set(overrides) - set(_PAPER)

@@ -12,8 +12,12 @@ import numpy as np
 from .. import functional as F
 from ..backend import default_rng
 from ..functional._checks import check_channels, check_heads
-from .layers import Conv2d, Dropout, LayerNorm, Linear, Rng
+from .conv import Conv2d
+from .dropout import Dropout
+from .init import Rng
+from .linear import Linear
 from .module import Module
+from .norm import LayerNorm
 
 
 class LocallyGroupedAttn(Module):
@@ -129,12 +133,7 @@ class GlobalSubSampleAttn(Module):
         sub: dict[str, Any] = {}
         if self.norm is not None:
             sub = dict(norm_w=self.norm.weight.data, norm_b=self.norm.bias.data, norm_eps=self.norm.eps, sr_mode=self.sr_mode)
-            if self.sr is not None:
-                sub.update(sr_w=self.sr.weight.data, sr_b=self.sr.b)
-            if self.sr_dw is not None and self.sr_pw is not None:
-                sub["sr_params"] = dict(
-                    dw_w=self.sr_dw.weight.data, dw_b=self.sr_dw.b, pw_w=self.sr_pw.weight.data, pw_b=self.sr_pw.b
-                )
+            sub["sr_params"] = [w for m in self._sr_modules() for w in (m.weight.data, m.b)]
         out, cache = F.gsa_forward(
             x, size, self.q.weight.data, self.q.b, self.kv.weight.data, self.kv.b, self.proj.weight.data, self.proj.b,
             num_heads=self.num_heads, sr_ratio=self.sr_ratio, attn_drop=self.attn_drop, rng=self.rng,
@@ -145,19 +144,22 @@ class GlobalSubSampleAttn(Module):
 
     def backward(self, dout: Any) -> Any:
         cache = self._pop()  # first, so a second backward names this module
-        g = F.gsa_backward(self.proj_drop.backward(dout), cache)
-        self.q.accumulate_grads(g["q_w"], g["q_b"])
-        self.kv.accumulate_grads(g["kv_w"], g["kv_b"])
-        self.proj.accumulate_grads(g["proj_w"], g["proj_b"])
+        dx, dq_w, dq_b, dkv_w, dkv_b, dproj_w, dproj_b, dsr, dnorm_w, dnorm_b = F.gsa_backward(
+            self.proj_drop.backward(dout), cache
+        )
+        self.q.accumulate_grads(dq_w, dq_b)
+        self.kv.accumulate_grads(dkv_w, dkv_b)
+        self.proj.accumulate_grads(dproj_w, dproj_b)
         if self.norm is not None:
-            self.norm.weight.accumulate(g["norm_w"])
-            self.norm.bias.accumulate(g["norm_b"])
-        if self.sr is not None:
-            self.sr.accumulate_grads(g["sr_w"], g["sr_b"])
-        if self.sr_dw is not None and self.sr_pw is not None:
-            self.sr_dw.accumulate_grads(g["dw_w"], g["dw_b"])
-            self.sr_pw.accumulate_grads(g["pw_w"], g["pw_b"])
-        return g["x"]
+            self.norm.weight.accumulate(dnorm_w)
+            self.norm.bias.accumulate(dnorm_b)
+        for k, m in enumerate(self._sr_modules()):  # (weight, bias) pairs in sr_params' order
+            m.accumulate_grads(dsr[2 * k], dsr[2 * k + 1])
+        return dx
+
+    def _sr_modules(self) -> list[Any]:
+        """The sub-sampling's layers in ``SUBSAMPLE_PARAMS`` order: [sr] (conv), [] (avg), [sr_dw, sr_pw] (sep)."""
+        return [m for m in (self.sr, self.sr_dw, self.sr_pw) if m is not None]
 
     def extra_repr(self) -> str:
         mode = "" if self.sr_mode == "conv" else f", sr_mode={self.sr_mode!r}"

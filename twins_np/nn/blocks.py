@@ -10,8 +10,12 @@ from .. import functional as F
 from ..backend import default_rng
 from ..functional._checks import check_channels, check_float, check_ndim
 from .attention import GlobalSubSampleAttn, LocallyGroupedAttn
-from .layers import Conv2d, DropPath, LayerNorm, Mlp, Rng
+from .conv import Conv2d
+from .dropout import DropPath
+from .init import Rng
+from .linear import Mlp
 from .module import Identity, Module, Sequential
+from .norm import LayerNorm
 
 
 class PatchEmbed(Module):

@@ -16,6 +16,9 @@ from typing import Any
 
 import numpy as np
 
+# what a module's ``rng`` argument takes: a generator, a seed, or None (seed 0)
+Rng = np.random.Generator | int | None
+
 
 def trunc_normal(
     rng: np.random.Generator, shape: tuple[int, ...], std: float = 0.02, a: float = -2.0, b: float = 2.0

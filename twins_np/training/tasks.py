@@ -256,7 +256,7 @@ def evaluate_segmenter(
             logits = _logits(model, x, start, check_finite)
             pixels = int((y != ignore).sum())
             if pixels:  # a batch whose every pixel is ignored adds nothing (and has no mean)
-                loss, _ = F.pixel_cross_entropy_forward(logits, y, ignore, label_smoothing)
+                loss, _ = F.pixel_cross_entropy_forward(logits, y, label_smoothing, ignore)
                 loss_sum += loss * pixels
                 counted += pixels
             pred = logits.argmax(axis=1)

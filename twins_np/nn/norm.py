@@ -1,10 +1,10 @@
-"""Modules for dense-prediction heads: ReLU, GroupNorm, BatchNorm2d.
+"""Normalisation layers: LayerNorm (over the last axis) and the map norms GroupNorm and BatchNorm2d.
 
 Each owns its parameters (and, for BatchNorm2d, its running statistics) and calls the
-functional pairs of :mod:`twins_np.functional.activation` and
+functional pairs of :mod:`twins_np.functional.layernorm` and
 :mod:`twins_np.functional.norm2d`. Signatures, defaults and ``state_dict`` names equal
 PyTorch's (``weight``, ``bias``, ``running_mean``, ``running_var``, ``num_batches_tracked``);
-the maps are channels-last, x (B, H, W, C), like every twins-np conv.
+GroupNorm's and BatchNorm2d's maps are channels-last, x (B, H, W, C), like every twins-np conv.
 """
 
 from __future__ import annotations
@@ -18,16 +18,28 @@ from ..functional._checks import check_channels
 from .module import Module, Parameter
 
 
-class ReLU(Module):
-    """max(x, 0), elementwise; no parameters. Shapes: any -> same."""
+class LayerNorm(Module):
+    """LayerNorm over the last axis; weight (C,) = 1, bias (C,) = 0 at init."""
+
+    def __init__(self, normalized_shape: int, eps: float = 1e-5, dtype: Any = np.float32) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = Parameter(np.ones(normalized_shape, dtype=dtype), no_weight_decay=True)
+        self.bias = Parameter(np.zeros(normalized_shape, dtype=dtype), no_weight_decay=True)
 
     def forward(self, x: Any) -> Any:
-        out, cache = F.relu_forward(x)
+        out, cache = F.layernorm_forward(x, self.weight.data, self.bias.data, self.eps)
         self._save(cache)
         return out
 
     def backward(self, dout: Any) -> Any:
-        return F.relu_backward(dout, self._pop())
+        dx, dg, db = F.layernorm_backward(dout, self._pop())
+        self.weight.accumulate(dg)
+        self.bias.accumulate(db)
+        return dx
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}"
 
 
 class GroupNorm(Module):

@@ -1,13 +1,13 @@
-"""Tests of twins_np.functional.conv: the patch conv (kernel = stride = k) and the 3x3 depthwise conv.
+"""Tests of twins_np.functional.patch_conv: the conv with kernel = stride = k (patch embedding, GSA sub-sampling).
 
-Both are channels-last, x of shape (B, H, W, C), with PyTorch's weight layout.
+Channels-last, x of shape (B, H, W, C), with PyTorch's weight layout.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from f_helpers import rel_err
+from f_helpers import rel_err, torch_conv_nhwc
 
 from twins_np import functional as F
 from twins_np.backend import cupy_available
@@ -17,11 +17,6 @@ from twins_np.gradcheck import TOLERANCES, check_backward
 def patch_args(seed: int, B: int, H: int, W: int, cin: int, cout: int, k: int):
     r = np.random.default_rng(seed)
     return r.standard_normal((B, H, W, cin)), r.standard_normal((cout, cin, k, k)), r.standard_normal(cout)
-
-
-def dw_args(seed: int, B: int, H: int, W: int, C: int):
-    r = np.random.default_rng(seed)
-    return r.standard_normal((B, H, W, C)), r.standard_normal((C, 1, 3, 3)), r.standard_normal(C)
 
 
 def patch_conv_loop(x, w, b):
@@ -41,26 +36,6 @@ def patch_conv_loop(x, w, b):
                     out[bb, i, j, o] = s
     return out
 
-
-def dw_conv_loop(x, w, b):
-    """One pixel and tap at a time, taps outside the map read zero (padding 1)."""
-    B, H, W, C = x.shape
-    out = np.zeros_like(x)
-    for bb in range(B):
-        for i in range(H):
-            for j in range(W):
-                for c in range(C):
-                    s = 0.0 if b is None else b[c]
-                    for u in range(3):
-                        for v in range(3):
-                            ii, jj = i + u - 1, j + v - 1
-                            if 0 <= ii < H and 0 <= jj < W:
-                                s += x[bb, ii, jj, c] * w[c, 0, u, v]
-                    out[bb, i, j, c] = s
-    return out
-
-
-# --- patch conv --------------------------------------------------------------------
 
 PATCH_CASES = [  # (B, H, W, C_in, C_out, k)
     (2, 8, 8, 3, 5, 4),  # divisible
@@ -133,61 +108,6 @@ def test_patch_conv_dtype_preserved(xp, dtype, H):
         assert g.dtype == dtype and g.shape == a.shape
 
 
-# --- depthwise 3x3 -----------------------------------------------------------------
-
-DW_CASES = [(2, 5, 6, 3), (1, 1, 1, 2), (1, 2, 1, 3), (1, 4, 4, 1)]
-
-
-@pytest.mark.parametrize("case", DW_CASES)
-@pytest.mark.parametrize("with_bias", [True, False])
-def test_depthwise_matches_loop(xp, case, with_bias):
-    x, w, b = dw_args(8, *case)
-    b = b if with_bias else None
-    out, _ = F.depthwise_conv3x3_forward(xp.asarray(x), xp.asarray(w), None if b is None else xp.asarray(b))
-    assert rel_err(out, dw_conv_loop(x, w, b)) < TOLERANCES["parity_f64_rel"]
-
-
-@pytest.mark.parametrize("case", DW_CASES)
-def test_depthwise_gradcheck(xp, case):
-    device = "cpu" if xp is np else "gpu"
-    rows = check_backward(
-        F.depthwise_conv3x3_forward, F.depthwise_conv3x3_backward, list(dw_args(9, *case)), names=["x", "w", "b"], device=device
-    )
-    assert max(r.max_rel_err for r in rows) < TOLERANCES["gradcheck_rel"]
-
-
-def test_depthwise_single_pixel_uses_only_the_centre_tap():
-    """On a 1x1 map every tap but the centre reads padding: dW is zero there."""
-    x, w, b = dw_args(10, 2, 1, 1, 3)
-    out, cache = F.depthwise_conv3x3_forward(x, w, b)
-    np.testing.assert_allclose(out, x * w[:, 0, 1, 1] + b, rtol=1e-15)
-    _, dw, _ = F.depthwise_conv3x3_backward(np.random.default_rng(11).standard_normal(out.shape), cache)
-    centre = np.zeros((3, 1, 3, 3), dtype=bool)
-    centre[:, :, 1, 1] = True
-    assert np.all(dw[~centre] == 0.0) and np.all(dw[centre] != 0.0)
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_depthwise_dtype_preserved(xp, dtype):
-    x, w, b = (xp.asarray(a.astype(dtype)) for a in dw_args(12, 2, 5, 6, 3))
-    out, cache = F.depthwise_conv3x3_forward(x, w, b)
-    assert out.dtype == dtype
-    grads = F.depthwise_conv3x3_backward(xp.asarray(np.ones(out.shape, dtype=dtype)), cache)
-    for g, a in zip(grads, (x, w, b)):
-        assert g.dtype == dtype and g.shape == a.shape
-
-
-# --- parity with torch.nn.functional.conv2d on NCHW --------------------------------
-
-
-def _torch_conv(torch, x, w, b, dout, **conv_kwargs):
-    """conv2d on the NCHW view of channels-last x; returns out (NHWC) and grads (x NHWC, w, b)."""
-    tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
-    tout = torch.nn.functional.conv2d(tx.permute(0, 3, 1, 2), tw, tb, **conv_kwargs).permute(0, 2, 3, 1)
-    tout.backward(torch.tensor(dout))
-    return tout.detach().numpy(), [tx.grad.numpy(), tw.grad.numpy(), tb.grad.numpy()]
-
-
 @pytest.mark.parity
 @pytest.mark.parametrize(("dtype", "tol"), [(np.float64, "parity_f64_rel"), (np.float32, "parity_f32_rel")])
 @pytest.mark.parametrize("case", [(2, 8, 8, 3, 5, 4), (1, 9, 9, 3, 4, 4), (1, 57, 57, 4, 4, 8), (2, 7, 5, 6, 6, 2)])
@@ -198,32 +118,12 @@ def test_patch_conv_parity_with_torch(dtype, tol, case):
     out, cache = F.patch_conv_forward(x, w, b)
     dout = np.random.default_rng(14).standard_normal(out.shape).astype(dtype)
     grads = F.patch_conv_backward(dout, cache)
-    t_out, t_grads = _torch_conv(torch, x, w, b, dout, stride=case[-1])
+    t_out, t_grads = torch_conv_nhwc(torch, x, w, b, dout, stride=case[-1])
     scale = max(float(np.abs(g).max()) for g in t_grads)
     assert rel_err(out, t_out) < TOLERANCES[tol]
     for mine, ref in zip(grads, t_grads):
         assert rel_err(mine, ref, scale) < TOLERANCES[tol]
     np.testing.assert_array_equal(t_grads[0][:, (x.shape[1] // case[-1]) * case[-1] :], 0.0)  # torch floors too
-
-
-@pytest.mark.parity
-@pytest.mark.parametrize(("dtype", "tol"), [(np.float64, "parity_f64_rel"), (np.float32, "parity_f32_rel")])
-@pytest.mark.parametrize("case", [(2, 5, 6, 3), (1, 1, 1, 4), (1, 14, 14, 8)])
-def test_depthwise_parity_with_torch(dtype, tol, case):
-    """groups = C, padding = 1: the PEG's conv."""
-    torch = pytest.importorskip("torch")
-    x, w, b = (a.astype(dtype) for a in dw_args(15, *case))
-    out, cache = F.depthwise_conv3x3_forward(x, w, b)
-    dout = np.random.default_rng(16).standard_normal(out.shape).astype(dtype)
-    grads = F.depthwise_conv3x3_backward(dout, cache)
-    t_out, t_grads = _torch_conv(torch, x, w, b, dout, padding=1, groups=case[-1])
-    scale = max(float(np.abs(g).max()) for g in t_grads)
-    assert rel_err(out, t_out) < TOLERANCES[tol]
-    for mine, ref in zip(grads, t_grads):
-        assert rel_err(mine, ref, scale) < TOLERANCES[tol]
-
-
-# --- bad inputs --------------------------------------------------------------------
 
 
 def test_patch_conv_wrong_ndim_raises():
@@ -256,31 +156,12 @@ def test_float16_raises():
     x, w, b = patch_args(21, 1, 8, 8, 3, 4, 4)
     with pytest.raises(TypeError, match="'x' must be float32 or float64, got float16"):
         F.patch_conv_forward(x.astype(np.float16), w.astype(np.float16), b.astype(np.float16))
-    x, w, b = dw_args(21, 1, 4, 4, 3)
-    with pytest.raises(TypeError, match="'x' must be float32 or float64, got float16"):
-        F.depthwise_conv3x3_forward(x.astype(np.float16), w.astype(np.float16), b.astype(np.float16))
 
 
 def test_mixed_precision_raises():
     x, w, b = patch_args(22, 1, 8, 8, 3, 4, 4)
     with pytest.raises(TypeError, match="'weight' is float64 but 'x' is float32"):
         F.patch_conv_forward(x.astype(np.float32), w, b)
-    x, w, b = dw_args(22, 1, 4, 4, 3)
-    with pytest.raises(TypeError, match="'bias' is float32 but 'x' is float64"):
-        F.depthwise_conv3x3_forward(x, w, b.astype(np.float32))
-
-
-@pytest.mark.parametrize("w_shape", [(3, 3, 3), (4, 1, 3, 3), (3, 1, 5, 5), (3, 3, 3, 3)])
-def test_depthwise_weight_wrong_shape_raises(w_shape):
-    x, _, b = dw_args(23, 1, 4, 4, 3)
-    with pytest.raises(ValueError, match=r"'weight' must have shape \(3, 1, 3, 3\)"):
-        F.depthwise_conv3x3_forward(x, np.ones(w_shape), b)
-
-
-def test_depthwise_wrong_ndim_raises():
-    x, w, b = dw_args(24, 1, 4, 4, 3)
-    with pytest.raises(ValueError, match=r"'x' must have shape \(B, H, W, C\)"):
-        F.depthwise_conv3x3_forward(x.reshape(1, 16, 3), w, b)
 
 
 @pytest.mark.gpu
@@ -292,6 +173,3 @@ def test_mixed_numpy_cupy_raises():
     x, w, b = patch_args(25, 1, 8, 8, 3, 4, 4)
     with pytest.raises(TypeError, match="'weight' is a CuPy"):
         F.patch_conv_forward(x, cupy.asarray(w), b)
-    x, w, b = dw_args(25, 1, 4, 4, 3)
-    with pytest.raises(TypeError, match="'x' is a NumPy"):
-        F.depthwise_conv3x3_forward(x, cupy.asarray(w), cupy.asarray(b))
