@@ -35,8 +35,10 @@ demo: $(VENV)/.stamp-run
 demo-segment: $(VENV)/.stamp-run
 	$(BIN)/twins-np demo --task segment --out outputs/segment
 
+# ruff, then the layering contracts of setup.cfg (import-linter: docs/architecture.md)
 lint: $(VENV)/.stamp-dev
 	$(BIN)/ruff check twins_np tests tools $(wildcard benchmarks)
+	$(BIN)/lint-imports --no-cache --no-logo
 
 typecheck: $(VENV)/.stamp-dev
 	$(BIN)/mypy twins_np

@@ -11,8 +11,8 @@ import pytest
 import twins_np
 from twins_np.backend import cupy_available
 from twins_np.cli import build_parser, main
+from twins_np.commands._common import NO_GPU
 from twins_np.training import blas_threads
-from twins_np.training.trainer import NO_GPU
 
 TINY = json.dumps({"embed_dims": [8, 16, 32], "num_heads": [1, 2, 2], "depths": [2, 2, 2]})
 QUICK = ["--model-overrides", TINY, "--batch-size", "16", "--limit-train", "32", "--limit-test", "16"]
@@ -85,9 +85,9 @@ def test_one_wording_for_no_gpu(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert list(tmp_path.iterdir()) == []  # refused before any folder was made
     from twins_np.training import TrainConfig, Trainer
 
-    with pytest.raises(RuntimeError) as info:
+    with pytest.raises(RuntimeError) as info:  # the library states the fact; the commands add their flags
         Trainer(TrainConfig(device="gpu"), tmp_path)
-    assert str(info.value) == NO_GPU
+    assert str(info.value) == "device='gpu' needs CuPy and a CUDA GPU, and none was found"
 
 
 # -- evaluate without --model ---------------------------------------------------------------------------------
@@ -104,7 +104,7 @@ def test_evaluate_weights_npz_without_model(run_dir: Path, tmp_path: Path, capsy
     with blas_threads(1):
         assert main(["evaluate", "--weights", str(run_dir / "weights.npz"), "--limit", "16", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert out.startswith(f"twins_svt_teach32 on digits (test split, 16 images), weights {run_dir / 'weights.npz'}")
+    assert out.startswith(f"twins_svt_teach32 on digits (test split, 16 images of 32x32), weights {run_dir / 'weights.npz'}")
     report = json.loads((tmp_path / "evaluation_test.json").read_text())
     last = json.loads((run_dir / "metrics.json").read_text())[-1]
     assert report["accuracy"] == last["test_acc"]  # the same 16 test images, in eval mode

@@ -136,7 +136,8 @@ def test_grouped_and_none_gradients_follow_the_backward_contract():
         return dout * y, (dout * x, dout), None
 
     r = np.random.default_rng(7)
-    rows = check_backward(fwd, bwd, [r.standard_normal(4), r.standard_normal(4), r.standard_normal(4)], names=["x", "y", "z"])
+    args = [r.standard_normal(4), r.standard_normal(4), r.standard_normal(4)]
+    rows = check_backward(fwd, bwd, args, names=["x", "y", "z"])
     assert [row.name for row in rows] == ["x", "y", "z"]
     assert max(row.max_rel_err for row in rows) < TOLERANCES["gradcheck_rel"]
 
@@ -145,7 +146,7 @@ def test_grouped_and_none_gradients_follow_the_backward_contract():
         return dout * y, (dout, dout * x), None
 
     with pytest.raises(AssertionError, match="gradient check failed"):
-        check_backward(fwd, bwd_swapped, [r.standard_normal(4), r.standard_normal(4), r.standard_normal(4)], names=["x", "y", "z"])
+        check_backward(fwd, bwd_swapped, args, names=["x", "y", "z"])
 
 
 # --- wrong backwards fail, with the table ------------------------------------------

@@ -24,7 +24,6 @@ from twins_np.optim import (
     CosineSchedule,
     Optimizer,
     clip_grad_norm,
-    drop_path_rates,
     param_groups,
 )
 
@@ -466,29 +465,6 @@ def test_float32_stays_float32() -> None:
                     assert value.dtype == np.float32, key
 
 
-# --- drop path ---------------------------------------------------------------------------
-
-
-def test_drop_path_rates() -> None:
-    rates = drop_path_rates(0.2, (2, 2, 10, 4))  # Twins-SVT-S
-    assert [len(r) for r in rates] == [2, 2, 10, 4]
-    flat = [x for r in rates for x in r]
-    assert flat[0] == 0.0 and math.isclose(flat[-1], 0.2, rel_tol=1e-15)
-    np.testing.assert_allclose(np.diff(flat), 0.2 / 17, rtol=1e-12)
-    assert all(isinstance(x, float) for x in flat)
-    assert drop_path_rates(0.1, (1,)) == [[0.0]]
-
-
-def test_drop_path_rates_match_timm() -> None:
-    pytest.importorskip("torch")
-    drop = pytest.importorskip("timm.layers.drop")
-    depths = [3, 4, 6, 3]
-    ours = [x for r in drop_path_rates(0.3, depths) for x in r]
-    # timm's values come from a float32 linspace: equal to float32 rounding.
-    ref = drop.calculate_drop_path_rates(0.3, sum(depths))
-    np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-8)
-
-
 # --- bad input ---------------------------------------------------------------------------
 
 
@@ -516,8 +492,6 @@ BAD_INPUT: list[tuple[str, Callable[[], object]]] = [
     ("min_lr", lambda: CosineSchedule(1e-3, total_steps=10, min_lr=-1.0)),
     ("step", lambda: CosineSchedule(1e-3, total_steps=10).lr_at(-1)),
     ("weight_decay", lambda: param_groups(_model(np.float32), -0.1)),
-    ("drop_path_rate", lambda: drop_path_rates(1.5, [2, 2])),
-    ("depths", lambda: drop_path_rates(0.1, [2, -1])),
 ]
 
 

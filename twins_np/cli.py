@@ -63,6 +63,10 @@ def _os_error(err: OSError) -> str:
 
 
 def _message(err: BaseException) -> str:
+    from .commands._common import flag
+
+    if hasattr(err, "spelled"):  # a training setting named by its field: the library's facts, our flags
+        return " ".join(err.spelled(flag).split())
     if isinstance(err, KeyError) and len(err.args) == 1 and isinstance(err.args[0], str):
         return err.args[0]  # str(KeyError) would quote the message
     if isinstance(err, MemoryError):

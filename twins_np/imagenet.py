@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from .backend import asnumpy
+
 __all__ = [
     "IMAGENET_DEFAULT_MEAN",
     "IMAGENET_DEFAULT_STD",
@@ -116,8 +118,6 @@ def softmax(logits: Any) -> np.ndarray:
 
     ``logits`` may be NumPy or CuPy (copied to the host explicitly); the result is NumPy.
     """
-    from .backend import asnumpy
-
     z = asnumpy(logits).astype(np.float64)
     z = z - z.max(axis=-1, keepdims=True)
     e = np.exp(z)
@@ -137,8 +137,6 @@ def topk(logits: Any, k: int = 5, names: Any = None) -> list[tuple[int, str, flo
         ``[(index, name, probability), ...]`` sorted by decreasing probability
         (softmax over all classes; ties keep the lower index first).
     """
-    from .backend import asnumpy
-
     z = asnumpy(logits)
     if z.ndim == 2 and z.shape[0] == 1:
         z = z[0]

@@ -581,23 +581,10 @@ def load_arrays(
 
 
 def _model_label(model: Any) -> str:
-    """The registry name whose architecture ``model`` has (e.g. ``twins_svt_small``), else its class name."""
-    config = getattr(model, "config", None)
-    if isinstance(config, dict):
-        from .models import MODEL_CONFIGS
-
-        arch = ("patch_size", "embed_dims", "num_heads", "mlp_ratios", "depths", "sr_ratios", "wss")
-        for name, cfg in MODEL_CONFIGS.items():
-            if all(_same(config.get(k), cfg.get(k, _TWINS_DEFAULTS.get(k))) for k in arch):
-                n = config.get("num_classes")
-                return name if n == cfg.get("num_classes", 1000) else f"{name} (num_classes={n})"
-    return type(model).__name__
-
-
-_TWINS_DEFAULTS: dict[str, Any] = {"wss": None}
-
-
-def _same(a: Any, b: Any) -> bool:
-    if a is None or b is None:
-        return a is b
-    return tuple(a) == tuple(b) if isinstance(a, (tuple, list)) else a == b
+    """The name ``create_model`` / ``create_segmenter`` stamped on ``model`` (e.g. ``twins_svt_small``),
+    with its class count where that differs from the named config's; else the class name."""
+    cfg = getattr(model, "model_cfg", None)
+    if not isinstance(cfg, dict) or not cfg.get("name"):
+        return type(model).__name__
+    n = getattr(model, "num_classes", None)
+    return cfg["name"] if n is None or n == cfg.get("num_classes") else f"{cfg['name']} (num_classes={n})"

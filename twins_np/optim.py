@@ -1,9 +1,10 @@
-"""Optimisers, learning-rate schedule, gradient clipping and drop-path rates.
+"""Optimisers, learning-rate schedule and gradient clipping.
 
 These are the pieces of the recipe used to train Twins (the DeiT recipe, as in timm):
 AdamW with weight decay 0.05 and no decay on biases, norms and the PEG, a cosine
 learning-rate schedule with linear warm-up applied per update, clipping of the global
-gradient norm, and drop-path rates that grow linearly with depth.
+gradient norm. (The drop-path rates that grow linearly with depth are a rule of the model:
+:func:`twins_np.nn.dropout.drop_path_rates`.)
 
 Notation: ``p`` a parameter array, ``g`` its gradient (same shape and dtype), ``lr``
 the learning rate, ``wd`` the weight decay, ``t`` the number of updates a parameter
@@ -32,7 +33,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -47,7 +48,6 @@ __all__ = [
     "CosineSchedule",
     "Optimizer",
     "clip_grad_norm",
-    "drop_path_rates",
     "param_groups",
 ]
 
@@ -574,38 +574,3 @@ def clip_grad_norm(params: Parameter | Iterable[Parameter], max_norm: float, eps
         for g in grads:
             g *= coef
     return total
-
-
-# --- stochastic depth --------------------------------------------------------------------
-
-
-def drop_path_rates(drop_path_rate: float, depths: Sequence[int]) -> list[list[float]]:
-    """Drop-path rate of every block: linear from 0 to ``drop_path_rate`` over all blocks.
-
-    timm's Twins builds ``linspace(0, drop_path_rate, sum(depths))`` and gives block j
-    of stage k the entry ``sum(depths[:k]) + j``. This returns the same list split per
-    stage, so ``rates[k][j]`` is the rate of that block. The values are float64; timm's
-    come from a float32 ``torch.linspace`` and differ from these by float32 rounding
-    (relative ~1e-7), which does not matter for a drop probability.
-
-    Args:
-        drop_path_rate: rate of the last block, in [0, 1].
-        depths: number of blocks per stage, e.g. ``(2, 2, 10, 4)`` for Twins-SVT-S.
-
-    Returns:
-        one list of Python floats per stage, ``len(rates[k]) == depths[k]``.
-
-    Raises:
-        ValueError: if drop_path_rate is outside [0, 1] or a depth is negative.
-    """
-    if not 0.0 <= float(drop_path_rate) <= 1.0:
-        raise ValueError(f"drop_path_rate must be in [0, 1], got {drop_path_rate}")
-    if any(int(d) < 0 for d in depths):
-        raise ValueError(f"depths must be >= 0, got {list(depths)}")
-    flat = np.linspace(0.0, float(drop_path_rate), sum(int(d) for d in depths)).tolist()
-    rates: list[list[float]] = []
-    start = 0
-    for d in depths:
-        rates.append(flat[start : start + int(d)])
-        start += int(d)
-    return rates

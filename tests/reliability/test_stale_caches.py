@@ -127,7 +127,7 @@ def test_loss_then_another_forward_then_backward_loss_raises():
     model = _model()
     model.loss(_x(1, 2, 3, 32, 32), np.array([1, 7]))
     model.forward(_x(2, 2, 3, 32, 32))  # e.g. a look at another batch
-    with pytest.raises(RuntimeError, match=r"Linear.backward\(\): its cache comes from another forward call"):
+    with pytest.raises(RuntimeError, match=r"Twins.backward\(\) \(_head_cache\): its cache comes from another forward call"):
         model.backward_loss()
 
 

@@ -26,6 +26,7 @@ from twins_np.training import (
     evaluate_segmenter,
     load_checkpoint,
     read_metrics,
+    validate_config,
 )
 
 TINY = json.dumps(
@@ -124,7 +125,7 @@ def test_nan_loss_stops_with_exit_1(tmp_path: Path, capsys: pytest.CaptureFixtur
     ckpt = tmp_path / "checkpoint.npz"
     before = ckpt.read_bytes()
     real_loss = Segmenter.loss
-    monkeypatch.setattr(Segmenter, "loss", lambda self, x, y, **kw: (float("nan"), real_loss(self, x, y, **kw)[1]))
+    monkeypatch.setattr(Segmenter, "loss", lambda self, x, y, *a, **kw: (float("nan"), real_loss(self, x, y, *a, **kw)[1]))
     assert main(["train", "--resume", "--out", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "loss is nan at epoch 2, step 1/2" in err and f"{ckpt} (after epoch 1), was left untouched" in err
@@ -247,8 +248,8 @@ def test_evaluate_segmenter_skips_ignored_pixels() -> None:
 
 def test_config_refuses_a_segmenter_for_classify() -> None:
     with pytest.raises(ValueError, match="model: 'twins_svt_teach64_fpn' is a segmenter"):
-        TrainConfig(model="twins_svt_teach64_fpn", data="digits").validate()
-    TrainConfig(task="segment", model="twins_svt_teach64_fpn", data="long_range_dense").validate()
+        validate_config(TrainConfig(model="twins_svt_teach64_fpn", data="digits"))
+    validate_config(TrainConfig(task="segment", model="twins_svt_teach64_fpn", data="long_range_dense"))
 
 
 def test_demo_segment_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

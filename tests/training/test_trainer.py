@@ -15,7 +15,15 @@ import pytest
 
 from twins_np.data import load_dataset
 from twins_np.models import Twins
-from twins_np.training import METRIC_COLUMNS, NonFiniteLossError, TrainConfig, Trainer, blas_threads, load_checkpoint
+from twins_np.training import (
+    METRIC_COLUMNS,
+    NonFiniteLossError,
+    TrainConfig,
+    Trainer,
+    blas_threads,
+    load_checkpoint,
+    validate_config,
+)
 from twins_np.training import trainer as trainer_module
 
 TINY = {"embed_dims": [8, 16, 32], "num_heads": [1, 2, 2], "depths": [2, 2, 2]}
@@ -175,4 +183,4 @@ def test_metric_files_and_figures(tmp_path: Path) -> None:
 )
 def test_config_rejects_bad_settings(change: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
-        tiny_config(**change).validate()
+        validate_config(tiny_config(**change))

@@ -22,6 +22,27 @@ class CommandError(Exception):
     """A bad argument or environment: ``main`` prints the message on one line and returns 2."""
 
 
+# One wording, in every command, for a GPU asked for where there is none.
+NO_GPU = (
+    "--device gpu needs CuPy and a CUDA GPU, and none was found (pip install twins-np[gpu] on a machine "
+    "with an NVIDIA GPU); use --device cpu"
+)
+
+
+# settings whose flag is not their field's name with dashes
+_FLAGS = {"out_dir": "--out"}
+
+
+def flag(field: str) -> str:
+    """The command-line flag of a training setting: ``batch_size`` -> ``--batch-size``, ``out_dir`` -> ``--out``.
+
+    The library names settings by their field (:class:`twins_np.training.ConfigError`,
+    :class:`twins_np.training.NonFiniteLossError`); the commands show them as flags with
+    ``err.spelled(flag)``.
+    """
+    return _FLAGS.get(field, "--" + field.replace("_", "-"))
+
+
 def model_name(text: str, names: list[str] | None = None) -> str:
     """argparse type of ``--model`` / ``MODEL``: a registered name, with a suggestion for a typo.
 
@@ -64,7 +85,6 @@ def data_name(text: str) -> str:
 def check_device(device: str | None) -> None:
     """Refuse ``--device gpu`` without CuPy and a GPU, before anything is loaded."""
     from ..backend import cupy_available
-    from ..training.trainer import NO_GPU
 
     if device == "gpu" and not cupy_available():
         raise CommandError(NO_GPU)

@@ -198,7 +198,7 @@ def run(args: argparse.Namespace) -> int:
 def run_segment(args: argparse.Namespace) -> int:
     """``--task segment``: train the teaching segmenter on shapes and report its mIoU."""
     from ..training import SegmentationEvalResult, TrainConfig, Trainer, blas_threads, claim_out_dir, clear_outputs
-    from .evaluate import format_iou_table
+    from ..training.segmentation_metrics import format_iou_table
 
     start = time.perf_counter()
     out = Path(SEGMENT_OUT if args.out is None else args.out)

@@ -168,6 +168,7 @@ def run(args: argparse.Namespace) -> int:
         TrainConfig,
         claim_out_dir,
         earlier_outputs,
+        validate_config,
     )
     from ._common import check_device
 
@@ -181,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
         return _error(args, f"--threads must be >= 1, got {args.threads}")
     if not args.resume:
         cfg = TrainConfig(**given, device=args.device or "cpu")
-        cfg.validate(flags=True)  # every setting checked before the folder is touched
+        validate_config(cfg)  # every setting checked before the folder is touched (a ConfigError names its flag)
     # The folder belongs to this run until it ends: a second run into it is refused.
     with claim_out_dir(out):
         if args.resume:
@@ -217,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace, out: Path, given: dict[str, Any]) -> int:
     from ..training import NonFiniteLossError, TrainConfig, Trainer, blas_threads, clear_outputs
-    from ._common import reading_data
+    from ._common import flag, reading_data
 
     start = time.perf_counter()
     with blas_threads(args.threads):
@@ -244,7 +245,7 @@ def _train(args: argparse.Namespace, out: Path, given: dict[str, Any]) -> int:
         try:
             history = trainer.fit(stop_after=args.stop_after)
         except NonFiniteLossError as err:
-            print(f"twins-np {args.command}: {err}", file=sys.stderr)
+            print(f"twins-np {args.command}: {err.spelled(flag)}", file=sys.stderr)
             return 1
     seconds = time.perf_counter() - start
     if not history:

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from ..backend import get_xp
+
 # float16 is refused on purpose: LayerNorm variances and softmax sums lose too much
 # precision; bfloat16 does not exist in NumPy at all.
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -106,8 +108,6 @@ def check_weight(name: str, w: Any, shape: tuple[int, ...]) -> None:
 
 def check_finite(name: str, a: Any) -> None:
     """Optional check used by modules with ``check_finite=True``: no NaN or Inf."""
-    from ..backend import get_xp
-
     xp = get_xp(a)
     if not bool(xp.isfinite(a).all()):
         n_nan = int(xp.isnan(a).sum())

@@ -17,14 +17,38 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, runtime_checkable
 
 from ..nn import Module
 
-if TYPE_CHECKING:
-    from .twins import Twins
+__all__ = ["FeatureBackbone", "FeatureInfo", "TwinsFeatures", "feature_take_indices"]
 
-__all__ = ["FeatureInfo", "TwinsFeatures", "feature_take_indices"]
+
+@runtime_checkable
+class FeatureBackbone(Protocol):
+    """What a feature extractor needs of a model (timm's ``FeatureGetterNet`` asks the same).
+
+    :class:`~twins_np.models.Twins` has it; so may any other :class:`~twins_np.nn.Module`
+    with these four members, which is why this file knows no model class.
+    """
+
+    feature_info: list[dict[str, Any]]
+
+    def prune_intermediate_layers(
+        self, indices: int | Sequence[int] | None = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]: ...
+
+    def forward_intermediates(
+        self,
+        x: Any,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> Any: ...
+
+    def backward_intermediates(self, grads: Sequence[Any], dfinal: Any = None) -> Any: ...
 
 
 def feature_take_indices(num_features: int, indices: int | Sequence[int] | None = None) -> tuple[list[int], int]:
@@ -139,7 +163,8 @@ class TwinsFeatures(Module):
     (``model.patch_embeds.0.proj.weight``, ..., no ``model.norm.*``, no ``model.head.*``).
 
     Args:
-        model: a :class:`Twins`; pruned in place and kept as ``self.model``.
+        model: a :class:`~twins_np.models.Twins` (any Module that is a :class:`FeatureBackbone`);
+            pruned in place and kept as ``self.model``.
         out_indices: stages to return (timm's rule, see :func:`feature_take_indices`);
             None: every stage.
         norm: apply the final LayerNorm to the last stage's map (only the last stage can be
@@ -152,9 +177,14 @@ class TwinsFeatures(Module):
     """
 
     def __init__(
-        self, model: Twins, out_indices: int | Sequence[int] | None = None, norm: bool = False, output_fmt: str = "NCHW"
+        self, model: Module, out_indices: int | Sequence[int] | None = None, norm: bool = False, output_fmt: str = "NCHW"
     ) -> None:
         super().__init__()
+        if not isinstance(model, FeatureBackbone):
+            raise TypeError(
+                f"TwinsFeatures needs a model with feature_info, prune_intermediate_layers, forward_intermediates and "
+                f"backward_intermediates (a Twins), got {type(model).__name__}"
+            )
         if output_fmt not in ("NCHW", "NHWC"):
             raise ValueError(f"'output_fmt' must be 'NCHW' (timm's) or 'NHWC' (channels-last), got {output_fmt!r}")
         take = model.prune_intermediate_layers(out_indices, prune_norm=not norm)
@@ -163,6 +193,7 @@ class TwinsFeatures(Module):
         self.norm = bool(norm)
         self.output_fmt = output_fmt
         self.feature_info = FeatureInfo(copy.deepcopy(model.feature_info), self.out_indices)
+        self.model_cfg: dict[str, Any] = {}  # stamped by create_model: {"name"}
 
     def forward(self, x: Any) -> list[Any]:
         """Image (B, C_in, H, W) -> the selected stage maps, NCHW (or NHWC), in stage order."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, overload
 
@@ -68,7 +69,17 @@ def create_model(
     if not features_only and out_indices is not None:
         raise ValueError("'out_indices' selects the stages of a feature extractor: pass features_only=True with it")
     model = Twins(**{**MODEL_CONFIGS[name], **overrides})
-    return TwinsFeatures(model, out_indices) if features_only else model
+    # as timm's builder stamps pretrained_cfg: what the model was built as, so messages (twins_np.io)
+    # can name it without reading the registry
+    model.model_cfg = {"name": name, "num_classes": MODEL_CONFIGS[name].get("num_classes", _TWINS_NUM_CLASSES)}
+    if not features_only:
+        return model
+    features = TwinsFeatures(model, out_indices)
+    features.model_cfg = {"name": name}
+    return features
+
+
+_TWINS_NUM_CLASSES = inspect.signature(Twins.__init__).parameters["num_classes"].default
 
 
 def model_factory(name: str) -> Callable[..., Twins]:

@@ -36,6 +36,7 @@ from ..backend import default_rng
 from ..functional._checks import check_float, check_ndim
 from ..nn import Conv2d, ConvModule, Dropout2d, Module, ModuleList, Sequential, Upsample
 from ..nn.init import Rng
+from .base import LossModel
 from .registry import MODEL_CONFIGS, create_model
 from .twins import Twins
 
@@ -193,7 +194,7 @@ class SegmenterCache(NamedTuple):
     resize: Any  # ResizeCache of the logits' bilinear resize to the image size
 
 
-class Segmenter(Module):
+class Segmenter(LossModel):
     """Backbone + FPN neck + Semantic FPN head: image (B, 3, H, W) -> logits (B, K, H, W).
 
     Keys: ``backbone.*`` (Twins' own names), ``neck.lateral_convs.s.conv.*``,
@@ -211,11 +212,15 @@ class Segmenter(Module):
     :meth:`Twins.backward_intermediates`.
     """
 
+    loss_forward = staticmethod(F.pixel_cross_entropy_forward)
+    loss_backward = staticmethod(F.pixel_cross_entropy_backward)
+
     def __init__(self, backbone: Twins, neck: FPN, decode_head: FPNHead, crop_size: int = 512) -> None:
         super().__init__()
         self.backbone, self.neck, self.decode_head = backbone, neck, decode_head
         self.num_classes = decode_head.num_classes
         self.crop_size = crop_size  # the training crop of the config (what `twins-np flops` counts by default)
+        self.model_cfg: dict[str, Any] = {}  # stamped by create_segmenter: {"name", "num_classes"} of its config
 
     def forward(self, x: Any) -> Any:
         """Image (B, 3, H, W) -> logits (B, K, H, W)."""
@@ -229,17 +234,17 @@ class Segmenter(Module):
 
     def backward(self, dlogits: Any) -> Any:
         """dlogits (B, K, H, W) -> dx (B, 3, H, W); fills ``.grad`` of every parameter."""
-        cache = self._pop()
-        a_h, a_w = cache.resize
+        a_h, a_w = self._peek().resize  # checked before it is used: a wrong gradient must not discard the forward
         B = None if getattr(dlogits, "ndim", 0) != 4 else dlogits.shape[0]
         want = (B, self.num_classes, a_h.shape[0], a_w.shape[0])
         if tuple(getattr(dlogits, "shape", ())) != want:
-            self._save(cache)  # a wrong gradient must not discard the forward
             raise ValueError(f"dlogits must have the logits' shape {want}, got {tuple(getattr(dlogits, 'shape', ()))}")
-        d = F.resize_backward(dlogits.transpose(0, 2, 3, 1), cache.resize)
+        d = F.resize_backward(dlogits.transpose(0, 2, 3, 1), self._pop().resize)
         return self.backbone.backward_intermediates(self.neck.backward(self.decode_head.backward(d)))
 
-    def loss(self, x: Any, target: Any, label_smoothing: float = 0.0, ignore_index: int = 255) -> tuple[float, Any]:
+    def loss(
+        self, x: Any, target: Any, label_smoothing: float = 0.0, ignore_index: int = 255, **options: Any
+    ) -> tuple[float, Any]:
         """Forward + per-pixel cross-entropy (mean over non-ignored pixels); returns (loss, logits).
 
         The arguments come in :meth:`Twins.loss`'s order (``label_smoothing`` third), so a
@@ -249,16 +254,8 @@ class Segmenter(Module):
         ``avg_non_ignore=True``; with ignored pixels its loss is smaller by the counted share.
         Call :meth:`backward_loss` next.
         """
-        logits = self.forward(x)
-        loss, cache = F.pixel_cross_entropy_forward(logits, target, label_smoothing, ignore_index)
-        self._save(cache, slot="_loss_cache")  # tagged like every cache: backward_loss checks it is this forward's
-        return loss, logits
+        return super().loss(x, target, label_smoothing, ignore_index=ignore_index, **options)
 
-    def backward_loss(self) -> Any:
-        """Backward from the loss computed by :meth:`loss`; returns dx."""
-        if getattr(self, "_loss_cache", None) is None:
-            raise RuntimeError("backward_loss() needs a loss() call before it")
-        return self.backward(F.pixel_cross_entropy_backward(1.0, self._pop("_loss_cache")))
 
 
 # ------------------------------------------------------------------------------------------
@@ -333,4 +330,6 @@ def create_segmenter(
     )
     # the paper's configs train on 512x512 ADE20K crops; the teaching ones at their backbone's size
     crop = 512 if name in _PAPER_NAMES else int(MODEL_CONFIGS[cfg["backbone"]].get("img_size", 224))
-    return Segmenter(backbone, neck, head, crop_size=crop)
+    seg = Segmenter(backbone, neck, head, crop_size=crop)
+    seg.model_cfg = {"name": name, "num_classes": 150}  # stamped as create_model stamps a Twins (150: ADE20K)
+    return seg

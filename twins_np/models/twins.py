@@ -30,6 +30,8 @@ from .. import functional as F
 from ..backend import default_rng, device_of
 from ..functional._checks import FLOAT_DTYPES, check_finite, check_float, check_ndim
 from ..nn import Block, Dropout, Identity, LayerNorm, Linear, Module, ModuleList, PatchEmbed, PosConv
+from ..nn.dropout import drop_path_rates
+from .base import LossModel
 from .features import feature_take_indices
 
 
@@ -38,6 +40,19 @@ def _tuple(v: Any, n: int, name: str) -> tuple:
     if len(t) != n:
         raise ValueError(f"{name} has {len(t)} entries but depths has {n} stages")
     return t
+
+
+class FeaturesCache(NamedTuple):
+    """What :meth:`Twins.backward_features` reads from :meth:`Twins.forward_features`: each stage's (H_s, W_s)."""
+
+    sizes: tuple[tuple[int, int], ...]
+
+
+class HeadCache(NamedTuple):
+    """What :meth:`Twins.backward_head` needs from :meth:`Twins.forward_head`."""
+
+    batch: int  # B, for the shape check of dlogits
+    tokens: int  # N, the number of tokens the mean pooled
 
 
 class IntermediatesCache(NamedTuple):
@@ -65,7 +80,7 @@ class IntermediatesCache(NamedTuple):
     device: str
 
 
-class Twins(Module):
+class Twins(LossModel):
     """Twins-PCPVT (``wss=None``: every block GSA) or Twins-SVT (even blocks LSA, odd GSA).
 
     Keyword names and meaning follow timm's ``Twins``. Extra twins-np arguments:
@@ -75,7 +90,11 @@ class Twins(Module):
     ``"avg"`` or ``"sep"``; see :class:`twins_np.nn.GlobalSubSampleAttn`).
 
     Shapes: ``forward(x)``: x (B, in_chans, H, W) NCHW -> logits (B, num_classes).
+    Training: ``loss(x, target, label_smoothing)`` (cross-entropy) then ``backward_loss()``.
     """
+
+    loss_forward = staticmethod(F.cross_entropy_forward)
+    loss_backward = staticmethod(F.cross_entropy_backward)
 
     def __init__(
         self,
@@ -151,10 +170,9 @@ class Twins(Module):
             self.pos_drops.append(Dropout(pos_drop_rate, rng=g))
             prev, size, p = embed_dims[s], (size[0] // p, size[1] // p), 2
 
-        # stochastic depth: rate grows linearly over all blocks, as timm
-        dpr = np.linspace(0.0, drop_path_rate, sum(depths)).tolist() if sum(depths) else []
+        # stochastic depth: rate grows linearly over all blocks, as timm (one rule, tested against timm's)
+        dpr = drop_path_rates(drop_path_rate, depths)
         self.blocks = ModuleList()
-        cur = 0
         for s in range(S):
             stage = ModuleList()
             for i in range(depths[s]):
@@ -166,7 +184,7 @@ class Twins(Module):
                         mlp_ratios[s],
                         proj_drop_rate,
                         attn_drop_rate,
-                        dpr[cur + i],
+                        dpr[s][i],
                         sr_ratios[s],
                         ws,
                         norm_eps,
@@ -176,7 +194,6 @@ class Twins(Module):
                     )
                 )
             self.blocks.append(stage)
-            cur += depths[s]
         self.pos_block = ModuleList([PosConv(d, d, rng=g, dtype=dtype) for d in embed_dims])
         self.norm: Module = LayerNorm(self.num_features, eps=norm_eps, dtype=dtype)
         self.head_drop = Dropout(drop_rate, rng=g)
@@ -184,7 +201,7 @@ class Twins(Module):
         # what each stage gives a dense head; timm's names ("block.s") and keys. timm writes the
         # reduction as 2**(2 + s), which assumes patch_size 4; this is the true output stride.
         self.feature_info = [dict(module=f"block.{s}", num_chs=embed_dims[s], reduction=patch_size * 2**s) for s in range(S)]
-        self._intermediates: IntermediatesCache | None = None
+        self.model_cfg: dict[str, Any] = {}  # stamped by create_model: {"name", "num_classes"} of the named config
 
     # -- forward -------------------------------------------------------------------------
     def _min_input_side(self, n_stages: int | None = None) -> tuple[int, list[tuple[int, int, int]]]:
@@ -257,28 +274,22 @@ class Twins(Module):
         self._check_input(x)
         if self.check_inputs_finite:
             check_finite("x", x)
-        self._intermediates = None  # a backward_intermediates now has no forward to use
+        self._forget("_intermediates")  # backward_intermediates has no forward to use after this one
         sizes = []
         last = len(self.depths) - 1
-        for s, (embed, drop, stage, peg) in enumerate(zip(self.patch_embeds, self.pos_drops, self.blocks, self.pos_block)):
-            x, size = embed(x)
-            x = drop(x)
-            for i, blk in enumerate(stage):
-                x = blk(x, size)
-                if i == 0:
-                    x = peg(x, size)  # the PEG follows the stage's first block
+        for s in range(last + 1):
+            x, size = self._forward_stage(s, x)
             sizes.append(size)
             if s < last:
                 B, _, C = x.shape
                 x = x.reshape(B, size[0], size[1], C).transpose(0, 3, 1, 2)  # tokens -> NCHW view
-        self._save(sizes)
+        self._save(FeaturesCache(tuple(sizes)))
         return self.norm(x)
 
     def forward_head(self, x: Any) -> Any:
         """Tokens (B, N, C) -> logits (B, num_classes) (mean over tokens, then head)."""
-        self._batch = x.shape[0]  # for the shape check of backward's dlogits
+        self._save(HeadCache(int(x.shape[0]), int(x.shape[1])), slot="_head_cache")
         if self.global_pool == "avg":
-            self._pool_n = x.shape[1]
             x = x.mean(axis=1)
         return self.head(self.head_drop(x))
 
@@ -288,35 +299,28 @@ class Twins(Module):
 
     # -- backward ------------------------------------------------------------------------
     def backward_head(self, dlogits: Any) -> Any:
+        batch, n = self._pop("_head_cache")
         dx = self.head_drop.backward(self.head.backward(dlogits))
         if self.global_pool == "avg":
-            n = self._pool_n
-            xp = self.xp
             # mean over N tokens: each token receives dout / N
-            dx = xp.broadcast_to((dx / float(n))[:, None, :], (dx.shape[0], n, dx.shape[-1]))
+            dx = self.xp.broadcast_to((dx / float(n))[:, None, :], (batch, n, dx.shape[-1]))
         return dx
 
     def backward_features(self, dx: Any) -> Any:
-        self._pop()  # the stage sizes were only needed to mark that forward ran
+        self._pop()  # the stage sizes: read to check that forward_features ran for this backward
         dx = self.norm.backward(dx)
         for s in reversed(range(len(self.depths))):
             if s < len(self.depths) - 1:  # NCHW image gradient -> tokens
                 B, C = dx.shape[0], dx.shape[1]
                 dx = dx.transpose(0, 2, 3, 1).reshape(B, -1, C)
-            stage = self.blocks[s]
-            for i in reversed(range(len(stage))):
-                if i == 0:
-                    dx = self.pos_block[s].backward(dx)
-                dx = stage[i].backward(dx)
-            dx = self.pos_drops[s].backward(dx)
-            dx = self.patch_embeds[s].backward(dx)
+            dx = self._backward_stage(s, dx)
         return dx
 
     def backward(self, dlogits: Any) -> Any:
         """dlogits (B, num_classes) -> dx (B, C_in, H, W); fills every parameter's .grad."""
-        if self._cache is None:
-            raise RuntimeError("Twins.backward() called without a forward() before it (or twice for one forward)")
-        expected = (self._batch, self.num_classes) if self.num_classes > 0 else None
+        self._peek()  # no forward (or a second backward): say so before anything runs
+        batch, _ = self._peek("_head_cache")
+        expected = (batch, self.num_classes) if self.num_classes > 0 else None
         if expected is not None and tuple(getattr(dlogits, "shape", ())) != expected:
             raise ValueError(f"dlogits must have the logits' shape {expected}, got {tuple(getattr(dlogits, 'shape', ()))}")
         return self.backward_features(self.backward_head(dlogits))
@@ -324,19 +328,6 @@ class Twins(Module):
     def no_weight_decay(self) -> set[str]:
         """Names of the PEG parameters (timm's ``no_weight_decay``)."""
         return {"pos_block." + n for n, _ in self.pos_block.named_parameters()}
-
-    def loss(self, x: Any, target: Any, label_smoothing: float = 0.0) -> tuple[float, Any]:
-        """Forward + cross-entropy; returns (loss, logits). Call :meth:`backward_loss` next."""
-        logits = self.forward(x)
-        loss, cache = F.cross_entropy_forward(logits, target, label_smoothing)
-        self._save(cache, slot="_loss_cache")  # tagged like every cache: backward_loss checks it is this forward's
-        return loss, logits
-
-    def backward_loss(self) -> Any:
-        """Backward from the loss computed by :meth:`loss`; returns dx."""
-        if getattr(self, "_loss_cache", None) is None:
-            raise RuntimeError("backward_loss() needs a loss() call before it")
-        return self.backward(F.cross_entropy_backward(1.0, self._pop("_loss_cache")))
 
     # -- as a backbone (timm's forward_intermediates) -------------------------------------
     def _forward_stage(self, s: int, x: Any) -> tuple[Any, tuple[int, int]]:
@@ -398,9 +389,7 @@ class Twins(Module):
         if self.check_inputs_finite:
             check_finite("x", x)
         B, device = int(x.shape[0]), device_of(x)
-        # this forward replaces any earlier one: neither backward may use the older caches
-        self._intermediates = None
-        object.__setattr__(self, "_cache", None)  # Twins.backward(dlogits) now refuses to run
+        self._forget("_cache", "_head_cache")  # this forward replaces any earlier one: Twins.backward now refuses
         taps = sorted(set(take))  # timm keeps stage order and returns a stage once
         run_norm = (norm and S - 1 in taps) or (not intermediates_only and last == S - 1)
         maps: list[Any] = []
@@ -427,7 +416,7 @@ class Twins(Module):
                 final, kind = x, "tokens"
             else:  # stopped early: the last run stage's NCHW map, as timm
                 final, kind = (maps[-1] if output_fmt == "NCHW" else self.xp.ascontiguousarray(x)), "map"
-        self._intermediates = IntermediatesCache(
+        rec = IntermediatesCache(
             taps=tuple(taps),
             deepest=max_index if intermediates_only else last,
             norm_tap=bool(norm and S - 1 in taps),
@@ -440,6 +429,7 @@ class Twins(Module):
             sizes=tuple(sizes),
             device=device,
         )
+        self._save(rec, slot="_intermediates")
         return maps if intermediates_only else (final, maps)
 
     def _check_intermediate_grads(self, rec: IntermediatesCache, grads: Any, dfinal: Any) -> None:
@@ -498,14 +488,13 @@ class Twins(Module):
             the final output), so dL/dy_s is the sum of those gradients, added before the
             stage's own backward; see docs/derivations/model.md.
         """
-        rec = self._intermediates
-        if rec is None:
+        if getattr(self, "_intermediates", None) is None:
             raise RuntimeError(
                 "backward_intermediates() needs a forward_intermediates() before it (a second backward for one "
                 "forward, or a forward()/forward_features() in between, also discards it): run forward_intermediates again"
             )
-        self._check_intermediate_grads(rec, grads, dfinal)
-        self._intermediates = None
+        self._check_intermediate_grads(self._peek("_intermediates"), grads, dfinal)  # before anything is used
+        rec = self._pop("_intermediates")
         S, xp = len(self.blocks), self.xp
         tap_grad = dict(zip(rec.taps, grads))
 
@@ -573,6 +562,5 @@ class Twins(Module):
         if prune_head or prune_end:  # timm's reset_classifier(0, "")
             self.head, self.num_classes, self.global_pool = Identity(), 0, ""
             self.config.update(num_classes=0, global_pool="")
-        self._intermediates = None
         self._clear_caches()
         return take

@@ -6,7 +6,10 @@ the identity in eval mode.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
+
+import numpy as np
 
 from .. import functional as F
 from ..backend import default_rng, get_xp
@@ -89,3 +92,35 @@ class Dropout2d(Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+
+def drop_path_rates(drop_path_rate: float, depths: Sequence[int]) -> list[list[float]]:
+    """Drop-path rate of every block: linear from 0 to ``drop_path_rate`` over all blocks.
+
+    timm's Twins builds ``linspace(0, drop_path_rate, sum(depths))`` and gives block j
+    of stage k the entry ``sum(depths[:k]) + j``. This returns the same list split per
+    stage, so ``rates[k][j]`` is the rate of that block. The values are float64; timm's
+    come from a float32 ``torch.linspace`` and differ from these by float32 rounding
+    (relative ~1e-7), which does not matter for a drop probability.
+
+    Args:
+        drop_path_rate: rate of the last block, in [0, 1].
+        depths: number of blocks per stage, e.g. ``(2, 2, 10, 4)`` for Twins-SVT-S.
+
+    Returns:
+        one list of Python floats per stage, ``len(rates[k]) == depths[k]``.
+
+    Raises:
+        ValueError: if drop_path_rate is outside [0, 1] or a depth is negative.
+    """
+    if not 0.0 <= float(drop_path_rate) <= 1.0:
+        raise ValueError(f"drop_path_rate must be in [0, 1], got {drop_path_rate}")
+    if any(int(d) < 0 for d in depths):
+        raise ValueError(f"depths must be >= 0, got {list(depths)}")
+    flat = np.linspace(0.0, float(drop_path_rate), sum(int(d) for d in depths)).tolist()
+    rates: list[list[float]] = []
+    start = 0
+    for d in depths:
+        rates.append(flat[start : start + int(d)])
+        start += int(d)
+    return rates

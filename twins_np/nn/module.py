@@ -9,19 +9,28 @@ Gradient rule: ``backward`` *adds* into ``param.grad`` (like PyTorch), so call
 ``zero_grad()`` before each step. A cache is used once: a second ``backward``
 without a new ``forward`` raises, because it would silently double the gradients.
 
-One backward, one forward. A backward must never combine caches of two different
-forwards: the gradients would be silently wrong. Two rules make sure of it, and both
-work without copying anything:
+**The cache rule** (one mechanism for every module and model). A module keeps what its
+backward needs only through :meth:`Module._save` (in the slot ``"_cache"``, or a named
+slot such as ``"_loss_cache"``) and reads it back with :meth:`Module._pop` (or
+:meth:`Module._peek` to look without consuming it); no other attribute carries state from a
+forward to a backward. One backward, one forward: a backward must never combine caches of
+two different forwards, the gradients would be silently wrong. Three rules make sure of it,
+and none copies anything:
 
-- Every cache is tagged with the id of the *top-level* forward that made it: the
-  outermost forward method running (``model.forward(x)``, ``model.loss(x, y)``, or a
-  module used on its own). Nested module calls inside it share its id. A backward
-  checks that every cache it reads carries the same id as the first one it read.
+- Every cache is tagged with the id of the *top-level* forward that made it: the outermost
+  forward method running (``model.forward(x)``, ``model.loss(x, y)``,
+  ``model.forward_intermediates(x)``, or a module used on its own); nested module calls
+  inside it share its id. A backward checks that every cache it reads carries the same id
+  as the first one it read (a part of the model run on its own after the model's forward,
+  or a loss followed by another forward, is refused).
+- A forward whose run makes another entry point's backward meaningless drops that entry's
+  slot with :meth:`Module._forget` (``Twins.forward_intermediates`` drops the caches of
+  ``Twins.backward``, and ``forward_features`` the one of ``backward_intermediates``).
 - A top-level forward that stops part-way (an exception, Ctrl-C, out of memory) marks
   the cache of every module in its tree as incomplete, so the next backward raises
   instead of mixing the new batch's caches with the old batch's.
 
-Both hook into the methods named ``forward``/``forward_*``/``loss`` (forward passes)
+The rules hook into the methods named ``forward``/``forward_*``/``loss`` (forward passes)
 and ``backward``/``backward_*`` (backward passes) of every Module subclass; see
 :meth:`Module.__init_subclass__`.
 """
@@ -336,8 +345,10 @@ class Module:
         return self
 
     def _clear_caches(self) -> None:
+        """Drop every cache slot of every module in the tree (the cache rule's first point)."""
         for _, m in self.named_modules():
-            object.__setattr__(m, "_cache", None)
+            for slot in m.__dict__.get("_cache_slots", ("_cache",)):
+                object.__setattr__(m, slot, None)
 
     @property
     def dtype(self) -> Any:
@@ -459,9 +470,27 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} does not define backward()")
 
     def _save(self, cache: Any, slot: str = "_cache") -> None:
-        """Keep ``cache`` for backward, tagged with the top-level forward that made it."""
+        """Keep ``cache`` for backward in ``slot``, tagged with the top-level forward that made it."""
+        slots = self.__dict__.get("_cache_slots")
+        if slots is None:
+            slots = ["_cache"]
+            object.__setattr__(self, "_cache_slots", slots)
+        if slot not in slots:
+            slots.append(slot)
         kept = _Saved(cache, _PASS.forward_id) if _KEEP_CACHES[0] else _NO_CACHE
         object.__setattr__(self, slot, kept)
+
+    def _forget(self, *slots: str) -> None:
+        """Drop this module's caches in ``slots``: their backward must not run after this forward."""
+        for slot in slots:
+            object.__setattr__(self, slot, None)
+
+    def _peek(self, slot: str = "_cache") -> Any:
+        """The cache in ``slot``, left in place (to check a backward's arguments before using it).
+
+        Raises the errors of :meth:`_pop` for a missing, incomplete or ``no_grad`` cache.
+        """
+        return self._checked(slot, getattr(self, slot, None)).cache
 
     def _pop(self, slot: str = "_cache") -> Any:
         """Return the cache saved by the last forward and forget it.
@@ -471,19 +500,8 @@ class Module:
                 forward ran under ``no_grad``, stopped part-way, or is not the forward
                 the other caches of the running backward come from.
         """
+        saved = self._checked(slot, getattr(self, slot, None))
         where = f"{type(self).__name__}.backward()" + ("" if slot == "_cache" else f" ({slot})")
-        saved = getattr(self, slot, None)
-        if saved is None:
-            raise RuntimeError(
-                f"{where} called without a forward() before it (or twice for one forward): run forward again first"
-            )
-        if isinstance(saved, _Incomplete):
-            raise self._incomplete_error(saved)
-        if saved is _NO_CACHE:
-            raise RuntimeError(
-                f"{where}: the forward ran inside twins_np.no_grad(), which keeps no "
-                "cache for backward; run forward again outside no_grad()"
-            )
         if _PASS.running:
             if _PASS.backward_of is None:  # the first cache read fixes the forward this backward is of
                 _PASS.backward_of = saved.forward_id
@@ -496,6 +514,22 @@ class Module:
                 )
         object.__setattr__(self, slot, None)
         return saved.cache
+
+    def _checked(self, slot: str, saved: Any) -> _Saved:
+        """``saved`` if it is a usable cache; else the error that says why not."""
+        where = f"{type(self).__name__}.backward()" + ("" if slot == "_cache" else f" ({slot})")
+        if saved is None:
+            raise RuntimeError(
+                f"{where} called without a forward() before it (or twice for one forward): run forward again first"
+            )
+        if isinstance(saved, _Incomplete):
+            raise self._incomplete_error(saved)
+        if saved is _NO_CACHE:
+            raise RuntimeError(
+                f"{where}: the forward ran inside twins_np.no_grad(), which keeps no "
+                "cache for backward; run forward again outside no_grad()"
+            )
+        return saved  # type: ignore[no-any-return]
 
     def _mark_incomplete(self, error: str) -> None:
         """After a forward that raised: no module of the tree may serve a backward."""

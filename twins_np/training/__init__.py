@@ -21,6 +21,7 @@ from .checkpoint import (
     save_checkpoint,
     save_npz,
 )
+from .config import ConfigError, SettingsMessage, TrainConfig
 from .metrics import (
     METRIC_COLUMNS,
     confusion_matrix,
@@ -32,25 +33,27 @@ from .metrics import (
     read_metrics,
     write_metrics,
 )
-from .outdir import OutDirBusyError, claim_out_dir, clear_outputs, earlier_outputs, remove_leftovers, writing_into
+from .outdir import OutDirBusyError, OutDirError, claim_out_dir, clear_outputs, earlier_outputs, remove_leftovers, writing_into
 from .segmentation_metrics import SegmentationMetrics, plot_class_iou, plot_segmentation_grid
-from .tasks import SEGMENT_METRIC_COLUMNS, TASKS, SegmentationEvalResult, evaluate_segmenter
-from .trainer import (
-    CHECKPOINT_NAME,
-    WEIGHTS_NAME,
+from .tasks import (
+    SEGMENT_METRIC_COLUMNS,
+    TRAINING_TASKS,
     EvalResult,
-    NonFiniteLossError,
-    TrainConfig,
-    Trainer,
-    blas_threads,
+    SegmentationEvalResult,
     default_augment,
     evaluate_model,
+    evaluate_segmenter,
     load_split,
+    validate_config,
 )
+from .trainer import CHECKPOINT_NAME, WEIGHTS_NAME, NonFiniteLossError, Trainer, blas_threads
 
 __all__ = [
     "SEGMENT_METRIC_COLUMNS",
-    "TASKS",
+    "TRAINING_TASKS",
+    "ConfigError",
+    "SettingsMessage",
+    "validate_config",
     "SegmentationEvalResult",
     "SegmentationMetrics",
     "evaluate_segmenter",
@@ -60,6 +63,7 @@ __all__ = [
     "WEIGHTS_NAME",
     "METRIC_COLUMNS",
     "OutDirBusyError",
+    "OutDirError",
     "RUN_RECORD_FORMAT",
     "claim_out_dir",
     "clear_outputs",

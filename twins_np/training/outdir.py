@@ -26,10 +26,13 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from .config import SettingsMessage
+
 __all__ = [
     "LOCK_NAME",
     "OUTPUT_NAMES",
     "OutDirBusyError",
+    "OutDirError",
     "claim_out_dir",
     "clear_outputs",
     "earlier_outputs",
@@ -61,8 +64,20 @@ _TEMPORARY = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp$")
 _PROBE = "twins-np-write-test"  # the write test's own temporary file
 
 
-class OutDirBusyError(RuntimeError):
+class OutDirBusyError(SettingsMessage, RuntimeError):
     """Another run holds the output folder's lock."""
+
+    def __init__(self, template: str) -> None:
+        self.template = template
+        super().__init__(self.spelled(lambda name: name))
+
+
+class OutDirError(SettingsMessage, ValueError):
+    """The output folder is a file, cannot be created, or is not writable; names it ``out_dir``."""
+
+    def __init__(self, template: str) -> None:
+        self.template = template
+        super().__init__(self.spelled(lambda name: name))
 
 
 def earlier_outputs(out: Path) -> list[Path]:
@@ -99,11 +114,11 @@ def remove_leftovers(out: Path) -> list[Path]:
     return sorted(removed)
 
 
-def _not_writable(out: Path, err: OSError) -> ValueError:
+def _not_writable(out: Path, err: OSError) -> OutDirError:
     reason = {errno.EROFS: "it lies on a read-only file system", errno.ENOSPC: "the disk is full"}.get(
         err.errno or 0, err.strerror or str(err)
     )
-    return ValueError(f"--out {out} is not a writable folder: {reason}; choose another --out")
+    return OutDirError(f"<out_dir> {out} is not a writable folder: {reason}; choose another <out_dir>")
 
 
 @contextlib.contextmanager
@@ -114,17 +129,17 @@ def claim_out_dir(out: str | os.PathLike) -> Iterator[Path]:
         ``out`` as a Path; the lock is released when the block ends, on any error too.
 
     Raises:
-        ValueError: ``out`` is a file, cannot be created, or is not writable.
+        OutDirError: ``out`` is a file, cannot be created, or is not writable (a ValueError).
         OutDirBusyError: another run holds the lock.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file, not a folder; choose another --out")
+        raise OutDirError(f"<out_dir> {out} is a file, not a folder; choose another <out_dir>")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError) as err:  # a parent is a file
         blocking = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
-        raise ValueError(f"--out {out}: cannot create the folder, {blocking or err.filename} is a file") from err
+        raise OutDirError(f"<out_dir> {out}: cannot create the folder, {blocking or err.filename} is a file") from err
     except OSError as err:
         raise _not_writable(out, err) from err
     try:
@@ -161,7 +176,7 @@ def _lock(fd: int, out: Path) -> None:
             pid = int(os.pread(fd, 32, 0).decode().strip() or 0)
             holder = f" (process {pid})" if pid else ""
         raise OutDirBusyError(
-            f"--out {out} is in use by another twins-np run{holder}: wait for it to end, or choose another --out"
+            f"<out_dir> {out} is in use by another twins-np run{holder}: wait for it to end, or choose another <out_dir>"
         ) from None
 
 

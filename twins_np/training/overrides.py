@@ -16,6 +16,8 @@ import numbers
 import os
 from typing import Any
 
+from ..models import MODEL_CONFIGS, Twins
+
 __all__ = ["check_model_overrides", "lsa_attention_bytes", "RESERVED_OVERRIDES"]
 
 # set by the run from the data and its own settings, never by an override
@@ -27,8 +29,6 @@ _CHOICES = {"global_pool": ("", "avg"), "sr_mode": ("conv", "avg", "sep")}
 
 
 def _valid_keys() -> list[str]:
-    from ..models import Twins
-
     params = inspect.signature(Twins.__init__).parameters
     return sorted(k for k in params if k != "self" and k not in RESERVED_OVERRIDES)
 
@@ -79,8 +79,6 @@ def check_model_overrides(model: str, overrides: Any, batch_size: int = 1, name:
         batch_size: images per forward, for the memory a window would need.
         name: how messages name the overrides (``"--model-overrides"`` on the command line).
     """
-    from ..models import MODEL_CONFIGS
-
     if not isinstance(overrides, dict):
         raise ValueError(f"{name} must be a JSON object (a dict), got {type(overrides).__name__}")
     valid = _valid_keys()

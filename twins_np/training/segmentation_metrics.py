@@ -233,3 +233,15 @@ def plot_segmentation_grid(
     handles.append(Patch(color=colours[k], label=f"ignored ({ignore_index})"))
     fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 5), fontsize=8)
     return _save_png(fig, path)
+
+
+def format_iou_table(scores: dict[str, Any], classes: list[str]) -> str:
+    """Per-class IoU and accuracy of :meth:`SegmentationMetrics.compute` as aligned text; absent classes marked."""
+    width = max(12, *(len(c) for c in classes))
+    lines = [f"{'class'.ljust(width)}      IoU   accuracy   labelled pixels"]
+    for k, name in enumerate(classes):
+        iou, acc, n = scores["iou"][k], scores["acc"][k], int(scores["area_label"][k])
+        iou_text = "  absent" if np.isnan(iou) else f"{100 * iou:7.2f}%"
+        acc_text = "        -" if np.isnan(acc) else f"{100 * acc:8.2f}%"
+        lines.append(f"{name[:width].ljust(width)} {iou_text}  {acc_text}   {n:15d}")
+    return "\n".join(lines)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -32,15 +32,23 @@ from .. import functional as F
 from ..backend import asnumpy, to_device
 from ..data import DATASETS, Dataset, HorizontalFlip, PairedHorizontalFlip, RandomCrop, load_dataset, standard_augment
 from ..data.segmentation import IGNORE_INDEX
+from ..models import MODEL_CONFIGS, SEGMENTER_CONFIGS, create_model, create_segmenter, list_models, list_segmenters
 from ..nn.module import Module
-from .metrics import METRIC_COLUMNS, confusion_matrix, plot_confusion_matrix, plot_learning_curves
-from .segmentation_metrics import SegmentationMetrics, plot_class_iou, plot_segmentation_grid
-
-if TYPE_CHECKING:
-    from .trainer import TrainConfig
+from .config import ConfigError, TrainConfig
+from .metrics import (
+    METRIC_COLUMNS,
+    confusion_matrix,
+    format_confusion_matrix,
+    per_class_accuracy,
+    plot_confusion_matrix,
+    plot_learning_curves,
+)
+from .overrides import check_model_overrides, did_you_mean
+from .segmentation_metrics import SegmentationMetrics, format_iou_table, plot_class_iou, plot_segmentation_grid
 
 __all__ = [
-    "TASKS",
+    "TRAINING_TASKS",
+    "validate_config",
     "Task",
     "ClassifyTask",
     "SegmentTask",
@@ -93,8 +101,6 @@ def is_segmentation_data(name: str) -> bool:
 
 def task_of_model(name: str | None) -> str | None:
     """``"segment"`` for a segmenter's name, ``"classify"`` for a classifier's, None otherwise."""
-    from ..models import list_models, list_segmenters
-
     if name in list_segmenters():
         return "segment"
     if name in list_models():
@@ -334,22 +340,26 @@ class Task:
     def model_names(self) -> list[str]:
         raise NotImplementedError
 
-    def check(self, config: TrainConfig, n: Callable[[str], str]) -> None:
-        """Raise ``ValueError`` naming ``--model``, ``--data`` or ``--model-overrides`` when they do not fit."""
+    def check(self, config: TrainConfig) -> None:
+        """Raise :class:`~twins_np.training.config.ConfigError` naming ``model``, ``data`` or
+        ``model_overrides`` (as ``<field>``) when they do not fit the task."""
         raise NotImplementedError
 
     def create_model(self, config: TrainConfig, train_set: Dataset) -> Module:
-        raise NotImplementedError
-
-    def loss(self, model: Any, x: Any, y: Any, label_smoothing: float) -> tuple[float, Any]:
-        """Forward and loss of one training batch: ``(loss, logits)``; ``model.backward_loss()`` follows."""
         raise NotImplementedError
 
     def meter(self, dataset: Dataset) -> Any:
         """An accumulator of the training scores: ``update(logits, y)``, ``postfix()``, ``row()``."""
         raise NotImplementedError
 
-    def evaluate(self, model: Module, dataset: Dataset, batch_size: int, device: str, label_smoothing: float) -> Any:
+    def evaluate(
+        self, model: Module, dataset: Dataset, batch_size: int, device: str, label_smoothing: float, check_finite: bool = False
+    ) -> Any:
+        """Loss and scores on ``dataset`` in eval mode; ``check_finite`` refuses NaN/Inf logits (FloatingPointError)."""
+        raise NotImplementedError
+
+    def evaluation_summary(self, result: Any, dataset: Dataset) -> tuple[str, dict[str, Any]]:
+        """What an evaluation found: a text for people and a JSON-ready dict of the same numbers."""
         raise NotImplementedError
 
     def test_row(self, result: Any) -> dict[str, float]:
@@ -370,12 +380,20 @@ class Task:
             metric_label=self.metric_label,
         )
 
-    def plot_result(self, result: Any, dataset: Dataset, out_dir: Path, title: str, suffix: str = "") -> None:
-        """The figures of an evaluation (after every epoch or at the end, see the subclasses).
+    def plot_result(self, result: Any, dataset: Dataset, out_dir: Path, title: str, suffix: str = "") -> list[Path]:
+        """The figures of an evaluation (after every epoch or at the end, see the subclasses); returns their paths.
 
         ``suffix`` is appended to each file's stem (``twins-np evaluate`` writes ``_test``).
         """
         raise NotImplementedError
+
+
+def _check_overrides(model: str, overrides: Any, batch_size: int) -> None:
+    """:func:`~twins_np.training.overrides.check_model_overrides`, its errors as ConfigError naming <model_overrides>."""
+    try:
+        check_model_overrides(model, overrides, batch_size, name="<model_overrides>")
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 class ClassifyTask(Task):
@@ -388,38 +406,31 @@ class ClassifyTask(Task):
     figures = ("learning_curves.png", "confusion_matrix.png")
 
     def model_names(self) -> list[str]:
-        from ..models import list_models
-
         return list_models()
 
-    def check(self, config: TrainConfig, n: Callable[[str], str]) -> None:
-        from ..models import list_models, list_segmenters
-        from .overrides import check_model_overrides, did_you_mean
-
+    def check(self, config: TrainConfig) -> None:
         if config.model in list_segmenters():
-            raise ValueError(
-                f"{n('model')}: {config.model!r} is a segmenter (an FPN head on a backbone); "
-                f"train it with {n('task')} segment, or choose a classifier: {', '.join(list_models())}"
+            raise ConfigError(
+                f"<model>: {config.model!r} is a segmenter (an FPN head on a backbone); "
+                f"train it with <task> segment, or choose a classifier: {', '.join(list_models())}"
             )
         if config.model not in list_models():
-            raise ValueError(
-                f"{n('model')}: unknown model {config.model!r}{did_you_mean(str(config.model), list_models())}; "
+            raise ConfigError(
+                f"<model>: unknown model {config.model!r}{did_you_mean(str(config.model), list_models())}; "
                 f"choose one of {', '.join(list_models())}"
             )
         if is_segmentation_data(config.data):
-            raise ValueError(
-                f"{n('data')}: {config.data!r} has per-pixel labels: train a segmenter on it with {n('task')} segment, "
+            raise ConfigError(
+                f"<data>: {config.data!r} has per-pixel labels: train a segmenter on it with <task> segment, "
                 f"or choose a classification set: {', '.join(DATASETS)}"
             )
         if config.data not in DATASETS:
-            raise ValueError(f"{n('data')}: unknown dataset {config.data!r}; choose one of {', '.join(DATASETS)}")
+            raise ConfigError(f"<data>: unknown dataset {config.data!r}; choose one of {', '.join(DATASETS)}")
         if config.reduce_zero_label:
-            raise ValueError(f"{n('reduce_zero_label')} is for segmentation folders (--data folder:PATH)")
-        check_model_overrides(config.model, config.model_overrides, config.batch_size, name=n("model_overrides"))
+            raise ConfigError("<reduce_zero_label> is for segmentation folders (<data> folder:PATH)")
+        _check_overrides(config.model, config.model_overrides, config.batch_size)
 
     def create_model(self, config: TrainConfig, train_set: Dataset) -> Module:
-        from ..models import create_model
-
         return create_model(
             config.model,
             **config.model_overrides,
@@ -430,14 +441,30 @@ class ClassifyTask(Task):
             dtype=np.float32,
         )
 
-    def loss(self, model: Any, x: Any, y: Any, label_smoothing: float) -> tuple[float, Any]:
-        return model.loss(x, y, label_smoothing)  # type: ignore[no-any-return]
-
     def meter(self, dataset: Dataset) -> _ClassifyMeter:
         return _ClassifyMeter()
 
-    def evaluate(self, model: Module, dataset: Dataset, batch_size: int, device: str, label_smoothing: float) -> EvalResult:
-        return evaluate_model(model, dataset, batch_size, device, label_smoothing)
+    def evaluate(
+        self, model: Module, dataset: Dataset, batch_size: int, device: str, label_smoothing: float, check_finite: bool = False
+    ) -> EvalResult:
+        return evaluate_model(model, dataset, batch_size, device, label_smoothing, check_finite)
+
+    def evaluation_summary(self, result: EvalResult, dataset: Dataset) -> tuple[str, dict[str, Any]]:
+        """Accuracy, cross-entropy and the confusion matrix (rows: true class, columns: predicted)."""
+        cm = confusion_matrix(result.labels, result.preds, dataset.num_classes)
+        per_class = per_class_accuracy(cm)
+        n = len(result.labels)
+        text = (
+            f"accuracy {100 * result.accuracy:.2f}% ({int(np.trace(cm))}/{n}), cross-entropy {result.loss:.4f}\n\n"
+            "confusion matrix (rows: true class, columns: predicted class):\n" + format_confusion_matrix(cm, dataset.classes)
+        )
+        report = {
+            "accuracy": result.accuracy,
+            "loss": result.loss,
+            "per_class_accuracy": {c: (None if np.isnan(a) else float(a)) for c, a in zip(dataset.classes, per_class)},
+            "confusion_matrix": cm.tolist(),
+        }
+        return text, report
 
     def test_row(self, result: EvalResult) -> dict[str, float]:
         return {"test_loss": result.loss, "test_acc": result.accuracy}
@@ -449,10 +476,10 @@ class ClassifyTask(Task):
             f"{row['seconds']:.1f} s  {row['images_per_s']:.0f} img/s"
         )
 
-    def plot_result(self, result: EvalResult, dataset: Dataset, out_dir: Path, title: str, suffix: str = "") -> None:
+    def plot_result(self, result: EvalResult, dataset: Dataset, out_dir: Path, title: str, suffix: str = "") -> list[Path]:
         """At the end only: the test split's confusion matrix."""
         cm = confusion_matrix(result.labels, result.preds, dataset.num_classes)
-        plot_confusion_matrix(cm, dataset.classes, out_dir / f"confusion_matrix{suffix}.png", title=title)
+        return [plot_confusion_matrix(cm, dataset.classes, out_dir / f"confusion_matrix{suffix}.png", title=title)]
 
 
 class SegmentTask(Task):
@@ -465,65 +492,57 @@ class SegmentTask(Task):
     figures = ("learning_curves.png", "class_iou.png", "overlays.png")
 
     def model_names(self) -> list[str]:
-        from ..models import list_segmenters
-
         return list_segmenters()
 
-    def check(self, config: TrainConfig, n: Callable[[str], str]) -> None:
-        from ..models import MODEL_CONFIGS, list_models, list_segmenters
-        from ..models.segmentation import SEGMENTER_CONFIGS
-        from .overrides import check_model_overrides, did_you_mean
-
+    def check(self, config: TrainConfig) -> None:
         names = list_segmenters()
         if config.model in list_models():
             fit = f"{config.model}_fpn"
             hint = f" ({fit} puts the FPN head on it)" if fit in names else ""
-            raise ValueError(
-                f"{n('model')}: {config.model!r} is a classifier; {n('task')} segment trains a segmenter{hint}: "
+            raise ConfigError(
+                f"<model>: {config.model!r} is a classifier; <task> segment trains a segmenter{hint}: "
                 f"choose one of {', '.join(names)}"
             )
         if config.model not in names:
-            raise ValueError(
-                f"{n('model')}: unknown segmenter {config.model!r}{did_you_mean(str(config.model), names)}; "
+            raise ConfigError(
+                f"<model>: unknown segmenter {config.model!r}{did_you_mean(str(config.model), names)}; "
                 f"choose one of {', '.join(names)}"
             )
         if config.data in DATASETS:
-            raise ValueError(
-                f"{n('data')}: {config.data!r} has one label per image; {n('task')} segment needs per-pixel labels: "
+            raise ConfigError(
+                f"<data>: {config.data!r} has one label per image; <task> segment needs per-pixel labels: "
                 f"{', '.join(SEGMENTATION_DATA)}"
             )
         if not is_segmentation_data(config.data):
-            raise ValueError(
-                f"{n('data')}: unknown segmentation data {config.data!r}; choose one of {', '.join(SEGMENTATION_DATA)}"
+            raise ConfigError(
+                f"<data>: unknown segmentation data {config.data!r}; choose one of {', '.join(SEGMENTATION_DATA)}"
             )
         if config.reduce_zero_label and not config.data.startswith("folder:"):
-            raise ValueError(f"{n('reduce_zero_label')} is for segmentation folders (--data folder:PATH), not {config.data}")
+            raise ConfigError(f"<reduce_zero_label> is for segmentation folders (<data> folder:PATH), not {config.data}")
         overrides = config.model_overrides
         if not isinstance(overrides, dict):
-            raise ValueError(f"{n('model_overrides')} must be a JSON object (a dict), got {type(overrides).__name__}")
+            raise ConfigError(f"<model_overrides> must be a JSON object (a dict), got {type(overrides).__name__}")
         head = {k: v for k, v in overrides.items() if k in SEGMENT_HEAD_OPTIONS}
         for key in ("neck_channels", "head_channels", "num_groups"):
             if key in head and (not isinstance(head[key], int) or isinstance(head[key], bool) or head[key] < 1):
-                raise ValueError(f"{n('model_overrides')}: {key} must be an integer >= 1, got {head[key]!r}")
+                raise ConfigError(f"<model_overrides>: {key} must be an integer >= 1, got {head[key]!r}")
         if "norm" in head and head["norm"] not in (None, "gn", "bn"):
-            raise ValueError(f"{n('model_overrides')}: norm must be null, \"gn\" or \"bn\", got {head['norm']!r}")
+            raise ConfigError(f"<model_overrides>: norm must be null, \"gn\" or \"bn\", got {head['norm']!r}")
         rate = head.get("dropout_ratio", 0.0)
         if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
-            raise ValueError(f"{n('model_overrides')}: dropout_ratio must be a number in [0, 1), got {rate!r}")
+            raise ConfigError(f"<model_overrides>: dropout_ratio must be a number in [0, 1), got {rate!r}")
         cfg = {**SEGMENTER_CONFIGS[config.model], **head}
         if cfg["norm"] == "gn" and cfg["head_channels"] % cfg["num_groups"]:
-            raise ValueError(
-                f"{n('model_overrides')}: head_channels ({cfg['head_channels']}) must be divisible by num_groups "
+            raise ConfigError(
+                f"<model_overrides>: head_channels ({cfg['head_channels']}) must be divisible by num_groups "
                 f"({cfg['num_groups']}) for GroupNorm"
             )
         backbone = SEGMENTER_CONFIGS[config.model]["backbone"]
         assert backbone in MODEL_CONFIGS
         rest = {k: v for k, v in overrides.items() if k not in SEGMENT_HEAD_OPTIONS}
-        check_model_overrides(backbone, rest, config.batch_size, name=n("model_overrides"))
+        _check_overrides(backbone, rest, config.batch_size)
 
     def create_model(self, config: TrainConfig, train_set: Dataset) -> Module:
-        from ..models import create_segmenter
-
         head = {k: v for k, v in config.model_overrides.items() if k in SEGMENT_HEAD_OPTIONS}
         backbone = {k: v for k, v in config.model_overrides.items() if k not in SEGMENT_HEAD_OPTIONS}
         return create_segmenter(
@@ -535,17 +554,40 @@ class SegmentTask(Task):
             **head,
         )
 
-    def loss(self, model: Any, x: Any, y: Any, label_smoothing: float) -> tuple[float, Any]:
-        # per-pixel cross-entropy over the pixels whose label is not 255 (Segmenter.loss)
-        return model.loss(x, y, label_smoothing=label_smoothing)  # type: ignore[no-any-return]
-
     def meter(self, dataset: Dataset) -> _SegmentMeter:
         return _SegmentMeter(dataset.num_classes, IGNORE_INDEX if dataset.ignore_index is None else dataset.ignore_index)
 
     def evaluate(
-        self, model: Module, dataset: Dataset, batch_size: int, device: str, label_smoothing: float
+        self, model: Module, dataset: Dataset, batch_size: int, device: str, label_smoothing: float, check_finite: bool = False
     ) -> SegmentationEvalResult:
-        return evaluate_segmenter(model, dataset, batch_size, device, label_smoothing)
+        return evaluate_segmenter(model, dataset, batch_size, device, label_smoothing, check_finite)
+
+    def evaluation_summary(self, result: SegmentationEvalResult, dataset: Dataset) -> tuple[str, dict[str, Any]]:
+        """mmsegmentation's scores: pixel accuracy, mIoU, mAcc, and the per-class IoU table."""
+        scores = result.scores
+
+        def number(v: float) -> float | None:
+            return None if np.isnan(v) else float(v)
+
+        text = (
+            f"pixel accuracy {100 * result.pixel_accuracy:.2f}%, mIoU {100 * result.miou:.2f}%, mAcc "
+            f"{100 * scores['macc']:.2f}%, pixel cross-entropy {result.loss:.4f}\n\n"
+            "per-class IoU (intersections and unions summed over the split; 'absent': neither labelled nor predicted,\n"
+            "left out of the mIoU):\n" + format_iou_table(scores, list(dataset.classes))
+        )
+        report = {
+            "pixel_accuracy": result.pixel_accuracy,
+            "miou": number(result.miou),
+            "macc": number(scores["macc"]),
+            "loss": number(result.loss),
+            "iou": {c: number(v) for c, v in zip(dataset.classes, scores["iou"])},
+            "accuracy": {c: number(v) for c, v in zip(dataset.classes, scores["acc"])},
+            "area_intersect": scores["area_intersect"].tolist(),
+            "area_union": scores["area_union"].tolist(),
+            "area_pred": scores["area_pred"].tolist(),
+            "area_label": scores["area_label"].tolist(),
+        }
+        return text, report
 
     def test_row(self, result: SegmentationEvalResult) -> dict[str, float]:
         return {
@@ -565,11 +607,11 @@ class SegmentTask(Task):
 
     def plot_result(
         self, result: SegmentationEvalResult, dataset: Dataset, out_dir: Path, title: str, suffix: str = ""
-    ) -> None:
+    ) -> list[Path]:
         """After every epoch: per-class IoU bars and the overlays of the first test images."""
-        plot_class_iou(result.scores["iou"], dataset.classes, out_dir / f"class_iou{suffix}.png", title=title)
+        bars = plot_class_iou(result.scores["iou"], dataset.classes, out_dir / f"class_iou{suffix}.png", title=title)
         n = len(result.preds)
-        plot_segmentation_grid(
+        grid = plot_segmentation_grid(
             dataset.images[:n],
             result.labels,
             result.preds,
@@ -579,6 +621,24 @@ class SegmentTask(Task):
             dataset.std,
             ignore_index=IGNORE_INDEX if dataset.ignore_index is None else dataset.ignore_index,
         )
+        return [bars, grid]
 
 
-TASKS: dict[str, Task] = {"classify": ClassifyTask(), "segment": SegmentTask()}
+# the two tasks of a training run, by TrainConfig.task (not the course's assignment tasks)
+TRAINING_TASKS: dict[str, Task] = {"classify": ClassifyTask(), "segment": SegmentTask()}
+
+
+def validate_config(config: TrainConfig) -> None:
+    """Check every setting of a run: the fields on their own, then what the task needs of them.
+
+    The one place that joins :meth:`TrainConfig.check_fields` and the task's checks.
+
+    Raises:
+        ConfigError: naming the first bad setting by its field (``<field>`` in the template,
+            so the command line can name its flag instead).
+    """
+    if config.task not in TRAINING_TASKS:
+        raise ConfigError(f"<task> must be one of {', '.join(TRAINING_TASKS)}, got {config.task!r}")
+    config.check_fields()
+    TRAINING_TASKS[config.task].check(config)  # model, data and model overrides
+

@@ -44,50 +44,43 @@ Output directory::
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from ..backend import cupy_available, synchronize
 from ..data import DataLoader, Dataset
 from ..optim import AdamW, CosineSchedule, clip_grad_norm, param_groups
 from .checkpoint import load_checkpoint, restore_rng_states, save_checkpoint, save_npz
+from .config import SettingsMessage, TrainConfig
 from .metrics import write_metrics
 from .outdir import writing_into
-from .tasks import TASKS, EvalResult, SegmentationEvalResult, Task, default_augment, evaluate_model, load_split
-
-__all__ = [
-    "CHECKPOINT_NAME",
-    "WEIGHTS_NAME",
-    "TrainConfig",
-    "Trainer",
-    "EvalResult",
-    "SegmentationEvalResult",
-    "NonFiniteLossError",
-    "default_augment",
-    "load_split",
-    "blas_threads",
-    "evaluate_model",
-]
-
-# One wording, in every command, for a GPU asked for where there is none.
-NO_GPU = (
-    "--device gpu needs CuPy and a CUDA GPU, and none was found (pip install twins-np[gpu] on a machine "
-    "with an NVIDIA GPU); use --device cpu"
+from .tasks import (
+    TRAINING_TASKS,
+    EvalResult,
+    SegmentationEvalResult,
+    Task,
+    default_augment,
+    load_split,
+    validate_config,
 )
+
+__all__ = ["CHECKPOINT_NAME", "WEIGHTS_NAME", "NonFiniteLossError", "Trainer", "blas_threads"]
 
 CHECKPOINT_NAME = "checkpoint.npz"
 WEIGHTS_NAME = "weights.npz"
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(SettingsMessage, RuntimeError):
     """The loss (or the gradient norm, or a weight) became NaN or infinite.
+
+    The message names the settings that usually cause it by their field (``lr``); the
+    command line re-renders it with its flags (:meth:`SettingsMessage.spelled`).
 
     Attributes:
         epoch: the epoch (1-based) in which it happened.
@@ -102,133 +95,11 @@ class NonFiniteLossError(RuntimeError):
             kept = "No checkpoint had been written yet (this was the first epoch of the run)."
         else:
             kept = f"The last good checkpoint, {checkpoint} (after epoch {last_epoch}), was left untouched."
-        super().__init__(
+        self.template = (
             f"training stopped: the {what} is {value} at {where}. {kept} "
-            "Try a lower --lr, a longer --warmup-epochs, or keep --clip-grad on."
+            "Try a lower <lr>, a longer <warmup_epochs>, or keep <clip_grad> on."
         )
-
-
-@dataclass
-class TrainConfig:
-    """Every setting of a training run; saved in the checkpoint as JSON.
-
-    Attributes:
-        task: ``"classify"`` (one class per image) or ``"segment"`` (one per pixel).
-        model: a name from :func:`twins_np.models.list_models` (classify) or
-            :func:`twins_np.models.list_segmenters` (segment).
-        model_overrides: config entries of that model to replace, e.g.
-            ``{"depths": [1, 1, 1]}`` (JSON-serialisable); for a segmenter also the
-            head's ``neck_channels``, ``head_channels``, ``norm``, ``num_groups``,
-            ``dropout_ratio``.
-        data: ``"digits"``, ``"cifar10"`` or ``"long-range"`` (classify);
-            ``"shapes"``, ``"long_range_dense"`` or ``"folder:PATH"`` (segment); input
-            channels and number of classes come from it.
-        data_dir: where CIFAR-10 lies (unused by the other datasets).
-        image_size: side of the images (None: the dataset's default, 32 for the
-            classification sets, 64 for the segmentation sets).
-        reduce_zero_label: ADE20K's convention for ``folder:PATH``: label 0 is ignored
-            and every other label k becomes k - 1.
-        data_seed: seed of the digits train/test split and of the long-range draws;
-            apart from ``seed`` so that runs with different seeds share one test set.
-        epochs: E, number of passes over the training split.
-        batch_size: B.
-        lr: peak learning rate of AdamW.
-        weight_decay: AdamW's decoupled decay (not on biases, norms and the PEG).
-        warmup_epochs: length of the linear warm-up, in epochs (may be fractional).
-        warmup_lr: lr of the first update.
-        min_lr: lr at the end of the cosine.
-        label_smoothing: eps of the smoothed cross-entropy.
-        drop_path: stochastic-depth rate of the last block (linear in depth).
-        clip_grad: max global gradient norm; 0 turns clipping off.
-        seed: seed of the weights, dropout and drop path, data order and augmentation.
-        augment: random crop (digits: 2 px, CIFAR-10: 4 px + flips) or flips (long-range;
-            the segmentation sets: image and label map flipped together).
-        device: ``"cpu"`` or ``"gpu"``.
-        limit_train: use only the first N training images (quick runs, tests).
-        limit_test: use only the first N test images.
-    """
-
-    model: str = "twins_svt_teach32"
-    model_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
-    data: str = "digits"
-    data_dir: str | None = None
-    task: str = "classify"
-    image_size: int | None = None
-    reduce_zero_label: bool = False
-    data_seed: int = 0
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    warmup_epochs: float = 1.0
-    warmup_lr: float = 1e-6
-    min_lr: float = 1e-5
-    label_smoothing: float = 0.1
-    drop_path: float = 0.1
-    clip_grad: float = 5.0
-    seed: int = 0
-    augment: bool = True
-    device: str = "cpu"
-    limit_train: int | None = None
-    limit_test: int | None = None
-
-    def validate(self, flags: bool = False) -> None:
-        """Raise ``ValueError`` naming the first bad setting.
-
-        Args:
-            flags: name the settings as ``twins-np train`` spells them (``--batch-size``
-                rather than ``batch_size``).
-        """
-
-        def n(field: str) -> str:
-            return "--" + field.replace("_", "-") if flags else field
-
-        if self.task not in TASKS:
-            raise ValueError(f"{n('task')} must be one of {', '.join(TASKS)}, got {self.task!r}")
-        if self.image_size is not None and (
-            not isinstance(self.image_size, int) or isinstance(self.image_size, bool) or self.image_size < 1
-        ):
-            raise ValueError(f"{n('image_size')} must be an integer >= 1, got {self.image_size!r}")
-        TASKS[self.task].check(self, n)  # model, data and model overrides
-        if self.device not in ("cpu", "gpu"):
-            raise ValueError(f"{n('device')} must be 'cpu' or 'gpu', got {self.device!r}")
-        for name in ("epochs", "batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{n(name)} must be >= 1, got {getattr(self, name)}")
-        for name in ("seed", "data_seed"):
-            if int(getattr(self, name)) < 0:
-                raise ValueError(f"{n(name)} must be >= 0, got {getattr(self, name)}")
-        if not self.lr > 0.0:
-            raise ValueError(f"{n('lr')} must be > 0, got {self.lr}")
-        for name in ("weight_decay", "warmup_epochs", "warmup_lr", "min_lr", "clip_grad"):
-            if not getattr(self, name) >= 0.0:
-                raise ValueError(f"{n(name)} must be >= 0, got {getattr(self, name)}")
-        if self.warmup_epochs > self.epochs:
-            raise ValueError(f"{n('warmup_epochs')} ({self.warmup_epochs}) must not exceed {n('epochs')} ({self.epochs})")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ValueError(f"{n('label_smoothing')} must be in [0, 1), got {self.label_smoothing}")
-        if not 0.0 <= self.drop_path < 1.0:
-            raise ValueError(f"{n('drop_path')} must be in [0, 1), got {self.drop_path}")
-        for name in ("limit_train", "limit_test"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{n(name)} must be >= 1 (or None for all), got {value}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        """Rebuild from :meth:`to_dict`; unknown keys raise ``ValueError``."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown training settings {unknown}")
-        return cls(**d)
-
-
-# EvalResult, default_augment, load_split and evaluate_model live in .tasks and are
-# re-exported from here, where they were first defined.
+        super().__init__(self.spelled(lambda field: field))
 
 
 @contextlib.contextmanager
@@ -248,7 +119,7 @@ def blas_threads(n: int | None) -> Iterator[None]:
     try:
         from threadpoolctl import threadpool_limits
     except ImportError as err:  # pragma: no cover - scikit-learn brings it
-        raise RuntimeError("--threads needs the threadpoolctl package: pip install threadpoolctl") from err
+        raise RuntimeError("limiting the BLAS threads needs the threadpoolctl package: pip install threadpoolctl") from err
     with threadpool_limits(limits=n, user_api="blas"):
         yield
 
@@ -287,16 +158,16 @@ class Trainer:
         progress: bool | None = None,
         log: Callable[[str], None] | None = print,
     ) -> None:
-        config.validate()
+        validate_config(config)
         if config.device == "gpu" and not cupy_available():
-            raise RuntimeError(NO_GPU)
+            raise RuntimeError("device='gpu' needs CuPy and a CUDA GPU, and none was found")
         self.config = config
         self.out_dir = Path(out_dir)
         self.progress = progress
         self.log = log
         self.train_set = train_set if train_set is not None else load_split(config, "train")
         self.test_set = test_set if test_set is not None else load_split(config, "test")
-        self.task: Task = TASKS[config.task]
+        self.task: Task = TRAINING_TASKS[config.task]
         for split, data in (("train", self.train_set), ("test", self.test_set)):
             if data.is_segmentation != (config.task == "segment"):
                 kind = "per-pixel labels" if data.is_segmentation else "one label per image"
@@ -438,8 +309,6 @@ class Trainer:
             batches, in training mode: ``{"train_acc"}``, or ``{"train_pixel_acc",
             "train_miou"}`` for a segmenter), seconds spent, number of images.
         """
-        from tqdm.auto import tqdm
-
         cfg, model = self.config, self.model
         params = model.parameters()
         max_norm = cfg.clip_grad if cfg.clip_grad > 0 else math.inf
@@ -458,7 +327,7 @@ class Trainer:
                 for step, (x, y) in enumerate(self.loader, 1):
                     lr = self.schedule.step(self.optimizer)
                     self.optimizer.zero_grad()
-                    loss, logits = self.task.loss(model, x, y, cfg.label_smoothing)
+                    loss, logits = model.loss(x, y, cfg.label_smoothing)  # either model: (x, labels, smoothing)
                     if not math.isfinite(loss):
                         raise self._non_finite("loss", loss, epoch, step, steps)
                     model.backward_loss()
