@@ -1,4 +1,4 @@
-"""A mistyped command, verb, choice or option gets a "did you mean", with exit code 2 and nothing run."""
+"""A mistyped command, verb, choice or option gets a "did you mean" (exit 2, nothing run); info says how to add CuPy."""
 
 from __future__ import annotations
 
@@ -59,3 +59,11 @@ def test_unknown_option_is_reported_by_its_command(tmp_path: Path, capsys):
     assert err == "twins-np flops: error: unrecognized arguments: --sizee=64 (did you mean '--size'?)"
     # a subcommand is not offered the options of twins-np itself
     assert _error(["info", "--verbose"], capsys) == "twins-np info: error: unrecognized arguments: --verbose"
+
+
+def test_info_says_how_to_add_cupy(capsys, monkeypatch):
+    import twins_np.commands.info as info
+
+    monkeypatch.setattr(info, "cupy_version", lambda: None)
+    assert main(["info"]) == 0
+    assert 'cupy       not installed (pip install -e ".[gpu]" in the twins-np folder adds it)\n' in capsys.readouterr().out
