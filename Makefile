@@ -8,6 +8,16 @@ PYTEST_ARGS ?=
 # (a 0.6 ms matrix product took 200 ms that way).
 JOBS     ?= 2
 TEST_ENV := OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 TQDM_DISABLE=1
+# pip install -e, without one message of setuptools (its InformationOnly "Editable installation."
+# banner, printed as a warning on every editable install: folders named like the package may
+# shadow it). Only that message is filtered, by its first words; every other warning and error shows.
+PIP_EDITABLE := PYTHONWARNINGS="ignore:Editable installation" $(BIN)/pip install -q -e
+# The Jupyter kernels that run the notebooks (nbmake, the docs) log at ERROR: ipykernel 7 warns
+# at every kernel start that its channels are TCP without encryption (they are local, on
+# loopback, and every message is HMAC-signed), a line that reads like an error. The setting
+# lives in an IPython profile under build/, used by these runs only (not by `make lab`).
+KERNEL_PROFILE := build/ipython/profile_default/ipython_kernel_config.py
+KERNEL_ENV := IPYTHONDIR=$(CURDIR)/build/ipython
 
 .PHONY: demo demo-segment test lint typecheck pytest pytest-standin gpu-check notebooks lab bench docs clean
 
@@ -17,13 +27,13 @@ $(BIN)/python:
 
 # runtime install (numpy, scipy, matplotlib, tqdm, scikit-learn for the digits data)
 $(VENV)/.stamp-run: $(BIN)/python setup.cfg pyproject.toml
-	$(BIN)/pip install -q -e .
+	$(PIP_EDITABLE) .
 	touch $@
 
 # dev + notebook extras: pytest, hypothesis, ruff, mypy, torch/timm parity oracle, nbmake
 $(VENV)/.stamp-dev: $(BIN)/python setup.cfg pyproject.toml
-	$(BIN)/pip install -q -e ".[dev,notebooks,docs]"
-	touch $@ $(VENV)/.stamp-run
+	$(PIP_EDITABLE) ".[dev,notebooks,docs]"
+	touch $@ $(VENV)/.stamp-run $(VENV)/.stamp-docs
 
 # the main job: gradient check of every layer, then train the SVT teaching config on the
 # digits and report its test accuracy; figures go to outputs/
@@ -45,13 +55,16 @@ typecheck: $(VENV)/.stamp-dev
 
 # every test and every notebook, executed top to bottom (nbmake: one test per notebook).
 # The notebooks run from copies in build/notebooks, which keep their outputs for the docs.
-pytest: $(VENV)/.stamp-dev
+$(KERNEL_PROFILE):
+	mkdir -p $(dir $@) && echo 'c.IPKernelApp.log_level = "ERROR"' > $@
+
+pytest: $(VENV)/.stamp-dev $(KERNEL_PROFILE)
 	rm -rf build/notebooks && mkdir -p build/notebooks && cp notebooks/[0-9]*.ipynb build/notebooks/
-	$(TEST_ENV) $(BIN)/python -m pytest tests build/notebooks --nbmake --overwrite --nbmake-timeout=900 -n $(JOBS) $(PYTEST_ARGS)
+	$(TEST_ENV) $(KERNEL_ENV) $(BIN)/python -m pytest tests build/notebooks --nbmake --overwrite --nbmake-timeout=900 -n $(JOBS) $(PYTEST_ARGS)
 
 # the notebooks, opened in JupyterLab (installs the notebooks extra: jupyter, ipykernel, jupytext)
 $(VENV)/.stamp-lab: $(BIN)/python setup.cfg pyproject.toml
-	$(BIN)/pip install -q -e ".[notebooks]"
+	$(PIP_EDITABLE) ".[notebooks]"
 	touch $@ $(VENV)/.stamp-run
 
 lab: $(VENV)/.stamp-lab
@@ -78,13 +91,23 @@ docs/_static/mathjax/tex-svg.js:
 	cd build/mathjax && npm pack --silent mathjax@$(MATHJAX_VERSION) >/dev/null && tar xzf mathjax-$(MATHJAX_VERSION).tgz package/es5/tex-svg.js
 	cp build/mathjax/package/es5/tex-svg.js $@
 
-docs: $(VENV)/.stamp-dev docs/_static/mathjax/tex-svg.js
+# twins-np with the docs extra only (Sphinx, MyST-NB, the theme): no PyTorch, no test tools
+$(VENV)/.stamp-docs: $(BIN)/python setup.cfg pyproject.toml
+	$(PIP_EDITABLE) ".[docs]"
+	touch $@ $(VENV)/.stamp-run
+
+# Each notebook page comes executed from build/notebooks (what `make pytest` just ran), else
+# from notebooks/rendered (the committed executed copies of 01-08, checked against their
+# sources by the tests), else it is the bare notebook and Sphinx executes it.
+docs: $(VENV)/.stamp-docs docs/_static/mathjax/tex-svg.js $(KERNEL_PROFILE)
 	mkdir -p docs/notebooks
-	executed=1; for nb in notebooks/[0-9]*.ipynb; do \
+	executed=""; for nb in notebooks/[0-9]*.ipynb; do \
 		[ -e "$$nb" ] || continue; b=$$(basename $$nb); \
-		if [ -f build/notebooks/$$b ]; then cp build/notebooks/$$b docs/notebooks/; else cp $$nb docs/notebooks/; executed=0; fi; \
+		if [ -f build/notebooks/$$b ]; then cp build/notebooks/$$b docs/notebooks/; executed="$$executed $$b"; \
+		elif [ -f notebooks/rendered/$$b ]; then cp notebooks/rendered/$$b docs/notebooks/; executed="$$executed $$b"; \
+		else cp $$nb docs/notebooks/; fi; \
 	done; \
-	TQDM_DISABLE=1 TWINS_NP_NOTEBOOKS_EXECUTED=$$executed $(BIN)/sphinx-build -W --keep-going -q -b html docs docs/_build/html
+	TQDM_DISABLE=1 $(KERNEL_ENV) TWINS_NP_NOTEBOOKS_EXECUTED="$$executed" $(BIN)/sphinx-build -W --keep-going -q -b html docs docs/_build/html
 	@echo "docs: open docs/_build/html/index.html"
 
 # The prepared check for a machine with a real GPU (no venv there: system python3 with cupy,

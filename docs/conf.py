@@ -35,14 +35,19 @@ myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist"]
 myst_heading_anchors = 3
 math_numfig = True
 
-# Notebooks: the executed copies made by `make pytest` (nbmake --overwrite) are in
-# docs/notebooks/; any notebook that arrives without outputs is executed here.
+# Notebooks: `make docs` copies into docs/notebooks/ the executed copies made by `make pytest`
+# (nbmake --overwrite) or committed in notebooks/rendered/; any notebook that arrives without
+# outputs is executed here.
 nb_execution_mode = "auto"
-# `make docs` sets TWINS_NP_NOTEBOOKS_EXECUTED=1 when it copied the notebooks nbmake has just
-# executed: they are shown as they are (auto mode would run them again, since cells that
-# print nothing count as unexecuted). Pages with code cells (e.g. derivations/gradcheck) still run.
-if os.environ.get("TWINS_NP_NOTEBOOKS_EXECUTED") == "1":
+# `make docs` names the notebooks it copied executed in TWINS_NP_NOTEBOOKS_EXECUTED (file names
+# separated by spaces; "1" means all): they are shown as they are (auto mode would run them
+# again, since cells that print nothing count as unexecuted). Pages with code cells (e.g.
+# derivations/gradcheck) still run.
+_executed = os.environ.get("TWINS_NP_NOTEBOOKS_EXECUTED", "").split()
+if _executed == ["1"]:
     nb_execution_excludepatterns = ["notebooks/*"]
+elif _executed:
+    nb_execution_excludepatterns = [f"notebooks/{name}" for name in _executed]
 if STUDENT_COPY:
     nb_execution_mode = "off"
 nb_execution_timeout = 900

@@ -419,7 +419,7 @@ try:
     from timm.models.twins import Twins as TimmTwins
 except ImportError:
     torch = None
-    print("PyTorch / timm are not installed: the parity check with timm is skipped (pip install twins-np[parity])")
+    print('PyTorch / timm are not installed: the parity check with timm is skipped (pip install -e ".[parity]")')
 
 PARITY = {}
 if torch is not None:

@@ -231,7 +231,7 @@ def test_pth_bfloat16_becomes_float32_exactly(tmp_path):
 def test_pth_without_torch_says_how_to_get_it(tmp_path, monkeypatch):
     (tmp_path / "w.pth").write_bytes(b"not read")
     monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` raise ImportError
-    with pytest.raises(ImportError, match=r"pip install twins-np\[parity\].*\.npz or \.safetensors"):
+    with pytest.raises(ImportError, match=r'pip install -e "\.\[parity\]" in the twins-np folder.*\.npz or \.safetensors'):
         read_weights(tmp_path / "w.pth")
     with pytest.raises(ImportError, match="needs PyTorch"):
         save_weights({"a": np.zeros(2)}, tmp_path / "new.pth")

@@ -128,7 +128,8 @@ def to_device(obj: Any, device: Device) -> Any:
         raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
     if device == "gpu" and not cupy_available():
         raise RuntimeError(
-            "device='gpu' needs CuPy and a CUDA GPU; none was found (install twins-np[gpu] on a machine with an NVIDIA GPU)"
+            "device='gpu' needs CuPy and a CUDA GPU; none was found "
+            '(pip install -e ".[gpu]" in the twins-np folder, on a machine with an NVIDIA GPU)'
         )
     if hasattr(obj, "to_device") and not isinstance(obj, (np.ndarray,)) and not is_cupy_array(obj):
         return obj.to_device(device)

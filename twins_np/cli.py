@@ -8,6 +8,9 @@ hostile file, an unreadable image, a read-only or full disk, a folder where a fi
 expected or the other way round, an output folder in use by another run), always with one
 line ``twins-np COMMAND: error: MESSAGE`` on stderr; 1 only when a training run stopped on
 a NaN/Inf (and when ``gradcheck`` finds a failing layer).
+
+A mistyped command, verb, choice or option gets a "did you mean" (``twins-np trian`` ->
+``train``, ``--versoin`` -> ``--version``), as mistyped model names and dataset names do.
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ import sys
 import tarfile
 import zipfile
 from collections.abc import Sequence
+from typing import Any, NoReturn
 
 from . import __version__  # importing twins_np also tuned glibc malloc (twins_np/_malloc.py)
+from .training.overrides import did_you_mean
 
 # command name -> module in twins_np.commands
 COMMANDS = {
@@ -37,8 +42,68 @@ COMMANDS = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a "did you mean" for a mistyped command, verb or ``choices`` value.
+
+    argparse (before Python 3.14's ``suggest_on_error``) lists the valid choices but not the
+    closest one. Subparsers are made with the parent's class, so every level gets this.
+    """
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        if action.choices is None or value in action.choices:
+            return
+        names = [str(c) for c in action.choices]
+        # a command typed without its dashes ("version", "help") is closest to the option
+        near = names + _long_options(self) if isinstance(action.choices, dict) else names
+        raise argparse.ArgumentError(
+            action, f"invalid choice: {value!r}{did_you_mean(str(value), near)}; choose from {', '.join(names)}"
+        )
+
+
+def _long_options(parser: argparse.ArgumentParser) -> list[str]:
+    return [o for o in parser._option_string_actions if o.startswith("--")]
+
+
+def _subparser(parser: argparse.ArgumentParser, name: str | None) -> argparse.ArgumentParser | None:
+    """The parser of the subcommand ``name`` of ``parser``, or None."""
+    for action in parser._actions:
+        if isinstance(action.choices, dict) and name in action.choices:
+            return action.choices[name]
+    return None
+
+
+def _refuse_unknown_options(parser: argparse.ArgumentParser, args: argparse.Namespace, extras: list[str]) -> NoReturn:
+    """argparse's "unrecognized arguments", said by the (sub)command that got them, with a suggestion."""
+    chosen = parser
+    for dest in ("command", "verb"):  # twins-np COMMAND [VERB]
+        sub = _subparser(chosen, getattr(args, dest, None))
+        if sub is None:
+            break
+        chosen = sub
+    hint = ""
+    for word in extras:
+        if word.startswith("-") and (hint := did_you_mean(word.split("=", 1)[0], _long_options(chosen))):
+            break
+    chosen.error(f"unrecognized arguments: {' '.join(extras)}{hint}")
+
+
+def _check_leading_options(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """Options before the command must be twins-np's own (``--version``, ``--help``).
+
+    argparse would first say that COMMAND is missing (``twins-np --versoin``), hiding the typo.
+    No option of ``twins-np`` itself takes a value, so the command is the first word without a dash.
+    """
+    for word in argv:
+        if not word.startswith("-"):
+            return
+        known = _long_options(parser)
+        if word in parser._option_string_actions or (word.startswith("--") and any(o.startswith(word) for o in known)):
+            continue  # argparse also accepts an unambiguous prefix (--vers)
+        parser.error(f"unrecognized arguments: {word}{did_you_mean(word, known)}")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="twins-np", description="Twins vision transformers in NumPy/CuPy.")
+    parser = _Parser(prog="twins-np", description="Twins vision transformers in NumPy/CuPy.")
     parser.add_argument("--version", action="version", version=f"twins-np {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -79,8 +144,13 @@ def _message(err: BaseException) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``twins-np ARGV``; returns the exit code (see the module docstring), never raises SystemExit."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
     try:
-        args = build_parser().parse_args(argv)
+        _check_leading_options(parser, argv)
+        args, extras = parser.parse_known_args(argv)
+        if extras:
+            _refuse_unknown_options(parser, args, extras)
     except SystemExit as e:  # argparse printed its message (or the help / the version)
         return 0 if e.code in (0, None) else 2
     from .commands._common import CommandError

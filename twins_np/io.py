@@ -10,7 +10,7 @@ timm/official Twins ``.pth`` loads into twins-np. The format follows the file's 
 ``.safetensors``          8-byte little-endian header length, JSON header, raw
                           little-endian bytes; read and written here with NumPy
 ``.pth`` ``.pt``          PyTorch pickle, read with ``torch.load(weights_only=True)``
-``.pth.tar``              (needs torch; ``pip install twins-np[parity]``)
+``.pth.tar``              (needs torch: ``pip install -e ".[parity]"``)
 ========================  ======================================================
 
 Loading never runs code from the file: ``.npz`` object arrays and ``.pth`` files with
@@ -302,7 +302,7 @@ def _import_torch(path: PathLike) -> Any:
         import torch
     except ImportError as e:
         raise ImportError(
-            f"reading or writing {path} needs PyTorch: pip install twins-np[parity], or convert the file "
+            f'reading or writing {path} needs PyTorch (pip install -e ".[parity]" in the twins-np folder), or convert the file '
             "to .npz or .safetensors on a machine with torch (twins-np convert IN.pth OUT.safetensors)"
         ) from e
     return torch

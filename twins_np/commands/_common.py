@@ -24,8 +24,8 @@ class CommandError(Exception):
 
 # One wording, in every command, for a GPU asked for where there is none.
 NO_GPU = (
-    "--device gpu needs CuPy and a CUDA GPU, and none was found (pip install twins-np[gpu] on a machine "
-    "with an NVIDIA GPU); use --device cpu"
+    "--device gpu needs CuPy and a CUDA GPU, and none was found "
+    '(pip install -e ".[gpu]" in the twins-np folder, on a machine with an NVIDIA GPU); use --device cpu'
 )
 
 

@@ -11,6 +11,9 @@ import numpy as np
 from .. import __version__
 from ..backend import cupy_version, gpu_description
 
+# how to add CuPy to an install made from the clone (`make demo`, `pip install -e .`)
+GPU_EXTRA_HINT = 'not installed (pip install -e ".[gpu]" in the twins-np folder adds it)'
+
 
 def add_parser(sub: Any, name: str) -> None:
     p = sub.add_parser(
@@ -30,7 +33,7 @@ def info_dict() -> dict[str, str]:
         d["scipy"] = scipy.__version__
     except ImportError:
         d["scipy"] = "not installed"
-    d["cupy"] = cupy_version() or "not installed"
+    d["cupy"] = cupy_version() or GPU_EXTRA_HINT
     gpu = gpu_description()
     d["gpu"] = gpu or "none found (NumPy only)"
     d["backends"] = "numpy (cpu), cupy (gpu)" if gpu else "numpy (cpu)"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fnmatch
 import inspect
+import os
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, overload
 
@@ -36,25 +38,94 @@ MODEL_CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 
-def list_models() -> list[str]:
-    """Names accepted by :func:`create_model`."""
-    return sorted(MODEL_CONFIGS)
+# The models whose ImageNet-1k weights timm publishes on the Hugging Face Hub, as the Hub
+# repository holding them (file model.safetensors); twins-np reads them but downloads nothing.
+PUBLISHED_WEIGHTS: dict[str, str] = {
+    name: f"timm/{name}.in1k"
+    for name in (
+        "twins_pcpvt_small",
+        "twins_pcpvt_base",
+        "twins_pcpvt_large",
+        "twins_svt_small",
+        "twins_svt_base",
+        "twins_svt_large",
+    )
+}
+
+
+def _patterns(patterns: str | Sequence[str]) -> list[str]:
+    return [patterns] if isinstance(patterns, str) else list(patterns)
+
+
+def list_models(
+    filter: str | Sequence[str] = "", exclude_filters: str | Sequence[str] = "", pretrained: bool = False
+) -> list[str]:
+    """Names accepted by :func:`create_model`, sorted; the arguments select as timm's ``list_models`` does.
+
+    Args:
+        filter: a shell-style wildcard pattern (``"*pcpvt*"``, ``"twins_svt_?ase"``) or a list of
+            them; a name is kept if it matches any. ``""`` keeps every name.
+        exclude_filters: pattern(s) of names to leave out.
+        pretrained: keep only the models with published ImageNet-1k weights (:data:`PUBLISHED_WEIGHTS`).
+
+    Returns:
+        The matching names, sorted (an empty list when nothing matches).
+    """
+    names = sorted(MODEL_CONFIGS)
+    if include := [p for p in _patterns(filter) if p]:
+        names = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in include)]
+    if exclude := [p for p in _patterns(exclude_filters) if p]:
+        names = [n for n in names if not any(fnmatch.fnmatchcase(n, p) for p in exclude)]
+    return [n for n in names if n in PUBLISHED_WEIGHTS] if pretrained else names
+
+
+def _refuse_pretrained(name: str, pretrained: object) -> None:
+    """twins-np downloads nothing and models do not read files: say where the weights come from."""
+    if pretrained is False or pretrained is None:
+        return
+    repo = PUBLISHED_WEIGHTS.get(name)
+    if repo is None:
+        raise ValueError(f"{name} has no published weights (those of {', '.join(PUBLISHED_WEIGHTS)} do); train it instead")
+    if isinstance(pretrained, (str, os.PathLike)):
+        raise ValueError(
+            f"create_model does not read files: load {os.fspath(pretrained)!r} into the model with "
+            f"twins_np.load_weights(twins_np.create_model({name!r}), {os.fspath(pretrained)!r})"
+        )
+    if pretrained is True:
+        folder = repo.split("/")[1]
+        raise ValueError(
+            f"twins-np downloads no weights: get them with `hf download {repo} model.safetensors --local-dir {folder}`, "
+            f"then twins_np.load_weights(model, '{folder}/model.safetensors')"
+        )
+    raise TypeError(f"pretrained must be True or False, got {pretrained!r}")
 
 
 @overload
 def create_model(
-    name: str, features_only: Literal[False] = ..., out_indices: int | Sequence[int] | None = ..., **overrides: Any
+    name: str,
+    features_only: Literal[False] = ...,
+    out_indices: int | Sequence[int] | None = ...,
+    pretrained: bool = ...,
+    **overrides: Any,
 ) -> Twins: ...
 
 
 @overload
 def create_model(
-    name: str, features_only: Literal[True], out_indices: int | Sequence[int] | None = ..., **overrides: Any
+    name: str,
+    features_only: Literal[True],
+    out_indices: int | Sequence[int] | None = ...,
+    pretrained: bool = ...,
+    **overrides: Any,
 ) -> TwinsFeatures: ...
 
 
 def create_model(
-    name: str, features_only: bool = False, out_indices: int | Sequence[int] | None = None, **overrides: Any
+    name: str,
+    features_only: bool = False,
+    out_indices: int | Sequence[int] | None = None,
+    pretrained: bool = False,
+    **overrides: Any,
 ) -> Twins | TwinsFeatures:
     """Build a named Twins; keyword overrides replace config entries (e.g. num_classes, seed, dtype).
 
@@ -63,9 +134,14 @@ def create_model(
     stages in ``out_indices`` (default: every stage, (0, 1, 2, 3) for the paper's models;
     timm's rules, negative indices count from the end) and ``feature_info`` their channels
     and reductions.
+
+    ``pretrained=False`` is accepted for timm's signature; twins-np downloads nothing, so
+    ``pretrained=True`` (or a file name) raises a ``ValueError`` that says how to get the
+    published weights and load them with :func:`twins_np.load_weights`.
     """
     if name not in MODEL_CONFIGS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(list_models())}")
+    _refuse_pretrained(name, pretrained)
     if not features_only and out_indices is not None:
         raise ValueError("'out_indices' selects the stages of a feature extractor: pass features_only=True with it")
     model = Twins(**{**MODEL_CONFIGS[name], **overrides})
