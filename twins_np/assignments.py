@@ -118,7 +118,9 @@ _END = re.compile(r"^[ \t]*(#|%) END SOLUTION\s*$")
 _SKIP_DIRS = {".git", ".venv", "build", "dist", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache",
               ".hypothesis", "outputs", "_build", ".ipynb_checkpoints"}  # fmt: skip
 # what only an instructor needs: left out of the copy (docs/instructors.md becomes a stub page)
-INSTRUCTOR_ONLY = ("tests/test_assignments.py", "tests/test_grader.py", "assignment.toml")
+INSTRUCTOR_ONLY = ("tests/test_assignments.py", "tests/test_grader.py", "assignment.toml", "tests/test_rendered_notebooks.py")
+# folders left out whole: the executed copies of the notebooks show the instructor's solutions
+INSTRUCTOR_ONLY_DIRS = ("notebooks/rendered/",)
 _INSTRUCTORS_STUB = """# For instructors
 
 This page is not part of a student copy. Start with `STUDENT.md` at the top of the project.
@@ -329,7 +331,7 @@ def build(
     notebooks = []
     for src in _project_files(root):
         rel = src.relative_to(root)
-        if rel.as_posix() in INSTRUCTOR_ONLY:
+        if rel.as_posix() in INSTRUCTOR_ONLY or rel.as_posix().startswith(INSTRUCTOR_ONLY_DIRS):
             continue
         dst = out / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
