@@ -262,14 +262,22 @@ def test_peak_memory_of_decoding(tmp_path: Path) -> None:
     """The decoding cases, each in a fresh process capped at +256 MiB of address space; the
     peak resident memory each adds (VmHWM after, less VmRSS before) is printed and bounded.
 
-    The old reader decoded first and checked nothing: a 10000x10000 image took 3.4 GB, the
-    1x20000 strip 5.26 GB in predict. Measured here (Linux, Pillow 13, 2026-11): the
-    10000x10000 and 20000x20000 PNG headers and the 1x20000 strip in predict are refused
-    before anything is decoded (+3 to 4 MiB, the interpreter's own); a 12000x9000 JPEG (108 M
-    pixels, over the limit) in predict is decoded at 1/2 and adds 133 MiB (Pillow's 4-byte RGB
-    pixels, and its copy); the 1x20000 strip in the folder reader adds 5 MiB (only the 64x64
-    crop is computed); a 6000x4500 JPEG in the folder reader is decoded at 1/8 and adds 84 MiB,
-    nearly all of it its 27 M-pixel 8-bit label map (Pillow's buffer, its bytes, NumPy's view).
+    Measured here (Linux, Pillow 13, 2026-11), the same probe on the reader before and after
+    this module (MiB of peak resident memory added, size 64):
+
+    ==========================================  ==============  ===========================
+    case                                        before          now
+    ==========================================  ==============  ===========================
+    10000x10000 PNG (real pixels), folder       3627            refused before decoding, 3
+    10000x10000 / 20000x20000 PNG headers       a decode / a    refused before decoding, 3
+                                                traceback
+    1x20000 PNG, predict                        469 (5.26 GB    refused (resized size), 4
+                                                at 224)
+    12000x9000 JPEG, predict                    518             decoded at 1/2, 133
+    1x20000 PNG + label map, folder             2890            only the crop computed, 5
+    6000x4500 JPEG + label map, folder          906             decoded at 1/8, 84 (nearly
+                                                                all its 8-bit label map)
+    ==========================================  ==============  ===========================
     """
     big = tmp_path / "big"
     big.mkdir()
