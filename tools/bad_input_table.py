@@ -1131,6 +1131,9 @@ CASES: list[Case] = [
          r"--out run is a symbolic link to missing, which does not exist; create the folder it points to, or choose another "
          r"--out",
          argv=("train", "--out", "run"), files=lambda r: os.symlink("missing", r / "run")),
+    Case("twins-np train", "--out inside a symbolic link to a folder that does not exist", None,
+         r"--out link/run: link is a symbolic link to missing, which does not exist",
+         argv=("train", "--out", "link/run"), files=lambda r: os.symlink("missing", r / "link")),
     Case("twins-np evaluate", "--out a symbolic link to a folder that does not exist", None,
          r"--out ev is a symbolic link to missing, which does not exist",
          argv=("evaluate", "--weights", "w.npz", "--out", "ev"), files=lambda r: os.symlink("missing", r / "ev")),

@@ -127,16 +127,19 @@ def _not_writable(out: Path, err: OSError) -> OutDirError:
 
 
 def check_out_dir(out: Path) -> None:
-    """Refuse an output folder that cannot be one: a file, or a symbolic link to nothing.
+    """Refuse an output folder that cannot be one: a file, or a symbolic link to nothing (``out``
+    or a folder above it).
 
     Raises:
         OutDirError: naming ``out`` and what it is.
     """
-    if out.is_symlink() and not out.exists():
-        raise OutDirError(
-            f"<out_dir> {out} is a symbolic link to {os.readlink(out)}, which does not exist; create the folder it "
-            "points to, or choose another <out_dir>"
-        )
+    for path in (out, *out.parents):  # a dangling link is neither a file nor a folder: say what it is
+        if path.is_symlink() and not path.exists():
+            where = "" if path == out else f": {path}"
+            raise OutDirError(
+                f"<out_dir> {out}{where} is a symbolic link to {os.readlink(path)}, which does not exist; create the "
+                "folder it points to, or choose another <out_dir>"
+            )
     if out.exists() and not out.is_dir():
         raise OutDirError(f"<out_dir> {out} is a file, not a folder; choose another <out_dir>")
 

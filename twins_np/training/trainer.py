@@ -24,7 +24,11 @@ data order and augmentation (``(seed, epoch, batch)``, see
 :class:`twins_np.data.DataLoader`). So a run resumed from a checkpoint gives the same
 weights, bit for bit on the CPU, as one that was never interrupted.
 
-A non-finite loss or gradient norm stops training at once with
+A segmentation batch in which every pixel is ignored (an all-background label map with
+``reduce_zero_label``) has no loss to follow: it is skipped, as evaluation skips it (the
+schedule moves on, the weights do not), each epoch logs how many were, and the first
+time names the image; a training split without any labelled pixel is refused before any
+work. A non-finite loss or gradient norm stops training at once with
 :class:`NonFiniteLossError`; no checkpoint is written in that epoch, so the last
 good one stays as it was. Only a checkpoint of this run (written by it, or the one it
 resumed from) is ever called the last good one, never another run's file in the folder.
