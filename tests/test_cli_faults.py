@@ -224,3 +224,77 @@ def test_out_of_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) 
 def test_flops_bad_sizes_name_the_flags(capsys) -> None:
     assert "--batch must be >= 1, got 0" in fails(["flops", "twins_svt_small", "--batch", "0"], capsys)
     assert "--size must be two sides >= 1, got 0 0" in fails(["flops", "twins_svt_small", "--size", "0", "0"], capsys)
+
+
+# -- signals ------------------------------------------------------------------------------------------------------
+def test_sigterm_ends_training_like_ctrl_c(tmp_path: Path) -> None:
+    """``kill PID`` mid-run: one line, exit 143, the last checkpoint intact and resumable (a real process)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from twins_np.training import load_checkpoint
+
+    out = tmp_path / "run"
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    argv = [sys.executable, "-m", "twins_np", "train", "--epochs", "100", *QUICK, "--threads", "1", "--out", str(out)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 240
+        while not (out / "checkpoint.npz").exists():  # the first epoch is done and saved
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no checkpoint after 240 s"
+            time.sleep(0.05)
+        time.sleep(0.5)  # inside the next epoch
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 143, (stdout, stderr)
+    assert stderr.splitlines() == ["twins-np train: terminated (SIGTERM)"], stderr
+    ckpt = load_checkpoint(out / "checkpoint.npz")  # intact: written atomically, never half
+    assert 1 <= ckpt["epoch"] < 100 and len(ckpt["history"]) == ckpt["epoch"]
+    assert not list(out.glob(".*.tmp"))  # an interrupted write leaves no temporary file
+    assert main(["train", "--resume", "--out", str(out), "--stop-after", "1"]) == 0
+
+
+def test_memory_advice_names_the_knobs_of_the_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """Out of memory in predict (no --batch-size there), evaluate and train: each names its own flags."""
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError("Unable to allocate 64.0 GiB for an array with shape (8, 4, 65536, 65536)")
+
+    weights = _teach64_1000(tmp_path)
+    monkeypatch.setattr("twins_np.models.create_model", no_memory)
+    line = fails(["predict", PHOTO, "--model", "twins_svt_teach64", "--weights", weights], capsys)
+    assert "no batch to shrink" in line and "--batch-size" not in line
+    monkeypatch.setattr("twins_np.training.tasks.create_model", no_memory)
+    line = fails(["evaluate", "--weights", weights, "--model", "twins_svt_teach64", "--limit", "2"], capsys)
+    assert line.endswith("try a smaller --batch-size or --image-size")
+    line = fails(["train", *QUICK, "--out", tmp_path / "run"], capsys)
+    assert line.endswith("try a smaller --batch-size or --image-size, or a smaller model (--model, --model-overrides)")
+
+
+def test_pillow_warnings_reach_the_terminal_as_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    import warnings
+
+    from PIL import ImageFile
+
+    real_load = ImageFile.ImageFile.load
+
+    def load_with_a_warning(self):
+        warnings.warn("Corrupt EXIF data.  Expecting to read 12 bytes but only got 2.", UserWarning, stacklevel=1)
+        return real_load(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load_with_a_warning)
+    weights = _teach64_1000(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")  # as a user's terminal shows them
+        assert main(["predict", str(PHOTO), "--model", "twins_svt_teach64", "--weights", str(weights)]) == 0
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        f"twins-np predict: warning: IMAGE {PHOTO}: Corrupt EXIF data. Expecting to read 12 bytes but only got 2."
+    ], err

@@ -230,3 +230,43 @@ def test_hostile_files_in_json_and_npz_never_reach_numpy_load(tmp_path, monkeypa
     got = read_weights(path)
     assert list(got) == ["a", "b"] and got["b"].dtype == np.float32
     assert json.dumps({k: v.tolist() for k, v in got.items()})
+
+
+# -- .pth kinds that are not a state dict, and training checkpoints --------------------------------------------
+@pytest.mark.parity
+def test_torchscript_and_a_pickled_module_are_one_line_without_unsafe_advice(tmp_path, capsys):
+    """torch.load would warn, call the file corrupt and pass on its advice to use weights_only=False."""
+    import warnings
+
+    torch = pytest.importorskip("torch")
+    from twins_np.cli import main
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit.save is deprecated in favour of torch.export
+        torch.jit.save(torch.jit.script(torch.nn.Linear(2, 3)), tmp_path / "script.pth")
+    torch.save(torch.nn.Linear(2, 3), tmp_path / "module.pth")
+    for name, message in [("script.pth", "a TorchScript program (torch.jit.save), not a state dict"),
+                          ("module.pth", "Unsupported global: GLOBAL torch.nn.modules.linear.Linear")]:  # fmt: skip
+        text = _refused(tmp_path / name, message)
+        assert "weights_only=False" not in text and "add_safe_globals" not in text, text
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # torch's own warnings are not shown either
+            assert main(["convert", str(tmp_path / name), str(tmp_path / "out.npz")]) == 2
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1 and message in err and "weights_only=False" not in err, err
+
+
+def test_training_checkpoint_member_claiming_terabytes_allocates_nothing(tmp_path):
+    """load_checkpoint reads through the same checks as read_weights (it used np.load: a MemoryError)."""
+    from twins_np.training import load_checkpoint
+
+    path = _npz(tmp_path / "checkpoint.npz", {"format.npy": _npy((), "<U21", "twins-np-checkpoint/1".encode("utf-32-le")),
+                                              "model.w.npy": _npy((7 * 2**40 // 8,), data=bytes(8))})  # fmt: skip
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=r"checkpoint.npz is not a readable .npz checkpoint: array 'model.w' claims"):
+            load_checkpoint(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**20, peak

@@ -21,10 +21,14 @@ import argparse
 import contextlib
 import functools
 import io
+import json
+import os
 import pathlib
 import sys
 import tempfile
+import warnings
 import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +37,7 @@ import numpy as np
 
 import twins_np.functional as F
 from twins_np.cli import main as cli_main
+from twins_np.imagenet import load_image
 from twins_np.io import load_weights, read_weights, save_weights
 from twins_np.models import create_model, create_segmenter
 from twins_np.nn import (
@@ -47,6 +52,7 @@ from twins_np.nn import (
     Upsample,
 )
 from twins_np.optim import AdamW, clip_grad_norm
+from twins_np.training import ConfigError, NonFiniteLossError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PAGE = ROOT / "docs" / "reliability.md"
@@ -66,8 +72,16 @@ class Case:
         run: calls the entry point; if it returns instead of raising, it returns a
             short description of what came back (shown in the table).
         argv: for a CLI case, the arguments of ``twins_np.cli.main`` (then ``run`` is None).
+        files: for a CLI case that needs files (a damaged checkpoint, an image): writes them
+            into an empty temporary folder, in which ``main`` then runs (so the messages
+            name short relative paths, the same on every machine).
+        status: the exit status a CLI case must end with (2: a bad input or environment).
         issue: non-empty when today's behaviour is a known gap: what is wrong and what
             should change. The test for such a case is a strict xfail.
+
+    An API case with ``expect=None`` is an input twins-np handles without an error (a
+    16-bit image scaled, an all-ignored batch skipped): ``run`` returns what it did, and
+    ``match`` must match that.
     """
 
     entry: str
@@ -76,6 +90,8 @@ class Case:
     match: str
     run: Callable[[], str] | None = None
     argv: tuple[str, ...] | None = None
+    files: Callable[[pathlib.Path], Any] | None = None
+    status: int = 2
     issue: str = ""
 
     @property
@@ -325,6 +341,223 @@ def _load_file_with(key: str, value: np.ndarray) -> str:
         save_weights(state, "w.npz")
         load_weights(m, "w.npz")
     return "loaded"
+
+
+# folder data, image files, training checkpoints and advice (written in a temporary folder:
+# messages name short relative paths)
+
+
+def _in_tmp(write: Callable[[pathlib.Path], Any], run: Callable[[], str]) -> str:
+    """``write(folder)`` into a fresh temporary folder, then ``run()`` there."""
+    with tempfile.TemporaryDirectory() as d, contextlib.chdir(d):
+        write(pathlib.Path("."))
+        return run()
+
+
+def _png_claiming(width: int, height: int, mode: str = "RGB") -> bytes:
+    """A valid PNG header claiming ``width`` x ``height`` pixels and almost no pixel data
+    (138 bytes for any size): what a decompression bomb looks like before decoding."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+    colour = {"RGB": 2, "L": 0}[mode]
+    ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, colour, 0, 0, 0])
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(bytes(69), 9)) + chunk(b"IEND", b"")
+
+
+def _write(path: str | pathlib.Path, content: Any, **save: Any) -> None:
+    """Write bytes as they are, or an array as an image file (its format from the suffix)."""
+    from PIL import Image
+
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        Image.fromarray(content).save(path, **save)
+
+
+def _pair(name: str, image: Any, label: Any, split: str = "") -> Callable[[pathlib.Path], Any]:
+    """One image and its label map in a segmentation folder (in ``split``'s subfolder, if given)."""
+
+    def write(root: pathlib.Path) -> None:
+        sub = f"/{split}" if split else ""
+        _write(root / f"images{sub}/{name}", image)
+        stem = pathlib.Path(name).stem
+        _write(root / f"annotations{sub}/{stem}.png", label if isinstance(label, bytes) else label.astype(np.uint8))
+
+    return write
+
+
+def _all(*writers: Callable[[pathlib.Path], Any]) -> Callable[[pathlib.Path], Any]:
+    return lambda root: [w(root) for w in writers]
+
+
+_RGB8 = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+_RGB16 = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+
+
+def _bands(values: list[int], size: int = 8) -> np.ndarray:
+    """A size x size label map holding each of ``values`` (in horizontal bands)."""
+    return np.repeat(np.asarray(values), -(-size // len(values)))[:size][:, None].repeat(size, 1).astype(np.uint8)
+
+
+def _splits(train_values: list[int], val_values: list[int]) -> Callable[[pathlib.Path], Any]:
+    """ADE20K's layout: one training and one validation image with the given labels."""
+    return _all(
+        _pair("a.png", _RGB8, _bands(train_values), "training"), _pair("b.png", _RGB8, _bands(val_values), "validation")
+    )
+
+
+def _class_counts() -> str:
+    from twins_np.data import load_segmentation_folder
+
+    train, test = (load_segmentation_folder(".", s, image_size=8) for s in ("train", "test"))
+    return f"returned train: {train.num_classes} classes, test: {test.num_classes} classes"
+
+
+def _folder(**kw: Any) -> str:
+    """load_segmentation_folder('.') with 8x8 images (unless told otherwise): what came back."""
+    from twins_np.data import load_segmentation_folder
+
+    kw = {"image_size": 8, **kw}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        data = load_segmentation_folder(".", **kw)
+    x = data.images * np.asarray(data.std, np.float32)[:, None, None] + np.asarray(data.mean, np.float32)[:, None, None]
+    return (
+        f"returned {len(data)} image(s) {data.images.shape[1:]}, pixels in [{x.min():.3f}, {x.max():.3f}] with mean "
+        f"{x.mean():.3f}; {len(caught)} warning(s)"
+    )
+
+
+_GRADIENT16 = (np.arange(256).reshape(16, 16) * 257).astype(np.uint16)  # 0 .. 65535, mean 32767.5
+_GRADIENT_F = (np.arange(256).reshape(16, 16) / 255.0).astype(np.float32)  # 0 .. 1, mean 0.5
+
+
+def _float_image(**change: float) -> np.ndarray:
+    a = _GRADIENT_F.copy()
+    for where, value in change.items():
+        a.flat[int(where[1:])] = value
+    return a
+
+
+def _palette_with_transparency() -> Any:
+    from PIL import Image
+
+    im = Image.fromarray(_RGB8).convert("P")
+    im.info["transparency"] = bytes(range(256))
+    return im
+
+
+def _write_palette(root: pathlib.Path) -> None:
+    (root / "images").mkdir()
+    _palette_with_transparency().save(root / "images" / "a.png")
+    _write(root / "annotations" / "a.png", _bands([0, 1]))
+
+
+def _skip_empty_batches() -> str:
+    """One epoch of the teaching segmenter, batch 1, on two images: one has labels, one only
+    label 0, which reduce_zero_label ignores; returns what the trainer logged about it."""
+    from twins_np.training import TrainConfig, Trainer
+
+    def run() -> str:
+        cfg = TrainConfig(
+            task="segment", model="twins_svt_teach32_fpn", data="folder:.", image_size=16, reduce_zero_label=True,
+            epochs=1, batch_size=1, warmup_epochs=0.0, drop_path=0.0, label_smoothing=0.0,
+        )  # fmt: skip
+        trainer = Trainer(cfg, "run", progress=False, log=None)
+        trainer.train_epoch()  # the epoch's updates (fit() would also evaluate, save and plot)
+        return f"trained; {trainer.skip_note(1)}"
+
+    return _in_tmp(_all(_pair("a.png", _RGB16, _bands([1, 2], 16)), _pair("b.png", _RGB16, _bands([0], 16))), run)
+
+
+def _hostile_checkpoint(root: pathlib.Path) -> None:
+    """A twins-np checkpoint whose model.head.weight member claims 7 TiB (in 8 bytes)."""
+    from twins_np.training import TrainConfig
+    from twins_np.training.checkpoint import CHECKPOINT_FORMAT
+
+    def npy(a: np.ndarray) -> bytes:
+        buf = io.BytesIO()
+        np.lib.format.write_array(buf, a)
+        return buf.getvalue()
+
+    members = {
+        "format.npy": npy(np.array(CHECKPOINT_FORMAT)),
+        "epoch.npy": npy(np.array(1, np.int64)),
+        "config.npy": npy(np.array(json.dumps(TrainConfig().to_dict()))),
+        "history.npy": npy(np.array("[]")),
+        "rng.npy": npy(np.array('{"generators": [], "modules": {}}')),
+        "model.head.weight.npy": _npy_claiming((7 * 2**40 // 8,), bytes(8)),
+    }
+    _npz(members)(root / "checkpoint.npz")
+
+
+def _load_checkpoint() -> str:
+    from twins_np.training import load_checkpoint
+
+    return f"returned {len(load_checkpoint('checkpoint.npz'))} entries"
+
+
+def _check(**settings: Any) -> str:
+    from twins_np.training import TrainConfig, validate_config
+
+    validate_config(TrainConfig(**settings))
+    return "accepted"
+
+
+def _teach_weights(model: str = "twins_svt_teach32", **kw: Any) -> Callable[[pathlib.Path], Any]:
+    return lambda root: save_weights(create_model(model, seed=0, **kw), root / "w.npz")
+
+
+def _segmenter_run_weights(root: pathlib.Path) -> None:
+    """The weights.npz of a segmentation run (its settings recorded in the archive's comment)."""
+    from twins_np.training import TrainConfig, save_npz
+
+    cfg = TrainConfig(task="segment", model="twins_svt_teach32_fpn", data="shapes", image_size=32)
+    save_npz(root / "w.npz", create_segmenter("twins_svt_teach32_fpn", num_classes=4).state_dict(), {"config": cfg.to_dict()})
+
+
+def _strict_false(into: Callable[[], Any], drop: str = "") -> str:
+    """load_weights(into(), w.npz, strict=False) with the teaching classifier's weights (minus keys starting with ``drop``)."""
+    state = {k: v for k, v in create_model("twins_svt_teach32").state_dict().items() if not (drop and k.startswith(drop))}
+    with tempfile.TemporaryDirectory() as d, contextlib.chdir(d), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        save_weights(state, "w.npz")
+        load_weights(into(), "w.npz", strict=False)
+    return "loaded; " + " ".join(str(w.message) for w in caught)
+
+
+def _torchscript_like() -> bytes:
+    """The layout torch.jit.save writes (constants.pkl, code/): no torch needed to make or refuse it."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name in ("m/data.pkl", "m/constants.pkl", "m/code/__torch__/m.py", "m/version"):
+            zf.writestr(name, b"\x80\x02}q\x00." if name.endswith(".pkl") else b"1")
+    return buf.getvalue()
+
+
+def _nan_stop(nan_pixels: int = 0, **settings: Any) -> str:
+    """One epoch of the tiny teaching classifier on 8 random 16x16 images, batch 1, with ``settings``."""
+    from twins_np.data import Dataset
+    from twins_np.training import TrainConfig, Trainer
+
+    x = np.random.default_rng(0).standard_normal((8, 1, 16, 16)).astype(np.float32)
+    x.reshape(-1)[:nan_pixels] = np.nan
+    data = Dataset(x, np.arange(8, dtype=np.int64), [f"class {k}" for k in range(10)], "random")
+    tiny = {"embed_dims": [8, 16, 32], "num_heads": [1, 2, 2], "depths": [1, 1, 1]}
+    cfg = TrainConfig(model_overrides=tiny, epochs=1, batch_size=1, warmup_epochs=0.0, drop_path=0.0, augment=False, **settings)
+    with tempfile.TemporaryDirectory() as d:
+        Trainer(cfg, d, train_set=data, test_set=data, progress=False, log=None).train_epoch()
+    return "trained"
+
+
+def _memory_advice(command: str) -> str:
+    from twins_np.cli import _message
+
+    return _message(MemoryError("Unable to allocate 64.0 GiB for an array with shape (8, 4, 65536, 65536)"), command)
 
 
 # --- the cases --------------------------------------------------------------------------
@@ -750,28 +983,214 @@ CASES: list[Case] = [
          argv=("convert", "w.npz", "docs")),
     Case("twins-np", "no command", None, r"the following arguments are required: COMMAND",
          argv=()),
+    # folder data: one class count for every split, errors naming the file and the split
+    Case("load_segmentation_folder", "the validation split lacks the rarest class (no classes.txt)", None,
+         r"returned train: 4 classes, test: 4 classes",
+         lambda: _in_tmp(_splits([0, 1, 2, 3], [0, 1, 2]), _class_counts)),
+    Case("load_segmentation_folder", "the validation split holds a class the training split lacks", None,
+         r"returned train: 4 classes, test: 4 classes",
+         lambda: _in_tmp(_splits([0, 1, 2], [0, 3]), _class_counts)),
+    Case("load_segmentation_folder", "classes.txt names 3 classes, a validation label map holds 3", ValueError,
+         r"segmentation folder \. \(test split\): label map annotations/validation/b.png holds 3, outside \[0, 3\) and not "
+         r"the ignore index 255 \(classes.txt gives 3 classes\)",
+         lambda: _in_tmp(_all(_splits([0, 1, 2], [0, 3]), lambda r: (r / "classes.txt").write_text("a\nb\nc\n")),
+                         lambda: _folder(split="test"))),
+    Case("load_segmentation_folder", "classes.txt saved in cp1252", ValueError,
+         r"segmentation folder \.: classes.txt is not UTF-8 text \(byte 0xe9 at position 3 cannot be decoded\); save it as UTF-8",
+         lambda: _in_tmp(_all(_splits([0, 1], [0, 1]), lambda r: (r / "classes.txt").write_bytes(b"caf\xe9\nbar\n")), _folder)),
+    Case("load_segmentation_folder", "an 8x8 image with an 8x9 label map", ValueError,
+         r"segmentation folder \. \(train split\): image images/a.png is 8x8 but its label map annotations/a.png is 8x9",
+         lambda: _in_tmp(_pair("a.png", _RGB8, np.zeros((9, 8))), _folder)),
+    # image files: size limits before decoding, bit depths, one line naming the file
+    Case("load_segmentation_folder", "a 138-byte PNG whose header claims 20000x20000 pixels", ValueError,
+         r"segmentation folder \. \(train split\): image images/a.png: refused before decoding: its header claims "
+         r"400,000,000 pixels, more than the 33,554,432 twins-np decodes",
+         lambda: _in_tmp(_pair("a.png", _png_claiming(20000, 20000), _png_claiming(20000, 20000, "L")), _folder)),
+    Case("load_segmentation_folder", "a PNG whose header claims 10000x10000 pixels (Pillow only warns)", ValueError,
+         r"image images/a.png: refused before decoding: its header claims 10000x10000 = 100,000,000 pixels, more than "
+         r"the 33,554,432 twins-np decodes \(MAX_IMAGE_PIXELS\)",
+         lambda: _in_tmp(_pair("a.png", _png_claiming(10000, 10000), _png_claiming(10000, 10000, "L")), _folder)),
+    Case("load_segmentation_folder", "a 1x20000 strip (only the 8x8 crop is computed)", None,
+         r"returned 1 image\(s\) \(3, 8, 8\)",
+         lambda: _in_tmp(_pair("a.png", np.full((20000, 1, 3), 200, np.uint8), np.zeros((20000, 1))), _folder)),
+    Case("load_segmentation_folder", "a 16-bit grey PNG (0 to 65535)", None,
+         r"pixels in \[0.000, 1.000\] with mean 0.500",
+         lambda: _in_tmp(_pair("a.png", _GRADIENT16, np.zeros((16, 16))), lambda: _folder(image_size=16))),
+    Case("load_segmentation_folder", "a float32 TIFF with values in [0, 1]", None,
+         r"pixels in \[0.000, 1.000\] with mean 0.500",
+         lambda: _in_tmp(_pair("a.tif", _GRADIENT_F, np.zeros((16, 16))), lambda: _folder(image_size=16))),
+    Case("load_segmentation_folder", "a float32 TIFF with a NaN pixel", ValueError,
+         r"\(train split\): image images/a.tif holds 1 NaN and 0 infinite pixel value\(s\) of 256; a pixel must be a number",
+         lambda: _in_tmp(_pair("a.tif", _float_image(p5=np.nan), np.zeros((16, 16))), _folder)),
+    Case("load_segmentation_folder", "a float32 TIFF with values in [0, 255]", ValueError,
+         r"image images/a.tif is a float image with values in \[0, 255\]; twins-np reads float pixels as intensities in \[0, 1\]",
+         lambda: _in_tmp(_pair("a.tif", _GRADIENT_F * 255, np.zeros((16, 16))), _folder)),
+    Case("load_segmentation_folder", "text saved as a.png", ValueError,
+         r"\(train split\): cannot read image images/a.png: cannot identify image file",
+         lambda: _in_tmp(_pair("a.png", b"not an image\n", np.zeros((8, 8))), _folder)),
+    Case("load_segmentation_folder", "a palette PNG with transparency (Pillow warns on RGB)", None,
+         r"returned 1 image\(s\) \(3, 8, 8\).*; 0 warning\(s\)",
+         lambda: _in_tmp(_write_palette, _folder)),
+    Case("twins_np.imagenet.load_image", "a 16-bit grey PNG (0 to 65535)", None, r"returned RGB, mean 127.50",
+         lambda: _in_tmp(lambda r: _write(r / "a.png", _GRADIENT16),
+                         lambda: f"returned {(im := load_image('a.png')).mode}, mean {np.asarray(im).mean():.2f}")),
+    # training on folder data: batches without a labelled pixel
+    Case("Trainer.train_epoch", "reduce_zero_label and an all-background label map, batch 1", None,
+         r"trained; note: epoch 1 skipped 1 of 2 batches in which every pixel is ignored \(255\), as evaluation does; the "
+         r"first \(step \d\) holds images/b.png, whose labels are all ignored",
+         _skip_empty_batches),
+    Case("twins-np train", "--reduce-zero-label and every label map all background", None,
+         r"--data folder:\.: every pixel of the 2 training images is ignored \(255\) \(--reduce-zero-label ignores label 0",
+         argv=("train", "--task", "segment", "--model", "twins_svt_teach32_fpn", "--data", "folder:.", "--image-size", "16",
+               "--reduce-zero-label", "--out", "run"),
+         files=_all(_pair("a.png", _RGB16, _bands([0], 16)), _pair("b.png", _RGB16, _bands([0], 16)))),
+    Case("twins-np train", "--data folder: with classes.txt in cp1252", None,
+         r"segmentation folder \.: classes.txt is not UTF-8 text \(byte 0xe9",
+         argv=("train", "--task", "segment", "--model", "twins_svt_teach32_fpn", "--data", "folder:.", "--out", "run"),
+         files=_all(_pair("a.png", _RGB16, _bands([0, 1], 16)), lambda r: (r / "classes.txt").write_bytes(b"caf\xe9\n"))),
+    # predict: the same image reader
+    Case("twins-np predict", "a 138-byte PNG claiming 20000x20000 pixels", None,
+         r"IMAGE big.png: refused before decoding: its header claims 400,000,000 pixels, more than the 33,554,432",
+         argv=("predict", "big.png", "--weights", "w.npz"), files=lambda r: _write(r / "big.png", _png_claiming(20000, 20000))),
+    Case("twins-np predict", "a 1x20000 PNG for a 64x64 model", None,
+         r"IMAGE strip.png: the 1x20000 image would be resized to 71x1420000 \(100,820,000 pixels\) before the centre crop, "
+         r"more than the 33,554,432",
+         argv=("predict", "strip.png", "--model", "twins_svt_teach64", "--weights", "w.npz"),
+         files=_all(lambda r: _write(r / "strip.png", np.zeros((20000, 1, 3), np.uint8)),
+                    _teach_weights(model="twins_svt_teach64"))),
+    Case("twins-np predict", "a float32 TIFF with an infinite pixel", None,
+         r"IMAGE x.tif holds 0 NaN and 1 infinite pixel value\(s\) of 256; a pixel must be a number",
+         argv=("predict", "x.tif", "--weights", "w.npz"), files=lambda r: _write(r / "x.tif", _float_image(p0=np.inf))),
+    # training checkpoints through the hardened reader
+    Case("load_checkpoint", "a member claiming 7 TiB", ValueError,
+         r"checkpoint.npz is not a readable .npz checkpoint: array 'model.head.weight' claims shape \(962072674304,\) of "
+         r"float64 \(7696581394432 bytes\) but its member holds 8 bytes of data: corrupt or hostile",
+         lambda: _in_tmp(_hostile_checkpoint, _load_checkpoint)),
+    Case("twins-np evaluate", "a checkpoint.npz whose member claims 7 TiB", None,
+         r"checkpoint.npz is not a readable .npz checkpoint: array 'model.head.weight' claims shape \(962072674304,\)",
+         argv=("evaluate", "--weights", "checkpoint.npz"), files=_hostile_checkpoint),
+    Case("twins-np train", "--resume from a checkpoint.npz whose member claims 7 TiB", None,
+         r"checkpoint.npz is not a readable .npz checkpoint: array 'model.head.weight' claims shape \(962072674304,\)",
+         argv=("train", "--resume", "--out", "."), files=_hostile_checkpoint),
+    # advice that fits the command
+    Case("twins-np train", "--lr inf", None, r"argument --lr: must be a finite number, got 'inf'",
+         argv=("train", "--lr", "inf", "--out", "/nonexistent/run")),
+    Case("twins-np train", "--weight-decay inf", None, r"argument --weight-decay: must be a finite number, got 'inf'",
+         argv=("train", "--weight-decay", "inf", "--out", "/nonexistent/run")),
+    Case("twins-np train", "--warmup-epochs nan", None, r"argument --warmup-epochs: must be a finite number, got 'nan'",
+         argv=("train", "--warmup-epochs", "nan", "--out", "/nonexistent/run")),
+    Case("twins-np demo", "--lr -inf", None, r"argument --lr: must be a finite number, got '-inf'",
+         argv=("demo", "--lr=-inf")),
+    Case("validate_config", "TrainConfig(lr=inf)", ConfigError, r"lr must be a finite number, got inf",
+         lambda: _check(lr=float("inf"))),
+    Case("validate_config", "TrainConfig(clip_grad=nan)", ConfigError, r"clip_grad must be a finite number, got nan",
+         lambda: _check(clip_grad=float("nan"))),
+    Case("twins-np train", "--image-size 100000", None,
+         r"--image-size 100000 is larger than twins-np trains on \(at most 4096 pixels a side\): one 100000x100000 RGB "
+         r"image alone is 111.8 GiB",
+         argv=("train", "--image-size", "100000", "--out", "/nonexistent/run")),
+    Case("twins-np evaluate", "--image-size 100000", None, r"--image-size 100000 is larger than twins-np trains on",
+         argv=("evaluate", "--weights", "w.npz", "--model", "twins_svt_teach32", "--image-size", "100000"),
+         files=_teach_weights(in_chans=1)),
+    Case("Trainer.train_epoch", "weight_decay 1e30 with lr 1: the weights blow up", NonFiniteLossError,
+         r"training stopped: the loss is nan at epoch 1, step 2/8.* With weight_decay 1e\+30 and lr 1, AdamW multiplies every "
+         r"decayed weight by 1 - lr \* weight_decay = -1e\+30 at each update: lower weight_decay",
+         lambda: _nan_stop(lr=1.0, weight_decay=1e30)),
+    Case("Trainer.train_epoch", "lr 1e30 without weight decay", NonFiniteLossError,
+         r"training stopped: .* A peak lr of 1e\+30 is far above AdamW's usual 1e-4 to 1e-3: lower lr",
+         lambda: _nan_stop(lr=1e30, min_lr=1e30, weight_decay=0.0)),
+    Case("Trainer.train_epoch", "a training image holding NaN", NonFiniteLossError,
+         r"training stopped: the loss is nan at epoch 1, step \d/8.* The batch's images hold 3 NaN or infinite value\(s\): the "
+         r"data is broken, not the settings",
+         lambda: _nan_stop(nan_pixels=3)),
+    Case("cli._message", "out of memory in predict (no --batch-size there)", None,
+         r"out of memory: Unable to allocate 64.0 GiB .*; predict runs one image through the model .* no batch to shrink",
+         lambda: _memory_advice("predict")),
+    Case("cli._message", "out of memory in evaluate", None, r"out of memory: .*; try a smaller --batch-size or --image-size$",
+         lambda: _memory_advice("evaluate")),
+    Case("cli._message", "out of memory in train", None,
+         r"out of memory: .*; try a smaller --batch-size or --image-size, or a smaller model \(--model, --model-overrides\)",
+         lambda: _memory_advice("train")),
+    Case("twins-np evaluate", "a segmenter's weights.npz with a classifier --model", None,
+         r"--model twins_svt_teach32 is a classifier, but w.npz holds the weights of a segmenter \(twins_svt_teach32_fpn, "
+         r"trained with --task segment\); drop --model to evaluate them as recorded",
+         argv=("evaluate", "--weights", "w.npz", "--model", "twins_svt_teach32"), files=_segmenter_run_weights),
+    Case("twins-np evaluate", "a classifier's plain weights with a segmenter --model", None,
+         r"--model twins_svt_teach32_fpn is a segmenter, but w.npz holds the weights of a classifier; pass a classifier as "
+         r"--model",
+         argv=("evaluate", "--weights", "w.npz", "--model", "twins_svt_teach32_fpn"), files=_teach_weights()),
+    Case("twins-np predict", "a segmenter's weights.npz with a classifier --model", None,
+         r"--model twins_svt_teach32 is a classifier, but w.npz holds the weights of a segmenter .*; predict names the "
+         r"class of a whole image",
+         argv=("predict", "cat.png", "--weights", "w.npz", "--model", "twins_svt_teach32"),
+         files=_all(_segmenter_run_weights, lambda r: _write(r / "cat.png", _RGB16))),
+    Case("twins-np train", "OUT/checkpoint.npz is a folder (found before any work)", None,
+         r"--out run: run/checkpoint.npz is a folder, where twins-np writes a file; move it away, or choose another --out",
+         argv=("train", "--out", "run"), files=lambda r: (r / "run" / "checkpoint.npz").mkdir(parents=True)),
+    Case("twins-np train", "--out a symbolic link to a folder that does not exist", None,
+         r"--out run is a symbolic link to missing, which does not exist; create the folder it points to, or choose another "
+         r"--out",
+         argv=("train", "--out", "run"), files=lambda r: os.symlink("missing", r / "run")),
+    Case("twins-np train", "--out inside a symbolic link to a folder that does not exist", None,
+         r"--out link/run: link is a symbolic link to missing, which does not exist",
+         argv=("train", "--out", "link/run"), files=lambda r: os.symlink("missing", r / "link")),
+    Case("twins-np evaluate", "--out a symbolic link to a folder that does not exist", None,
+         r"--out ev is a symbolic link to missing, which does not exist",
+         argv=("evaluate", "--weights", "w.npz", "--out", "ev"), files=lambda r: os.symlink("missing", r / "ev")),
+    Case("twins-np evaluate", "OUT/evaluation_test.json is a folder", None,
+         r"--out ev: ev/evaluation_test.json is a folder, where twins-np writes a file",
+         argv=("evaluate", "--weights", "w.npz", "--model", "twins_svt_teach32", "--out", "ev"),
+         files=_all(_teach_weights(in_chans=1), lambda r: (r / "ev" / "evaluation_test.json").mkdir(parents=True))),
+    # loading weights: strict=False that loads nothing, TorchScript
+    Case("load_weights(segmenter, strict=False)", "a classifier's weights", KeyError,
+         r"checkpoint w.npz matches no parameter of twins_svt_teach32_fpn \(num_classes=3\), so strict=False would load "
+         r"nothing: .* 104 of the model's names are the file's with 'backbone.' in front",
+         lambda: _strict_false(_seg)),
+    Case("load_weights(features_only model, strict=False)", "a classifier's weights", KeyError,
+         r"matches no parameter of twins_svt_teach32, so strict=False would load nothing: .* 104 of the model's names are "
+         r"the file's with 'model.' in front",
+         lambda: _strict_false(lambda: create_model("twins_svt_teach32", features_only=True))),
+    Case("load_weights(model, strict=False)", "weights without the head", None,
+         r"loaded; checkpoint w.npz: strict=False loaded 106 of the 108 parameters of twins_svt_teach32; 2 kept their "
+         r"values \(first: head.weight, head.bias\)",
+         lambda: _strict_false(lambda: create_model("twins_svt_teach32"), drop="head.")),
+    Case("Module.load_state_dict", "strict=False, a classifier's state into a features_only model", KeyError,
+         r"state_dict matches no key of TwinsFeatures, so strict=False would load nothing",
+         lambda: (create_model("twins_svt_teach32", features_only=True).load_state_dict(_state(), strict=False), "loaded")[1]),
+    Case("read_weights", "a TorchScript program named .pth (no torch needed to refuse it)", ValueError,
+         r"w.pth: a TorchScript program \(torch.jit.save\), not a state dict of tensors; twins-np reads state dicts only",
+         lambda: _read("w.pth", _torchscript_like())),
+    Case("read_weights", "a zip named .pth without data.pkl", ValueError, r"w.pth: a zip archive without data.pkl",
+         lambda: _read("w.pth", _npz({"w.npy": _npy_claiming((1,), bytes(8))}))),
 ]  # fmt: skip
 
 
 # --- running the cases ------------------------------------------------------------------
 
 
-def run_cli(argv: tuple[str, ...]) -> tuple[int, str]:
+def run_cli(argv: tuple[str, ...], files: Callable[[pathlib.Path], Any] | None = None) -> tuple[int, str]:
     """``twins_np.cli.main(argv)`` run in the repository's root -> (exit status, stderr).
 
     Paths in the cases are relative to the root (``tests/data_files/chelsea.jpg``), so the
-    messages, and the page, are the same on every machine.
+    messages, and the page, are the same on every machine. With ``files``, ``main`` runs in
+    a fresh temporary folder that ``files(folder)`` filled first.
     """
     err, out = io.StringIO(), io.StringIO()
-    with contextlib.chdir(ROOT), contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
-        rc = cli_main(list(argv))
+    with contextlib.ExitStack() as stack:
+        where = ROOT
+        if files is not None:
+            where = pathlib.Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            with contextlib.chdir(where):
+                files(where)
+        with contextlib.chdir(where), contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+            rc = cli_main(list(argv))
     return rc, err.getvalue()
 
 
 def outcome(case: Case) -> tuple[str, str]:
     """What the case does now: (exception column, message column) of the table."""
     if case.argv is not None:
-        rc, err = run_cli(case.argv)
+        rc, err = run_cli(case.argv, case.files)
         lines = [ln for ln in err.splitlines() if ln.strip()]
         return f"exit {rc}", (lines[-1] if lines else "")
     assert case.run is not None
@@ -852,6 +1271,43 @@ What is refused, and why:
   as incomplete. The next `backward` raises a `RuntimeError` naming the module (for an
   incomplete forward before any gradient is accumulated) instead of returning gradients
   that mix two batches. A forward that completes makes the module usable again.
+- **Image files** (the folder reader of segmentation data, `predict`, `load_image`) are read
+  by `twins_np.image_files`. The size in the file's header is checked before anything is
+  decoded: more than `MAX_IMAGE_PIXELS` = 2**25 pixels (8192x4096) is refused, except a
+  JPEG, which is decoded at 1/2, 1/4 or 1/8 of its size when that brings it under the limit
+  (the folder reader always decodes a JPEG at the smallest of those scales that still covers
+  the resized image, and computes only the centre crop of the resize). So decoding one image
+  never allocates more than 2**25 pixels; `tests/data/test_image_files.py` measures the
+  peak memory of the cases below in a fresh process: a 10000x10000 PNG that took 3.6 GB in
+  the folder reader is refused having added 3 MiB, a 1x20000 strip (5.26 GB in `predict` at
+  224) 4 MiB, a 12000x9000 JPEG in `predict` adds 133 MiB instead of 518, a 6000x4500 JPEG
+  in the folder reader 84 MiB instead of 906. 16-bit grey images are scaled by
+  1/65535, float images (32-bit TIFFs) are read as intensities in [0, 1], and a NaN or
+  infinite pixel, or a float outside [0, 1], is refused naming the file. Every exception
+  Pillow raises becomes one line naming the file (and, in a folder, the split); Pillow's
+  warnings are re-issued naming the file, one line each on the command line.
+- **Folder data has one class count for every split**: from `classes.txt` (UTF-8; another
+  encoding is named as the problem), else the largest label of both splits, so a validation
+  split that lacks the rarest class still scores the model's classes. Training skips a batch
+  in which every pixel is ignored (as evaluation does), says so once per epoch naming the
+  first such image, and refuses before any work a training split with no labelled pixel.
+- **Training checkpoints** (`checkpoint.npz`: `train --resume`, `evaluate`, `predict`) are
+  read by the same hardened reader as weights files (`twins_np.io.read_npz`): a member
+  claiming terabytes is refused by name, not reported as out of memory.
+- **`strict=False` that would load nothing is an error** (`load_weights`, `load_arrays`,
+  `load_state_dict`): classifier weights loaded into a segmenter or a `features_only`
+  model used to change no parameter, silently. The message says which prefix
+  (`backbone.`, `model.`) would make the names match; a partial load is reported with a
+  `PartialLoadWarning` (how many parameters loaded, which kept their values). A TorchScript
+  program or another zip named `.pth` is refused in one line, without torch's advice to load
+  it unsafely.
+- **Advice fits the command.** Every real-valued option refuses `inf` and `nan` (argparse,
+  and `TrainConfig` for the library); `--image-size` above 4096 is refused; out-of-memory
+  errors name the knobs the command has (`predict` has no `--batch-size`); a NaN stop names
+  the setting that most likely caused it (`--weight-decay` when lr x weight decay >= 1, a
+  huge `--lr`, clipping turned off) or the data when the batch holds NaN; a `--model` of the
+  other task than the weights is named as that mismatch; output files are checked before
+  any work (a folder named `checkpoint.npz`, a dangling symbolic link as `--out`).
 - **The command line** prints one line `twins-np <command>: error: <message>` to stderr and
   exits with status 2 for every bad input or environment: a bad option (argparse's errors
   too; `main()` returns 2 and never raises `SystemExit`, while `--help` and `--version` exit
@@ -860,7 +1316,10 @@ What is refused, and why:
   use by another run, `--model-overrides` values the model cannot take (a window that would
   need more memory than the machine has is refused with the memory it would need), NaN or
   infinite logits from `predict` or `evaluate`. Status 1 means only that a training run
-  stopped on a NaN/Inf (or that `gradcheck` found a failing layer). `tests/test_cli_faults.py`
+  stopped on a NaN/Inf (or that `gradcheck` found a failing layer). Ctrl-C ends a command
+  with one line and status 130, SIGTERM (`kill`, a job scheduler) likewise with status 143;
+  either way a checkpoint being written is discarded and the last one stays intact
+  (`tests/test_cli_faults.py` sends SIGTERM to a real training process). `tests/test_cli_faults.py`
   tests one case of each kind of fault, the file-system ones included, which this table
   cannot show (they depend on the machine).
 

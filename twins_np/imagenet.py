@@ -8,7 +8,8 @@ config: ``crop_pct=0.9``, bicubic interpolation, ImageNet mean/std):
     to float32 in [0, 1], CHW
     normalise per channel: (x - mean) / std                     -> (1, 3, size, size)
 
-Images are handled with Pillow (installed with matplotlib).
+Images are handled with Pillow (installed with matplotlib) and read with
+:mod:`twins_np.image_files` (a size limit before decoding, bit depths scaled, one-line errors).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from .backend import asnumpy
+from .image_files import MAX_IMAGE_PIXELS, read_image
 
 __all__ = [
     "IMAGENET_DEFAULT_MEAN",
@@ -48,11 +50,14 @@ def _pil() -> Any:
 
 
 def load_image(path: str | os.PathLike[str]) -> Any:
-    """Open an image file as an RGB ``PIL.Image.Image`` (grey, palette and RGBA converted)."""
-    Image = _pil()
-    with Image.open(path) as im:
-        im.load()
-        return im.convert("RGB")
+    """Open an image file as an RGB ``PIL.Image.Image`` (grey, palette and RGBA converted).
+
+    Read with :func:`twins_np.image_files.read_image`: refused above
+    :data:`~twins_np.image_files.MAX_IMAGE_PIXELS` before decoding (a larger JPEG is decoded
+    at a reduced size instead), 16-bit and float images scaled to 8 bits, NaN/Inf pixels
+    refused, every failure a ``ValueError`` naming the file.
+    """
+    return read_image(path)
 
 
 def preprocess(
@@ -73,6 +78,10 @@ def preprocess(
 
     Returns:
         float32 array (1, 3, size, size), NCHW.
+
+    Raises:
+        ValueError: for bad arguments, and for an image so elongated that its resized copy
+            would exceed :data:`~twins_np.image_files.MAX_IMAGE_PIXELS`.
     """
     Image = _pil()
     if not 0.0 < crop_pct <= 1.0:
@@ -93,6 +102,12 @@ def preprocess(
         new_w, new_h = short_target, int(short_target * h / w)
     else:
         new_w, new_h = int(short_target * w / h), short_target
+    if new_w * new_h > MAX_IMAGE_PIXELS:  # a 1 x 20000 strip would become 248 x 4960000 (4.9 GB) before the crop
+        raise ValueError(
+            f"the {w}x{h} image would be resized to {new_w}x{new_h} ({new_w * new_h:,} pixels) before the centre "
+            f"crop, more than the {MAX_IMAGE_PIXELS:,} twins-np allocates for an image; crop it to a less elongated "
+            "shape first"
+        )
     image = image.resize((new_w, new_h), Image.BICUBIC)
     top = int(round((new_h - size) / 2.0))
     left = int(round((new_w - size) / 2.0))

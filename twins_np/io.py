@@ -31,8 +31,10 @@ import math
 import os
 import pickle
 import tempfile
+import warnings
 import zipfile
 import zlib
+from collections import Counter
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
@@ -41,7 +43,17 @@ import numpy as np
 
 from .backend import asnumpy
 
-__all__ = ["FORMATS", "weights_format", "read_weights", "save_weights", "convert_weights", "load_weights", "load_arrays"]
+__all__ = [
+    "FORMATS",
+    "weights_format",
+    "read_weights",
+    "read_npz",
+    "save_weights",
+    "convert_weights",
+    "load_weights",
+    "load_arrays",
+    "PartialLoadWarning",
+]
 
 PathLike = str | os.PathLike
 
@@ -109,6 +121,30 @@ def read_weights(path: PathLike) -> dict[str, np.ndarray]:
     if fmt == "safetensors":
         return _read_safetensors(path)[0]
     return _read_pth(path)
+
+
+# -- any .npz of named arrays (training checkpoints) --------------------------------------
+def read_npz(path: PathLike) -> dict[str, np.ndarray]:
+    """Read any ``.npz`` archive of named arrays with the checks :func:`read_weights` makes.
+
+    Training checkpoints (``checkpoint.npz`` of ``twins-np train``: weights, optimizer
+    moments, strings of JSON) are read here rather than with ``np.load``: every member's
+    claimed dtype and shape is checked against its real size before anything is
+    allocated, so a member claiming terabytes is refused naming it, never an
+    out-of-memory error.
+
+    Returns:
+        ``{name: array}`` in archive order (0-d arrays for scalars and strings).
+
+    Raises:
+        FileNotFoundError: if ``path`` is not a file.
+        ValueError: for an empty, damaged or hostile archive, naming the file and the member.
+    """
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    if Path(path).stat().st_size == 0:
+        raise ValueError(f"{path}: the file is empty (0 bytes), not an .npz archive: an interrupted write or copy?")
+    return _read_npz(path)
 
 
 def _read_npz(path: PathLike) -> dict[str, np.ndarray]:
@@ -309,21 +345,25 @@ def _import_torch(path: PathLike) -> Any:
 
 
 def _read_pth(path: PathLike) -> dict[str, np.ndarray]:
+    _check_pth_kind(path)  # before torch is imported: the same answer with or without torch
     torch = _import_torch(path)
     try:
         # Training checkpoints (official Twins, timm's train.py) keep their command line
-        # as an argparse.Namespace: a plain attribute holder, safe to rebuild.
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        # as an argparse.Namespace: a plain attribute holder, safe to rebuild. torch's own
+        # warnings are not shown: whatever goes wrong is said below, in one line.
+        with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        lines = [ln for ln in str(e).splitlines() if "Unsupported global" in ln or "WeightsUnpickler" in ln]
-        reason = lines[0].strip() if lines else str(e).splitlines()[0]
         raise ValueError(
-            f"{path}: refused to load: the file holds Python objects other than tensors, and unpickling them "
-            f"could run arbitrary code (torch.load weights_only=True: {reason})"
+            f"{path}: refused to load: the file holds Python objects other than tensors (a whole pickled model?), and "
+            f"unpickling them could run arbitrary code ({_unpickling_reason(e)}); twins-np reads state dicts: in "
+            "PyTorch, save one with torch.save(model.state_dict(), path)"
         ) from e
     except Exception as e:  # torch.load fails on damaged files with many types (IndexError, KeyError, ...)
         first = (str(e).splitlines() or [""])[0]
+        if "weights_only" in first:  # torch's advice to load unsafely is never passed on
+            first = "torch.load with weights_only=True cannot read it"
         raise ValueError(f"{path}: not a readable PyTorch file (truncated or corrupt?): {type(e).__name__}: {first}") from e
 
     state = obj
@@ -347,6 +387,33 @@ def _read_pth(path: PathLike) -> dict[str, np.ndarray]:
     for name, t in zip(names, state.values()):
         out[str(name)] = _pth_tensor_to_numpy(path, str(name), t, torch)
     return out
+
+
+def _check_pth_kind(path: PathLike) -> None:
+    """Refuse the zip-based ``.pth`` kinds that are not a ``torch.save`` pickle: TorchScript
+    programs (``torch.jit.save``: ``constants.pkl`` and ``code/``), mobile bytecode, other
+    zip files. A file that is not a zip (torch's legacy format) is left to ``torch.load``."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    except (OSError, EOFError, zipfile.BadZipFile, ValueError):
+        return
+    leaves = {n.rsplit("/", 1)[-1] for n in names}
+    if "constants.pkl" in leaves or "bytecode.pkl" in leaves or any("/code/" in n for n in names):
+        raise ValueError(
+            f"{path}: a TorchScript program (torch.jit.save), not a state dict of tensors; twins-np reads state dicts "
+            "only: in PyTorch, load the program with torch.jit.load and save model.state_dict() with torch.save"
+        )
+    if "data.pkl" not in leaves:
+        raise ValueError(f"{path}: a zip archive without data.pkl, not a file written by torch.save")
+
+
+def _unpickling_reason(err: Exception) -> str:
+    """The global torch's safe unpickler refused, without torch's advice on how to allow it."""
+    for line in str(err).splitlines():
+        if "Unsupported global" in line:
+            return line.strip().split(". Please")[0].split(" was not an allowed global")[0]
+    return "torch.load with weights_only=True refused it"
 
 
 def _pth_tensor_to_numpy(path: PathLike, name: str, t: Any, torch: Any) -> np.ndarray:
@@ -543,7 +610,13 @@ def load_weights(model: Any, path: PathLike, strict: bool = True, allow_nonfinit
             mismatched key and both shapes), if weights are NaN or Inf, and for
             unreadable files (see :func:`read_weights`).
         TypeError: for complex, bool, string or object arrays, naming every such key.
-        KeyError: (strict) if keys are missing or unexpected, naming the first few.
+        KeyError: (strict) if keys are missing or unexpected, naming the first few;
+            (``strict=False``) if no name of the file is a parameter of the model (nothing
+            would load), saying which prefix would make them match.
+
+    Warns:
+        PartialLoadWarning: (``strict=False``) when only some parameters were loaded, or
+            some arrays of the file were not used: how many, and the first names.
     """
     state = read_weights(path)
     return load_arrays(model, state, strict=strict, source=f"checkpoint {path}", allow_nonfinite=allow_nonfinite)
@@ -574,10 +647,60 @@ def load_arrays(
             if v
         ]
         raise KeyError(f"{source} does not fit {label}: " + "; ".join(parts))
+    if not strict:
+        _check_partial_load(own, state, source, label)
     try:
         return model.load_state_dict(state, strict=strict, allow_nonfinite=allow_nonfinite)
     except (TypeError, ValueError) as e:  # bad values: say which file they came from
         raise type(e)(f"{source}: {e}") from e
+
+
+class PartialLoadWarning(UserWarning):
+    """``strict=False`` loaded some of a model's parameters, not all (the message says how many)."""
+
+
+def _check_partial_load(own: Mapping[str, Any], state: Mapping[str, Any], source: str, label: str) -> None:
+    """``strict=False``: a file that matches no parameter is an error, a partial match is reported.
+
+    Without this, classifier weights loaded into a segmenter (whose names start with
+    ``backbone.``) or a ``features_only`` model (``model.``) change nothing, silently.
+    """
+    matched = [k for k in own if k in state]
+    if not matched:
+        first = ", ".join(list(state)[:2]) or "none"
+        raise KeyError(
+            f"{source} matches no parameter of {label}, so strict=False would load nothing: its {len(state)} "
+            f"names (first: {first}) are not the model's {len(own)} (first: {', '.join(list(own)[:2])})"
+            f"{_prefix_hint(own, state)}"
+        )
+    kept = [k for k in own if k not in state]
+    unused = [k for k in state if k not in own]
+    if kept or unused:
+        parts = [f"strict=False loaded {len(matched)} of the {len(own)} parameters of {label}"]
+        if kept:
+            parts.append(f"{len(kept)} kept their values (first: {', '.join(kept[:3])})")
+        if unused:
+            parts.append(f"{len(unused)} arrays of the file were not used (first: {', '.join(unused[:3])})")
+        warnings.warn(f"{source}: " + "; ".join(parts), PartialLoadWarning, stacklevel=4)
+
+
+def _prefix_hint(own: Mapping[str, Any], state: Mapping[str, Any]) -> str:
+    """Say so when the names would match with a prefix added or removed (``backbone.``, ``model.``, ``module.``)."""
+    counts: Counter[tuple[str, str]] = Counter()
+    for names, others, side in ((own, state, "model"), (state, own, "file")):
+        for name in names:
+            for i, char in enumerate(name):
+                if char == "." and name[i + 1 :] in others:
+                    counts[side, name[: i + 1]] += 1
+    if not counts:
+        return ""
+    (side, prefix), n = counts.most_common(1)[0]
+    if side == "model":
+        return (
+            f"; {n} of the model's names are the file's with {prefix!r} in front: load the file into that part of "
+            f"the model (the submodule {prefix[:-1]!r}), or add the prefix to the file's names"
+        )
+    return f"; {n} of the file's names are the model's with {prefix!r} in front: remove that prefix from the file's names"
 
 
 def _model_label(model: Any) -> str:

@@ -258,5 +258,5 @@ def test_folder_reader_errors(tmp_path):
     with pytest.raises(ValueError, match="mode 'RGB' is not a single-channel map"):
         load_segmentation_folder(tmp_path, image_size=8)
     Image.fromarray(np.zeros((9, 8), np.uint8), mode="L").save(tmp_path / "annotations" / "b.png")
-    with pytest.raises(ValueError, match="b.jpg: image is 8x8 but its label map is 8x9"):
+    with pytest.raises(ValueError, match=r"\(train split\): image \S*b.jpg is 8x8 but its label map \S*b.png is 8x9"):
         load_segmentation_folder(tmp_path, image_size=8)

@@ -188,6 +188,48 @@ def test_train_on_a_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert "block" in capsys.readouterr().out
 
 
+def _ade_like(root: Path, train_labels: list[list[int]], val_labels: list[list[int]]) -> None:
+    """images/training, images/validation (ADE20K's layout): one 32x32 image per label list (horizontal bands)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, labels in (("training", train_labels), ("validation", val_labels)):
+        for kind in ("images", "annotations"):
+            (root / kind / split).mkdir(parents=True, exist_ok=True)
+        for i, values in enumerate(labels):
+            label = np.repeat(np.asarray(values, np.uint8), -(-32 // len(values)))[:32][:, None].repeat(32, 1)
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / "images" / split / f"{i}.png")
+            Image.fromarray(label).save(root / "annotations" / split / f"{i}.png")
+
+
+def test_a_validation_split_without_the_rarest_class_trains_and_evaluates(tmp_path: Path, capsys) -> None:
+    """Each split used to count its own classes: the first evaluation stopped the run."""
+    _ade_like(tmp_path / "data", [[0, 1, 2, 3, 4], [0, 1]], [[0, 1, 2, 3]])
+    argv = [a if a != "shapes" else f"folder:{tmp_path / 'data'}" for a in QUICK]
+    assert main(["train", *argv, "--epochs", "1", "--out", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "2 train / 1 test images, 32x32 pixels, 3 channel(s), 5 classes" in out and "finished" in out
+
+
+def test_batches_without_a_labelled_pixel_are_skipped_and_named_once(tmp_path: Path, capsys) -> None:
+    """--reduce-zero-label and an all-background label map, batch 1: skipped (counted, named once), not a stop;
+    the skipping is part of the run, so a resumed run is still bit-identical."""
+    _ade_like(tmp_path / "data", [[1, 2], [0], [2, 1], [1, 0, 2]], [[1, 2]])
+    argv = [a if a != "shapes" else f"folder:{tmp_path / 'data'}" for a in QUICK]
+    argv = [*argv, "--reduce-zero-label", "--batch-size", "1", "--epochs", "2"]
+    assert main(["train", *argv, "--out", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    notes = [ln for ln in out.splitlines() if ln.startswith("note:")]
+    assert len(notes) == 2 and all("skipped 1 of 4 batches in which every pixel is ignored (255)" in n for n in notes), out
+    assert f"holds {tmp_path / 'data' / 'images' / 'training' / '1.png'}, whose labels are all ignored" in notes[0]
+    assert "holds" not in notes[1]  # the image is named once
+    assert main(["train", *argv, "--out", str(tmp_path / "resumed"), "--stop-after", "1"]) == 0
+    assert main(["train", "--resume", "--out", str(tmp_path / "resumed")]) == 0
+    with np.load(tmp_path / "run" / "weights.npz") as a, np.load(tmp_path / "resumed" / "weights.npz") as b:
+        for name in a.files:
+            assert a[name].tobytes() == b[name].tobytes(), name
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -275,3 +317,19 @@ def test_predict_refuses_a_segmenter(trained: Path, capsys: pytest.CaptureFixtur
     image = Path(__file__).resolve().parents[1] / "data_files" / "chelsea.jpg"
     assert main(["predict", str(image), "--weights", str(trained / "weights.npz")]) == 2
     assert "is a segmenter: predict names the class of a whole image" in capsys.readouterr().err
+
+
+def test_evaluate_names_recorded_settings_as_recorded(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A setting taken from the weights' record is not called a flag the user never typed."""
+    from twins_np.models import create_segmenter
+    from twins_np.training import save_npz
+
+    cfg = TrainConfig(task="segment", model=MODEL, data="folder:/somewhere/ade", reduce_zero_label=True)
+    weights = tmp_path / "weights.npz"
+    save_npz(weights, create_segmenter(MODEL, num_classes=3).state_dict(), record={"config": cfg.to_dict()})
+    assert main(["evaluate", "--weights", str(weights), "--data", "shapes"]) == 2
+    err = capsys.readouterr().err
+    assert f"the reduce_zero_label recorded in {weights} is for segmentation folders (--data folder:PATH), not shapes" in err
+    assert main(["evaluate", "--weights", str(weights), "--model", "twins_svt_teach32"]) == 2
+    err = capsys.readouterr().err
+    assert "--model twins_svt_teach32 is a classifier, but" in err and "--reduce-zero-label" not in err, err

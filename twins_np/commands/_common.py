@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import pickle
+import sys
 import tarfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -41,6 +44,21 @@ def flag(field: str) -> str:
     ``err.spelled(flag)``.
     """
     return _FLAGS.get(field, "--" + field.replace("_", "-"))
+
+
+def finite_float(text: str) -> float:
+    """argparse type of every real-valued option: a finite number (``inf`` and ``nan`` are refused).
+
+    ``float("inf")`` and ``float("nan")`` parse, and would pass on to a run that can only
+    end in a NaN stop; argparse reports the error as ``argument --lr: ...``.
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
 
 
 def model_name(text: str, names: list[str] | None = None) -> str:
@@ -103,11 +121,17 @@ def is_training_checkpoint(path: Path) -> bool:
         return False  # reading the weights will explain what is wrong with the file
 
 
-def read_model_weights(path: Path, model: str | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def read_model_weights(
+    path: Path, model: str | None = None, advice: str = ""
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """The model's arrays in ``path`` and the training settings recorded with them.
 
     ``model`` is the ``--model`` given, if any: when it differs from the recorded model,
     the recorded model settings (``model_overrides``) are dropped, the data settings kept.
+
+    A ``--model`` of the other kind than the weights (a classifier for a segmenter's
+    weights, or the other way round) is refused naming both, with ``advice`` appended
+    when the file records its run (the recorded settings of one task do not fit the other).
 
     ``path`` is a training ``checkpoint.npz`` (its ``model.*`` arrays and its config), a
     ``weights.npz`` written by ``twins-np train`` (its record of the run, see
@@ -126,12 +150,34 @@ def read_model_weights(path: Path, model: str | None = None) -> tuple[dict[str, 
         state, saved = ckpt["model"], dict(ckpt["config"])
     else:
         state, saved = read_weights(path), read_run_record(path) or {}
+    _check_model_kind(path, model, state, saved, advice)
     if model is not None and saved.get("model") not in (None, model):
         # --model names another model than the recorded one: the recorded overrides belong to that one
         saved = {k: v for k, v in saved.items() if k not in ("model", "model_overrides")}
     if model is None and "model" in saved and saved["model"] not in list_models() + list_segmenters():
         raise CommandError(f"{path} records the model {saved['model']!r}, which this twins-np does not know; pass --model")
     return state, saved
+
+
+_KINDS = {"classify": "a classifier", "segment": "a segmenter"}
+
+
+def _check_model_kind(path: Path, model: str | None, state: dict[str, Any], saved: dict[str, Any], advice: str) -> None:
+    """``--model`` of the other task than the weights: name that mismatch, not a setting it leads to."""
+    from ..training.tasks import task_of_model
+
+    wanted = task_of_model(model)
+    held = saved.get("task") if saved.get("task") in _KINDS else task_of_model(saved.get("model"))
+    if held is None:  # weights without a record: their names tell a segmenter's (decode_head.*) from a classifier's
+        held = "segment" if any(k.startswith("decode_head.") for k in state) else "classify" if "head.weight" in state else None
+    if wanted is None or held is None or wanted == held:
+        return
+    if saved.get("model"):
+        recorded = f" ({saved['model']}, trained with --task {held})"
+        advice = f"; {advice}" if advice else ""
+    else:  # no record to fall back on: the model must be named
+        recorded, advice = "", f"; pass {_KINDS[held]} as --model"
+    raise CommandError(f"--model {model} is {_KINDS[wanted]}, but {path} holds the weights of {_KINDS[held]}{recorded}{advice}")
 
 
 def check_finite_logits(logits: Any, weights: Path | str) -> None:
@@ -148,10 +194,29 @@ def check_finite_logits(logits: Any, weights: Path | str) -> None:
 
 
 @contextlib.contextmanager
-def reading_data(data_dir: str | None) -> Iterator[None]:
-    """Name ``--data-dir`` in the errors of reading a dataset (missing, damaged or hostile files)."""
-    try:
+def one_line_warnings(command: str) -> Iterator[None]:
+    """Show each warning raised inside as one line, ``twins-np COMMAND: warning: MESSAGE``.
+
+    Python's default shows the warning's source file and line (two lines, a library's
+    path); a warning that reaches a user of the command line is about their input (an
+    image's corrupt metadata) and says so in one line.
+    """
+
+    def show(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+        print(f"twins-np {command}: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
         yield
+
+
+@contextlib.contextmanager
+def reading_data(data_dir: str | None, command: str = "") -> Iterator[None]:
+    """Name ``--data-dir`` in the errors of reading a dataset (missing, damaged or hostile files);
+    with ``command``, show the warnings of reading it (an image's corrupt metadata) as one line each."""
+    try:
+        with one_line_warnings(command) if command else contextlib.nullcontext():
+            yield
     except (FileNotFoundError, pickle.UnpicklingError, tarfile.TarError, EOFError) as err:
         text = " ".join(str(err).split()).replace("pass its location as data_dir", "pass its location with --data-dir")
         where = f"--data-dir {data_dir}: " if data_dir is not None else ""

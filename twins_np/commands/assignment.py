@@ -17,6 +17,8 @@ from typing import Any
 
 
 def add_parser(sub: Any, name: str) -> None:
+    from ._common import finite_float
+
     p = sub.add_parser(name, help="build a student copy of the project, grade submissions, make a Gradescope autograder")
     verbs = p.add_subparsers(dest="verb", metavar="VERB")
     verbs.required = True
@@ -30,7 +32,7 @@ def add_parser(sub: Any, name: str) -> None:
     g.add_argument("submission", help="the student's project folder, or the zip made by `assignment submit`")
     g.add_argument("--manifest", help="the grading manifest written by `build` (default: build/assignment/manifest.json)")
     g.add_argument("--tasks", nargs="+")
-    g.add_argument("--timeout", type=float, help="seconds per task (default: the manifest's)")
+    g.add_argument("--timeout", type=finite_float, help="seconds per task (default: the manifest's)")
     g.add_argument("--jobs", type=int, help="parallel pytest processes (default: the number of cores)")
     g.add_argument("--json", default=None, help="also write the grade as JSON to this file")
     g.add_argument("--gradescope", default=None, help="also write Gradescope's results.json to this file")
@@ -38,7 +40,7 @@ def add_parser(sub: Any, name: str) -> None:
     a = verbs.add_parser("autograder", help="write the zip Gradescope's autograder expects (setup.sh, run_autograder)")
     a.add_argument("out_zip")
     a.add_argument("--manifest", help="the grading manifest written by `build` (default: build/assignment/manifest.json)")
-    a.add_argument("--timeout", type=float, default=600, help="seconds for the whole grading run (default 600)")
+    a.add_argument("--timeout", type=finite_float, default=600, help="seconds for the whole grading run (default 600)")
     a.set_defaults(func=run_autograder)
     ls = verbs.add_parser("list", help="list the tasks")
     ls.set_defaults(func=run_list)

@@ -6,6 +6,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+# what to try when memory runs out (twins_np.cli names it after "out of memory")
+OUT_OF_MEMORY = "convert holds every array of the file at once: close other programs, or convert on a machine with more memory"
+
 
 def add_parser(sub: Any, name: str) -> None:
     p = sub.add_parser(

@@ -32,6 +32,9 @@ from typing import Any
 import numpy as np
 
 # Tuned for a 2-core CPU (see the command's help): the whole demo stays well under 10 minutes.
+# what to try when memory runs out (twins_np.cli names it after "out of memory")
+OUT_OF_MEMORY = "try a smaller --batch-size"
+
 DEMO_MODEL = "twins_svt_teach32"
 DEMO_EPOCHS = 12
 DEMO_BATCH_SIZE = 32
@@ -56,6 +59,8 @@ TARGET_MIOU = 0.7
 
 
 def add_parser(sub: Any, name: str) -> None:
+    from ._common import finite_float
+
     p = sub.add_parser(
         name,
         help="gradient check + train twins_svt_teach32 on digits in minutes, with figures (what `make demo` runs); "
@@ -81,7 +86,7 @@ def add_parser(sub: Any, name: str) -> None:
         "--batch-size", type=int, metavar="B", help=f"(default {DEMO_BATCH_SIZE}; --task segment {SEGMENT_BATCH_SIZE})"
     )
     p.add_argument(
-        "--lr", type=float, metavar="LR", help=f"peak learning rate (default {DEMO_LR:g}; --task segment {SEGMENT_LR:g})"
+        "--lr", type=finite_float, metavar="LR", help=f"peak learning rate (default {DEMO_LR:g}; --task segment {SEGMENT_LR:g})"
     )
     p.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the run (default 0)")
     p.add_argument("--device", choices=["cpu", "gpu"], default="cpu", help="where to train (default cpu)")

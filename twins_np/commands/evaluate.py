@@ -16,6 +16,12 @@ from typing import IO, Any
 
 from .train import add_model_data_options
 
+# the files evaluate writes into --out, as (stem, suffix): <stem>_<split>.<suffix>
+_OUTPUTS = (("confusion_matrix", "png"), ("class_iou", "png"), ("overlays", "png"), ("evaluation", "json"))
+
+# what to try when memory runs out (twins_np.cli names it after "out of memory")
+OUT_OF_MEMORY = "try a smaller --batch-size or --image-size"
+
 
 def add_parser(sub: Any, name: str) -> None:
     from ..training import TrainConfig
@@ -54,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
     from ..training import (
         TRAINING_TASKS,
         blas_threads,
+        check_out_dir,
+        check_output_files,
         load_split,
         writing_into,
     )
@@ -65,12 +73,12 @@ def run(args: argparse.Namespace) -> int:
     if args.threads is not None and args.threads < 1:
         raise CommandError(f"--threads must be >= 1, got {args.threads}")
     out = Path(args.out) if args.out else None
-    if out is not None and out.exists() and not out.is_dir():
-        raise CommandError(f"--out {out} is a file, not a folder")
+    if out is not None:
+        check_out_dir(out)  # a file, or a symbolic link to nothing: refused before any work
     if args.model is not None and args.model_overrides is not None:  # what was typed, before the weights are read
-        _validate(_config(args.model, args.model_overrides, {}, args), "--model-overrides")
+        _validate(_config(args.model, args.model_overrides, {}, args), args, weights=None, saved={})
     weights = Path(args.weights)
-    state, saved = read_model_weights(weights, args.model)
+    state, saved = read_model_weights(weights, args.model, advice="drop --model to evaluate them as recorded")
     setting = {
         k: getattr(args, k) if getattr(args, k) is not None else saved.get(k)
         for k in ("model", "model_overrides", "data", "data_dir", "data_seed", "image_size", "reduce_zero_label")
@@ -80,11 +88,14 @@ def run(args: argparse.Namespace) -> int:
             f"--model is needed: {weights} records no model (checkpoint.npz and weights.npz of twins-np train do; "
             "a weights.npz of twins-np 0.1.0 and other weights files do not)"
         )
-    what = "--model-overrides" if args.model_overrides is not None else f"the model_overrides recorded in {weights}"
     config = _config(setting["model"], setting["model_overrides"] or {}, setting, args)
-    _validate(config, what)
+    _validate(config, args, weights, saved)
+    out = out if out is not None else weights.parent
+    check_out_dir(out)
+    names = [f"{stem}_{args.split}.{ext}" for stem, ext in _OUTPUTS]
+    check_output_files(out, names)  # a folder where a figure or the report goes: refused before the evaluation
     task = TRAINING_TASKS[config.task]
-    with reading_data(setting["data_dir"]):
+    with reading_data(setting["data_dir"], args.command):
         data = load_split(config, args.split)
     if args.limit is not None:
         data = data.subset(np.arange(min(args.limit, len(data))))
@@ -103,7 +114,6 @@ def run(args: argparse.Namespace) -> int:
     summary, report = task.evaluation_summary(result, data)
     print(summary)
 
-    out = out if out is not None else weights.parent
     out.mkdir(parents=True, exist_ok=True)
     with writing_into(out):
         figures = task.plot_result(result, data, out, f"{config.model} / {config.data} / {args.split}", suffix=f"_{args.split}")
@@ -133,18 +143,21 @@ def _config(model: str, overrides: Any, setting: dict[str, Any], args: argparse.
     )
 
 
-def _validate(config: Any, what: str) -> None:
-    """The one check of train's settings, its message in evaluate's words (flags; recorded overrides named as such)."""
+def _validate(config: Any, args: argparse.Namespace, weights: Path | None, saved: dict[str, Any]) -> None:
+    """The one check of train's settings, in evaluate's words: a setting typed on the command
+    line is named by its flag, one taken from the weights file's record as recorded there."""
     from ..training import ConfigError, validate_config
     from ._common import CommandError, flag
+
+    def name(field: str) -> str:
+        if weights is None or getattr(args, field, None) is not None or field not in saved:
+            return flag(field)
+        return f"the {field} recorded in {weights}"
 
     try:
         validate_config(config)
     except ConfigError as err:
-        text = err.spelled(flag)
-        if text.startswith("--model-overrides"):
-            text = what + text[len("--model-overrides") :]
-        raise CommandError(text) from None
+        raise CommandError(" ".join(err.spelled(name).split())) from None
 
 
 def _write_report(out: Path, split: str, report: dict[str, Any]) -> Path:

@@ -8,6 +8,13 @@ from typing import Any
 
 import numpy as np
 
+# what to try when memory runs out (twins_np.cli names it after "out of memory"): predict has
+# no batch to shrink, and the image is decoded within twins_np.image_files.MAX_IMAGE_PIXELS
+OUT_OF_MEMORY = (
+    "predict runs one image through the model named by the weights, so there is no batch to shrink: close other "
+    "programs, or use a smaller model's weights"
+)
+
 
 def add_parser(sub: Any, name: str) -> None:
     from ..models import list_models
@@ -41,19 +48,22 @@ def add_parser(sub: Any, name: str) -> None:
 
 
 def read_image(path: Path) -> Any:
-    """The image as RGB, or a one-line :class:`CommandError` when Pillow cannot read it."""
-    from ..imagenet import load_image
-    from ._common import CommandError
+    """The image as RGB (:func:`twins_np.image_files.read_image`), or a one-line :class:`CommandError`."""
+    from ..image_files import ImageFileError
+    from ..image_files import read_image as read
+    from ._common import CommandError, one_line_warnings
 
     if path.is_dir():
         raise CommandError(f"IMAGE {path} is a folder, not an image file")
     if not path.is_file():
         raise CommandError(f"IMAGE {path}: no such file")
     try:
-        return load_image(path)
-    except Exception as err:  # Pillow's errors are many (OSError, SyntaxError, DecompressionBombError, ...)
-        reason = " ".join(str(err).split()) or type(err).__name__
-        raise CommandError(f"IMAGE {path} cannot be read as an image ({reason})") from err
+        with one_line_warnings("predict"):
+            return read(path, what="IMAGE")
+    except ImageFileError as err:
+        if err.reason is None:  # refused: the size limit, NaN pixels, an unknown range
+            raise CommandError(str(err)) from None
+        raise CommandError(f"IMAGE {path} cannot be read as an image ({err.reason})") from None
 
 
 def _readout(saved: dict[str, Any], in_chans: int) -> tuple[tuple[float, ...], tuple[float, ...], list[str] | None, float]:
@@ -75,12 +85,17 @@ def _readout(saved: dict[str, Any], in_chans: int) -> tuple[tuple[float, ...], t
     return mean, std, list(ds.classes), 1.0  # the training images were whole, not centre crops
 
 
-def _input(image: Any, size: int, in_chans: int, mean: tuple[float, ...], std: tuple[float, ...], crop_pct: float) -> np.ndarray:
+def _input(
+    image: Any, size: int, in_chans: int, mean: tuple[float, ...], std: tuple[float, ...], crop_pct: float, path: Path
+) -> np.ndarray:
     """(1, in_chans, size, size) float32: timm's eval transform; grey (ITU-R 601 luma) for one channel."""
     from ..imagenet import preprocess
     from ._common import CommandError
 
-    x01 = preprocess(image, size=size, crop_pct=crop_pct, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    try:
+        x01 = preprocess(image, size=size, crop_pct=crop_pct, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    except ValueError as err:  # an image too elongated to resize within the pixel limit
+        raise CommandError(f"IMAGE {path}: {err}") from None
     if in_chans == 1:
         x01 = np.tensordot(np.asarray([0.299, 0.587, 0.114], np.float32), x01[0], axes=1)[None, None]
     elif in_chans != 3:
@@ -105,7 +120,9 @@ def run(args: argparse.Namespace) -> int:
     image = read_image(Path(args.image))
 
     weights = Path(args.weights)
-    state, saved = read_model_weights(weights, args.model)
+    state, saved = read_model_weights(
+        weights, args.model, advice="predict names the class of a whole image; score a segmenter with twins-np evaluate"
+    )
     name = args.model or saved.get("model")
     if name is None:
         raise CommandError(
@@ -130,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
 
     size = int(overrides.get("img_size") or MODEL_CONFIGS[name].get("img_size", 224))
     mean, std, classes, crop_pct = _readout(saved, in_chans)
-    x = _input(image, size, in_chans, mean, std, crop_pct)
+    x = _input(image, size, in_chans, mean, std, crop_pct, Path(args.image))
     with np.errstate(over="ignore", invalid="ignore"):  # non-finite logits are reported below, in one line
         logits = asnumpy(model(to_device(x, args.device)))
     check_finite_logits(logits, weights)

@@ -19,6 +19,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+# what to try when memory runs out (twins_np.cli names it after "out of memory")
+OUT_OF_MEMORY = "try a smaller --batch-size or --image-size, or a smaller model (--model, --model-overrides)"
+
 # option name (argparse dest) -> TrainConfig field, for the settings saved with the run
 _CONFIG_OPTIONS = (
     "model",
@@ -103,6 +106,7 @@ def add_model_data_options(p: argparse.ArgumentParser, defaults: Any) -> None:
 
 def add_parser(sub: Any, name: str) -> None:
     from ..training import TrainConfig
+    from ._common import finite_float as number  # inf and nan are refused
 
     d = TrainConfig()
     p = sub.add_parser(
@@ -125,14 +129,16 @@ def add_parser(sub: Any, name: str) -> None:
     add_model_data_options(p, d)
     p.add_argument("--epochs", type=int, metavar="N", help=f"passes over the training split (default {d.epochs})")
     p.add_argument("--batch-size", type=int, metavar="B", help=f"images per update (default {d.batch_size})")
-    p.add_argument("--lr", type=float, metavar="LR", help=f"peak learning rate (default {d.lr:g})")
-    p.add_argument("--weight-decay", type=float, metavar="WD", help=f"AdamW weight decay (default {d.weight_decay:g})")
-    p.add_argument("--warmup-epochs", type=float, metavar="W", help=f"linear warm-up, in epochs (default {d.warmup_epochs:g})")
-    p.add_argument("--warmup-lr", type=float, metavar="LR", help=f"lr of the first update (default {d.warmup_lr:g})")
-    p.add_argument("--min-lr", type=float, metavar="LR", help=f"lr at the end of the cosine (default {d.min_lr:g})")
-    p.add_argument("--label-smoothing", type=float, metavar="EPS", help=f"(default {d.label_smoothing:g})")
-    p.add_argument("--drop-path", type=float, metavar="P", help=f"stochastic depth of the last block (default {d.drop_path:g})")
-    p.add_argument("--clip-grad", type=float, metavar="NORM", help=f"max global gradient norm, 0 = off (default {d.clip_grad:g})")
+    p.add_argument("--lr", type=number, metavar="LR", help=f"peak learning rate (default {d.lr:g})")
+    p.add_argument("--weight-decay", type=number, metavar="WD", help=f"AdamW weight decay (default {d.weight_decay:g})")
+    p.add_argument("--warmup-epochs", type=number, metavar="W", help=f"linear warm-up, in epochs (default {d.warmup_epochs:g})")
+    p.add_argument("--warmup-lr", type=number, metavar="LR", help=f"lr of the first update (default {d.warmup_lr:g})")
+    p.add_argument("--min-lr", type=number, metavar="LR", help=f"lr at the end of the cosine (default {d.min_lr:g})")
+    p.add_argument("--label-smoothing", type=number, metavar="EPS", help=f"(default {d.label_smoothing:g})")
+    p.add_argument("--drop-path", type=number, metavar="P", help=f"stochastic depth of the last block (default {d.drop_path:g})")
+    p.add_argument(
+        "--clip-grad", type=number, metavar="NORM", help=f"max global gradient norm, 0 = off (default {d.clip_grad:g})"
+    )
     p.add_argument("--seed", type=int, metavar="S", help=f"seed of weights, dropout, data order, augmentation (default {d.seed})")
     p.add_argument(
         "--augment",
@@ -223,13 +229,13 @@ def _train(args: argparse.Namespace, out: Path, given: dict[str, Any]) -> int:
     start = time.perf_counter()
     with blas_threads(args.threads):
         if args.resume:
-            with reading_data(args.data_dir):
+            with reading_data(args.data_dir, args.command):
                 trainer = Trainer.resume(out, device=args.device)
             cfg = trainer.config
             print(f"resuming {out} after epoch {trainer.epoch}/{cfg.epochs}")
         else:
             cfg = TrainConfig(**given, device=args.device or "cpu")
-            with reading_data(cfg.data_dir):
+            with reading_data(cfg.data_dir, args.command):
                 trainer = Trainer(cfg, out)  # loads the data and builds the model: nothing written yet
             if args.overwrite:
                 removed = clear_outputs(out)

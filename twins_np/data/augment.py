@@ -38,17 +38,22 @@ def _check_batch(x: Any) -> None:
         raise ValueError(f"'x' must be a batch of shape (N, C, H, W), got shape {getattr(x, 'shape', None)}")
 
 
-def _source_coords(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _source_coords(n_in: int, n_out: int, start: int = 0, count: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Bilinear sampling along one axis, align_corners=False.
 
     Output pixel centre ``i + 0.5`` maps to input coordinate ``(i + 0.5) * n_in / n_out``,
     i.e. pixel index ``src = (i + 0.5) * n_in / n_out - 0.5``, clamped at 0 (as
     PyTorch's ``interpolate(..., align_corners=False)`` does).
 
+    ``start`` and ``count`` compute only the output pixels ``start .. start + count - 1``
+    (a crop of the resized axis), with the same values as the whole axis's.
+
     Returns:
-        lo, hi: (n_out,) int64 neighbour indices; w: (n_out,) float32 weight of ``hi``.
+        lo, hi: (count,) int64 neighbour indices; w: (count,) float32 weight of ``hi``
+        (count defaults to ``n_out - start``).
     """
-    src = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)
+    stop = n_out if count is None else start + count
+    src = np.maximum((np.arange(start, stop) + 0.5) * (n_in / n_out) - 0.5, 0.0)
     lo = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
     hi = np.minimum(lo + 1, n_in - 1)
     return lo, hi, (src - lo).astype(np.float32)

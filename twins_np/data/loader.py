@@ -45,6 +45,9 @@ class Dataset:
         mean: per-channel mean (C values) that was subtracted, or None. With
             ``std`` it undoes the normalisation for display: ``x * std + mean``.
         std: per-channel standard deviation (C values) that was divided out, or None.
+        ignore_index: the label of pixels that are not scored (segmentation), or None.
+        files: the file each image was read from (N of them), or None (synthetic sets):
+            errors and notes name an image by it.
     """
 
     images: np.ndarray
@@ -54,6 +57,7 @@ class Dataset:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     ignore_index: int | None = None
+    files: list[str] | None = None
 
     def __post_init__(self) -> None:
         # Checked once here, so that the loader and the models can trust the layout.
@@ -71,6 +75,8 @@ class Dataset:
             raise ValueError(
                 f"'labels' must have shape (N,) = ({n},) or, per pixel, (N, H, W) = ({n}, {h}, {w}); got {self.labels.shape}"
             )
+        if self.files is not None and len(self.files) != n:
+            raise ValueError(f"'files' must name the {n} images, got {len(self.files)} names")
         if self.ignore_index is not None and self.labels.ndim == 1:
             raise ValueError("'ignore_index' is for per-pixel labels (N, H, W); these labels have shape (N,)")
         valid = self.labels if self.ignore_index is None else self.labels[self.labels != self.ignore_index]
@@ -95,8 +101,16 @@ class Dataset:
         Args:
             indices: integer index array or slice, e.g. ``np.arange(256)`` for a quick run.
         """
+        files = None if self.files is None else [str(f) for f in np.asarray(self.files, dtype=object)[indices]]
         return Dataset(
-            self.images[indices], self.labels[indices], list(self.classes), self.name, self.mean, self.std, self.ignore_index
+            self.images[indices],
+            self.labels[indices],
+            list(self.classes),
+            self.name,
+            self.mean,
+            self.std,
+            self.ignore_index,
+            files,
         )
 
     @property
@@ -170,6 +184,7 @@ class DataLoader:
         self.device = device
         self.epoch = 0  # epoch being served
         self.batch = 0  # index of the next batch within that epoch
+        self.last_indices: np.ndarray | None = None  # the dataset indices of the batch served last
 
     def __len__(self) -> int:
         """Number of batches per epoch."""
@@ -191,6 +206,7 @@ class DataLoader:
             # Count the batch as served before handing it out: a state saved while the
             # caller trains on batch i must resume at batch i + 1.
             self.batch += 1
+            self.last_indices = idx
             images = to_device(self.dataset.images[idx], self.device)
             labels = to_device(self.dataset.labels[idx], self.device)
             if self.augment is not None:

@@ -27,7 +27,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .augment import resize
+from ..image_files import image_size as image_size_of
+from ..image_files import read_image_array, read_label_map
+from .augment import _source_coords
 from .loader import Dataset
 
 __all__ = [
@@ -48,7 +50,6 @@ IGNORE_INDEX = 255
 SHAPE_CLASSES = ["background", "square", "disc", "triangle"]
 LONG_RANGE_DENSE_CLASSES = ["background", "object, bright cue", "object, dark cue"]
 _SPLIT_STREAM = {"train": 0, "test": 1}
-_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 class SegmentationArrays(NamedTuple):
@@ -354,10 +355,11 @@ def load_long_range_dense(
 _MEAN = (0.485, 0.456, 0.406)
 _STD = (0.229, 0.224, 0.225)
 _SPLIT_FOLDERS = {"train": ("train", "training"), "test": ("test", "val", "validation")}
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 
 
-def _pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
-    """(image, annotation) paths of one split, sorted by name."""
+def _split_folders(root: Path, split: str) -> tuple[Path, Path]:
+    """(images, annotations) folders of one split: ``images/<split>`` if split subfolders exist."""
     images, annotations = root / "images", root / "annotations"
     for folder in (images, annotations):
         if not folder.is_dir():
@@ -367,52 +369,130 @@ def _pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
             )
     for sub in _SPLIT_FOLDERS[split]:  # ADE20K: images/training, images/validation
         if (images / sub).is_dir():
-            images, annotations = images / sub, annotations / sub
-            if not annotations.is_dir():
-                raise ValueError(f"segmentation folder {root}: {images} exists but {annotations} does not")
-            break
-    else:
-        if any((images / sub).is_dir() for subs in _SPLIT_FOLDERS.values() for sub in subs):
-            raise ValueError(f"segmentation folder {root}: no '{split}' split folder ({' or '.join(_SPLIT_FOLDERS[split])})")
+            if not (annotations / sub).is_dir():
+                raise ValueError(f"segmentation folder {root}: {images / sub} exists but {annotations / sub} does not")
+            return images / sub, annotations / sub
+    if any((images / sub).is_dir() for subs in _SPLIT_FOLDERS.values() for sub in subs):
+        raise ValueError(f"segmentation folder {root}: no '{split}' split folder ({' or '.join(_SPLIT_FOLDERS[split])})")
+    return images, annotations
+
+
+def _pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
+    """(image, annotation) paths of one split, sorted by name."""
+    images, annotations = _split_folders(root, split)
     pairs = []
     for img in sorted(p for p in images.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES):
         ann = annotations / (img.stem + ".png")
         if not ann.is_file():
-            raise ValueError(f"segmentation folder {root}: image {img.name} has no label map {ann}")
+            raise ValueError(f"segmentation folder {root} ({split} split): image {img.name} has no label map {ann}")
         pairs.append((img, ann))
     if not pairs:
-        raise ValueError(f"segmentation folder {root}: no .jpg or .png images in {images}")
+        raise ValueError(
+            f"segmentation folder {root} ({split} split): no .jpg or .png images (nor .jpeg, .tif, .tiff, .bmp) in {images}"
+        )
     return pairs
 
 
-def _read(path: Path, kind: str) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+def _reduce_zero(label: np.ndarray) -> np.ndarray:
+    """ADE20K's convention: 0 ("other") becomes IGNORE_INDEX, every other label k becomes k - 1."""
+    label = label.astype(np.int64)
+    return np.where(label == 0, IGNORE_INDEX, np.where(label == IGNORE_INDEX, IGNORE_INDEX, label - 1))
 
+
+_BLOCK = 1 << 20  # pixels per block when counting the labels of a large map
+
+
+def _largest_label(label: np.ndarray, reduce_zero_label: bool) -> int:
+    """The largest class index of a label map (ignored pixels left out), -1 if it has none."""
+    if label.dtype in (np.uint8, np.uint16) and label.size:  # counts per value, a block at a time: no copy of a large map
+        flat = label.reshape(-1)
+        counts = np.zeros(int(flat.max()) + 1, np.int64)
+        for i in range(0, flat.size, _BLOCK):  # bincount converts to int64: 8 bytes a pixel, so in blocks
+            counts += np.bincount(flat[i : i + _BLOCK], minlength=counts.size)
+        values = np.flatnonzero(counts)
+    else:
+        values = np.unique(label)
+    if reduce_zero_label:
+        values = _reduce_zero(values)
+    values = values[values != IGNORE_INDEX]
+    return int(values.max()) if values.size else -1
+
+
+def _class_names(root: Path) -> list[str] | None:
+    """The names in ``root/classes.txt`` (UTF-8, one a line), or None without the file."""
+    path = root / "classes.txt"
+    if not path.is_file():
+        return None
     try:
-        with Image.open(path) as im:
-            if kind == "image":
-                return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0  # (H, W, 3)
-            if im.mode not in ("L", "P", "I", "I;16"):
-                raise ValueError(
-                    f"label map {path}: mode {im.mode!r} is not a single-channel map of class indices "
-                    "(save label maps as 8-bit grey or palette PNGs)"
-                )
-            return np.asarray(im, dtype=np.int64)  # palette PNGs give their indices
-    except (OSError, UnidentifiedImageError) as err:
-        raise ValueError(f"cannot read {kind} {path}: {err}") from None
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"segmentation folder {root}: {path} is not UTF-8 text (byte 0x{err.object[err.start]:02x} at position "
+            f"{err.start} cannot be decoded); save it as UTF-8"
+        ) from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def _fit(image: np.ndarray, label: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Shorter side to ``size`` (bilinear for the image, nearest for labels), then a centre crop."""
-    h, w = label.shape
-    if image.shape[:2] != (h, w):
-        raise ValueError(f"image is {image.shape[1]}x{image.shape[0]} but its label map is {w}x{h}")
+def _other_splits_largest(root: Path, split: str, reduce_zero_label: bool) -> int:
+    """The largest class index in the label maps of the folder's other split (-1 if none),
+    so that both splits count the same classes."""
+    other = "test" if split == "train" else "train"
+    try:
+        mine, theirs = _split_folders(root, split), _split_folders(root, other)
+    except ValueError:  # the other split does not exist: nothing to add
+        return -1
+    if theirs == mine:  # no split subfolders: one folder serves both splits
+        return -1
+    largest = -1
+    for _, ann in _pairs(root, other):
+        label = read_label_map(ann, f"label map of the {other} split")
+        largest = max(largest, _largest_label(label, reduce_zero_label))
+    return largest
+
+
+def _resized_size(h: int, w: int, size: int) -> tuple[int, int]:
+    """(nh, nw): the shorter side becomes ``size``, the other keeps the aspect ratio (at least ``size``)."""
     scale = size / min(h, w)
-    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-    img = resize(image.transpose(2, 0, 1)[None], (nh, nw), "bilinear")[0]
-    lab = resize(label[None, None], (nh, nw), "nearest")[0, 0]  # nearest: labels stay exact class indices
+    return max(size, round(h * scale)), max(size, round(w * scale))
+
+
+def _fit(pixels: np.ndarray, scale: float, label: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Shorter side to ``size`` (bilinear for the image, nearest for labels), then a centre crop.
+
+    Only the crop is computed: each output pixel reads its (at most four) source pixels
+    straight from the decoded array, so memory is that of the crop, never of the resized
+    image (a 1 x 20000 strip would be 64 x 1280000 resized). The result equals resizing the
+    whole image with :func:`twins_np.data.augment.resize` and cropping, bit for bit.
+
+    Args:
+        pixels: (h', w', C) decoded image (C = 3, or 1 to be broadcast to RGB), any dtype;
+            (h', w') may be smaller than the label map's (a JPEG decoded at a reduced size).
+        scale: ``pixels / scale`` lies in [0, 1].
+        label: (h, w) class indices, the map's full size.
+        size: S.
+
+    Returns:
+        image (3, S, S) float32 in [0, 1], labels (S, S) int64.
+    """
+    h, w = label.shape
+    nh, nw = _resized_size(h, w, size)
     top, left = (nh - size) // 2, (nw - size) // 2
-    return img[:, top : top + size, left : left + size], lab[top : top + size, left : left + size]
+    # nearest: output pixel i copies input pixel floor(i * n_in / n_out) (labels stay exact class indices)
+    rows = np.minimum(np.arange(top, top + size) * h // nh, h - 1)
+    cols = np.minimum(np.arange(left, left + size) * w // nw, w - 1)
+    lab = label[np.ix_(rows, cols)].astype(np.int64)
+    # bilinear, rows then columns, as augment.resize computes it (align_corners=False)
+    r_lo, r_hi, r_w = _source_coords(pixels.shape[0], nh, top, size)
+    c_lo, c_hi, c_w = _source_coords(pixels.shape[1], nw, left, size)
+
+    def unit(rows_: np.ndarray, cols_: np.ndarray) -> np.ndarray:  # (C, S, S) float32 in [0, 1]
+        return pixels[np.ix_(rows_, cols_)].transpose(2, 0, 1).astype(np.float32) / scale
+
+    wr = r_w[:, None]
+    lo = unit(r_lo, c_lo) * (1.0 - wr) + unit(r_hi, c_lo) * wr
+    hi = unit(r_lo, c_hi) * (1.0 - wr) + unit(r_hi, c_hi) * wr
+    img = (lo * (1.0 - c_w) + hi * c_w).astype(np.float32, copy=False)
+    return np.broadcast_to(img, (3, size, size)) if img.shape[0] == 1 else img, lab
 
 
 def load_segmentation_folder(
@@ -425,23 +505,33 @@ def load_segmentation_folder(
 ) -> Dataset:
     """Read a segmentation set laid out as ADE20K and VOC ship it.
 
-    Layout: ``root/images/NAME.jpg|png`` and ``root/annotations/NAME.png``, where the label
-    map holds one class index per pixel (8-bit grey or palette PNG; 255 = ignored). With
-    split subfolders (``images/train`` or ``images/training``, ``images/val`` or
-    ``images/validation``, the same under ``annotations/``), ``split`` picks one;
-    without them the folder is one split, served for either. Class names come from
-    ``classes``, else from ``root/classes.txt`` (one name a line), else ``class 0, ...``.
+    Layout: ``root/images/NAME.jpg|png`` (or ``.tif``, ``.bmp``) and ``root/annotations/NAME.png``,
+    where the label map holds one class index per pixel (8-bit grey or palette PNG, or 16-bit
+    grey; 255 = ignored). With split subfolders (``images/train`` or ``images/training``,
+    ``images/val`` or ``images/validation``, the same under ``annotations/``), ``split``
+    picks one; without them the folder is one split, served for either.
+
+    **One class count for every split.** K comes from ``classes``, else from
+    ``root/classes.txt`` (UTF-8, one name a line), else from ``num_classes``, else from the
+    largest label found in the label maps of *both* splits, so a validation split that
+    lacks the rarest class (or holds one the training split lacks) still has the model's
+    K classes. A label >= K that is not 255 is an error naming the label map and the split.
 
     Each image is resized so its shorter side is ``image_size`` (bilinear), the label map
     likewise with nearest neighbours (so every label stays an exact class index, never a
-    blend of two), then both are centre-cropped to ``image_size`` x ``image_size``. Images
-    are normalised with the ImageNet mean and std (kept in ``dataset.mean``/``std``).
+    blend of two), then both are centre-cropped to ``image_size`` x ``image_size``; only
+    the crop is computed. Images are read by :mod:`twins_np.image_files`: more than
+    :data:`~twins_np.image_files.MAX_IMAGE_PIXELS` pixels is refused before decoding (a JPEG
+    is decoded at 1/2, 1/4 or 1/8 of its size when that still covers the resized size), 16-bit
+    and float images are scaled to [0, 1], NaN/Inf pixels are refused. Images are normalised
+    with the ImageNet mean and std (kept in ``dataset.mean``/``std``); ``dataset.files``
+    names each image's file.
 
     Args:
         root: the folder.
         split: ``"train"`` or ``"test"``.
         image_size: S (default 64).
-        num_classes: K; default the number of class names, else the largest label + 1.
+        num_classes: K, when neither ``classes`` nor ``classes.txt`` give the names.
         classes: class names (K of them).
         reduce_zero_label: ADE20K's convention: label 0 ("other") becomes 255 and every
             other label k becomes k - 1.
@@ -450,8 +540,9 @@ def load_segmentation_folder(
         A :class:`Dataset`: images (N, 3, S, S) float32, labels (N, S, S) int64.
 
     Raises:
-        ValueError: naming the file and the problem (missing folder or label map, an image
-            that cannot be read, sizes that differ, a label >= K that is not 255).
+        ValueError: naming the file and the split, and the problem (missing folder or label
+            map, an image that cannot be read or is refused, sizes that differ, a label >= K
+            that is not 255, a classes.txt that is not UTF-8).
     """
     root = Path(root)
     if not root.is_dir():
@@ -461,33 +552,53 @@ def load_segmentation_folder(
     size = 64 if image_size is None else image_size
     if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 1:
         raise ValueError(f"'image_size' must be a positive integer, got {image_size!r}")
-    images, labels = [], []
-    for img_path, ann_path in _pairs(root, split):
-        image, label = _read(img_path, "image"), _read(ann_path, "label map")
-        if reduce_zero_label:
-            label = np.where(label == 0, IGNORE_INDEX, np.where(label == IGNORE_INDEX, IGNORE_INDEX, label - 1))
-        try:
-            img, lab = _fit(image, label, int(size))
-        except ValueError as err:
-            raise ValueError(f"{img_path.name}: {err}") from None
-        images.append(img)
-        labels.append(lab)
-    labels_arr = np.stack(labels).astype(np.int64)
-    if classes is None and (root / "classes.txt").is_file():
-        classes = [line.strip() for line in (root / "classes.txt").read_text().splitlines() if line.strip()]
-    if num_classes is None:
-        valid = labels_arr[labels_arr != IGNORE_INDEX]
-        num_classes = len(classes) if classes is not None else int(valid.max()) + 1 if valid.size else 1
-    names = list(classes) if classes is not None else [f"class {k}" for k in range(num_classes)]
-    if len(names) != num_classes:
+    size = int(size)
+    where = f"segmentation folder {root} ({split} split)"
+    names = list(classes) if classes is not None else _class_names(root)
+    if classes is not None:
+        origin = "classes"
+    elif names is not None:
+        origin = str(root / "classes.txt")
+    else:
+        origin = "num_classes" if num_classes is not None else "the largest label of both splits"
+    if names is not None and num_classes is not None and len(names) != num_classes:
         raise ValueError(f"{len(names)} class names given for num_classes={num_classes}")
-    bad = (labels_arr != IGNORE_INDEX) & ((labels_arr < 0) | (labels_arr >= num_classes))
-    if bad.any():
-        i = int(np.flatnonzero(bad.any(axis=(1, 2)))[0])
-        raise ValueError(
-            f"segmentation folder {root}: label map of image {i} holds {int(labels_arr[i][bad[i]][0])}, "
-            f"outside [0, {num_classes}) and not the ignore index {IGNORE_INDEX}"
-        )
+    images, labels, pairs, largest = [], [], _pairs(root, split), -1
+    for img_path, ann_path in pairs:
+        try:  # both headers first: nothing is decoded for a pair that cannot fit
+            (w, h), (lw, lh) = image_size_of(img_path), image_size_of(ann_path, "label map")
+            if (lw, lh) != (w, h):
+                raise ValueError(f"image {img_path} is {w}x{h} but its label map {ann_path} is {lw}x{lh}")
+            nh, nw = _resized_size(h, w, size)
+            pixels, scale, _ = read_image_array(img_path, need=(nw, nh))
+            label = read_label_map(ann_path)
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
+        largest = max(largest, _largest_label(label, reduce_zero_label))
+        img, lab = _fit(pixels, scale, label, size)
+        images.append(img)
+        labels.append(_reduce_zero(lab) if reduce_zero_label else lab)
+    if names is not None:
+        num_classes = len(names)
+    elif num_classes is None:  # the union of both splits: a class missing from one split still counts
+        num_classes = max(largest, _other_splits_largest(root, split, reduce_zero_label)) + 1 or 1
+    for (_, ann_path), lab in zip(pairs, labels):
+        bad = (lab != IGNORE_INDEX) & ((lab < 0) | (lab >= num_classes))
+        if bad.any():
+            raise ValueError(
+                f"{where}: label map {ann_path} holds {int(lab[bad][0])}, outside [0, {num_classes}) and not the ignore "
+                f"index {IGNORE_INDEX} ({origin} gives {num_classes} classes)"
+            )
+    names = names if names is not None else [f"class {k}" for k in range(num_classes)]
     mean, std = np.asarray(_MEAN, dtype=np.float32), np.asarray(_STD, dtype=np.float32)
     stacked = (np.stack(images) - mean[:, None, None]) / std[:, None, None]
-    return Dataset(stacked.astype(np.float32), labels_arr, names, f"folder:{root}", _MEAN, _STD, ignore_index=IGNORE_INDEX)
+    return Dataset(
+        stacked.astype(np.float32),
+        np.stack(labels).astype(np.int64),
+        names,
+        f"folder:{root}",
+        _MEAN,
+        _STD,
+        ignore_index=IGNORE_INDEX,
+        files=[str(img) for img, _ in pairs],
+    )

@@ -384,7 +384,8 @@ class Module:
                 them computes NaN everywhere, silently).
 
         Raises:
-            KeyError: (strict) listing missing and unexpected keys.
+            KeyError: (strict) listing missing and unexpected keys; (``strict=False``) when
+                no key of ``state`` is one of the module's (nothing would load).
             ValueError: listing every key whose shape differs, expected vs received,
                 or whose values are not finite.
             TypeError: listing every key whose value is not a real number array.
@@ -412,6 +413,12 @@ class Module:
         if strict and (missing or unexpected):
             raise KeyError(
                 f"state_dict does not match {type(self).__name__}: missing keys {missing}, unexpected keys {unexpected}"
+            )
+        if own and len(missing) == len(own):  # strict=False: nothing would load, silently
+            raise KeyError(
+                f"state_dict matches no key of {type(self).__name__}, so strict=False would load nothing: its keys "
+                f"(first: {', '.join(list(state)[:2]) or 'none'}) are not the module's (first: {', '.join(list(own)[:2])}); "
+                "a submodule's state_dict loads into that submodule"
             )
         new, bad_type, not_finite = {}, [], []
         for k, p in own.items():

@@ -33,7 +33,17 @@ from .metrics import (
     read_metrics,
     write_metrics,
 )
-from .outdir import OutDirBusyError, OutDirError, claim_out_dir, clear_outputs, earlier_outputs, remove_leftovers, writing_into
+from .outdir import (
+    OutDirBusyError,
+    OutDirError,
+    check_out_dir,
+    check_output_files,
+    claim_out_dir,
+    clear_outputs,
+    earlier_outputs,
+    remove_leftovers,
+    writing_into,
+)
 from .segmentation_metrics import SegmentationMetrics, plot_class_iou, plot_segmentation_grid
 from .tasks import (
     SEGMENT_METRIC_COLUMNS,
@@ -65,6 +75,8 @@ __all__ = [
     "OutDirBusyError",
     "OutDirError",
     "RUN_RECORD_FORMAT",
+    "check_out_dir",
+    "check_output_files",
     "claim_out_dir",
     "clear_outputs",
     "earlier_outputs",

@@ -19,7 +19,9 @@ key(s) in the .npz     what
 =====================  ==========================================================
 
 Only numbers and strings are stored: the file loads with ``np.load(path,
-allow_pickle=False)``, so opening a checkpoint can never run code. Random generator
+allow_pickle=False)``, so opening a checkpoint can never run code. twins-np itself reads it
+with :func:`twins_np.io.read_npz`, which checks every member's claimed size before
+allocating it (a damaged or hostile file is a ``ValueError`` naming the member). Random generator
 states are dicts with 128-bit integers; they travel as JSON text (Python's JSON keeps
 integers of any size exactly).
 
@@ -38,7 +40,7 @@ from typing import IO, Any
 import numpy as np
 
 from ..backend import asnumpy
-from ..io import atomic_write
+from ..io import atomic_write, read_npz
 from ..nn.module import Module
 
 __all__ = [
@@ -219,19 +221,20 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
     Raises:
         FileNotFoundError: if ``path`` does not exist.
-        ValueError: if the file is not a twins-np checkpoint.
+        ValueError: if the file is not a twins-np checkpoint, or is damaged or hostile
+            (the message names the file and the member).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
+    # the hardened reader of weights files: every member's claimed size is checked before
+    # anything is allocated, so a hostile member is refused by name (a ValueError naming
+    # the file and the member), never an out-of-memory error
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            if not isinstance(archive, np.lib.npyio.NpzFile):
-                raise ValueError("a single .npy array, not an archive")
-            raw = {key: archive[key] for key in archive.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:  # not a zip / truncated / damaged / object arrays
-        reason = " ".join(str(err).split()) or type(err).__name__
-        raise ValueError(f"{path} is not a readable .npz checkpoint (truncated or damaged?): {reason}") from err
+        raw = read_npz(path)
+    except ValueError as err:  # damaged (truncated, CRC) or hostile (a member claiming terabytes): named
+        reason = " ".join(str(err).split()).removeprefix(f"{path}: ")
+        raise ValueError(f"{path} is not a readable .npz checkpoint: {reason}") from None
     fmt = str(raw.pop("format", ""))
     if fmt != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a twins-np training checkpoint (format {fmt!r}, expected {CHECKPOINT_FORMAT!r})")

@@ -15,14 +15,22 @@ into advice about its flags.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ConfigError", "SettingsMessage", "TrainConfig", "SETTING_NAMES"]
+__all__ = ["ConfigError", "SettingsMessage", "TrainConfig", "SETTING_NAMES", "FLOAT_SETTINGS", "MAX_IMAGE_SIZE"]
 
 _SETTING = re.compile(r"<([a-z_]+)>")
+
+# the settings that are real numbers: each must be finite (inf and nan are refused by name)
+FLOAT_SETTINGS = ("lr", "weight_decay", "warmup_epochs", "warmup_lr", "min_lr", "label_smoothing", "drop_path", "clip_grad")
+
+# the largest image side a run may ask for: a 4096x4096 RGB image is 192 MiB as float32 on
+# its own, and a model's activations are many times that; larger is refused, not tried
+MAX_IMAGE_SIZE = 4096
 
 
 class SettingsMessage:
@@ -61,14 +69,15 @@ class TrainConfig:
             channels and number of classes come from it.
         data_dir: where CIFAR-10 lies (unused by the other datasets).
         image_size: side of the images (None: the dataset's default, 32 for the
-            classification sets, 64 for the segmentation sets).
+            classification sets, 64 for the segmentation sets); at most
+            :data:`MAX_IMAGE_SIZE`.
         reduce_zero_label: ADE20K's convention for ``folder:PATH``: label 0 is ignored
             and every other label k becomes k - 1.
         data_seed: seed of the digits train/test split and of the long-range draws;
             apart from ``seed`` so that runs with different seeds share one test set.
         epochs: E, number of passes over the training split.
         batch_size: B.
-        lr: peak learning rate of AdamW.
+        lr: peak learning rate of AdamW. Every real-valued setting must be finite.
         weight_decay: AdamW's decoupled decay (not on biases, norms and the PEG).
         warmup_epochs: length of the linear warm-up, in epochs (may be fractional).
         warmup_lr: lr of the first update.
@@ -118,6 +127,13 @@ class TrainConfig:
             not isinstance(self.image_size, int) or isinstance(self.image_size, bool) or self.image_size < 1
         ):
             raise ConfigError(f"<image_size> must be an integer >= 1, got {self.image_size!r}")
+        if self.image_size is not None and self.image_size > MAX_IMAGE_SIZE:
+            gib = 3 * 4 * self.image_size**2 / 2**30
+            raise ConfigError(
+                f"<image_size> {self.image_size} is larger than twins-np trains on (at most {MAX_IMAGE_SIZE} pixels a "
+                f"side): one {self.image_size}x{self.image_size} RGB image alone is {gib:,.1f} GiB as float32, before "
+                "any layer's activations"
+            )
         if self.device not in ("cpu", "gpu"):
             raise ConfigError(f"<device> must be 'cpu' or 'gpu', got {self.device!r}")
         for name in ("epochs", "batch_size"):
@@ -126,6 +142,10 @@ class TrainConfig:
         for name in ("seed", "data_seed"):
             if int(getattr(self, name)) < 0:
                 raise ConfigError(f"<{name}> must be >= 0, got {getattr(self, name)}")
+        for name in FLOAT_SETTINGS:  # inf and nan pass `>= 0` checks (or fail them unclearly): refused by name
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ConfigError(f"<{name}> must be a finite number, got {value!r}")
         if not self.lr > 0.0:
             raise ConfigError(f"<lr> must be > 0, got {self.lr}")
         for name in ("weight_decay", "warmup_epochs", "warmup_lr", "min_lr", "clip_grad"):

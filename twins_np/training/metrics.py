@@ -73,14 +73,21 @@ def write_metrics(
 
 def _write_text(path: Path, text: str) -> Path:
     def write(f: IO[bytes]) -> None:
-        f.write(text.encode())
+        f.write(text.encode("utf-8"))
 
     return atomic_write(path, write)
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Read ``metrics.json`` back as a list of row dicts."""
-    return list(json.loads(Path(path).read_text()))
+    """Read ``metrics.json`` (UTF-8, as :func:`write_metrics` writes it) back as a list of row dicts.
+
+    Raises:
+        ValueError: naming the file, when it is not UTF-8 JSON.
+    """
+    try:
+        return list(json.loads(Path(path).read_text(encoding="utf-8")))
+    except ValueError as err:  # UnicodeDecodeError and JSONDecodeError alike
+        raise ValueError(f"{path} is not a metrics file of twins-np (UTF-8 JSON): {err}") from None
 
 
 # --- classification summaries ----------------------------------------------------------------

@@ -7,7 +7,10 @@
   kernel releases the lock when the process ends, however it ends (``kill -9``
   included), so a crashed run never leaves the folder locked;
 - a write test in the folder before the first epoch (a read-only folder used to fail
-  only when the first checkpoint was saved, after a full epoch);
+  only when the first checkpoint was saved, after a full epoch), and the same for each
+  file a run writes there: a folder by that name, or a symbolic link into a missing
+  folder, is refused at once (:func:`check_output_files`), as is an ``out`` that is a
+  file or a dangling symbolic link (:func:`check_out_dir`);
 - removal of the temporary files that a killed run's atomic writes left behind
   (:func:`twins_np.io.atomic_write` names them ``.NAME.XXXXXXXX.tmp``; with the lock held
   no live writer of this folder can own one).
@@ -23,7 +26,7 @@ import errno
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from .config import SettingsMessage
@@ -33,6 +36,8 @@ __all__ = [
     "OUTPUT_NAMES",
     "OutDirBusyError",
     "OutDirError",
+    "check_out_dir",
+    "check_output_files",
     "claim_out_dir",
     "clear_outputs",
     "earlier_outputs",
@@ -121,6 +126,46 @@ def _not_writable(out: Path, err: OSError) -> OutDirError:
     return OutDirError(f"<out_dir> {out} is not a writable folder: {reason}; choose another <out_dir>")
 
 
+def check_out_dir(out: Path) -> None:
+    """Refuse an output folder that cannot be one: a file, or a symbolic link to nothing (``out``
+    or a folder above it).
+
+    Raises:
+        OutDirError: naming ``out`` and what it is.
+    """
+    for path in (out, *out.parents):  # a dangling link is neither a file nor a folder: say what it is
+        if path.is_symlink() and not path.exists():
+            where = "" if path == out else f": {path}"
+            raise OutDirError(
+                f"<out_dir> {out}{where} is a symbolic link to {os.readlink(path)}, which does not exist; create the "
+                "folder it points to, or choose another <out_dir>"
+            )
+    if out.exists() and not out.is_dir():
+        raise OutDirError(f"<out_dir> {out} is a file, not a folder; choose another <out_dir>")
+
+
+def check_output_files(out: Path, names: Iterable[str]) -> None:
+    """Refuse to start when a file to be written in ``out`` cannot be: a folder by its name, or a
+    symbolic link into a folder that does not exist (found otherwise only when the file is
+    written, after an epoch of work).
+
+    Raises:
+        OutDirError: naming the path.
+    """
+    for name in names:
+        path = out / name
+        if path.is_dir():
+            raise OutDirError(
+                f"<out_dir> {out}: {path} is a folder, where twins-np writes a file; move it away, or choose another "
+                "<out_dir>"
+            )
+        if path.is_symlink() and not Path(os.path.realpath(path)).parent.is_dir():
+            raise OutDirError(
+                f"<out_dir> {out}: {path} is a symbolic link to {os.readlink(path)}, in a folder that does not exist; "
+                "remove the link, or choose another <out_dir>"
+            )
+
+
 @contextlib.contextmanager
 def claim_out_dir(out: str | os.PathLike) -> Iterator[Path]:
     """Create ``out`` if needed, lock it for this run, check it is writable, remove leftovers.
@@ -129,12 +174,12 @@ def claim_out_dir(out: str | os.PathLike) -> Iterator[Path]:
         ``out`` as a Path; the lock is released when the block ends, on any error too.
 
     Raises:
-        OutDirError: ``out`` is a file, cannot be created, or is not writable (a ValueError).
+        OutDirError: ``out`` is a file or a dangling symbolic link, cannot be created, is not
+            writable, or holds a folder where a run's file goes (a ValueError).
         OutDirBusyError: another run holds the lock.
     """
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise OutDirError(f"<out_dir> {out} is a file, not a folder; choose another <out_dir>")
+    check_out_dir(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError) as err:  # a parent is a file
@@ -142,6 +187,7 @@ def claim_out_dir(out: str | os.PathLike) -> Iterator[Path]:
         raise OutDirError(f"<out_dir> {out}: cannot create the folder, {blocking or err.filename} is a file") from err
     except OSError as err:
         raise _not_writable(out, err) from err
+    check_output_files(out, OUTPUT_NAMES)  # before any work: a folder named checkpoint.npz would fail after an epoch
     try:
         fd = os.open(out / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as err:

@@ -24,7 +24,11 @@ data order and augmentation (``(seed, epoch, batch)``, see
 :class:`twins_np.data.DataLoader`). So a run resumed from a checkpoint gives the same
 weights, bit for bit on the CPU, as one that was never interrupted.
 
-A non-finite loss or gradient norm stops training at once with
+A segmentation batch in which every pixel is ignored (an all-background label map with
+``reduce_zero_label``) has no loss to follow: it is skipped, as evaluation skips it (the
+schedule moves on, the weights do not), each epoch logs how many were, and the first
+time names the image; a training split without any labelled pixel is refused before any
+work. A non-finite loss or gradient norm stops training at once with
 :class:`NonFiniteLossError`; no checkpoint is written in that epoch, so the last
 good one stays as it was. Only a checkpoint of this run (written by it, or the one it
 resumed from) is ever called the last good one, never another run's file in the folder.
@@ -57,7 +61,7 @@ from ..backend import cupy_available, synchronize
 from ..data import DataLoader, Dataset
 from ..optim import AdamW, CosineSchedule, clip_grad_norm, param_groups
 from .checkpoint import load_checkpoint, restore_rng_states, save_checkpoint, save_npz
-from .config import SettingsMessage, TrainConfig
+from .config import ConfigError, SettingsMessage, TrainConfig
 from .metrics import write_metrics
 from .outdir import writing_into
 from .tasks import (
@@ -70,17 +74,51 @@ from .tasks import (
     validate_config,
 )
 
-__all__ = ["CHECKPOINT_NAME", "WEIGHTS_NAME", "NonFiniteLossError", "Trainer", "blas_threads"]
+__all__ = ["CHECKPOINT_NAME", "WEIGHTS_NAME", "NonFiniteLossError", "Trainer", "blas_threads", "likely_cause"]
 
 CHECKPOINT_NAME = "checkpoint.npz"
 WEIGHTS_NAME = "weights.npz"
 
 
+# what a NaN stop advises when no setting stands out
+GENERIC_CAUSE = "Try a lower <lr>, a longer <warmup_epochs>, or keep <clip_grad> on."
+
+# AdamW peaks above this are far beyond what transformers train with (Twins: 5e-4 to 1e-3)
+_HIGH_LR = 0.1
+
+
+def likely_cause(config: TrainConfig) -> str:
+    """The setting that most likely made training non-finite, as advice naming it ``<field>``.
+
+    AdamW's decoupled decay multiplies every decayed weight by ``1 - lr * wd`` at each
+    update: from ``lr * wd >= 1`` on, that factor is <= 0 and the weights flip sign or grow
+    without bound, whatever the gradients do, so the decay is named, not the learning rate
+    alone. Otherwise a learning rate far above the usual range is named, then clipping
+    turned off, else the usual remedies.
+    """
+    decay = config.lr * config.weight_decay
+    if decay >= 1.0:
+        return (
+            f"With <weight_decay> {config.weight_decay:g} and <lr> {config.lr:g}, AdamW multiplies every decayed weight "
+            f"by 1 - lr * weight_decay = {1.0 - decay:g} at each update: lower <weight_decay> (0.05 is usual) so that "
+            "lr * weight_decay is far below 1."
+        )
+    if config.lr >= _HIGH_LR:
+        return f"A peak <lr> of {config.lr:g} is far above AdamW's usual 1e-4 to 1e-3: lower <lr>."
+    if config.clip_grad == 0:
+        return (
+            "Gradient clipping is off (<clip_grad> 0): turn it on (5 is usual), or try a lower <lr> or a longer "
+            "<warmup_epochs>."
+        )
+    return GENERIC_CAUSE
+
+
 class NonFiniteLossError(SettingsMessage, RuntimeError):
     """The loss (or the gradient norm, or a weight) became NaN or infinite.
 
-    The message names the settings that usually cause it by their field (``lr``); the
-    command line re-renders it with its flags (:meth:`SettingsMessage.spelled`).
+    The message names the setting that most likely caused it by its field (``lr``,
+    ``weight_decay``: see :func:`likely_cause`), or the data when the batch's images hold
+    NaN/Inf; the command line re-renders it with its flags (:meth:`SettingsMessage.spelled`).
 
     Attributes:
         epoch: the epoch (1-based) in which it happened.
@@ -88,7 +126,17 @@ class NonFiniteLossError(SettingsMessage, RuntimeError):
         checkpoint: the last good checkpoint (left untouched), or None if there is none yet.
     """
 
-    def __init__(self, what: str, value: float, epoch: int, step: int, steps: int, checkpoint: Path | None, last_epoch: int):
+    def __init__(
+        self,
+        what: str,
+        value: float,
+        epoch: int,
+        step: int,
+        steps: int,
+        checkpoint: Path | None,
+        last_epoch: int,
+        cause: str = GENERIC_CAUSE,
+    ):
         self.epoch, self.step, self.checkpoint = epoch, step, checkpoint
         where = f"epoch {epoch}, step {step}/{steps}" if step else f"the end of epoch {epoch}"
         if checkpoint is None:
@@ -96,10 +144,25 @@ class NonFiniteLossError(SettingsMessage, RuntimeError):
         else:
             kept = f"The last good checkpoint, {checkpoint} (after epoch {last_epoch}), was left untouched."
         self.template = (
-            f"training stopped: the {what} is {value} at {where}. {kept} "
-            "Try a lower <lr>, a longer <warmup_epochs>, or keep <clip_grad> on."
+            f"training stopped: the {what} is {value} at {where}. {kept} {cause}"
         )
         super().__init__(self.spelled(lambda field: field))
+
+
+def _check_some_labelled_pixel(config: TrainConfig, train_set: Dataset) -> None:
+    """Refuse training data in which every pixel is ignored: no epoch could teach anything.
+
+    Single batches without a labelled pixel are skipped while training; a whole split of
+    them is an error, raised before any work.
+    """
+    ignore = train_set.ignore_index
+    if ignore is None or bool((train_set.labels != ignore).any()):
+        return
+    zero = " (<reduce_zero_label> ignores label 0, and these label maps hold nothing else)" if config.reduce_zero_label else ""
+    raise ConfigError(
+        f"<data> {config.data}: every pixel of the {len(train_set)} training images is ignored ({ignore}){zero}, so no "
+        "batch has a pixel to learn from"
+    )
 
 
 @contextlib.contextmanager
@@ -172,6 +235,7 @@ class Trainer:
             if data.is_segmentation != (config.task == "segment"):
                 kind = "per-pixel labels" if data.is_segmentation else "one label per image"
                 raise ValueError(f"the {split} set {data.name} has {kind}, which task={config.task!r} cannot train on")
+        _check_some_labelled_pixel(config, self.train_set)
         self.model: Any = self.task.create_model(config, self.train_set)
         self.model.to_device(config.device)
         self.optimizer = AdamW(param_groups(self.model, config.weight_decay), lr=config.lr)
@@ -194,6 +258,10 @@ class Trainer:
         self.epoch = 0
         self.history: list[dict[str, Any]] = []
         self.last_eval: EvalResult | SegmentationEvalResult | None = None
+        # batches of the last epoch whose every pixel is ignored (skipped, as evaluation skips them)
+        self.skipped_batches = 0
+        self._skip_named = False  # whether the first skipped batch's image was named (once per run)
+        self._first_skipped, self._first_skipped_step = "", 0
         # whether checkpoint_path holds this run's state (saved by it or resumed from)
         self._checkpoint_is_ours = False
 
@@ -299,6 +367,8 @@ class Trainer:
                 self.task.plot_result(result, self.test_set, self.out_dir, self._title("test"))
         if self.log is not None:
             self.log(self.task.epoch_line(row, self.config.epochs))
+            if self.skipped_batches:
+                self.log(self.skip_note(self.epoch))
         return row
 
     def train_epoch(self) -> tuple[float, dict[str, float], float, int]:
@@ -316,6 +386,8 @@ class Trainer:
         epoch = self.epoch + 1
         model.train()
         loss_sum, seen = 0.0, 0
+        ignore = self.train_set.ignore_index  # None for one label per image
+        self.skipped_batches, self._first_skipped = 0, ""  # counted afresh every epoch
         meter = self.task.meter(self.train_set)
         disable = None if self.progress is None else not self.progress  # None: only on a terminal
         bar = tqdm(total=steps, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", disable=disable, leave=False)
@@ -326,10 +398,17 @@ class Trainer:
             with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
                 for step, (x, y) in enumerate(self.loader, 1):
                     lr = self.schedule.step(self.optimizer)
+                    if ignore is not None and not bool((y != ignore).any()):
+                        # no pixel to learn from (an all-background label map with reduce_zero_label):
+                        # the mean loss over zero pixels is undefined, so the batch is skipped, as
+                        # evaluation skips it; the schedule moves on, the weights do not
+                        self._skipped(step)
+                        bar.update(1)
+                        continue
                     self.optimizer.zero_grad()
                     loss, logits = model.loss(x, y, cfg.label_smoothing)  # either model: (x, labels, smoothing)
                     if not math.isfinite(loss):
-                        raise self._non_finite("loss", loss, epoch, step, steps)
+                        raise self._non_finite("loss", loss, epoch, step, steps, x)
                     model.backward_loss()
                     norm = clip_grad_norm(params, max_norm)
                     if not math.isfinite(norm):
@@ -347,6 +426,8 @@ class Trainer:
         finally:
             bar.close()
         seconds = time.perf_counter() - start
+        if seen == 0:  # cannot happen after _check_some_labelled_pixel; a clear stop if it ever does
+            raise ValueError(f"every batch of epoch {epoch} was skipped: no training image has a labelled pixel")
         # The last update of the epoch could still have broken a weight; the next loss
         # would show it, but only after a bad checkpoint had been written.
         bad = [name for name, p in model.named_parameters() if not bool(model.xp.isfinite(p.data).all())]
@@ -384,11 +465,44 @@ class Trainer:
             self.task.plot_result(result, self.test_set, self.out_dir, self._title("test"))
 
     # -- helpers -----------------------------------------------------------------------------
+    def _skipped(self, step: int) -> None:
+        """Count a skipped batch; remember the first one's image (its file, else its index)."""
+        self.skipped_batches += 1
+        if not self._first_skipped:
+            idx = self.loader.last_indices
+            i = int(idx[0]) if idx is not None and len(idx) else -1
+            files = self.train_set.files
+            self._first_skipped = files[i] if files is not None and i >= 0 else f"training image {i}"
+            self._first_skipped_step = step
+
+    def skip_note(self, epoch: int) -> str:
+        """One line about the batches the last :meth:`train_epoch` skipped (every pixel ignored);
+        the first time, it names the first such batch's image (its file for folder data)."""
+        ignore = self.train_set.ignore_index
+        line = (
+            f"note: epoch {epoch} skipped {self.skipped_batches} of {len(self.loader)} batches in which every pixel "
+            f"is ignored ({ignore}), as evaluation does"
+        )
+        if not self._skip_named:
+            self._skip_named = True
+            zero = " (reduce_zero_label ignores label 0)" if self.config.reduce_zero_label else ""
+            line += (
+                f"; the first (step {self._first_skipped_step}) holds {self._first_skipped}, whose labels are all "
+                f"ignored{zero}"
+            )
+        return line
+
+
     def _title(self, split: str = "") -> str:
         parts = [self.config.model, self.config.data] + ([split] if split else [])
         return " / ".join(parts)
 
-    def _non_finite(self, what: str, value: float, epoch: int, step: int, steps: int) -> NonFiniteLossError:
+    def _non_finite(self, what: str, value: float, epoch: int, step: int, steps: int, x: Any = None) -> NonFiniteLossError:
         ckpt = self.checkpoint_path if self._checkpoint_is_ours and self.checkpoint_path.is_file() else None
-        return NonFiniteLossError(what, value, epoch, step, steps, ckpt, self.epoch)
+        cause = likely_cause(self.config)
+        if x is not None:  # NaN or Inf in the images makes the loss NaN at any setting: the data is to blame
+            bad = int((~self.model.xp.isfinite(x)).sum())
+            if bad:
+                cause = f"The batch's images hold {bad} NaN or infinite value(s): the data is broken, not the settings."
+        return NonFiniteLossError(what, value, epoch, step, steps, ckpt, self.epoch, cause)
 
