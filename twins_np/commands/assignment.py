@@ -130,7 +130,17 @@ def run_grade(args: argparse.Namespace) -> int:
         if lines:
             print(f"\n{r.task}:")
             print("\n".join(lines))
-    print(f"\nsandbox: {runner.sandbox().describe()}")
+    box = runner.sandbox()
+    print(f"\nsandbox: {box.describe()}")
+    if not box.namespaces:  # then only file permissions keep the solutions from the workers
+        from ..course.manifest import instructor_root
+
+        mine = [instructor_root() / "twins_np", pathlib.Path(manifest["_path"])]
+        seen = runner.exposed(mine) if box.root else [str(p) for p in mine]
+        if seen:
+            print(f"WARNING: the workers can read {', '.join(seen)} (solutions, manifest): "
+                  + ("chmod 700 the project, or " if box.root else "grade as root in a container, or ")
+                  + "grade where namespaces work (docs/instructors.md, threat model)", file=sys.stderr)  # fmt: skip
     if args.json:
         _write(args.json, summary)
     if args.gradescope:

@@ -25,6 +25,7 @@ import json
 import os
 import pathlib
 import pwd
+import random
 import select
 import shutil
 import signal
@@ -32,6 +33,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,7 +42,8 @@ import numpy as np
 
 from . import wire  # the grader reads the workers' data through this module: `runner.wire`
 
-__all__ = ["Reference", "Sandbox", "Worker", "WorkerError", "binds", "hidden_paths", "sandbox", "wire", "write_library"]
+__all__ = ["Reference", "Sandbox", "Worker", "WorkerError", "binds", "exposed", "hidden_paths", "sandbox", "wire",
+           "write_library"]  # fmt: skip
 
 HERE = pathlib.Path(__file__).resolve().parent
 # packages hidden from the worker when the sandbox can hide folders (and blocked in it anyway)
@@ -106,10 +109,42 @@ def worker_python(root: bool) -> str:
     )
 
 
+UID_RANGE = (61000, 64999)  # the workers' own user ids (as root): no account has them
+_TAKEN: set[int] = set()
+_TAKEN_LOCK = threading.Lock()
+
+
 def _worker_user() -> tuple[str, int, int]:
-    name = os.environ.get("TWINS_NP_WORKER_USER", "nobody")
-    entry = pwd.getpwnam(name)
-    return name, entry.pw_uid, entry.pw_gid
+    """(name, uid, gid) of the next worker, as root: the user :envvar:`TWINS_NP_WORKER_USER` if
+    set, else a user id of its own, one that no account and no running process has, so a
+    worker cannot signal, trace or limit another (another student's, or a system service's)."""
+    name = os.environ.get("TWINS_NP_WORKER_USER")
+    if name:
+        entry = pwd.getpwnam(name)
+        return name, entry.pw_uid, entry.pw_gid
+    busy = _users_with_processes()
+    with _TAKEN_LOCK:
+        for uid in random.sample(range(UID_RANGE[0], UID_RANGE[1] + 1), UID_RANGE[1] - UID_RANGE[0] + 1):
+            if uid in _TAKEN or uid in busy:
+                continue
+            try:
+                pwd.getpwuid(uid)
+                continue
+            except KeyError:
+                _TAKEN.add(uid)
+                return f"uid {uid}", uid, uid
+    raise RuntimeError(f"no free user id in {UID_RANGE}")
+
+
+def _users_with_processes() -> set[int]:
+    out = set()
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                out.add(os.stat(f"/proc/{name}").st_uid)
+            except OSError:
+                continue
+    return out
 
 
 def sandbox(namespaces: bool | None = None) -> Sandbox:
@@ -124,7 +159,10 @@ def sandbox(namespaces: bool | None = None) -> Sandbox:
     if namespaces in _SANDBOX:
         return _SANDBOX[namespaces]
     root = os.geteuid() == 0
-    user = _worker_user()[0] if root else pwd.getpwuid(os.getuid()).pw_name
+    if root:
+        user = os.environ.get("TWINS_NP_WORKER_USER") or f"a user id of its own ({UID_RANGE[0]}-{UID_RANGE[1]}, no account)"
+    else:
+        user = pwd.getpwuid(os.getuid()).pw_name
     python = worker_python(root)
     why = "not asked for"
     ns = False
@@ -135,6 +173,21 @@ def sandbox(namespaces: bool | None = None) -> Sandbox:
         why = "" if ns else (r.stdout.strip() or r.stderr.strip().splitlines()[-1:] or ["unshare failed"])[0]
     _SANDBOX[namespaces] = Sandbox(root, ns, user, python, why)
     return _SANDBOX[namespaces]
+
+
+def exposed(paths: list[pathlib.Path]) -> list[str]:
+    """Those of ``paths`` that every user can read: without namespaces, a worker can too."""
+    return [str(p) for p in paths if p.exists() and _world_readable(p)]
+
+
+def _world_readable(path: pathlib.Path) -> bool:
+    p = path.resolve()
+    try:
+        if any(not d.stat().st_mode & stat.S_IXOTH for d in p.parents):
+            return False
+        return bool(p.stat().st_mode & stat.S_IROTH)
+    except OSError:
+        return False
 
 
 def site_dirs() -> list[str]:
@@ -279,8 +332,8 @@ class Worker:
         folder = tmp / name
         folder.mkdir()
         folder.chmod(0o755)  # whatever the umask: the worker's user reads it
-        shutil.copyfile(HERE / "worker.py", folder / "worker.py")
-        shutil.copyfile(HERE / "wire.py", folder / "wire.py")
+        for script in ("worker.py", "wire.py", "warden.py"):  # run from here: no command line names the install
+            shutil.copyfile(HERE / script, folder / script)
         student = folder / "student"
         student.mkdir()
         files = {}
@@ -298,9 +351,11 @@ class Worker:
         # the mount point of the worker's new root (namespaces only), outside the folder it binds
         self.newroot = tempfile.mkdtemp(prefix="twins-np-root-")
         uid = gid = None
+        self.uid: int | None = None
         if box.root:
             _, uid, gid = _worker_user()
             os.chown(workdir, uid, gid)
+            self.uid = uid
         to_worker_r, self.to_worker = os.pipe()
         self.from_worker, from_worker_w = os.pipe()
         status_r, status_w = os.pipe()
@@ -323,7 +378,7 @@ class Worker:
                        "RLIMIT_NOFILE": int(limits["open_files"]), "RLIMIT_CORE": 0},
         }  # fmt: skip
         self.proc = subprocess.Popen(
-            [sys.executable, "-I", "-S", "-B", str(HERE / "warden.py")], stdin=subprocess.PIPE,
+            [sys.executable, "-I", "-S", "-B", str(folder / "warden.py")], stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, pass_fds=(*fds, status_w), start_new_session=True,
         )  # fmt: skip
         for fd in (*fds, status_w):
@@ -389,6 +444,9 @@ class Worker:
             os.rmdir(self.newroot)  # its mounts lived in the worker's namespace only: it is empty here
         except OSError:
             pass
+        if self.uid is not None:
+            with _TAKEN_LOCK:
+                _TAKEN.discard(self.uid)
         for line in data.decode(errors="replace").splitlines():
             try:
                 event = json.loads(line)

@@ -132,7 +132,10 @@ def _mounts(spec: dict) -> list[str]:
     for path in spec["hide"]:  # inside what was bound: PyTorch's packages, other copies of twins_np
         target = new + path
         if os.path.isdir(target):
-            err = _mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k,mode=0555")
+            err = _mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=16k,mode=0755")
+            if not err:  # a package that says why it is not there (an empty folder would import as nothing)
+                with open(target + "/__init__.py", "w") as f:
+                    f.write(f"raise ImportError({os.path.basename(path) + ' is not available when grading'!r})\n")
         elif os.path.exists(target):
             err = _mount("/dev/null", target, None, MS_BIND)
         else:
