@@ -50,7 +50,7 @@ def test_a_solution_on_disk_only_the_instructors_copy(course, mode, tmp_path):
     on Gradescope) and the grader's /proc entries stay out of reach."""
     mode.need("files")
     known = [str(course.root), str(course.root / "twins_np")]
-    text = A.reference_on_disk(course.student_file(GELU), "gelu_backward", known)
+    text = A.reference_on_disk(course.student_file(GELU), "gelu_backward", known, wide=False)
     r = _zero(mode.grade(course, submission(course, tmp_path, gelu_backward=text), tasks=["gelu_backward"]), "gelu_backward")
     assert r.checks[0].reason.startswith("RuntimeError: no solution found")
 

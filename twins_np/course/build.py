@@ -257,7 +257,8 @@ def _manifest(
 
 
 def _selfcheck(root: pathlib.Path, copy: pathlib.Path, mpath: pathlib.Path, chosen: list[str], spec: dict[str, Any]) -> None:
-    """Grade the reference (every check passes) and the untouched copy (none passes)."""
+    """Grade the reference (every check passes) and the untouched copy (none passes): the checks
+    compare values the stubs do not give, and the sandbox works on this machine."""
     from .grader import grade
     from .manifest import load_manifest
 
@@ -269,11 +270,15 @@ def _selfcheck(root: pathlib.Path, copy: pathlib.Path, mpath: pathlib.Path, chos
                 (ref / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(root / rel, ref / rel)
         problems = []
-        for r in grade(ref, manifest, root=root):
+        try:
+            results = grade(ref, manifest, root=root), grade(copy, manifest, root=root)
+        except GradingError as e:
+            raise GradingError(f"self-check failed: {e}") from None
+        for r in results[0]:
             if r.passed != r.total or r.status != "ok":
                 bad = [f"{c.name} ({c.reason})" for c in r.failed][:3]
                 problems.append(f"the reference solution of {r.task} scores {r.score:g}/{r.points:g}: {r.error or '; '.join(bad)}")
-        for r in grade(copy, manifest, root=root):
+        for r in results[1]:
             if r.passed:
                 problems.append(f"the untouched stub of {r.task} passes {r.passed} checks: {[c.name for c in r.checks if c.passed][:3]}")
     if problems:
