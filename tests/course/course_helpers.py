@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import pathlib
-import shutil
 import stat
 from dataclasses import dataclass
 from typing import Any
@@ -56,18 +55,21 @@ class Mode:
 
     def protects(self, what: str) -> str:
         """"" when this mode stops the attack class ``what``, else why not (the skip's reason)."""
+        user = "as an unprivileged user without namespaces the worker"
         reasons = {
             # reading the instructor's files: another user (root), or not in the worker's view (namespaces)
-            "files": "" if self.root or self.namespaces else "as an unprivileged user without namespaces the worker reads every file of that user",
+            "files": "" if self.root or self.namespaces else f"{user} reads every file of that user",
             # any copy of the solutions on the machine (an editable install, another checkout)
-            "machine": "" if self.namespaces else "without namespaces the worker reads every file its user can; this machine has world-readable checkouts",
+            "machine": "" if self.namespaces else
+            "without namespaces the worker reads every file its user can; this machine has world-readable checkouts",
             # writing the instructor's files and results
-            "writes": "" if self.root or self.namespaces else "as an unprivileged user without namespaces the worker writes every file of that user",
+            "writes": "" if self.root or self.namespaces else f"{user} writes every file of that user",
             # signalling the grader's processes
-            "signals": "" if self.root or self.namespaces else "as an unprivileged user without namespaces the worker can signal every process of that user",
+            "signals": "" if self.root or self.namespaces else f"{user} can signal every process of that user",
             # an autodiff package installed where the grader's Python is
-            "torch": "" if self.namespaces or not _importable("torch") else "torch is installed here and, without namespaces, only an import hook (which the submission can remove) blocks it",
-        }  # fmt: skip
+            "torch": "" if self.namespaces or not _importable("torch") else
+            "torch is installed here and, without namespaces, only an import hook (which the submission can remove) blocks it",
+        }
         return reasons[what]
 
     def need(self, what: str) -> None:

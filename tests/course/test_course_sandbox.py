@@ -78,7 +78,7 @@ def _probe_each(course, tmp_path, mode) -> dict:
     text = course.student_file(GELU) + f"\nPROJECT = {str(ROOT)!r}\n" + PROBE
     out = {}
     for key in ("processes", "project", "home", "root_listing", "network", "write_etc", "write_cwd"):
-        one = text.replace('raise RuntimeError("PROBE" + json.dumps(seen))', f'raise RuntimeError("PROBE" + json.dumps(seen[{key!r}]))')
+        one = text.replace("json.dumps(seen)", f"json.dumps(seen[{key!r}])")
         r = mode.grade(course, submission(course, tmp_path / key, gelu_backward=one), tasks=["gelu_backward"])["gelu_backward"]
         reason = r.checks[0].reason
         body = reason.split("PROBE", 1)[1].rsplit(" (activation.py", 1)[0]

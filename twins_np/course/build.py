@@ -33,7 +33,7 @@ import tomllib
 
 from . import checks
 from .manifest import MANIFEST_VERSION, GradingError, default_manifest, instructor_root
-from .tasks import ASSIGNMENT_TASKS, EXERCISES, BEGIN, END, solution_files, strip_source, task_functions
+from .tasks import ASSIGNMENT_TASKS, BEGIN, END, EXERCISES, solution_files, strip_source, task_functions
 
 __all__ = ["INSTRUCTOR_ONLY", "STUDENT_MANIFEST", "build", "load_config", "project_files"]
 
@@ -191,7 +191,8 @@ def build(
 
 def _region_texts(text: str, tasks: set[str]) -> list[str]:
     """The code inside the solution regions of ``tasks`` in a source."""
-    out, cur = [], None
+    out: list[str] = []
+    cur: list[str] | None = None
     for line in text.splitlines():
         m = BEGIN.match(line)
         if m:
@@ -277,10 +278,12 @@ def _selfcheck(root: pathlib.Path, copy: pathlib.Path, mpath: pathlib.Path, chos
         for r in results[0]:
             if r.passed != r.total or r.status != "ok":
                 bad = [f"{c.name} ({c.reason})" for c in r.failed][:3]
-                problems.append(f"the reference solution of {r.task} scores {r.score:g}/{r.points:g}: {r.error or '; '.join(bad)}")
+                why = r.error or "; ".join(bad)
+                problems.append(f"the reference solution of {r.task} scores {r.score:g}/{r.points:g}: {why}")
         for r in results[1]:
             if r.passed:
-                problems.append(f"the untouched stub of {r.task} passes {r.passed} checks: {[c.name for c in r.checks if c.passed][:3]}")
+                passing = [c.name for c in r.checks if c.passed][:3]
+                problems.append(f"the untouched stub of {r.task} passes {r.passed} checks: {passing}")
     if problems:
         raise GradingError("self-check failed: " + "; ".join(problems))
 

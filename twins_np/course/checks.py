@@ -17,7 +17,7 @@ reference's time at these sizes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,7 +48,7 @@ class Case:
     name: str
     fn: str
     args: tuple[Any, ...]
-    outputs: dict[str, tuple[int, ...]]
+    outputs: Mapping[str, tuple[int, ...]]
     kwargs: dict[str, Any] = field(default_factory=dict)
     form: str = "call"
     exact: bool = False
@@ -119,9 +119,9 @@ def _attention(rng: np.random.Generator) -> list[Case]:
     for name, axis in (("softmax over the last axis", -1), ("softmax over axis 1", 1)):
         shape = (_pick(rng, 2, 3), _pick(rng, 130, 200), _pick(rng, 130, 200))
         x = _normal(rng, shape, np.float64, 3.0)
-        _, cache = F.softmax_forward(x, axis=axis)
+        _, sm_cache = F.softmax_forward(x, axis=axis)
         dout = _normal(rng, shape, np.float64)
-        out.append(Case(name, _F + "softmax:softmax_backward", (dout, cache), {"dx": ()}, describe=_desc(np.float64, x=x)))
+        out.append(Case(name, _F + "softmax:softmax_backward", (dout, sm_cache), {"dx": ()}, describe=_desc(np.float64, x=x)))
     return out
 
 
@@ -181,7 +181,8 @@ def _gsa(rng: np.random.Generator) -> list[Case]:
         _, cache = F.gsa_forward(x, (H, W), w["q_w"], b["q_b"], w["kv_w"], b["kv_b"], w["proj_w"], b["proj_b"], heads,
                                  sr_ratio=sr, **extra)  # fmt: skip
         dout = _normal(rng, x.shape, dtype)
-        outs = {"dx": (0,), "dq_w": (1,), "dq_b": (2,), "dkv_w": (3,), "dkv_b": (4,), "dproj_w": (5,), "dproj_b": (6,)}
+        outs: dict[str, tuple[int, ...]] = {"dx": (0,), "dq_w": (1,), "dq_b": (2,), "dkv_w": (3,), "dkv_b": (4,),
+                                            "dproj_w": (5,), "dproj_b": (6,)}  # fmt: skip
         if sr > 1:
             outs.update({"dsr_w": (7, 0), "dsr_b": (7, 1), "dnorm_w": (8,), "dnorm_b": (9,)})
         out.append(Case(name, _F + "gsa:gsa_backward", (dout, cache), outs, describe=_desc(dtype, x=x) + f", map {H}x{W}"))
@@ -200,9 +201,9 @@ def _peg(rng: np.random.Generator) -> list[Case]:
                         describe=_desc(dtype, x=x) + f", map {H}x{W}"))  # fmt: skip
     B, H, W, C = _pick(rng, 2, 3), _pick(rng, 20, 30), _pick(rng, 20, 30), _pick(rng, 48, 96)
     x = _normal(rng, (B, H, W, C), np.float64)
-    _, cache = F.depthwise_conv3x3_forward(x, _normal(rng, (C, 1, 3, 3), np.float64, 1 / 3), None)
+    _, dw_cache = F.depthwise_conv3x3_forward(x, _normal(rng, (C, 1, 3, 3), np.float64, 1 / 3), None)
     dout = _normal(rng, x.shape, np.float64)
-    out.append(Case("depthwise conv 3x3 without bias", _F + "depthwise_conv:depthwise_conv3x3_backward", (dout, cache),
+    out.append(Case("depthwise conv 3x3 without bias", _F + "depthwise_conv:depthwise_conv3x3_backward", (dout, dw_cache),
                     {"dx": (0,), "dw": (1,)}, describe=_desc(np.float64, x=x)))  # fmt: skip
     return out
 
@@ -224,7 +225,8 @@ def _ffn(rng: np.random.Generator) -> list[Case]:
 
 def _adamw(rng: np.random.Generator) -> list[Case]:
     out = []
-    for name, dtype, first, wd in (("first step, float64", np.float64, True, 0.05), ("later step, float64", np.float64, False, 0.1),
+    for name, dtype, first, wd in (("first step, float64", np.float64, True, 0.05),
+                                   ("later step, float64", np.float64, False, 0.1),
                                    ("later step without weight decay, float32", np.float32, False, 0.0)):  # fmt: skip
         shape = (_pick(rng, 200, 400), _pick(rng, 150, 300))
         p, g = _normal(rng, shape, dtype), _normal(rng, shape, dtype, 0.5)
@@ -242,7 +244,8 @@ def _adamw(rng: np.random.Generator) -> list[Case]:
 
 def _norm2d(rng: np.random.Generator) -> list[Case]:
     out = []
-    for name, dtype, affine in (("GroupNorm, float64", np.float64, True), ("GroupNorm without affine, float64", np.float64, False),
+    for name, dtype, affine in (("GroupNorm, float64", np.float64, True),
+                                ("GroupNorm without affine, float64", np.float64, False),
                                 ("GroupNorm, float32", np.float32, True)):  # fmt: skip
         G = int(rng.choice([2, 4, 8]))
         B, H, W, C = _pick(rng, 2, 3), _pick(rng, 10, 16), _pick(rng, 10, 16), G * _pick(rng, 8, 16)
@@ -256,17 +259,19 @@ def _norm2d(rng: np.random.Generator) -> list[Case]:
     B, H, W, C = _pick(rng, 2, 4), _pick(rng, 8, 14), _pick(rng, 8, 14), _pick(rng, 128, 200)
     x = _normal(rng, (B, H, W, C), np.float64, 2.0)
     gamma, beta = _normal(rng, (C,), np.float64) + 1.0, _normal(rng, (C,), np.float64)
-    _, cache = F.batch_norm_forward(x, gamma, beta, None, None, training=True)
+    _, bn_cache = F.batch_norm_forward(x, gamma, beta, None, None, training=True)
     dout = _normal(rng, x.shape, np.float64)
-    out.append(Case("BatchNorm in training, float64", _F + "norm2d:batch_norm_backward", (dout, cache),
+    out.append(Case("BatchNorm in training, float64", _F + "norm2d:batch_norm_backward", (dout, bn_cache),
                     {"dx": (0,), "dgamma": (1,), "dbeta": (2,)}, describe=_desc(np.float64, x=x)))  # fmt: skip
     return out
 
 
 def _resize(rng: np.random.Generator) -> list[Case]:
     out = []
-    for name, dtype, mode in (("bilinear up, float64", np.float64, "bilinear_up"), ("bilinear down, float64", np.float64, "bilinear_down"),
-                              ("nearest, float64", np.float64, "nearest"), ("bilinear up, float32", np.float32, "bilinear_up")):  # fmt: skip
+    for name, dtype, mode in (("bilinear up, float64", np.float64, "bilinear_up"),
+                              ("bilinear down, float64", np.float64, "bilinear_down"),
+                              ("nearest, float64", np.float64, "nearest"),
+                              ("bilinear up, float32", np.float32, "bilinear_up")):  # fmt: skip
         B, H, W, C = _pick(rng, 2, 3), _pick(rng, 12, 24), _pick(rng, 12, 24), _pick(rng, 16, 48)
         x = _normal(rng, (B, H, W, C), dtype)
         if mode == "bilinear_down":

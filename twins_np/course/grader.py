@@ -169,12 +169,12 @@ def _flags(text: str, foreign: list[str], forwards: list[str]) -> dict[str, int]
             add(f"uses .{node.attr}", node)
         elif isinstance(node, ast.Name) and node.id in ("__builtins__", "__import__"):
             add(f"uses {node.id}", node)
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and any(
-            m in node.value for m in ("torch", "jax", "gradcheck", "/proc", "solution")
-        ):
-            add(f"a string names {next(m for m in ('torch', 'jax', 'gradcheck', '/proc', 'solution') if m in node.value)}", node)
-        names = {node.id} if isinstance(node, ast.Name) else {node.attr} if isinstance(node, ast.Attribute) else set()
-        for name in names & set(foreign):
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            for word in ("torch", "jax", "gradcheck", "/proc", "solution"):
+                if word in node.value:
+                    add(f"a string names {word}", node)
+        used = node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else ""
+        for name in {used} & set(foreign):
             add(f"uses {name} (another task's function)", node)
     for fn in ast.walk(tree):  # finite differences: a backward that runs its own forward
         if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)) and ("backward" in fn.name or fn.name == "_update"):
@@ -564,7 +564,8 @@ def _run_cases(
                     reason = _worker_error_reason(e, limit, limit)
                 else:
                     reason = (f"time limit: {case['name']} ran over {elapsed:.2f} s, more than {factor:g}x the "
-                              f"reference's {case['seconds'] * 1e3:.1f} ms + {slack:g} s (vectorise; no finite differences)")  # fmt: skip
+                              f"reference's {case['seconds'] * 1e3:.1f} ms + {slack:g} s "
+                              "(vectorise; no finite differences)")  # fmt: skip
                 _fail_all(res, spec, outcome, reason)
                 res.status, res.error = "timeout", reason
                 return True

@@ -210,7 +210,8 @@ def strip_source(text: str, tasks: set[str] | None = None) -> tuple[str, list[st
         if j == len(lines):
             raise ValueError(f"line {i + 1}: BEGIN SOLUTION {task} has no END SOLUTION")
         if tasks is None or task in tasks:
-            title, doc = (ASSIGNMENT_TASKS[task].title, ASSIGNMENT_TASKS[task].doc) if task in ASSIGNMENT_TASKS else (EXERCISES[task], "")
+            known = ASSIGNMENT_TASKS.get(task)
+            title, doc = (known.title, known.doc) if known else (EXERCISES[task], "")
             if m["c"] == "%":  # a MyST page: the code is the exercise
                 note = f"The code of this step is left out: it is the assignment task `{task}` ({title})."
                 out.append(f"```{{note}}\n{note}\n```\n")

@@ -285,7 +285,8 @@ def _probe() -> None:
         if not why:
             init = os.fork()
             if init == 0:
-                err = _mount("none", "/", None, MS_REC | MS_PRIVATE) or _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+                err = _mount("none", "/", None, MS_REC | MS_PRIVATE)
+                err = err or _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
                 err = err or _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "size=4k")
                 os.write(w, b"ok" if not err else f"mount: {os.strerror(err) if err > 0 else 'failed'}".encode())
                 os._exit(0)

@@ -89,7 +89,6 @@ def main() -> None:
     sys.path[:] = [here, *site, *stdlib]
     sys.meta_path.insert(0, _Block())
     import numpy  # noqa: F401  # before any student code
-
     import wire  # type: ignore[import-not-found]  # wire.py, beside this file
 
     fd_in, fd_out = int(sys.argv[1]), int(sys.argv[2])
