@@ -132,3 +132,47 @@ def test_the_instructors_source_is_out_of_reach(gradescope, course):
     assert oct(src.stat().st_mode & 0o777) == "0o700"
     after = gradescope({LN: course.student_file(LN)})
     assert after["score"] == 0.0 and "stub not implemented" in after["output"]
+
+
+def _per_task(data: dict) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for t in data["tests"]:
+        task = t["name"].split(":")[0]
+        out[task] = out.get(task, 0.0) + t["score"]
+    return out
+
+
+def test_every_attack_class_gets_the_fair_score_on_gradescope(gradescope, course):
+    """Through run_autograder, as root, each class of attack on some task: values never
+    checked, finite differences, another task's solution, a solution on disk (the source's
+    real path known), a leak through the message, autodiff, forged messages, a dependency
+    asked for other inputs, bombs. Each task gets what it deserves."""
+    stub = course.student_file
+    src = str(gradescope.root / "source")
+    solution = (ROOT / GELU).read_text().split("# BEGIN SOLUTION gelu_backward\n")[1].split("# END SOLUTION")[0]
+    autodiff = A.gelu_torch_autograd(stub(GELU)) if gradescope.mode == "namespaces" or not _has_torch() else None
+    runs = [
+        ({GELU: A.zeros(stub(GELU), "gelu_backward"), MLP: A.ffn_finite_differences(stub(MLP)),
+          LN: A.layernorm_as_group_norm(stub(LN))}, {"gelu_backward": 0.0, "ffn_backward": 0.0, "layernorm_backward": 0.0}),
+        ({GELU: A.leak_in_message(stub(GELU), solution), LN: A.layernorm_colored_differences(stub(LN)),
+          MLP: A.reference_on_disk(stub(MLP), "ffn_backward", [src, src + "/twins_np"], wide=False)},
+         {"gelu_backward": 0.0, "ffn_backward": 0.0, "layernorm_backward": 0.0}),
+        ({GELU: autodiff or A.forge_messages(stub(GELU)), MLP: A.ffn_asks_gelu_for_other_inputs(stub(MLP)),
+          LN: A.layernorm_as_batch_norm(stub(LN))}, {"gelu_backward": 0.0, "ffn_backward": 4.0, "layernorm_backward": 0.0}),
+        ({GELU: A.fork_bomb(stub(GELU)), MLP: (ROOT / MLP).read_text(), LN: (ROOT / LN).read_text()},
+         {"gelu_backward": 0.0, "ffn_backward": 10.0, "layernorm_backward": 10.0}),
+    ]  # fmt: skip
+    for i, (files, expected) in enumerate(runs):
+        data = gradescope(files)
+        got = _per_task(data)
+        assert {t: round(got[t], 4) for t in expected} == expected, data["output"]
+        shown = json.dumps(data)
+        assert not any(line.strip() in shown for line in solution.splitlines() if len(line.strip()) > 12)
+        if i == 1:  # the leak: its message is withheld
+            assert "message withheld: it quotes the reference solution" in shown
+
+
+def _has_torch() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None

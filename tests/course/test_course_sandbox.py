@@ -122,3 +122,18 @@ def test_hidden_paths_split_around_what_the_worker_needs(tmp_path):
     assert str(project / "twins_np") in hide and str(project / "tests") in hide
     assert not any(h == str(project) or h.startswith(str(project / ".venv/lib/site")) for h in hide), hide
     assert str(project / ".venv/bin/python") not in hide
+
+
+def test_a_worker_that_cannot_start_stops_grading(course, tmp_path, monkeypatch):
+    """A sandbox that cannot start its worker (here: a Python that is not there) is the
+    machine's fault: grading stops with the warden's reason, rather than scoring 0."""
+    import dataclasses
+
+    from twins_np.course.grader import grade
+    from twins_np.course.manifest import GradingError
+
+    for ns in (True, False):
+        box = runner.sandbox(ns)
+        monkeypatch.setitem(runner._SANDBOX, ns, dataclasses.replace(box, python="/nonexistent/python3"))
+    with pytest.raises(GradingError, match="could not start a worker: FileNotFoundError"):
+        grade(submission(course, tmp_path), course.manifest, root=course.root, tasks=["gelu_backward"])

@@ -366,7 +366,7 @@ shapes in the ranges the docstrings allow), float64 and float32, and compares ev
 with the reference solution's (`assignment.json` lists the checks; some may be hidden). A
 task's score is its points x (checks passed / its checks). A check fails when the output is
 wrong, has the wrong shape or dtype, or your code raises. Each call may take at most
-{factor:g} x the reference solution's time (plus a quarter of a second): a vectorised NumPy
+{factor:g} x the reference solution's time (plus {spec['time_slack']:g} s): a vectorised NumPy
 solution is well within that; a finite-difference "gradient" is not, and scores 0 for the
 task. Code that reads files, starts processes, runs strings as code, or imports an automatic
 differentiation library is flagged for your instructor to look at. PyTorch is not available

@@ -60,7 +60,7 @@ def _normal(rng: np.random.Generator, shape: tuple[int, ...], dtype: Any, scale:
 
 
 def _shape(a: Any) -> str:
-    return "(" + ", ".join(str(n) for n in a.shape) + ")"
+    return str(tuple(int(n) for n in a.shape))
 
 
 def _desc(dtype: Any, **arrays: Any) -> str:

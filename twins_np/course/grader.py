@@ -481,6 +481,9 @@ def _grade_task(task: str, run: _Run) -> TaskResult:
         raise
     finally:
         info = worker.close(kill=killed)
+    if info.failed_to_start:  # the machine's fault, not the submission's: no grade rather than a wrong one
+        raise GradingError(f"the sandbox could not start a worker: {info.failed_to_start} "
+                           "(TWINS_NP_NAMESPACES=0 grades without namespaces; docs/instructors.md)")  # fmt: skip
     if info.stragglers:
         res.notes.append(f"{info.stragglers} process(es) it started were still running and were killed")
     if info.tampered:

@@ -8,7 +8,7 @@ Two kinds of process, both outside the grader's own:
 - **a worker per task** (untrusted): ``worker.py`` with ``wire.py`` beside it in a fresh
   folder, the student copy's library (every task stripped) and the student's files of that
   task, started by ``warden.py`` in a sandbox (see there): as root, the user ``nobody`` (or
-  :envvar:`TWINS_NP_WORKER_USER`), new namespaces where the system allows (no network, its
+  ``TWINS_NP_WORKER_USER``), new namespaces where the system allows (no network, its
   own processes, the instructor's files hidden, a read-only file system), limits on memory,
   CPU time, processes, file size and open files; and every process it started is killed
   when it ends.
@@ -115,7 +115,7 @@ _TAKEN_LOCK = threading.Lock()
 
 
 def _worker_user() -> tuple[str, int, int]:
-    """(name, uid, gid) of the next worker, as root: the user :envvar:`TWINS_NP_WORKER_USER` if
+    """(name, uid, gid) of the next worker, as root: the user ``TWINS_NP_WORKER_USER`` if
     set, else a user id of its own, one that no account and no running process has, so a
     worker cannot signal, trace or limit another (another student's, or a system service's)."""
     name = os.environ.get("TWINS_NP_WORKER_USER")
@@ -147,6 +147,11 @@ def _users_with_processes() -> set[int]:
     return out
 
 
+def _linux() -> None:
+    if not sys.platform.startswith("linux"):
+        raise OSError(f"the grader runs its workers in a Linux sandbox; this system is {sys.platform}")
+
+
 def sandbox(namespaces: bool | None = None) -> Sandbox:
     """What the sandbox can do here (probed once per process: a warden is started that tries).
 
@@ -154,6 +159,7 @@ def sandbox(namespaces: bool | None = None) -> Sandbox:
         namespaces: use namespaces where the system allows them (default: unless the
             environment sets ``TWINS_NP_NAMESPACES=0``).
     """
+    _linux()
     if namespaces is None:
         namespaces = os.environ.get("TWINS_NP_NAMESPACES", "1") != "0"
     if namespaces in _SANDBOX:
@@ -307,6 +313,15 @@ class WorkerExit:
     stragglers: int = 0  # processes it started that were still running, and were killed
     tampered: str = ""  # the warden itself did not end as it should: something interfered
     events: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def failed_to_start(self) -> str:
+        """Why the sandbox or the worker's Python could not start ("" when it did), as the warden
+        reported it before any student code ran (so a submission cannot fake it)."""
+        for e in self.events:
+            if e.get("event") in ("setup_failed", "exec_failed"):
+                return str(e.get("reason", "unknown"))
+        return ""
 
 
 class Worker:

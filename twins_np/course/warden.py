@@ -171,7 +171,9 @@ def _become_worker(spec: dict, root: bool, userns: bool, chroot: bool = False) -
             os.dup2(devnull, fd)
         if spec.get("stderr_fd") is not None:  # the instructor's debugging: TWINS_NP_WORKER_STDERR
             os.dup2(spec["stderr_fd"], 2)
-        keep = sorted({0, 1, 2, *spec["fds"]})
+        status = spec["status_fd"]  # kept until exec (close-on-exec): to report a failure to start
+        os.set_inheritable(status, False)
+        keep = sorted({0, 1, 2, status, *spec["fds"]})
         lo = 3
         for fd in keep:  # close every other descriptor (the status pipe, the warden's stdin, ...)
             if fd >= lo:
@@ -197,8 +199,8 @@ def _become_worker(spec: dict, root: bool, userns: bool, chroot: bool = False) -
             _prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
         _prctl(PR_SET_NO_NEW_PRIVS, 1)
         os.execve(spec["argv"][0], spec["argv"], spec["env"])
-    except BaseException:  # noqa: BLE001 - report nothing (stderr is /dev/null), exit with a code
-        pass
+    except BaseException as e:  # noqa: BLE001 - reported to the runner, which stops grading with it
+        _report(spec["status_fd"], event="exec_failed", reason=f"{type(e).__name__}: {e}")
     os._exit(code)
 
 
