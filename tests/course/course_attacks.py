@@ -5,7 +5,7 @@ its end (a student hands in the whole file, so redefining the graded function th
 simplest way in). Some take the real paths of the instructor's copy or of the grade file:
 the attacks then know everything a determined student could find out.
 
-The classes follow the issue that listed the attacks on the first grader: delegating to a
+The classes are those a grader that ran student code beside the solutions fell to: delegating to a
 solution on disk, calling another task's solution, not deriving the gradient (finite
 differences, autodiff), values never checked (zeros), tampering from inside the process,
 processes that outlive grading, and leaking the solution through feedback.
@@ -429,4 +429,15 @@ def leak_in_message(stub: str, solution_text: str) -> str:
     return _append(stub, f"""
 def gelu_backward(dout, cache):
     raise ValueError({solution_text!r})
+""")
+
+
+def stop_reading(stub: str) -> str:
+    """Answer the first call, then never read again: the grader's next (large) message would
+    block a grader that writes without a deadline."""
+    return _append(stub, """
+import sys, time
+def layernorm_backward(dout, cache):
+    sys.modules["wire"].read_message = lambda *a, **k: time.sleep(1e9)
+    return dout, dout, dout
 """)

@@ -249,3 +249,11 @@ def test_reference_files_are_complete_for_each_task():
     for task, rel in FILES.items():
         assert f"# BEGIN SOLUTION {task}" in (ROOT / rel).read_text()
     assert pathlib.Path(A.__file__).parent == pathlib.Path(__file__).parent
+
+
+def test_a_worker_that_stops_reading_cannot_block_the_grader(course, mode, tmp_path):
+    sub = submission(course, tmp_path, layernorm_backward=A.stop_reading(course.student_file(LN)))
+    t0 = time.monotonic()
+    r = _zero(mode.grade(course, sub, tasks=["layernorm_backward"], timeout=6), "layernorm_backward")
+    assert r.status == "timeout" and "killed after 6 s" in r.line, r.line
+    assert time.monotonic() - t0 < 30

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ProtocolError", "Record", "decode", "encode", "perform", "read_message", "write_message"]
+__all__ = ["ProtocolError", "Record", "decode", "encode", "pack_message", "perform", "read_message", "write_message"]
 
 HEADER_LIMIT = 4 << 20  # bytes of JSON in one message
 ARRAY_COUNT_LIMIT = 4096
@@ -61,14 +61,19 @@ def _npy(a: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def write_message(fd: int, header: dict[str, Any], arrays: list[np.ndarray] = ()) -> None:  # type: ignore[assignment]
-    """Write one message to the file descriptor ``fd`` (a pipe)."""
+def pack_message(header: dict[str, Any], arrays: list[np.ndarray] = ()) -> bytes:  # type: ignore[assignment]
+    """One message as bytes."""
     head = json.dumps(header, separators=(",", ":")).encode()
     parts = [_PREFIX.pack(len(head), len(arrays)), head]
     for a in arrays:
         blob = _npy(a)
         parts += [_LENGTH.pack(len(blob)), blob]
-    data = memoryview(b"".join(parts))
+    return b"".join(parts)
+
+
+def write_message(fd: int, header: dict[str, Any], arrays: list[np.ndarray] = ()) -> None:  # type: ignore[assignment]
+    """Write one message to the file descriptor ``fd`` (a pipe), blocking until it is written."""
+    data = memoryview(pack_message(header, arrays))
     while data:
         n = os.write(fd, data)
         data = data[n:]
@@ -139,12 +144,19 @@ def decode(tree: Any, arrays: list[np.ndarray], resolve: Callable[[str], Any] | 
     """The value of an :func:`encode` tree; NamedTuples come back through ``resolve`` or as :class:`Record`.
 
     Raises:
-        ProtocolError: a malformed tree (unknown node, array index out of range).
+        ProtocolError: a malformed tree (unknown node, array index out of range, nested too deep).
     """
+    try:
+        return _decode(tree, arrays, resolve)
+    except RecursionError:
+        raise ProtocolError("a value nested too deep") from None
+
+
+def _decode(tree: Any, arrays: list[np.ndarray], resolve: Callable[[str], Any] | None) -> Any:
     if tree is None or isinstance(tree, (bool, int, float, str)):
         return tree
     if isinstance(tree, list):
-        return [decode(v, arrays, resolve) for v in tree]
+        return [_decode(v, arrays, resolve) for v in tree]
     if not isinstance(tree, dict) or len(tree) == 0:
         raise ProtocolError("malformed value")
     if "$a" in tree:
@@ -155,11 +167,11 @@ def decode(tree: Any, arrays: list[np.ndarray], resolve: Callable[[str], Any] | 
     if "$f" in tree and tree["$f"] in ("nan", "inf", "-inf"):
         return float(tree["$f"])
     if "$t" in tree and isinstance(tree["$t"], list):
-        return tuple(decode(v, arrays, resolve) for v in tree["$t"])
+        return tuple(_decode(v, arrays, resolve) for v in tree["$t"])
     if "$d" in tree and isinstance(tree["$d"], dict):
-        return {str(k): decode(v, arrays, resolve) for k, v in tree["$d"].items()}
+        return {str(k): _decode(v, arrays, resolve) for k, v in tree["$d"].items()}
     if "$n" in tree and isinstance(tree["$n"], str) and isinstance(tree.get("$v"), list):
-        values = [decode(v, arrays, resolve) for v in tree["$v"]]
+        values = [_decode(v, arrays, resolve) for v in tree["$v"]]
         if resolve is None:
             return Record(tree["$n"][:200], values)
         return resolve(tree["$n"])(*values)
