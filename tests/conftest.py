@@ -56,20 +56,21 @@ def pytest_configure(config):
     import pathlib
 
     import twins_np
-    from twins_np.assignments import STUDENT_MANIFEST, TASKS
+    from twins_np.course.build import STUDENT_MANIFEST
+    from twins_np.course.tasks import ASSIGNMENT_TASKS
 
     root = pathlib.Path(__file__).resolve().parents[1]
     if (root / STUDENT_MANIFEST).exists() and pathlib.Path(twins_np.__file__).resolve().parents[1] != root:
         pytest.exit(f"these tests would check {twins_np.__file__}, not this copy's twins_np/: "
                     f"run `python -m pytest` inside {root} (its pytest.ini puts it first on the path)", returncode=4)  # fmt: skip
 
-    for name, task in TASKS.items():
+    for name, task in ASSIGNMENT_TASKS.items():
         config.addinivalue_line("markers", f"{name}: assignment task - {task.title}")
 
 
 def pytest_collection_modifyitems(config, items):
     """Attach each assignment task's marker to its tests, so `pytest -m lsa_backward` grades one task."""
-    from twins_np.assignments import task_of_test
+    from twins_np.course.tasks import task_of_test
 
     for item in items:
         for task in task_of_test(item.nodeid):

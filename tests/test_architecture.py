@@ -76,16 +76,9 @@ def _module_graph() -> dict[str, set[str]]:
     return out
 
 
-# the course tooling's two modules, until they move into the course package (where the grader
-# stands on the runner and the manifest only); nothing may be added here
-KNOWN_CIRCLES = [["twins_np.assignments", "twins_np.grader"]]
-
-
 def test_no_import_circle():
     circles = [group for group in _strongly_connected(_module_graph()) if len(group) > 1]
-    assert [c for c in circles if c not in KNOWN_CIRCLES] == [], (
-        f"modules that import each other (directly or through others): {circles}"
-    )
+    assert circles == [], f"modules that import each other (directly or through others): {circles}"
 
 
 def test_the_circle_check_finds_a_circle():

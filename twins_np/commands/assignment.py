@@ -22,18 +22,19 @@ def add_parser(sub: Any, name: str) -> None:
     p = sub.add_parser(name, help="build a student copy of the project, grade submissions, make a Gradescope autograder")
     verbs = p.add_subparsers(dest="verb", metavar="VERB")
     verbs.required = True
-    b = verbs.add_parser("build", help="write the student copy and freeze each task's tests into the grading manifest")
+    b = verbs.add_parser("build", help="write the student copy and the grading manifest, then check both with the grader")
     b.add_argument("out_dir")
     b.add_argument("--tasks", nargs="+", help="task ids to strip (default: all); see `twins-np assignment list`")
     b.add_argument("--manifest", help="where to write the grading manifest (default: build/assignment/manifest.json here)")
     b.add_argument("--config", help="points, hidden tests and time limits (default: assignment.toml here, if any)")
     b.set_defaults(func=run_build)
-    g = verbs.add_parser("grade", help="grade a submission (folder or zip) with the instructor's tests, sealed")
+    g = verbs.add_parser("grade", help="grade a submission (folder or zip): its code runs sandboxed, on hidden inputs")
     g.add_argument("submission", help="the student's project folder, or the zip made by `assignment submit`")
     g.add_argument("--manifest", help="the grading manifest written by `build` (default: build/assignment/manifest.json)")
     g.add_argument("--tasks", nargs="+")
     g.add_argument("--timeout", type=finite_float, help="seconds per task (default: the manifest's)")
-    g.add_argument("--jobs", type=int, help="parallel pytest processes (default: the number of cores)")
+    g.add_argument("--jobs", type=int, help="tasks graded at once (default: the number of cores)")
+    g.add_argument("--seed", type=int, help="the secret seed of the inputs (default: a new one; give one to repeat a run)")
     g.add_argument("--json", default=None, help="also write the grade as JSON to this file")
     g.add_argument("--gradescope", default=None, help="also write Gradescope's results.json to this file")
     g.set_defaults(func=run_grade)
@@ -59,7 +60,7 @@ def _clean_exit(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.
 
     @functools.wraps(run)
     def wrapper(args: argparse.Namespace) -> int:
-        from ..grader import GradingError
+        from ..course.manifest import GradingError
 
         try:
             return run(args)
@@ -77,17 +78,18 @@ def _width(tasks: Iterable[str]) -> int:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from ..assignments import TASKS
+    from ..course.tasks import ASSIGNMENT_TASKS
 
-    w = _width(TASKS)
-    for name, task in TASKS.items():
+    w = _width(ASSIGNMENT_TASKS)
+    for name, task in ASSIGNMENT_TASKS.items():
         print(f"{name:<{w}} {task.points:>4g} pts  {task.title}  ({task.doc})")
     return 0
 
 
 @_clean_exit
 def run_build(args: argparse.Namespace) -> int:
-    from ..assignments import build, default_manifest
+    from ..course.build import build
+    from ..course.manifest import default_manifest
 
     t0 = time.perf_counter()
     where = build(args.out_dir, tasks=args.tasks, manifest=args.manifest, config=args.config)
@@ -95,20 +97,22 @@ def run_build(args: argparse.Namespace) -> int:
     for task, files in where.items():
         print(f"{task:<{w}} stripped in {', '.join(files) if files else '(no region found)'}")
     print(f"student copy written to {args.out_dir} (its STUDENT.md is the handout)")
-    print(f"grading manifest: {args.manifest or default_manifest()} ({time.perf_counter() - t0:.0f} s)")
+    print(f"grading manifest: {args.manifest or default_manifest()}; self-check passed: the reference scores full "
+          f"marks, the untouched copy 0 ({time.perf_counter() - t0:.0f} s)")
     return 0
 
 
 @_clean_exit
 def run_grade(args: argparse.Namespace) -> int:
-    from .. import grader
-    from ..assignments import default_manifest
+    from ..course import grader, runner
+    from ..course.autograder import gradescope_results
+    from ..course.manifest import GradingError, default_manifest, load_manifest
 
     t0 = time.perf_counter()
-    manifest = grader.load_manifest(args.manifest or default_manifest())
+    manifest = load_manifest(args.manifest or default_manifest())
     try:
-        results = grader.grade(args.submission, manifest, args.tasks, timeout=args.timeout, jobs=args.jobs)
-    except grader.GradingError as e:
+        results = grader.grade(args.submission, manifest, args.tasks, timeout=args.timeout, jobs=args.jobs, seed=args.seed)
+    except GradingError as e:
         if args.gradescope:  # Gradescope shows this to the student instead of an empty result
             _write(args.gradescope, {"score": 0.0, "execution_time": round(time.perf_counter() - t0, 2), "output": str(e),
                                      "visibility": "visible", "tests": []})  # fmt: skip
@@ -116,22 +120,33 @@ def run_grade(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - t0
     summary = grader.summary(results)
     w = _width(r.task for r in results)
-    print(f"{'task':<{w}}{'passed':>8}{'tests':>7}{'points':>14}  status")
-    for r in results:
-        print(
-            f"{r.task:<{w}}{r.passed:>8}{r.total:>7}{r.score:>8.2f} / {r.points:<4g}  {r.status}"
-            + (f": {r.error}" if r.error else "")
-        )
-        for f in r.failed:
-            print(f"    FAILED {f['test']}: {f['reason']}")
-    print(
-        f"{'total':<{w}}{'':>15}{summary['score']:>8.2f} / {summary['max_score']:<4g}"
-        f"  ({summary['percent']:.0f} %, {seconds:.0f} s)"
-    )
+    for r in results:  # one line per task first: points and why
+        print(f"{r.task:<{w}} {r.line}")
+    print(f"{'total':<{w}} {summary['score']:.2f} / {summary['max_score']:g}  ({summary['percent']:.0f} %, {seconds:.0f} s)")
+    for r in results:  # then the details (not when every check failed for the reason on the task's line)
+        hidden = [c for c in r.failed if c.visibility == "hidden"]
+        same = len(r.failed) == r.total and len({c.reason for c in r.failed}) == 1 and r.failed[0].reason in r.line
+        lines = [] if same else [f"    FAILED {c.name}: {c.reason}" for c in r.failed if c.visibility == "visible"]
+        lines += [f"    {len(hidden)} hidden checks failed"] if hidden and not same else []
+        lines += [f"    note: {n}" for n in r.notes] + [f"    REVIEW {f}" for f in r.review]
+        if lines:
+            print(f"\n{r.task}:")
+            print("\n".join(lines))
+    box = runner.sandbox()
+    print(f"\nsandbox: {box.describe()}")
+    if not box.namespaces:  # then only file permissions keep the solutions from the workers
+        from ..course.manifest import instructor_root
+
+        mine = [instructor_root() / "twins_np", pathlib.Path(manifest["_path"])]
+        seen = runner.exposed(mine) if box.root else [str(p) for p in mine]
+        if seen:
+            print(f"WARNING: the workers can read {', '.join(seen)} (solutions, manifest): "
+                  + ("chmod 700 the project, or " if box.root else "grade as root in a container, or ")
+                  + "grade where namespaces work (docs/instructors.md, threat model)", file=sys.stderr)  # fmt: skip
     if args.json:
         _write(args.json, summary)
     if args.gradescope:
-        _write(args.gradescope, grader.gradescope_results(results, manifest, seconds))
+        _write(args.gradescope, gradescope_results(results, manifest, seconds))
     return 1 if summary["errors"] else 0
 
 
@@ -143,8 +158,8 @@ def _write(path: str, data: dict[str, Any]) -> None:
 
 @_clean_exit
 def run_autograder(args: argparse.Namespace) -> int:
-    from ..assignments import default_manifest
-    from ..autograder import write_autograder
+    from ..course.autograder import write_autograder
+    from ..course.manifest import default_manifest
 
     files = write_autograder(args.out_zip, args.manifest or default_manifest(), timeout=args.timeout)
     print(f"Gradescope autograder written to {args.out_zip} ({len(files)} files); upload it under 'Configure Autograder'")
@@ -153,7 +168,7 @@ def run_autograder(args: argparse.Namespace) -> int:
 
 @_clean_exit
 def run_status(args: argparse.Namespace) -> int:
-    from ..assignments import status
+    from ..course.student import status
 
     res = status(args.dir)
     w = _width(res)
@@ -166,7 +181,7 @@ def run_status(args: argparse.Namespace) -> int:
 
 @_clean_exit
 def run_submit(args: argparse.Namespace) -> int:
-    from ..assignments import submit
+    from ..course.student import submit
 
     dest, files = submit(args.dir, args.out)
     print(f"wrote {dest} with {len(files)} files: {', '.join(files)}")

@@ -1,4 +1,4 @@
-"""The assignment round trip: build a student copy, check it, grade it.
+"""The student copy: built from the library's markers, complete, deterministic, and without a solution.
 
 For each task, a student copy that strips only that task must make the task's own tests
 fail with that task's NotImplementedError (so the tests really exercise the region),
@@ -17,9 +17,11 @@ import sys
 
 import pytest
 
-from twins_np.assignments import _BEGIN, _END, INSTRUCTOR_ONLY, TASKS, _project_files, build, strip_source
+from twins_np.course.build import INSTRUCTOR_ONLY, build, project_files
+from twins_np.course.tasks import ASSIGNMENT_TASKS as TASKS
+from twins_np.course.tasks import BEGIN, END, strip_source, task_functions
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _regions(text: str) -> dict[str, list[str]]:
@@ -33,7 +35,7 @@ def _regions(text: str) -> dict[str, list[str]]:
 @pytest.fixture(scope="module")
 def student(tmp_path_factory):
     out = tmp_path_factory.mktemp("student") / "copy"
-    where = build(out, root=ROOT, freeze=False)  # the frozen tests: tests/test_grader.py
+    where = build(out, root=ROOT, freeze=False, manifest=False)  # the grading: test_course_grader.py
     return out, where
 
 
@@ -57,7 +59,7 @@ def test_student_copy_imports(student):
 def test_build_is_deterministic(student, tmp_path):
     out, _ = student
     again = tmp_path / "again"
-    build(again, root=ROOT, freeze=False)
+    build(again, root=ROOT, freeze=False, manifest=False)
     cmp = filecmp.dircmp(out, again)
 
     def same(c: filecmp.dircmp) -> bool:
@@ -92,7 +94,7 @@ def test_strip_source_errors():
 @pytest.mark.parametrize("task", list(TASKS))
 def test_task_tests_fail_with_its_own_not_implemented(task, tmp_path):
     out = tmp_path / "copy"
-    build(out, root=ROOT, tasks=[task], freeze=False)
+    build(out, root=ROOT, tasks=[task], freeze=False, manifest=False)
     files = sorted({sel.partition("::")[0] for sel in TASKS[task].tests})
     env = dict(os.environ, PYTHONPATH=str(out))
     r = subprocess.run(
@@ -107,9 +109,9 @@ def _solution_lines(text: str) -> tuple[list[str], str]:
     """(the non-trivial lines inside the solution regions, the text outside them)."""
     inside, outside, cur = [], [], None
     for line in text.splitlines():
-        if _BEGIN.match(line):
+        if BEGIN.match(line):
             cur = []
-        elif _END.match(line):
+        elif END.match(line):
             inside += cur or []
             cur = None
         else:
@@ -125,7 +127,7 @@ def test_no_solution_line_anywhere_in_the_copy(student):
     instructor's same file has it outside its regions (a shape check, say); elsewhere never."""
     out, _ = student
     lines, outside = [], {}
-    for path in _project_files(ROOT):
+    for path in project_files(ROOT):
         try:
             text = path.read_text()
         except UnicodeDecodeError:
@@ -149,7 +151,7 @@ def test_no_solution_line_anywhere_in_the_copy(student):
             if text.count(line) > allowed:
                 leaks.append(f"{rel}: {line}  (from {src})")
     assert not leaks, "\n".join(leaks)
-    markers = [f"{rel}: {ln}" for rel, t in copy.items() for ln in t.splitlines() if _BEGIN.match(ln) or _END.match(ln)]
+    markers = [f"{rel}: {ln}" for rel, t in copy.items() for ln in t.splitlines() if BEGIN.match(ln) or END.match(ln)]
     assert not markers, markers
 
 
@@ -157,6 +159,7 @@ def test_instructor_material_stays_out(student):
     out, _ = student
     for rel in INSTRUCTOR_ONLY:
         assert not (out / rel).exists(), rel
+    assert not list((out / "tests").glob("course*")) and (ROOT / "tests/course").is_dir()
     assert "not part of a student copy" in (out / "docs/instructors.md").read_text()
     assert "assignment grade" not in (out / "docs/instructors.md").read_text()
 
@@ -202,9 +205,11 @@ def test_pytest_in_the_copy_tests_the_copys_own_code(student):
     args = ["-q", "-p", "no:cacheprovider", "-m", "gelu_backward and not parity", "tests/functional/test_f_activation.py"]
     r = subprocess.run([sys.executable, "-m", "pytest", *args], cwd=out, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and "NotImplementedError: gelu_backward: implement" in r.stdout, r.stdout[-2000:]
-    # the `pytest` script (no current folder on sys.path) with the copy's pythonpath switched off
-    script = pathlib.Path(sys.executable).with_name("pytest")
-    r = subprocess.run([str(script), *args, "-o", "pythonpath="], cwd=out, env=env, capture_output=True, text=True, timeout=300)
+    # pytest run without the current folder on sys.path (as an installed `pytest` script runs) and
+    # with the copy's pythonpath switched off
+    code = "import sys; del sys.path[0]; import pytest; sys.exit(pytest.main(sys.argv[1:]))"
+    r = subprocess.run([sys.executable, "-c", code, *args, "-o", "pythonpath="], cwd=out, env=env, capture_output=True,
+                       text=True, timeout=300)  # fmt: skip
     assert r.returncode == 4 and "not this copy's twins_np" in r.stdout + r.stderr, (r.stdout + r.stderr)[-2000:]
 
 
@@ -230,3 +235,16 @@ def test_gradcheck_in_a_copy_marks_todo_and_goes_on(student):
     assert r.returncode == 0, r.stderr[-2000:]
     todo, ok = map(int, r.stdout.split())
     assert todo >= 9 and ok >= 3, r.stdout
+
+
+def test_task_functions_follow_the_regions():
+    """The functions a task's grading replaces by proxies in other tasks' workers: those that
+    hold its regions, and those that hand them on (map_blocks, a shared helper, an alias)."""
+    src = (ROOT / "twins_np/functional/norm2d.py").read_text()
+    assert task_functions(src) == {"group_norm_backward": ["group_norm_backward", "batch_norm_backward"]}
+    assert task_functions((ROOT / "twins_np/functional/activation.py").read_text()) == {"gelu_backward": ["gelu_backward"]}
+    resize = task_functions((ROOT / "twins_np/functional/resize.py").read_text())["bilinear_resize_backward"]
+    assert sorted(resize) == ["bilinear_resize_backward", "nearest_resize_backward", "resize_backward"]
+    windows = task_functions((ROOT / "twins_np/functional/windows.py").read_text())["windows"]
+    assert set(windows) == {"window_partition_forward", "window_partition_backward", "window_reverse_forward",
+                            "window_reverse_backward"}  # fmt: skip
