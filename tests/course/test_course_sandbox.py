@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 
 import pytest
 from course_helpers import GELU, ROOT, submission
@@ -17,8 +18,9 @@ def gelu_backward(dout, cache):
     import json, os, socket
     seen = {"uid": os.getuid(), "pid": os.getpid(), "processes": len([p for p in os.listdir("/proc") if p.isdigit()]),
             "cwd": os.getcwd(), "root_listing": sorted(os.listdir("/"))}
-    for name, path in (("project", PROJECT), ("home", "/root")):
-        seen[name] = os.path.exists(path)
+    # the project folder: absent, or (when the grader's Python lives in it, as .venv) only that
+    seen["project"] = sorted(os.listdir(PROJECT)) if os.path.isdir(PROJECT) else os.path.exists(PROJECT)
+    seen["home"] = os.path.exists("/root")
     try:
         socket.create_connection(("127.0.0.1", 22), timeout=1)
         seen["network"] = "connected"
@@ -66,7 +68,13 @@ def test_with_namespaces_the_worker_sees_only_what_it_needs(course, tmp_path):
     mode = Mode("namespaces", os.geteuid() == 0, True)
     found = _probe_each(course, tmp_path, mode)
     assert found["processes"] <= 3, found  # itself, and at most a child: not the grader's processes
-    assert found["project"] is False and found["home"] is False, found  # not in its view at all
+    # the project is not in its view: at most the Python environment inside it (make's .venv), bound
+    # for the worker's interpreter, with none of the project's files beside it
+    bound = [pathlib.Path(b) for b in runner.binds(box.python, tmp_path)]
+    inside = sorted({b.relative_to(ROOT).parts[0] for b in bound if ROOT in b.parents})
+    assert set(inside) <= {".venv", "venv", ".env", "env"}, inside  # a Python environment, never sources
+    assert found["project"] is False or found["project"] == inside, found
+    assert found["home"] is False, found
     assert set(found["root_listing"]) <= {"bin", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc", "sbin", "tmp",
                                           "usr", *{p.split("/")[1] for p in runner.binds(box.python, ROOT)}}, found  # fmt: skip
     assert found["network"].startswith("OSError") or "Error" in found["network"], found
