@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from ..backend import get_xp
+
 # float16 is refused on purpose: LayerNorm variances and softmax sums lose too much
 # precision; bfloat16 does not exist in NumPy at all.
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -65,6 +67,16 @@ def check_same_dtype(**arrays: Any) -> None:
             )
 
 
+def check_dout(dout: Any, forward_array: Any, name: str = "dout") -> Any:
+    """The upstream gradient on the device of the forward's arrays; returns their array module.
+
+    Called by every backward before its first operation, with any array of the forward's
+    cache: a NumPy ``dout`` against a CuPy cache (or the reverse) is refused with the
+    argument named, instead of failing inside the first product with CuPy's own message.
+    """
+    return get_xp(cache=forward_array, **{name: dout})
+
+
 def check_ndim(name: str, a: Any, ndim: int, layout: str) -> None:
     """``a.ndim == ndim``; ``layout`` names the axes for the message, e.g. '(B, N, C)'."""
     if a.ndim != ndim:
@@ -106,8 +118,6 @@ def check_weight(name: str, w: Any, shape: tuple[int, ...]) -> None:
 
 def check_finite(name: str, a: Any) -> None:
     """Optional check used by modules with ``check_finite=True``: no NaN or Inf."""
-    from ..backend import get_xp
-
     xp = get_xp(a)
     if not bool(xp.isfinite(a).all()):
         n_nan = int(xp.isnan(a).sum())
