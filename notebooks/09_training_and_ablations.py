@@ -159,7 +159,7 @@ ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy", ylim=(0, 100
 for ax in (ax_loss, ax_acc):
     ax.grid(alpha=0.3)
     ax.legend()
-fig.suptitle(f"twins_svt_teach32 on the digits ({DIGITS_SECONDS:.0f} s on the CPU)")
+fig.suptitle(f"twins_svt_teach32 on the digits ({DIGITS_SECONDS:.0f} s on the {DEVICE.upper()})")
 fig.tight_layout()
 plt.show()
 
@@ -173,7 +173,8 @@ print(format_confusion_matrix(confusion_matrix(result.labels, result.preds, 10),
 # measured value, so that the check does not depend on the last digit of a float32 sum.
 
 # %%
-assert DIGITS[-1]["test_acc"] > 0.75, DIGITS[-1]["test_acc"]
+if DEVICE == "cpu":  # on a GPU one seed's outcome can move: asserted on the median of three seeds below
+    assert DIGITS[-1]["test_acc"] > 0.75, DIGITS[-1]["test_acc"]
 assert DIGITS[-1]["train_loss"] < 0.5 * DIGITS[0]["train_loss"]
 assert result.accuracy == DIGITS[-1]["test_acc"]
 
@@ -184,17 +185,19 @@ assert result.accuracy == DIGITS[-1]["test_acc"]
 # CuPy batches and the model's parameters live on the device. On tiny models the GPU is
 # bound by kernel launches, so do not expect a large speed-up here. GPU float32 sums round
 # differently from the CPU's, so one seed's outcome can move: as for the ablations below, we
-# train three seeds and assert on the median.
+# train three seeds and assert on the median. (With `TWINS_NP_DEVICE=gpu` the run above was
+# already seed 0 on the GPU: only seeds 1 and 2 are added.)
 
 # %%
 if twins_np.cupy_available():
     t0 = time.perf_counter()
-    GPU_ACC = []
-    for seed in (0, 1, 2):
+    GPU_ACC = [DIGITS[-1]["test_acc"]] if DEVICE == "gpu" else []
+    for seed in (0, 1, 2)[len(GPU_ACC) :]:
         gpu_model = twins_np.create_model("twins_svt_teach32", in_chans=1, num_classes=10, seed=seed)
         history = fit(gpu_model, digits_train, digits_test, epochs=3, lr=1e-3, seed=seed, device="gpu", tag=f"GPU seed {seed}")
         GPU_ACC.append(history[-1]["test_acc"])
-    print(f"GPU: {(time.perf_counter() - t0) / 3:.1f} s per run for what took {DIGITS_SECONDS:.1f} s on the CPU")
+    per_run = (time.perf_counter() - t0) / (3 - (DEVICE == "gpu"))
+    print(f"GPU: {per_run:.1f} s per run (the run above: {DIGITS_SECONDS:.1f} s on the {DEVICE.upper()})")
     assert np.median(GPU_ACC) > 0.75, GPU_ACC
 else:
     print("no CUDA GPU here: the GPU run is skipped")

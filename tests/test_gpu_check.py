@@ -35,7 +35,10 @@ def fake_run(tmp_path_factory):
     fake = tmp / "python3"
     fake.write_text(
         "#!/bin/sh\n"
-        f'{{ printf "%s\\037" "$@"; printf "DEVICE=%s\\n" "$TWINS_NP_DEVICE"; }} >> "{log}"\n'
+        # one write per call: the notebooks run in parallel, and two printf calls per record
+        # interleave with another process's (a torn line)
+        'args=$(printf "%s\\037" "$@")\n'
+        f'printf "%sDEVICE=%s\\n" "$args" "$TWINS_NP_DEVICE" >> "{log}"\n'
         'case "$1" in -) cat > /dev/null;; esac\n'
         "exit 0\n"
     )
