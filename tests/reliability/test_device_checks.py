@@ -190,3 +190,26 @@ def test_module_refuses_input_and_gradient_on_the_other_device(name, device):
     with pytest.raises(TypeError) as err:
         module.backward(to_device(np.ones(tuple(out.shape)), other))
     _check_message(err.value, {"dout"})
+
+
+# --- models: a classifier and a segmenter ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", ["cpu", "gpu"])
+@pytest.mark.parametrize("kind", ["classifier", "segmenter"])
+def test_model_refuses_input_and_gradient_on_the_other_device(kind, device):
+    import twins_np
+
+    other = "cpu" if device == "gpu" else "gpu"
+    if kind == "classifier":
+        model, size = twins_np.create_model("twins_svt_teach32", num_classes=5, seed=0, dtype=np.float64), 32
+    else:
+        model, size = twins_np.create_segmenter("twins_svt_teach64_fpn", num_classes=3, seed=0, dtype=np.float64), 64
+    model.eval().to_device(device)
+    x = np.random.default_rng(0).standard_normal((1, 3, size, size))
+    with pytest.raises(TypeError, match=rf"'x' is on the {other} but the model is on the {device}"):
+        model(to_device(x, other))
+    out = model(to_device(x, device))
+    with pytest.raises(TypeError) as err:
+        model.backward(to_device(np.ones(tuple(out.shape)), other))
+    _check_message(err.value, {"dout"})
