@@ -12,12 +12,13 @@
 # compiles kernels on a fresh machine (a minute or more): step 1 does that once, on a
 # teaching model, so later steps find them in CuPy's kernel cache.
 #
-# Notebook 09 trains about 16,000 steps of tiny models: on a GPU each step is bound by the
-# host's cost of its ~2,000 CuPy calls (a few microseconds each), not by the GPU, so it needs
-# longer than the other notebooks (`python tools/standin_notebook.py` counts a notebook's
-# calls without a GPU). It starts right after step 1, in the background, beside steps 2 and 3
-# (which measure no time), with the budget of steps 2 to 4 (LONG_SECS); step 4 waits for it,
-# so the benchmark steps never share the GPU with it.
+# Notebooks 09 and 10 train thousands of steps of tiny models: on a GPU each step is bound by
+# the host's cost of its ~2,000 CuPy calls (a few microseconds each), not by the GPU; they
+# make about 20 million calls each, the other notebooks at most 71,000
+# (`python tools/standin_notebook.py` counts them without a GPU). So they start right after
+# step 1, in the background, beside steps 2 and 3 (which measure no time), with the budget of
+# steps 2 to 4 (LONG_SECS); step 4 waits for them, so the benchmark steps never share the GPU
+# with them.
 #   1. device and versions (+ kernel warm-up)         2. pytest -m gpu (xdist, junit summary)
 #   3. whole-model float64 parity, CuPy vs timm CUDA   4. every notebook with TWINS_NP_DEVICE=gpu
 #   5. one-epoch `twins-np train --device gpu`         6. the GPU benchmark: models, then (7) layers
@@ -111,8 +112,8 @@ for name in ("twins_svt_teach32", "twins_pcpvt_teach32"):
 EOF
 step 1 "device and versions" "$(budget 1 75)" bash -c "command -v nvidia-smi >/dev/null && nvidia-smi -L; \"$PY\" \"$OUT/device.py\""
 
-# --- notebook 09, started early (see the top) --------------------------------------------
-LONG_NOTEBOOKS=${LONG_NOTEBOOKS:-09_training_and_ablations}
+# --- notebooks 09 and 10, started early (see the top) ------------------------------------
+LONG_NOTEBOOKS=${LONG_NOTEBOOKS:-09_training_and_ablations 10_dense_prediction}
 LONG_SECS=$(budget 4 $((110 + 50 + 130)))
 for name in $LONG_NOTEBOOKS; do
     [ -f "$ROOT/notebooks/$name.py" ] || continue
@@ -145,7 +146,7 @@ step 3 "float64 parity CuPy vs timm CUDA (100x132)" "$(budget 3 50)" "$PY" tools
 # --- 4. every notebook on the GPU (in parallel, one BLAS thread each) ---------------------
 cat >"$OUT/notebooks.sh" <<'EOF'
 # run every notebooks/NN_*.py with TWINS_NP_DEVICE=gpu from OUT/notebooks; one line per notebook.
-# A notebook with a NAME.early file was started before (notebook 09): wait for its NAME.rc.
+# A notebook with a NAME.early file was started before (09, 10): wait for its NAME.rc.
 PY=$1 ROOT=$2 OUT=$3 SECS=$4 WAIT=$5
 start=$(date +%s)
 cd "$OUT/notebooks" || exit 2
