@@ -449,17 +449,25 @@ print(f"LSA + GSA from scratch: same/different {100 * SCRATCH[-1]['test_acc']:.1
 # model trained without the curriculum in the same budget. The LSA-only model's logits are
 # almost tied, so its accuracy wanders a few points around 50 % from run to run, while its
 # test loss sits at $\ln 2 = 0.693$, the cross-entropy of a coin flip. Measured with these
-# seeds: LSA + GSA 88 to 99 % (median about 95 %) against 51 to 55 % for LSA only. (How fast
-# phase 1 takes off also differs from seed to seed; we read nothing into it.)
+# seeds on the CPU: LSA + GSA 88 to 99 % (median about 95 %) against 51 to 55 % for LSA only.
+# (How fast phase 1 takes off also differs from seed to seed; we read nothing into it.)
+#
+# Which way almost-tied logits tip depends on the last bits of float32 sums, so on a GPU
+# (other summation orders) the LSA-only accuracies come out elsewhere around 50 %: run
+# through twins-np's CuPy code path they were 66, 50 and 62 % (median 62 %) with the test loss
+# still within 0.005 of $\ln 2$ for every seed. The assertions on the LSA-only *accuracy*
+# therefore hold for the CPU run only; what stays fixed on every device is its coin-flip
+# loss, asserted for every seed, and the LSA + GSA median above 90 %.
 
 # %%
 for name, runs in RUNS.items():
     assert all(run["count"][-1]["test_acc"] > 0.7 for run in runs), name  # both can count
 assert ACC["LSA + GSA"] > 0.9  # medians over the seeds
-assert ACC["LSA only"] < 0.65  # chance, give or take the wandering of tied logits
 for run in RUNS["LSA only"]:
     assert abs(run["pair"][-1]["test_loss"] - np.log(2)) < 0.005  # a coin flip's cross-entropy, every seed
-assert ACC["LSA + GSA"] - ACC["LSA only"] > 0.3
+if DEVICE == "cpu":  # the accuracy of almost-tied logits (see above)
+    assert ACC["LSA only"] < 0.65  # chance, give or take the wandering of tied logits
+    assert ACC["LSA + GSA"] - ACC["LSA only"] > 0.3
 assert SCRATCH[-1]["test_acc"] < 0.65  # the plateau
 
 # the trained LSA-only model is still exactly additive
