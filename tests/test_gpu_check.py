@@ -121,7 +121,7 @@ def _importable_parity_script():
 
 
 def test_the_launch_bound_notebooks_start_early_and_step_4_waits_for_them(fake_run):
-    """Notebooks 09 and 10 (about 20 million CuPy calls each) get the time of steps 2-4, not step 4's alone."""
+    """Notebooks 09 and 10 (about 30 million CuPy calls each) get the time of steps 2-4, not step 4's alone."""
     out, _ = fake_run
     for name in ("09_training_and_ablations", "10_dense_prediction"):
         assert (out / "notebooks" / f"{name}.early").is_file(), name

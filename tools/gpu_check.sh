@@ -14,7 +14,7 @@
 #
 # Notebooks 09 and 10 train thousands of steps of tiny models: on a GPU each step is bound by
 # the host's cost of its ~2,000 CuPy calls (a few microseconds each), not by the GPU; they
-# make about 20 million calls each, the other notebooks at most 71,000
+# make about 30 million calls each, the other notebooks at most 71,000
 # (`python tools/standin_notebook.py` counts them without a GPU). So they start right after
 # step 1, in the background, beside steps 2 and 3 (which measure no time), with the budget of
 # steps 2 to 4 (LONG_SECS); step 4 waits for them, so the benchmark steps never share the GPU
