@@ -181,8 +181,10 @@ assert rel_err(wrong_random, dx) > 0.1
 
 # %%
 args = [rng.standard_normal((2, 3, 6)), 1.0 + rng.standard_normal(6), rng.standard_normal(6)]
+# device=DEVICE: the analytic forward and backward run on TWINS_NP_DEVICE's device (CuPy on
+# "gpu"), the finite differences on the host in float64
 rows = check_backward(lambda x_, g_, b_: F.layernorm_forward(x_, g_, b_, 1e-6), F.layernorm_backward, args,
-                      names=["x", "gamma", "beta"])  # fmt: skip
+                      names=["x", "gamma", "beta"], device=DEVICE)  # fmt: skip
 print(format_table(rows, TOL, seed=0))
 assert max(r.max_rel_err for r in rows) < TOL
 
@@ -285,7 +287,7 @@ assert abs(t[i_min] + np.sqrt(2)) < 0.01 and abs(exact_grad[i_min] + 0.1289) < 1
 assert np.abs(exact_grad + exact_grad[::-1] - 1.0).max() < 1e-12  # t is symmetric around 0
 assert rel_err(exact, t * 0.5 * (1 + erf(t / np.sqrt(2)))) < 1e-15
 
-rows = check_backward(F.gelu_forward, F.gelu_backward, [2.0 * rng.standard_normal((4, 6))], names=["x"])
+rows = check_backward(F.gelu_forward, F.gelu_backward, [2.0 * rng.standard_normal((4, 6))], names=["x"], device=DEVICE)
 print(format_table(rows, TOL, seed=0))
 assert rows[0].max_rel_err < TOL
 
@@ -322,7 +324,8 @@ dh = da * (mcache.act.cdf + h * np.exp(-0.5 * h * h) / np.sqrt(2.0 * np.pi))  # 
 assert rel_err(dxm, dh @ w1) < 1e-13
 assert rel_err(dw2, dm.reshape(-1, C).T @ a.reshape(-1, r * C)) < 1e-13
 
-rows = check_backward(F.mlp_forward, F.mlp_backward, [xm, w1, b1, w2, b2], names=["x", "fc1_w", "fc1_b", "fc2_w", "fc2_b"])
+rows = check_backward(F.mlp_forward, F.mlp_backward, [xm, w1, b1, w2, b2], names=["x", "fc1_w", "fc1_b", "fc2_w", "fc2_b"],
+                      device=DEVICE)  # fmt: skip
 print(format_table(rows, TOL, seed=0))
 assert max(r_.max_rel_err for r_ in rows) < TOL
 
@@ -348,7 +351,7 @@ assert rel_err(dx_mod, dx_fn) < 1e-14
 for (name, p), gref in zip(mlp.named_parameters(), pgrads):
     assert rel_err(p.grad, gref) < 1e-14, name
 
-rows = check_module(mlp, xm, mode="sampled", n_samples=10)
+rows = check_module(mlp, xm, mode="sampled", n_samples=10, device=DEVICE)  # moves mlp to DEVICE
 print(format_table(rows, TOL, seed=0))
 assert max(r_.max_rel_err for r_ in rows) < TOL
 

@@ -297,8 +297,9 @@ plt.show()
 
 # %%
 args = [x, size, qkv_w, qkv_b, proj_w, proj_b, heads, ws]
+# device=DEVICE: the analytic pass on TWINS_NP_DEVICE's device, the finite differences on the host
 rows = check_backward(F.lsa_forward, F.lsa_backward, args, wrt=[0, 2, 3, 4, 5],
-                      names=["x", "qkv_w", "qkv_b", "proj_w", "proj_b"])  # fmt: skip
+                      names=["x", "qkv_w", "qkv_b", "proj_w", "proj_b"], device=DEVICE)  # fmt: skip
 print(format_table(rows, TOL, seed=0))
 assert max(r.max_rel_err for r in rows) < TOL
 
@@ -306,7 +307,7 @@ lsa = LocallyGroupedAttn(C, heads, ws=ws, rng=1)
 for p in lsa.parameters():  # random biases: zeros would hide bugs
     p.data = p.data + 0.2 * rng.standard_normal(p.shape).astype(p.data.dtype)
 print(lsa)
-rows = check_module(lsa, x, size)
+rows = check_module(lsa, x, size, device=DEVICE)
 print(format_table(rows, TOL, seed=0))
 assert max(r.max_rel_err for r in rows) < TOL
 

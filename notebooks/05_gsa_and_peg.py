@@ -379,18 +379,20 @@ def gsa_flat(x, q_w, q_b, kv_w, kv_b, proj_w, proj_b, sr_w, sr_b, norm_w, norm_b
 
 
 flat_args = [x, q_w, q_b, kv_w, kv_b, proj_w, proj_b, sr_w, sr_b, norm_w, norm_b]
-rows = check_backward(gsa_flat, F.gsa_backward, flat_args, names=names)
+# device=DEVICE: the analytic passes on TWINS_NP_DEVICE's device, the finite differences on the host
+rows = check_backward(gsa_flat, F.gsa_backward, flat_args, names=names, device=DEVICE)
 print(format_table(rows, TOL, seed=0))
 assert max(r.max_rel_err for r in rows) < TOL
 
-rows = check_backward(F.peg_forward, F.peg_backward, [xp, (Hp_, Wp_), w_peg, b_peg], wrt=[0, 2, 3], names=["x", "w", "b"])
+rows = check_backward(F.peg_forward, F.peg_backward, [xp, (Hp_, Wp_), w_peg, b_peg], wrt=[0, 2, 3], names=["x", "w", "b"],
+                      device=DEVICE)  # fmt: skip
 print(format_table(rows, TOL, seed=0))
 assert max(r.max_rel_err for r in rows) < TOL
 
 for module in (GlobalSubSampleAttn(C, heads, sr_ratio=sr, rng=1), PosConv(C, C, rng=1)):
     for p in module.parameters():  # random, non-trivial parameters: zero biases hide bugs
         p.data = p.data + 0.2 * rng.standard_normal(p.shape).astype(p.data.dtype)
-    rows = check_module(module, x, (H, W))
+    rows = check_module(module, x, (H, W), device=DEVICE)
     print(type(module).__name__)
     print(format_table(rows, TOL, seed=0))
     assert max(r.max_rel_err for r in rows) < TOL

@@ -206,18 +206,22 @@ def build_stack(kinds, seed, ws=WS, sr=SR):
     return stack
 
 
-def effective_rf(kinds, target, H=16, W=16, seeds=4, batch=4, ws=WS, sr=SR):
-    """Mean over seeds and batch of sum_c |d(g . y_t) / dx|, as an (H, W) map."""
+def effective_rf(kinds, target, H=16, W=16, seeds=4, batch=4, ws=WS, sr=SR, device=DEVICE):
+    """Mean over seeds and batch of sum_c |d(g . y_t) / dx|, as an (H, W) map (on the host).
+
+    The stacks run on `device` (TWINS_NP_DEVICE); the random inputs are drawn on the host, so
+    the map is the same on either device up to float64 rounding, and its exact zeros stay zero.
+    """
     t = target[0] * W + target[1]
     erf = np.zeros((H, W))
     for seed in range(seeds):
-        stack = build_stack(kinds, seed, ws, sr)
+        stack = build_stack(kinds, seed, ws, sr).to_device(device)
         rng = np.random.default_rng(1000 + seed)
-        y = stack(rng.standard_normal((batch, H * W, C)), (H, W))
-        dy = np.zeros_like(y)
+        y = stack(twins_np.to_device(rng.standard_normal((batch, H * W, C)), device), (H, W))
+        dy = np.zeros(y.shape)
         dy[:, t] = rng.standard_normal((batch, C))  # upstream gradient only at the target token
-        dx = stack.backward(dy)
-        erf += np.abs(dx).sum(-1).sum(0).reshape(H, W)
+        dx = stack.backward(twins_np.to_device(dy, device))
+        erf += twins_np.asnumpy(abs(dx).sum(-1).sum(0)).reshape(H, W)
     return erf / (seeds * batch)
 
 
@@ -548,14 +552,16 @@ def pixel_erfs(name, step_counts, seeds=4, batch=2, img=32):
         model = twins_np.create_model(name, seed=seed, dtype=np.float64)
         rng = np.random.default_rng(2000 + seed)
         randomise(model, rng)
-        x = rng.standard_normal((batch, 3, img, img))
+        model.to_device(DEVICE)  # drawn on the host, run on TWINS_NP_DEVICE's device
+        x = twins_np.to_device(rng.standard_normal((batch, 3, img, img)), DEVICE)
         for n in step_counts:
             tokens, size, steps = run_prefix(model, x, n)
             stride = img // size[0]  # pixels per token side at this stage
             t = (PIXEL[0] // stride) * size[1] + PIXEL[1] // stride
-            d = np.zeros_like(tokens)
+            d = np.zeros(tokens.shape)
             d[:, t] = rng.standard_normal((batch, tokens.shape[-1]))
-            erfs[n] += np.abs(backward_prefix(d, steps)).sum(1).sum(0)
+            dx = backward_prefix(twins_np.to_device(d, DEVICE), steps)
+            erfs[n] += twins_np.asnumpy(abs(dx).sum(1).sum(0))
     return {n: e / (seeds * batch) for n, e in erfs.items()}
 
 

@@ -543,9 +543,11 @@ plt.show()
 
 # %%
 def object_change(seg, images, swapped):
-    """Largest |logit change| at object pixels when every cue is swapped."""
+    """Largest |logit change| at object pixels when every cue is swapped (on the model's device)."""
     seg.eval()
-    return float(np.abs(seg(images) - seg(swapped))[np.broadcast_to(OBJECT[:32, None], (32, 3, SIZE, SIZE))].max())
+    dev = twins_np.backend.device_of(seg.parameters()[0].data)
+    change = abs(seg(twins_np.to_device(images, dev)) - seg(twins_np.to_device(swapped, dev)))
+    return float(twins_np.asnumpy(change)[np.broadcast_to(OBJECT[:32, None], (32, 3, SIZE, SIZE))].max())
 
 
 MODELS = {"LSA only": "lsa", "SVT (LSA + GSA)": "svt", "PCPVT (GSA)": "pcpvt"}

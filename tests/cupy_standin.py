@@ -7,7 +7,10 @@ calls. A ``cupy.ndarray`` here holds a NumPy array but behaves as a device array
 
 - implicit conversion to the host is refused, as real CuPy refuses it: ``np.asarray(a)``,
   ``np.array(a)`` and anything else that calls ``a.__array__()`` raise ``TypeError``; the
-  explicit ways out are ``a.get()`` and ``cupy.asnumpy(a)``;
+  explicit ways out are ``a.get()`` and ``cupy.asnumpy(a)``; ``float``/``int``/``bool``/
+  ``len``/iteration/``item``/``tolist`` behave as CuPy's (``cupy/_core/core.pyx``): a
+  device array is never a Python index (no ``__index__``), ``bool`` of a multi-element
+  array raises, iteration yields device arrays;
 - mixing with host arrays is refused: ``device + host``, ``host * device``,
   ``cupy.matmul(device, host)``, ``np.concatenate([device, host])`` raise ``TypeError``
   (a NumPy function called on device arrays alone is dispatched to the CuPy function of the
@@ -38,6 +41,7 @@ import copy as _copy
 import sys
 import time
 import types
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -101,8 +105,8 @@ RANDOM = frozenset("seed rand randn random random_sample standard_normal normal 
 METHODS = frozenset(
     """
     all any argmax argmin argpartition argsort astype clip compress conj conjugate copy cumprod
-    cumsum diagonal dot fill flatten item max mean min nonzero partition prod ptp put ravel repeat
-    reshape round sort squeeze std sum swapaxes take tobytes tolist trace transpose var view
+    cumsum diagonal dot fill flatten max mean min nonzero partition prod ptp put ravel repeat
+    reshape round sort squeeze std sum swapaxes take tobytes trace transpose var view
     """.split()
 )
 ATTRIBUTES = frozenset("shape dtype ndim size itemsize nbytes strides flags".split())
@@ -182,24 +186,53 @@ class ndarray:  # noqa: N801 - the name real CuPy uses
             return cuda.Device(0)
         raise AttributeError(f"'cupy.ndarray' object has no attribute {name!r} (not in the CuPy stand-in's allow-list)")
 
-    # ---- Python protocol ----
+    # ---- Python protocol, as cupy/_core/core.pyx defines it ----
+    # float(), int(), complex() and bool() copy the array to the host and convert it there
+    # (an explicit, synchronising read: allowed, with NumPy's rules, so only 0-d/size-1
+    # arrays convert); there is no __index__, so a device array is never a Python index
+    # (range(n), a_list[i], host_array[i] all raise TypeError); iteration yields device
+    # arrays, never host values; tolist() and item() return host Python objects.
     def __len__(self) -> int:
+        if self._a.ndim == 0:
+            raise TypeError("len() of unsized object")
         return len(self._a)
 
     def __iter__(self) -> Any:
-        return (_wrap(r) for r in self._a)
+        if self._a.ndim == 0:
+            raise TypeError("iteration over a 0-d array")
+        return (self[i] for i in range(len(self._a)))
 
     def __bool__(self) -> bool:
-        return bool(self._a)
+        if self._a.size == 0:
+            warnings.warn(
+                "The truth value of an empty array is ambiguous. Returning False, but in future this will result "
+                "in an error. Use `array.size > 0` to check that an array is not empty.",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            return False
+        if self._a.size == 1:
+            return bool(self.get())
+        raise ValueError("The truth value of an array with more than one element is ambiguous. Use a.any() or a.all()")
 
     def __float__(self) -> float:
-        return float(self._a)
+        return float(self.get())
 
     def __int__(self) -> int:
-        return int(self._a)
+        return int(self.get())
 
     def __complex__(self) -> complex:
-        return complex(self._a)
+        return complex(self.get())
+
+    def item(self) -> Any:
+        """The one element as a Python scalar (copied to the host)."""
+        if self._a.size != 1:
+            raise ValueError("can only convert an array of size 1 to a Python scalar")
+        return self.get().item()
+
+    def tolist(self) -> Any:
+        """A (nested) list of Python scalars, copied to the host."""
+        return self.get().tolist()
 
     def __repr__(self) -> str:
         return repr(self._a)
@@ -244,11 +277,18 @@ def _from_host(a: np.ndarray) -> ndarray:
     return out
 
 
+# device arrays made by operations since install (tools/standin_notebook.py reports it): one
+# per CuPy call that returns an array, a count of a GPU run's kernel launches and views
+DEVICE_ARRAYS = [0]
+
+
 def _wrap(obj: Any) -> Any:
     """Results back onto the 'device': arrays and NumPy scalars become ``ndarray``."""
     if isinstance(obj, np.ndarray):
+        DEVICE_ARRAYS[0] += 1
         return _from_host(obj)
     if isinstance(obj, np.generic):
+        DEVICE_ARRAYS[0] += 1
         return _from_host(np.asarray(obj))  # CuPy reductions return 0-d arrays
     if isinstance(obj, tuple):
         return tuple(_wrap(o) for o in obj)

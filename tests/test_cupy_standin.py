@@ -76,3 +76,54 @@ def test_cuda_kernels_refuse_clearly():
     with pytest.raises(cupy_standin.StandinUnsupported, match="cannot run CUDA code"):
         kernel((1,), (1,), ())
     assert cp.cuda.is_available() and cp.__twins_np_standin__
+
+
+def test_each_implicit_conversion_behaves_as_in_cupy():
+    """Python's conversion protocol on a device array, as cupy/_core/core.pyx defines it.
+
+    Refused: anything that needs ``__array__`` (NumPy functions, NumPy scalars' constructors,
+    indexing a host array), a device array as a Python index (CuPy has no ``__index__``),
+    ``float``/``int``/``complex``/``bool`` of several elements, ``len`` and iteration of a
+    0-d array. Allowed, as explicit synchronising reads: ``float``/``int``/``bool`` of one
+    element, ``item()``, ``tolist()`` (host Python objects); iteration yields device arrays.
+    """
+    import operator
+    import warnings
+
+    many = cp.asarray(np.arange(6.0).reshape(2, 3))
+    one = cp.asarray(np.array(2.5))
+    index = cp.asarray(np.array(1))
+    refused = {
+        "np.asarray": (lambda: np.asarray(one), TypeError),
+        "np.array": (lambda: np.array(many), TypeError),
+        "np.float32(a)": (lambda: np.float32(one), TypeError),
+        "np.array([a, a])": (lambda: np.array([one, one]), TypeError),
+        "host[a]": (lambda: np.arange(3)[index], TypeError),
+        "host[...] = a": (lambda: np.zeros((2, 3)).__setitem__(Ellipsis, many), TypeError),
+        "np.zeros(a)": (lambda: np.zeros(index), TypeError),
+        "operator.index": (lambda: operator.index(index), TypeError),
+        "range(a)": (lambda: range(index), TypeError),
+        "list[a]": (lambda: [10, 20, 30][index], TypeError),
+        "float(many)": (lambda: float(many), TypeError),
+        "int(many)": (lambda: int(many), TypeError),
+        "complex(many)": (lambda: complex(many), TypeError),
+        "bool(many)": (lambda: bool(many), ValueError),
+        "if many": (lambda: 1 if many else 0, ValueError),
+        "many.item()": (lambda: many.item(), ValueError),
+        "len(0-d)": (lambda: len(one), TypeError),
+        "iter(0-d)": (lambda: iter(one), TypeError),
+    }
+    for what, (convert, error) in refused.items():
+        with pytest.raises(error):
+            convert()
+            pytest.fail(f"{what} was allowed")
+    assert float(one) == 2.5 and isinstance(float(one), float)
+    assert int(index) == 1 and bool(index) is True and one.item() == 2.5
+    assert many.tolist() == [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]] and type(many.tolist()[0][0]) is float
+    assert one.tolist() == 2.5 and len(many) == 2
+    rows = list(many)
+    assert all(isinstance(r, cp.ndarray) for r in rows) and all(isinstance(v, cp.ndarray) and v.ndim == 0 for v in rows[0])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert bool(cp.zeros(0)) is False  # CuPy: False with a DeprecationWarning (NumPy 2 raises here)
+    assert any(issubclass(w.category, DeprecationWarning) for w in caught)

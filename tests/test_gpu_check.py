@@ -35,7 +35,10 @@ def fake_run(tmp_path_factory):
     fake = tmp / "python3"
     fake.write_text(
         "#!/bin/sh\n"
-        f'{{ printf "%s\\037" "$@"; printf "DEVICE=%s\\n" "$TWINS_NP_DEVICE"; }} >> "{log}"\n'
+        # one write per call: the notebooks run in parallel, and two printf calls per record
+        # interleave with another process's (a torn line)
+        'args=$(printf "%s\\037" "$@")\n'
+        f'printf "%sDEVICE=%s\\n" "$args" "$TWINS_NP_DEVICE" >> "{log}"\n'
         'case "$1" in -) cat > /dev/null;; esac\n'
         "exit 0\n"
     )
@@ -115,3 +118,13 @@ def _importable_parity_script():
     sys.modules["tools_gpu_parity"] = mod
     yield
     sys.modules.pop("tools_gpu_parity", None)
+
+
+def test_the_launch_bound_notebooks_start_early_and_step_4_waits_for_them(fake_run):
+    """Notebooks 09 and 10 (about 30 million CuPy calls each) get the time of steps 2-4, not step 4's alone."""
+    out, _ = fake_run
+    for name in ("09_training_and_ablations", "10_dense_prediction"):
+        assert (out / "notebooks" / f"{name}.early").is_file(), name
+        assert (out / "notebooks" / f"{name}.rc").read_text().split()[0] == "0", name
+    step4 = (out / "report.md").read_text().split("## 4. ", 1)[1].split("## 5. ", 1)[0]
+    assert all(f"{p.stem}: ok" in step4 for p in NOTEBOOKS)

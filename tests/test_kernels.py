@@ -5,6 +5,9 @@ and with NVRTC, the compiler CuPy's ``RawModule`` uses (skipped where libnvrtc i
 every kernel a launcher names exists in both precisions; the switch stays off by default and
 refuses to turn on where no kernel can run (no GPU, or the CuPy stand-in).
 
+Without a GPU, ``tests/cuda_emu/`` runs every kernel on the CPU through an emulation of CUDA's
+execution model and compares it with its twin (planted bugs included, to prove it catches them).
+
 On a GPU (``gpu`` marker; skipped on the stand-in, which cannot run CUDA code): each fused
 kernel against its twin, the readable CuPy expression, on random odd shapes, at the
 tolerances of ``TOL`` below; and a fused forward followed by the twin's backward.
@@ -140,7 +143,7 @@ def _both(fn, *host_args):
 def _close(twin, fused, dtype):
     for a, b in zip(twin, fused):
         assert a.shape == b.shape and a.dtype == b.dtype
-        err = float(np.abs(a - b).max() / max(float(np.abs(a).max()), 1e-300))
+        err = float(np.abs(a - b).max()) / max(float(np.abs(a).max()), 1e-300)
         assert err < TOL[dtype], f"max relative error {err:.2e} (tolerance {TOL[dtype]:g})"
 
 

@@ -290,5 +290,6 @@ def test_mixed_numpy_cupy_raises():
 
     p = make_params(22, 1, 6, 6, 4, 2)
     p["kv_w"] = cupy.asarray(p["kv_w"])
-    with pytest.raises(TypeError, match="'weight' is a CuPy"):
+    # GSA's own argument is named, before anything is computed (not its inner Linear's 'weight')
+    with pytest.raises(TypeError, match=r"'kv_w' is a CuPy \(GPU\) array but 'x' is a NumPy \(CPU\) array"):
         call(p, (6, 6), 2, 2)

@@ -67,6 +67,16 @@ def check_same_dtype(**arrays: Any) -> None:
             )
 
 
+def check_dout(dout: Any, forward_array: Any, name: str = "dout") -> Any:
+    """The upstream gradient on the device of the forward's arrays; returns their array module.
+
+    Called by every backward before its first operation, with any array of the forward's
+    cache: a NumPy ``dout`` against a CuPy cache (or the reverse) is refused with the
+    argument named, instead of failing inside the first product with CuPy's own message.
+    """
+    return get_xp(cache=forward_array, **{name: dout})
+
+
 def check_ndim(name: str, a: Any, ndim: int, layout: str) -> None:
     """``a.ndim == ndim``; ``layout`` names the axes for the message, e.g. '(B, N, C)'."""
     if a.ndim != ndim:

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 from .. import kernels
 from ..backend import get_xp, map_blocks, use_fused
-from ._checks import check_float
+from ._checks import check_dout, check_float
 from .normal_cdf import normal_cdf
 
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
@@ -59,7 +59,7 @@ def gelu_backward(dout: Any, cache: GeluCache) -> Any:
         d/dx [x Phi(x)] = Phi(x) + x phi(x),   phi(x) = exp(-x^2 / 2) / sqrt(2 pi).
     """
     x, cdf = cache
-    xp = get_xp(dout)
+    xp = check_dout(dout, x)
     dout = xp.ascontiguousarray(dout)
     if use_fused(dout):  # twins_np/kernels/gelu.cu
         return kernels.gelu_backward(dout, x, cdf)
@@ -110,6 +110,7 @@ def relu_backward(dout: Any, cache: ReluCache) -> Any:
         dx = dout * [x > 0].
     """
     (mask,) = cache
+    check_dout(dout, mask)
     if tuple(dout.shape) != tuple(mask.shape):
         raise ValueError(f"relu_backward: dout must have the forward's shape {tuple(mask.shape)}, got {tuple(dout.shape)}")
     return get_xp(dout).multiply(dout, mask)

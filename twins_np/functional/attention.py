@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..backend import get_xp
-from ._checks import check_float, check_same_dtype
+from ._checks import check_dout, check_float, check_same_dtype
 from .dropout import DropoutCache, dropout_backward, dropout_forward
 from .softmax import SoftmaxCache, softmax_backward, softmax_forward
 
@@ -92,6 +92,7 @@ def attention_backward(dout: Any, cache: AttentionCache) -> tuple[Any, Any, Any]
     Returns:
         dq, dk, dv with the shapes of q, k, v.
     """
+    check_dout(dout, cache.q)
     # BEGIN SOLUTION attention_backward
     q, k, v, probs_d, sm_cache, drop_cache, scale = cache
     dv = probs_d.swapaxes(-1, -2) @ dout

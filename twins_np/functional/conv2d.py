@@ -28,7 +28,7 @@ import operator
 from typing import Any, NamedTuple
 
 from ..backend import get_xp, is_cupy_array
-from ._checks import check_float, check_ndim, check_same_dtype
+from ._checks import check_dout, check_float, check_ndim, check_same_dtype
 
 # Bytes of cols built at once on the CPU: large enough for an efficient matmul (thousands of
 # rows), small enough that a 3x3 conv on a big map does not hold 9 copies of the whole batch.
@@ -191,7 +191,7 @@ def conv2d_backward(dout: Any, cache: Conv2dCache) -> tuple[Any, Any, Any]:
         dx (B, H, W, C_in), dw (C_out, C_in, k, k), db (C_out,).
     """
     x, w, stride, padding = cache
-    xp = get_xp(dout)
+    xp = check_dout(dout, x)
     B, H, W, Cin = x.shape
     Cout, _, k, _ = w.shape
     Ho, Wo = dout.shape[1], dout.shape[2]

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 from .. import kernels
 from ..backend import get_xp, map_blocks, use_fused
-from ._checks import check_float, check_ndim, check_same_dtype, check_weight
+from ._checks import check_dout, check_float, check_ndim, check_same_dtype, check_weight
 
 
 class DWConvCache(NamedTuple):
@@ -87,7 +87,7 @@ def depthwise_conv3x3_backward(dout: Any, cache: DWConvCache) -> tuple[Any, Any,
         dx (B, H, W, C), dw (C, 1, 3, 3), db (C,).
     """
     xpad, w = cache
-    xp = get_xp(dout)
+    xp = check_dout(dout, xpad)
     if use_fused(dout):  # twins_np/kernels/dwconv3x3.cu: dx, and dW per image summed here
         return kernels.dwconv3x3_backward(dout, xpad, w)
     C = w.shape[0]

@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..backend import get_xp, host_uniform
-from ._checks import check_float, check_same_dtype
+from ._checks import check_dout, check_float, check_same_dtype
 
 
 class DropoutCache(NamedTuple):
@@ -77,7 +77,10 @@ def dropout_forward(
 
 def dropout_backward(dout: Any, cache: DropoutCache) -> Any:
     """The same mask multiplies the gradient: dx = dout * mask."""
-    return dout if cache.mask is None else dout * cache.mask
+    if cache.mask is None:
+        return dout
+    check_dout(dout, cache.mask)
+    return dout * cache.mask
 
 
 def drop_path_forward(

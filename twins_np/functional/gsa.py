@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ..backend import get_xp
 from ._checks import check_heads, check_tokens, check_weight
 from .attention import AttentionCache, attention_backward, attention_forward, merge_heads, split_heads
 from .layernorm import LayerNormCache, layernorm_backward, layernorm_forward
@@ -80,6 +81,9 @@ def gsa_forward(
     Returns:
         out: (B, N, C); cache for :func:`gsa_backward`.
     """
+    # every array's device first, named as here (the sub-sampling's by SUBSAMPLE_PARAMS)
+    sr_named = dict(zip(SUBSAMPLE_PARAMS.get(sr_mode, ()), sr_params)) if sr_ratio != 1 else {}
+    get_xp(x=x, q_w=q_w, q_b=q_b, kv_w=kv_w, kv_b=kv_b, proj_w=proj_w, proj_b=proj_b, **sr_named, norm_w=norm_w, norm_b=norm_b)
     B, H, W, C = check_tokens("x", x, size)
     scale = float(check_heads(C, num_heads)) ** -0.5
     check_weight("q_w", q_w, (C, C))

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 from .. import kernels
 from ..backend import get_xp, map_blocks, row_sums, use_fused
-from ._checks import check_float, check_same_dtype
+from ._checks import check_dout, check_float, check_same_dtype
 
 
 class LayerNormCache(NamedTuple):
@@ -97,6 +97,7 @@ def layernorm_backward(dout: Any, cache: LayerNormCache) -> tuple[Any, Any, Any]
         dx (..., C), dgamma (C,), dbeta (C,).
     """
     xhat, inv_std, gamma = cache
+    check_dout(dout, xhat)
     C = xhat.shape[-1]
     dout2, xhat2 = dout.reshape(-1, C), xhat.reshape(-1, C)
     xp = get_xp(dout)

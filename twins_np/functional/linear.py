@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from ..backend import get_xp
-from ._checks import check_float, check_same_dtype
+from ._checks import check_dout, check_float, check_same_dtype
 
 
 class LinearCache(NamedTuple):
@@ -56,6 +56,7 @@ def linear_backward(dout: Any, cache: LinearCache) -> tuple[Any, Any, Any]:
         dx (..., D_in), dw (D_out, D_in), db (D_out,).
     """
     x, w = cache
+    check_dout(dout, w)
     d_out = w.shape[0]
     dout2 = dout.reshape(-1, d_out)
     dx = (dout2 @ w).reshape(x.shape)

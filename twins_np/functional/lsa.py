@@ -99,6 +99,7 @@ def lsa_forward(
     Returns:
         out: (B, N, C); cache for :func:`lsa_backward`.
     """
+    get_xp(x=x, qkv_w=qkv_w, qkv_b=qkv_b, proj_w=proj_w, proj_b=proj_b)  # every device, before any work
     C = x.shape[-1]
     scale = float(check_heads(C, num_heads)) ** -0.5
     check_weight("qkv_w", qkv_w, (3 * C, C))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from ..backend import get_xp
 from .activation import GeluCache, gelu_backward, gelu_forward
 from .linear import LinearCache, linear_backward, linear_forward
 
@@ -27,6 +28,7 @@ def mlp_forward(x: Any, fc1_w: Any, fc1_b: Any, fc2_w: Any, fc2_b: Any) -> tuple
     Returns:
         out: (..., C_out); cache for :func:`mlp_backward`.
     """
+    get_xp(x=x, fc1_w=fc1_w, fc1_b=fc1_b, fc2_w=fc2_w, fc2_b=fc2_b)  # every device, before any work
     h, c1 = linear_forward(x, fc1_w, fc1_b)
     a, ca = gelu_forward(h)
     out, c2 = linear_forward(a, fc2_w, fc2_b)

@@ -26,7 +26,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from ..backend import get_xp
-from ._checks import check_float, check_ndim, check_same_dtype
+from ._checks import check_dout, check_float, check_ndim, check_same_dtype
 
 
 def _check_affine(op: str, C: int, gamma: Any, beta: Any) -> None:
@@ -129,6 +129,7 @@ def group_norm_backward(dout: Any, cache: GroupNormCache) -> tuple[Any, Any, Any
         the forward had no gamma / beta (a module without affine parameters drops them).
     """
     xhat, inv_std, gamma, G = cache
+    check_dout(dout, xhat)
     if tuple(dout.shape) != tuple(xhat.shape):
         raise ValueError(f"group_norm_backward: dout must have the forward's shape {tuple(xhat.shape)}, got {tuple(dout.shape)}")
     B, C = xhat.shape[0], xhat.shape[-1]
@@ -236,6 +237,7 @@ def batch_norm_backward(dout: Any, cache: BatchNormCache) -> tuple[Any, Any, Any
         dx (B, H, W, C), dgamma (C,), dbeta (C,).
     """
     xhat, inv_std, gamma, batch_stats = cache
+    check_dout(dout, xhat)
     if tuple(dout.shape) != tuple(xhat.shape):
         raise ValueError(f"batch_norm_backward: dout must have the forward's shape {tuple(xhat.shape)}, got {tuple(dout.shape)}")
     C = xhat.shape[-1]

@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from ..backend import get_xp
-from ._checks import check_float, check_ndim, check_same_dtype, check_weight
+from ._checks import check_dout, check_float, check_ndim, check_same_dtype, check_weight
 
 
 class PatchConvCache(NamedTuple):
@@ -81,7 +81,7 @@ def patch_conv_backward(dout: Any, cache: PatchConvCache) -> tuple[Any, Any, Any
         dx (B, H, W, C_in), dw (C_out, C_in, k, k), db (C_out,).
     """
     cols, w, (B, H, W, Cin) = cache
-    xp = get_xp(dout)
+    xp = check_dout(dout, cols)
     Cout, k = w.shape[0], w.shape[-1]
     Ho, Wo = dout.shape[1], dout.shape[2]
     dout2 = dout.reshape(-1, Cout)
@@ -144,7 +144,7 @@ def depthwise_patch_conv_backward(dout: Any, cache: DWPatchConvCache) -> tuple[A
         dx (B, H, W, C), dw (C, 1, k, k), db (C,).
     """
     patches, w, (B, H, W, C) = cache
-    xp = get_xp(dout)
+    xp = check_dout(dout, patches)
     k = w.shape[-1]
     Ho, Wo = dout.shape[1], dout.shape[2]
     d = dout[:, :, :, None, None, :]  # (B, Ho, Wo, 1, 1, C)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from ..backend import get_xp
 from ._checks import check_tokens
 from .depthwise_conv import DWConvCache, depthwise_conv3x3_backward, depthwise_conv3x3_forward
 
@@ -33,6 +34,7 @@ def peg_forward(x: Any, size: tuple[int, int], w: Any, b: Any | None) -> tuple[A
     Returns:
         out: (B, N, C); cache for :func:`peg_backward`.
     """
+    get_xp(x=x, w=w, b=b)
     B, H, W, C = check_tokens("x", x, size)
     y, conv_cache = depthwise_conv3x3_forward(x.reshape(B, H, W, C), w, b)
     y = y.reshape(B, H * W, C)

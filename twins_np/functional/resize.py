@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..backend import get_xp
-from ._checks import check_float, check_ndim
+from ._checks import check_dout, check_float, check_ndim
 
 
 class ResizeCache(NamedTuple):
@@ -130,6 +130,7 @@ def resize_backward(dout: Any, cache: ResizeCache) -> Any:
         dx: (B, H, W, C).
     """
     a_h, a_w = cache
+    check_dout(dout, a_h)
     B, Ho, Wo, C = dout.shape
     H, W = a_h.shape[1], a_w.shape[1]
     # BEGIN SOLUTION bilinear_resize_backward

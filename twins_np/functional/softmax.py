@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 
 from .. import kernels
 from ..backend import get_xp, map_blocks, row_sums, use_fused
-from ._checks import check_float
+from ._checks import check_dout, check_float
 
 
 class SoftmaxCache(NamedTuple):
@@ -66,7 +66,7 @@ def softmax_backward(dout: Any, cache: SoftmaxCache) -> Any:
         J = diag(y) - y y^T, so  dx = J^T dout = y * (dout - sum(dout * y)).
     """
     y, axis = cache
-    xp = get_xp(dout)
+    xp = check_dout(dout, y)
     if use_fused(dout) and axis in (-1, y.ndim - 1) and y.ndim > 0:  # twins_np/kernels/softmax.cu
         return kernels.softmax_backward(dout, y)
     dx = xp.empty(y.shape, dtype=dout.dtype)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from ..backend import get_xp
 from .linear import linear_backward, linear_forward
 from .patch_conv import (
     avg_pool_backward,
@@ -59,6 +60,7 @@ def subsample_forward(x: Any, mode: str, sr: int, params: tuple[Any, ...]) -> tu
     if not isinstance(params, (tuple, list)) or len(params) != len(names):
         got = f"{len(params)} arrays" if isinstance(params, (tuple, list)) else type(params).__name__
         raise ValueError(f"sub-sampling mode {mode!r} takes the parameters ({', '.join(names)}), got {got}")
+    get_xp(x=x, **dict(zip(names, params)))  # every device, named, before any work
     if mode == "conv":
         sr_w, sr_b = params
         s, conv_cache = patch_conv_forward(x, sr_w, sr_b)
