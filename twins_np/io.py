@@ -40,8 +40,18 @@ from typing import IO, Any
 import numpy as np
 
 from .backend import asnumpy
+from .models.mmseg import create_segmenter_for, from_mmseg, is_mmseg_state
 
-__all__ = ["FORMATS", "weights_format", "read_weights", "save_weights", "convert_weights", "load_weights", "load_arrays"]
+__all__ = [
+    "FORMATS",
+    "weights_format",
+    "read_weights",
+    "save_weights",
+    "convert_weights",
+    "load_weights",
+    "load_arrays",
+    "load_segmenter",
+]
 
 PathLike = str | os.PathLike
 
@@ -511,6 +521,9 @@ def convert_weights(src: PathLike, dst: PathLike) -> dict[str, np.ndarray]:
 
     Names, shapes, dtypes and values are kept exactly (a safetensors BF16 tensor
     becomes float32, exactly); safetensors-to-safetensors also keeps ``__metadata__``.
+    An mmsegmentation Twins checkpoint is recognised by its keys and written with
+    twins-np's names (:func:`twins_np.models.mmseg.from_mmseg`), ready for
+    :func:`load_weights` into its ``*_ade20k`` segmenter.
     """
     metadata: dict[str, str] = {}
     if weights_format(src) == "safetensors" and weights_format(dst) == "safetensors":
@@ -519,6 +532,8 @@ def convert_weights(src: PathLike, dst: PathLike) -> dict[str, np.ndarray]:
         arrays, metadata = _read_safetensors(src)
     else:
         arrays = read_weights(src)
+    if is_mmseg_state(arrays):
+        arrays = from_mmseg(arrays)
     save_weights(arrays, dst, metadata=metadata)
     return arrays
 
@@ -527,12 +542,19 @@ def convert_weights(src: PathLike, dst: PathLike) -> dict[str, np.ndarray]:
 def load_weights(model: Any, path: PathLike, strict: bool = True, allow_nonfinite: bool = False) -> Any:
     """Read ``path`` and copy its arrays into ``model`` (dtype and device become the model's).
 
-    All or nothing: on any error the model is left exactly as it was.
+    All or nothing: on any error the model is left exactly as it was. Parameters and
+    buffers (BatchNorm's running statistics) are both loaded. An mmsegmentation Twins
+    checkpoint (``.pth`` with ``state_dict`` and ``meta``, backbone keys
+    ``backbone.layers.*``) is recognised by its keys and mapped to twins-np's names
+    (:mod:`twins_np.models.mmseg`); build its model with :func:`load_segmenter` or
+    ``create_segmenter("<backbone>_<fpn|uperhead>_ade20k")``.
 
     Args:
         model: a twins-np module, e.g. from :func:`twins_np.create_model`.
         path: a ``.npz``, ``.safetensors`` or ``.pth`` checkpoint.
-        strict: if True, a missing or an unexpected key is an error.
+        strict: if True, a missing or an unexpected key is an error. With False, a
+            segmenter whose backbone receives no parameter is still an error (the file
+            would leave the backbone at its initial values).
         allow_nonfinite: load NaN and Inf weights (refused by default).
 
     Returns:
@@ -543,9 +565,12 @@ def load_weights(model: Any, path: PathLike, strict: bool = True, allow_nonfinit
             mismatched key and both shapes), if weights are NaN or Inf, and for
             unreadable files (see :func:`read_weights`).
         TypeError: for complex, bool, string or object arrays, naming every such key.
-        KeyError: (strict) if keys are missing or unexpected, naming the first few.
+        KeyError: (strict) if keys are missing or unexpected, naming the first few; an
+            mmsegmentation key without a twins-np place, naming it.
     """
     state = read_weights(path)
+    if is_mmseg_state(state):
+        state = from_mmseg(state)
     return load_arrays(model, state, strict=strict, source=f"checkpoint {path}", allow_nonfinite=allow_nonfinite)
 
 
@@ -554,12 +579,15 @@ def load_arrays(
 ) -> Any:
     """Copy ``{name: array}`` into ``model`` with :func:`load_weights`'s checks and messages.
 
-    ``source`` names where the arrays came from in error messages.
+    ``source`` names where the arrays came from in error messages. The model's keys are
+    its ``state_dict``'s: parameters and buffers.
     """
     label = _model_label(model)
-    own = dict(model.named_parameters())
+    own = model.state_dict()  # parameters and buffers (BatchNorm's running statistics)
     wrong = [
-        (k, p.shape, tuple(np.shape(state[k]))) for k, p in own.items() if k in state and p.shape != tuple(np.shape(state[k]))
+        (k, tuple(p.shape), tuple(np.shape(state[k])))
+        for k, p in own.items()
+        if k in state and tuple(p.shape) != tuple(np.shape(state[k]))
     ]
     if wrong:
         k, want, got = wrong[0]
@@ -574,6 +602,13 @@ def load_arrays(
             if v
         ]
         raise KeyError(f"{source} does not fit {label}: " + "; ".join(parts))
+    backbone = [k for k in own if k.startswith("backbone.")]
+    if backbone and not any(k in state for k in backbone):
+        raise KeyError(
+            f"{source} holds no parameter of the backbone of {label} ({len(backbone)} keys, first: {backbone[0]}): "
+            f"loading it would leave the backbone at its initial values (its keys start with: "
+            f"{', '.join(sorted({k.split('.')[0] for k in state})[:4]) or 'nothing'})"
+        )
     try:
         return model.load_state_dict(state, strict=strict, allow_nonfinite=allow_nonfinite)
     except (TypeError, ValueError) as e:  # bad values: say which file they came from
@@ -588,3 +623,25 @@ def _model_label(model: Any) -> str:
         return type(model).__name__
     n = getattr(model, "num_classes", None)
     return cfg["name"] if n is None or n == cfg.get("num_classes") else f"{cfg['name']} (num_classes={n})"
+
+
+def load_segmenter(path: PathLike, dtype: Any = np.float32, allow_nonfinite: bool = False) -> Any:
+    """Build the segmenter a checkpoint holds and load it strictly: mmsegmentation's Twins files first of all.
+
+    The checkpoint's keys (mmsegmentation's or twins-np's names) say which ``*_fpn_ade20k`` or
+    ``*_uperhead_ade20k`` configuration it is (:func:`twins_np.models.mmseg.recognise`), with
+    its class count and head widths.
+
+    Example::
+
+        seg = twins_np.io.load_segmenter("twins_svt-s_uperhead_8x2_512x512_160k_ade20k_20211130_141005-e48a2d94.pth")
+        logits = seg.inference(image)   # (1, 150, H, W), mmsegmentation's whole-image inference
+    """
+    state = read_weights(path)
+    if is_mmseg_state(state):
+        state = from_mmseg(state)
+    try:
+        model = create_segmenter_for(state, dtype=dtype)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from e
+    return load_arrays(model, state, strict=True, source=f"checkpoint {path}", allow_nonfinite=allow_nonfinite)

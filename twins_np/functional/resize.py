@@ -1,4 +1,5 @@
-"""Resizing feature maps: bilinear (any size), nearest (any size) and the nearest 2x fast path.
+"""Resizing feature maps: bilinear (any size), nearest (any size), the nearest 2x fast path,
+and adaptive average pooling (UPerNet's pyramid pooling), a linear map of the same kind.
 
 Notation: x (B, H, W, C) channels-last, as every spatial op of twins-np (see
 :mod:`twins_np.functional.patch_conv`); the output is (B, Ho, Wo, C).
@@ -20,7 +21,10 @@ antialiasing), so outputs agree to rounding:
   src = max((dst + 0.5) * scale - 0.5, 0), i0 = floor(src), i1 = min(i0 + 1, in - 1),
   weights 1 - (src - i0) and src - i0;
 - nearest: src = min(floor(dst * scale), in - 1), computed in float32 as torch's kernel
-  does (its float rounding decides which source pixel ties go to).
+  does (its float rounding decides which source pixel ties go to);
+- adaptive average pooling (``torch.nn.AdaptiveAvgPool2d``): output bin i averages the
+  input rows floor(i * in / out) to ceil((i + 1) * in / out) - 1 (bins overlap when out
+  does not divide in), so row i of A_h holds 1 / (bin length) on its bin and 0 elsewhere.
 """
 
 from __future__ import annotations
@@ -185,6 +189,48 @@ def nearest_resize_forward(x: Any, size: Any = None, scale_factor: Any = None) -
 
 bilinear_resize_backward = resize_backward
 nearest_resize_backward = resize_backward
+
+
+def pool_matrix(xp: Any, n_in: int, n_out: int, dtype: Any) -> Any:
+    """(n_out, n_in) matrix of torch's adaptive average pooling along one axis.
+
+    Bin i covers input indices [floor(i * n_in / n_out), ceil((i + 1) * n_in / n_out)) (integer
+    arithmetic, as torch's ``start_index`` / ``end_index``) and row i averages them.
+    """
+    i = np.arange(n_out)
+    start = (i * n_in) // n_out
+    end = -((-(i + 1) * n_in) // n_out)  # ceil((i + 1) * n_in / n_out)
+    cols = np.arange(n_in)[None, :]
+    inside = (cols >= start[:, None]) & (cols < end[:, None])
+    return xp.asarray(inside / (end - start)[:, None], dtype=dtype)
+
+
+def adaptive_avg_pool_forward(x: Any, output_size: Any) -> tuple[Any, ResizeCache]:
+    """Adaptive average pooling, equal to ``torch.nn.functional.adaptive_avg_pool2d``.
+
+    UPerNet's pyramid pooling module pools the last stage's map to 1x1, 2x2, 3x3 and 6x6.
+    Each output pixel is the mean of its bin (torch's bin boundaries: see :func:`pool_matrix`);
+    like a resize it is separable, out = A_h x A_w^T per image and channel.
+
+    Args:
+        x: (B, H, W, C) channels-last.
+        output_size: (Ho, Wo), or one int for a square; any size (also larger than the map,
+            where bins repeat input pixels, as torch).
+
+    Returns:
+        out: (B, Ho, Wo, C); cache for :func:`adaptive_avg_pool_backward` (the pooling matrices).
+    """
+    xp = get_xp(x=x)
+    _check_map(x)
+    size = (output_size, output_size) if isinstance(output_size, (int, np.integer)) else output_size
+    Ho, Wo = _check_size(size)
+    a_h = pool_matrix(xp, x.shape[1], Ho, x.dtype)
+    a_w = pool_matrix(xp, x.shape[2], Wo, x.dtype)
+    return _apply(x, a_h, a_w), ResizeCache(a_h, a_w)
+
+
+# the pooling is linear with the matrices A_h, A_w: dx = A_h^T dout A_w, the resizes' backward
+adaptive_avg_pool_backward = resize_backward
 
 
 class Upsample2xCache(NamedTuple):
