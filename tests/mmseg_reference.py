@@ -109,7 +109,8 @@ class GlobalSubsampledAttention(nn.Module):
 class FFN(nn.Module):
     def __init__(self, dim, hidden):
         super().__init__()
-        self.layers = nn.Sequential(nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(0.0)), nn.Linear(hidden, dim), nn.Dropout(0.0))
+        fc1 = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(0.0))
+        self.layers = nn.Sequential(fc1, nn.Linear(hidden, dim), nn.Dropout(0.0))
 
     def forward(self, x):
         return self.layers(x)
@@ -329,13 +330,20 @@ def svt_small():
     return Twins([64, 128, 256, 512], [2, 4, 8, 16], [4, 4, 4, 4], [2, 2, 10, 4], [8, 4, 2, 1], [7, 7, 7, 7], True)
 
 
-def segmenter(backbone: str, head: str, num_classes: int, channels: int | None = None, aux_channels: int | None = None):
+def segmenter(
+    backbone: str,
+    head: str,
+    num_classes: int,
+    channels: int | None = None,
+    aux_channels: int | None = None,
+    neck_channels: int = 256,
+):
     """mmsegmentation's ``twins_<backbone>_<head>`` ADE20K config as a torch EncoderDecoder (head widths adjustable)."""
     bb = {"pcpvt_small": pcpvt_small, "svt_small": svt_small}[backbone]()
     dims = [pe.projection.out_channels for pe in bb.patch_embeds]
     if head == "fpn":
         ch = 128 if channels is None else channels
-        return EncoderDecoder(bb, FPNHead([256] * 4, ch, num_classes), neck=FPN(dims, 256))
+        return EncoderDecoder(bb, FPNHead([neck_channels] * 4, ch, num_classes), neck=FPN(dims, neck_channels))
     ch = 512 if channels is None else channels
     aux = 256 if aux_channels is None else aux_channels
     return EncoderDecoder(bb, UPerHead(dims, ch, num_classes), auxiliary_head=FCNHead(dims[2], aux, num_classes))

@@ -43,9 +43,9 @@ from .models import (
     FCNHead,
     FPNHead,
     Segmenter,
-    UPerHead,
     Twins,
     TwinsFeatures,
+    UPerHead,
     create_segmenter,
     list_models,
 )

@@ -40,7 +40,7 @@ from typing import IO, Any
 import numpy as np
 
 from .backend import asnumpy
-from .models.mmseg import create_segmenter_for, from_mmseg, is_mmseg_state
+from .models.mmseg import create_segmenter_for, flavour_mismatch, from_mmseg, is_mmseg_state
 
 __all__ = [
     "FORMATS",
@@ -562,7 +562,8 @@ def load_weights(model: Any, path: PathLike, strict: bool = True, allow_nonfinit
 
     Raises:
         ValueError: if a shape differs (the message names the model, the first
-            mismatched key and both shapes), if weights are NaN or Inf, and for
+            mismatched key and both shapes), if weights are NaN or Inf, for an
+            mmsegmentation checkpoint and a model on timm's flavour of Twins, and for
             unreadable files (see :func:`read_weights`).
         TypeError: for complex, bool, string or object arrays, naming every such key.
         KeyError: (strict) if keys are missing or unexpected, naming the first few; an
@@ -570,6 +571,9 @@ def load_weights(model: Any, path: PathLike, strict: bool = True, allow_nonfinit
     """
     state = read_weights(path)
     if is_mmseg_state(state):
+        problem = flavour_mismatch(model)
+        if problem:
+            raise ValueError(f"checkpoint {path} is mmsegmentation's: {problem}")
         state = from_mmseg(state)
     return load_arrays(model, state, strict=strict, source=f"checkpoint {path}", allow_nonfinite=allow_nonfinite)
 

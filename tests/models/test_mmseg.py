@@ -42,7 +42,8 @@ def _pair(backbone, head, num_classes=7, channels=None, aux_channels=None, seed=
         overrides["head_channels"] = channels
     if aux_channels is not None:
         overrides["aux_channels"] = aux_channels
-    seg = create_segmenter(f"twins_{backbone}_{'uperhead' if head == 'uper' else 'fpn'}_ade20k", num_classes, dtype=np.float64, **overrides)
+    name = f"twins_{backbone}_{'uperhead' if head == 'uper' else 'fpn'}_ade20k"
+    seg = create_segmenter(name, num_classes, dtype=np.float64, **overrides)
     seg.load_state_dict(from_mmseg(state))  # strict: every key placed, none missing
     for m in (seg, tm):
         m.eval()
@@ -213,3 +214,136 @@ def test_the_flavour_options_change_what_they_should():
     assert mm.backbone.blocks[0][0].norm1.eps == 1e-5 and timm_like.backbone.blocks[0][0].norm1.eps == 1e-6
     # PCPVT: no stage norms (norm_after_stage=False in mmsegmentation's configs)
     assert create_segmenter("twins_pcpvt_small_uperhead_ade20k", 3).backbone.norm_list is None
+
+
+# --- loading mmsegmentation's checkpoint files --------------------------------------------------
+
+
+def _write_mmseg_pth(tm, path):
+    """A file laid out as mmsegmentation saves its checkpoints: state_dict plus meta."""
+    meta = {"mmseg_version": "0.20.0", "config": "model = dict(type='EncoderDecoder', ...)", "CLASSES": ("a", "b", "c")}
+    torch.save({"meta": meta, "state_dict": tm.state_dict()}, path)
+
+
+def test_an_mmseg_pth_loads_strictly_and_reproduces_the_logits(tmp_path):
+    """The acceptance case: an mmseg-keyed .pth from the reference with random weights, loaded strictly."""
+    from twins_np.io import load_segmenter, load_weights
+
+    tm, _ = _pair("svt_small", "uper", num_classes=3, channels=32, aux_channels=16)
+    path = tmp_path / "twins_svt-s_uperhead_8x2_512x512_160k_ade20k.pth"
+    _write_mmseg_pth(tm, path)
+    x = np.random.default_rng(12).standard_normal((1, 3, 61, 83))
+    with torch.no_grad():
+        want = tm(torch.tensor(x)).numpy()
+    seg = load_segmenter(path, dtype=np.float64)  # recognised: the model is built from the keys
+    assert seg.model_cfg["name"] == "twins_svt_small_uperhead_ade20k" and seg.num_classes == 3
+    seg.eval()
+    assert _rel(seg.inference(x), want) <= TOL
+    # load_weights into a model built by name: strict, buffers included
+    same = create_segmenter("twins_svt_small_uperhead_ade20k", 3, dtype=np.float64, head_channels=32, aux_channels=16)
+    load_weights(same, path)
+    same.eval()
+    assert _rel(same(x), want) <= TOL
+    assert int(same.decode_head.bottleneck.bn.num_batches_tracked) == 7  # the file's buffers, not the init's
+
+
+def test_loading_an_mmseg_file_names_what_does_not_fit(tmp_path):
+    from twins_np.io import load_weights
+
+    tm, _ = _pair("pcpvt_small", "fpn", num_classes=3, channels=16)
+    state = tm.state_dict()
+    state["backbone.layers.0.0.attn.relative_position_bias"] = torch.zeros(3)
+    path = tmp_path / "extra.pth"
+    torch.save({"meta": {}, "state_dict": state}, path)
+    seg = create_segmenter("twins_pcpvt_small_fpn_ade20k", 3, head_channels=16)
+    before = {k: v.copy() for k, v in seg.state_dict().items()}
+    with pytest.raises(KeyError, match=r"'backbone\.layers\.0\.0\.attn\.relative_position_bias' has no place"):
+        load_weights(seg, path)
+    # strict=False that would load the neck and head but no backbone parameter: an error, nothing changed
+    heads_only = {k: v for k, v in tm.state_dict().items() if not k.startswith("backbone.")}
+    torch.save({"meta": {}, "state_dict": heads_only}, tmp_path / "heads.pth")
+    with pytest.raises(KeyError, match="holds no parameter of the backbone"):
+        load_weights(seg, tmp_path / "heads.pth", strict=False)
+    assert all(np.array_equal(v, before[k]) for k, v in seg.state_dict().items())
+    # timm's flavour of PCPVT has mmsegmentation's keys once mapped, but computes something else: refused
+    torch.save({"meta": {}, "state_dict": tm.state_dict()}, tmp_path / "good.pth")
+    timm_flavour = create_segmenter("twins_pcpvt_small_fpn", 3, head_channels=16)
+    with pytest.raises(ValueError, match="built on timm's flavour of Twins .*patch_padding='floor'"):
+        load_weights(timm_flavour, tmp_path / "good.pth")
+    load_weights(seg, tmp_path / "good.pth")
+
+
+def test_convert_writes_twins_np_names(tmp_path, capsys):
+    from twins_np.cli import main
+    from twins_np.io import load_weights, read_weights
+
+    tm, _ = _pair("pcpvt_small", "fpn", num_classes=3, channels=16)
+    src = tmp_path / "mmseg.pth"
+    _write_mmseg_pth(tm, src)
+    assert main(["convert", str(src), str(tmp_path / "w.safetensors")]) == 0
+    out = capsys.readouterr().out
+    assert "twins_pcpvt_small_fpn_ade20k segmenter (3 classes, head_channels=16)" in out
+    arrays = read_weights(tmp_path / "w.safetensors")
+    assert "backbone.blocks.0.0.attn.q.weight" in arrays and not any(k.startswith("backbone.layers.") for k in arrays)
+    seg = create_segmenter("twins_pcpvt_small_fpn_ade20k", 3, dtype=np.float64, head_channels=16)
+    load_weights(seg, tmp_path / "w.safetensors")
+    seg.eval()
+    x = np.random.default_rng(13).standard_normal((1, 3, 40, 52))
+    with torch.no_grad():
+        assert _rel(seg(x), tm(torch.tensor(x)).numpy()) <= TOL
+
+
+@pytest.mark.slow
+def test_evaluate_an_mmseg_checkpoint_on_an_ade20k_folder(tmp_path, capsys):
+    """`twins-np evaluate --weights CHECKPOINT.pth --data folder:ADEChallengeData2016`: the model from the keys,
+    ADE20K's pipeline (rescale to fit 2048x512, reduce_zero_label, labels >= 150 scored as mmseg scores them),
+    mmsegmentation's table; the areas equal those of the torch reference's whole inference and histc metric."""
+    import json
+
+    from PIL import Image
+
+    from twins_np.cli import main
+    from twins_np.data.segmentation import ADE20K_CLASSES, load_segmentation_images
+    from twins_np.io import load_segmenter
+    from twins_np.training import evaluate_segmenter_images
+
+    torch.manual_seed(0)
+    tm = ref.randomize(ref.segmenter("pcpvt_small", "fpn", 150, channels=16, neck_channels=32).double(), 14).eval()
+    ckpt = tmp_path / "twins_pcpvt-s_fpn_fpnhead_8x4_512x512_80k_ade20k.pth"
+    torch.save({"meta": {"CLASSES": ADE20K_CLASSES}, "state_dict": {k: v.float() for k, v in tm.state_dict().items()}}, ckpt)
+    root = tmp_path / "ADEChallengeData2016"
+    (root / "images" / "validation").mkdir(parents=True)
+    (root / "annotations" / "validation").mkdir(parents=True)
+    rng = np.random.default_rng(15)
+    for name, (h, w) in (("ADE_val_1", (512, 683)), ("ADE_val_2", (300, 200))):  # kept; rescaled to 768x512
+        Image.fromarray(rng.integers(0, 256, (h, w, 3)).astype(np.uint8)).save(root / "images" / "validation" / f"{name}.jpg")
+        label = rng.integers(0, 170, (h, w)).astype(np.uint8)  # 151..169 become 150..168: outside the 150 classes
+        label[:20] = 255
+        Image.fromarray(label).save(root / "annotations" / "validation" / f"{name}.png")
+
+    assert main(["evaluate", "--weights", str(ckpt), "--data", f"folder:{root}", "--out", str(tmp_path / "eval")]) == 0
+    out = capsys.readouterr().out
+    assert "twins_pcpvt_small_fpn_ade20k on folder:" in out and "2 images at their own sizes, rescaled to fit 2048x512" in out
+    assert "per class results:" in out and "Summary:" in out and "| aAcc |" in out.replace("  ", " ")
+    assert "chest of drawers" in out
+    report = json.loads((tmp_path / "eval" / "evaluation_test.json").read_text())
+
+    data = load_segmentation_images(root, "test", ADE20K_CLASSES, reduce_zero_label=True)
+    seg32 = load_segmenter(ckpt)
+    again = evaluate_segmenter_images(seg32, data, "cpu")
+    assert report["area_intersect"] == again.scores["area_intersect"].tolist()  # the command is this evaluation
+    assert report["miou"] == again.miou
+
+    seg64 = load_segmenter(ckpt, dtype=np.float64)
+    mine = evaluate_segmenter_images(seg64, data, "cpu").scores
+    totals = [torch.zeros(150, dtype=torch.float64) for _ in range(4)]
+    for i, (_, ann) in enumerate(data.pairs):
+        image, _ = data.read(i)  # the pipeline's input; its resize is checked on its own
+        label = ref.mmseg_labels(torch.from_numpy(np.asarray(Image.open(ann)).astype(np.int64)), reduce_zero_label=True)
+        with torch.no_grad():
+            logits = ref.resize(tm.double()(torch.from_numpy(image.astype(np.float64))[None]), label.shape)
+        for t, a in zip(totals, ref.intersect_and_union(logits.argmax(1)[0], label, 150)):
+            t += a
+    for key, t in zip(("area_intersect", "area_union", "area_pred", "area_label"), totals):
+        assert np.array_equal(mine[key], t.numpy().astype(np.int64)), key
+    assert mine["area_pred"].sum() > mine["area_label"].sum()  # the out-of-range labels count as predictions only

@@ -32,10 +32,10 @@ from .attention import (
 from .linear import LinearCache, linear_backward, linear_forward
 from .windows import (
     WindowCache,
+    window_pad_mask,
     window_partition_backward,
     window_partition_forward,
     window_reverse_backward,
-    window_pad_mask,
     window_reverse_forward,
 )
 

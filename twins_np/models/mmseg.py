@@ -46,7 +46,7 @@ import numpy as np
 from .registry import MODEL_CONFIGS
 from .segmentation import SEGMENTER_CONFIGS, Segmenter, create_segmenter
 
-__all__ = ["is_mmseg_state", "from_mmseg", "to_mmseg", "recognise", "create_segmenter_for"]
+__all__ = ["is_mmseg_state", "from_mmseg", "to_mmseg", "recognise", "create_segmenter_for", "flavour_mismatch"]
 
 # the parts of mmsegmentation's EncoderDecoder; keys outside them are not a segmenter's
 _PARTS = ("backbone.", "neck.", "decode_head.", "auxiliary_head.")
@@ -186,6 +186,29 @@ def to_mmseg(state: Mapping[str, Any], concatenate: Callable[[list[Any]], Any] |
     return out
 
 
+def flavour_mismatch(model: Any) -> str | None:
+    """Why ``model`` cannot compute what an mmsegmentation checkpoint was trained as, or None.
+
+    A twins-np segmenter built on timm's flavour of Twins (the ``*_fpn`` configurations) has
+    the same PCPVT keys as mmsegmentation's but floors its patch embeddings, does not mask
+    padded LSA windows and uses LayerNorm eps 1e-6: the weights would load and give other outputs.
+    """
+    backbone = getattr(model, "backbone", None)
+    if backbone is None or not hasattr(backbone, "patch_embeds"):
+        return None
+    wants = {"patch_padding": "corner", "pad_mask": "mmseg", "norm_eps": 1e-5}
+    config = getattr(backbone, "config", {})
+    wrong = [f"{k}={config.get(k)!r}" for k, v in wants.items() if config.get(k) != v]
+    if not wrong:
+        return None
+    name = getattr(model, "model_cfg", {}).get("name", type(model).__name__)
+    return (
+        f"{name} is built on timm's flavour of Twins ({', '.join(wrong)}), but mmsegmentation's checkpoints need its own "
+        f"(patch_padding='corner', pad_mask='mmseg', norm_eps=1e-5): build the model with a *_ade20k configuration "
+        "(twins_np.io.load_segmenter(path) does)"
+    )
+
+
 def _shape(state: Mapping[str, Any], key: str) -> tuple[int, ...] | None:
     return tuple(int(n) for n in np.shape(state[key])) if key in state else None
 
@@ -231,7 +254,9 @@ def recognise(state: Mapping[str, Any]) -> tuple[str, int, dict[str, Any]]:
         name = f"{backbone}_fpn_ade20k"
         widths = {"neck_channels": "neck.lateral_convs.0.conv.weight", "head_channels": "decode_head.scale_heads.0.0.conv.weight"}
     else:
-        raise ValueError("these weights have neither an FPN head (decode_head.scale_heads) nor a UPerHead (decode_head.psp_modules)")
+        raise ValueError(
+            "these weights have neither an FPN head (decode_head.scale_heads) nor a UPerHead (decode_head.psp_modules)"
+        )
     cfg = SEGMENTER_CONFIGS[name]
     overrides: dict[str, Any] = {}
     for option, key in widths.items():

@@ -254,7 +254,8 @@ class PPM(ModuleList):
         g = default_rng(rng)
         self.pool_scales = tuple(int(p) for p in pool_scales)
         for p in self.pool_scales:
-            self.append(Sequential([AdaptiveAvgPool2d(p), ConvModule(in_channels, channels, 1, 0, norm, True, num_groups, g, dtype)]))
+            conv = ConvModule(in_channels, channels, 1, 0, norm, True, num_groups, g, dtype)
+            self.append(Sequential([AdaptiveAvgPool2d(p), conv]))
 
     def forward(self, x: Any) -> list[Any]:  # type: ignore[override]
         outs, caches = [], []
@@ -341,7 +342,7 @@ class UPerHead(Module):
             if y.shape[1:3] != lat[i - 1].shape[1:3]:
                 y, top_down[i] = F.bilinear_resize_forward(y, lat[i - 1].shape[1:3])
             lat[i - 1] = lat[i - 1] + y
-        outs = [conv(l) for conv, l in zip(self.fpn_convs, lat[:-1])] + [lat[-1]]
+        outs = [conv(p) for conv, p in zip(self.fpn_convs, lat[:-1])] + [lat[-1]]
         to_level0: list[Any] = [None] * S
         for i in range(1, S):
             if outs[i].shape[1:3] != outs[0].shape[1:3]:
@@ -484,7 +485,7 @@ class Segmenter(LossModel):
         self.backbone, self.neck, self.decode_head = backbone, neck, decode_head
         self.auxiliary_head = auxiliary_head
         self.aux_in_index, self.aux_weight = int(aux_in_index), float(aux_weight)
-        self.num_classes = decode_head.num_classes
+        self.num_classes = int(getattr(decode_head, "num_classes"))  # noqa: B009 - any head with K classes
         self.crop_size = crop_size  # the training crop of the config (what `twins-np flops` counts by default)
         self.test_cfg = check_test_cfg({"mode": "whole"} if test_cfg is None else test_cfg)
         self.model_cfg: dict[str, Any] = {}  # stamped by create_segmenter: {"name", "num_classes"} of its config
@@ -655,7 +656,14 @@ _MMSEG_UPER = dict(
     dropout_ratio=0.1,
     **_ADE20K,
 )
-_PAPER_BACKBONES = ("twins_pcpvt_small", "twins_pcpvt_base", "twins_pcpvt_large", "twins_svt_small", "twins_svt_base", "twins_svt_large")
+_PAPER_BACKBONES = (
+    "twins_pcpvt_small",
+    "twins_pcpvt_base",
+    "twins_pcpvt_large",
+    "twins_svt_small",
+    "twins_svt_base",
+    "twins_svt_large",
+)
 
 SEGMENTER_CONFIGS: dict[str, dict[str, Any]] = {
     **{f"{b}_fpn": dict(_PAPER, backbone=b) for b in _PAPER_BACKBONES},

@@ -17,7 +17,6 @@ from .linear import Mlp
 from .module import Identity, Module, Sequential
 from .norm import LayerNorm
 
-
 PADDINGS = ("floor", "corner")
 
 
