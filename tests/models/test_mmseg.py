@@ -347,3 +347,56 @@ def test_evaluate_an_mmseg_checkpoint_on_an_ade20k_folder(tmp_path, capsys):
     for key, t in zip(("area_intersect", "area_union", "area_pred", "area_label"), totals):
         assert np.array_equal(mine[key], t.numpy().astype(np.int64)), key
     assert mine["area_pred"].sum() > mine["area_label"].sum()  # the out-of-range labels count as predictions only
+
+
+@pytest.mark.gpu
+def test_mmseg_segmenter_on_the_gpu_matches_numpy():
+    """The mmseg flavour (corner pad, masks, stage norms) and UPerNet with its auxiliary loss, and slide
+    inference, on CuPy: every array stays on the device and the numbers are NumPy's."""
+    from twins_np.backend import asnumpy, cupy_available, is_cupy_array, to_device
+
+    if not cupy_available():
+        pytest.skip("CuPy with a CUDA GPU is not available")
+    _, cpu = _pair("svt_small", "uper", num_classes=4, channels=16, aux_channels=8)
+    _, gpu = _pair("svt_small", "uper", num_classes=4, channels=16, aux_channels=8)
+    gpu.to_device("gpu")
+    x = np.random.default_rng(16).standard_normal((2, 3, 61, 83))
+    y = np.random.default_rng(17).integers(0, 4, size=(2, 61, 83))
+    y[:, :5] = 255
+    results = []
+    for model, dev in ((cpu, "cpu"), (gpu, "gpu")):
+        loss, logits = model.loss(to_device(x, dev), to_device(y, dev))
+        dx = model.backward_loss()
+        slide = model.inference(to_device(x, dev), mode="slide", crop_size=(48, 64), stride=(32, 40))
+        results.append((loss, logits, dx, slide, {k: p.grad for k, p in model.named_parameters()}))
+    (l_c, lo_c, dx_c, s_c, g_c), (l_g, lo_g, dx_g, s_g, g_g) = results
+    assert all(is_cupy_array(a) for a in (lo_g, dx_g, s_g, *g_g.values()))
+    tol = TOLERANCES["parity_model_f64_rel"]
+    assert abs(l_c - l_g) <= tol * abs(l_c)
+    for name, a, b in [("logits", lo_c, lo_g), ("dx", dx_c, dx_g), ("slide", s_c, s_g)] + [(k, g_c[k], g_g[k]) for k in g_c]:
+        assert _rel(asnumpy(b), a) <= tol, name
+
+
+@pytest.mark.gpu
+def test_mmseg_evaluation_on_the_gpu_matches_numpy(tmp_path):
+    from PIL import Image
+
+    from twins_np.backend import cupy_available
+    from twins_np.data.segmentation import load_segmentation_images
+    from twins_np.training import evaluate_segmenter_images
+
+    if not cupy_available():
+        pytest.skip("CuPy with a CUDA GPU is not available")
+    (tmp_path / "images").mkdir()
+    (tmp_path / "annotations").mkdir()
+    rng = np.random.default_rng(18)
+    for i, (h, w) in enumerate([(40, 53), (37, 30)]):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3)).astype(np.uint8)).save(tmp_path / "images" / f"{i}.png")
+        Image.fromarray(rng.integers(0, 7, (h, w)).astype(np.uint8)).save(tmp_path / "annotations" / f"{i}.png")
+    data = load_segmentation_images(tmp_path, "test", ["a", "b", "c", "d"], reduce_zero_label=True, scale=(96, 64))
+    _, seg = _pair("pcpvt_small", "fpn", num_classes=4, channels=16)
+    on_cpu = evaluate_segmenter_images(seg, data, "cpu").scores
+    seg.to_device("gpu")
+    on_gpu = evaluate_segmenter_images(seg, data, "gpu").scores
+    for key in ("area_intersect", "area_union", "area_pred", "area_label"):
+        assert np.array_equal(on_cpu[key], on_gpu[key]), key
