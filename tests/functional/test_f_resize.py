@@ -264,3 +264,13 @@ def test_adaptive_pool_keeps_float32_and_refuses_bad_sizes():
     assert F.adaptive_avg_pool_backward(np.ones_like(out), cache).dtype == np.float32
     with pytest.raises(ValueError, match="pair of positive integers"):
         F.adaptive_avg_pool_forward(x, (0, 2))
+
+
+@pytest.mark.parametrize(("hw", "size"), SIZES, ids=SIZE_IDS)
+def test_bilinear_taps_equal_the_matrix_product(hw, size):
+    """The forward reads the two taps per row; the backward uses the matrices: both are the same map."""
+    from twins_np.functional.resize import _apply
+
+    x = np.random.default_rng(23).standard_normal((2, *hw, 3))
+    out, cache = F.bilinear_resize_forward(x, size)
+    assert rel_err(out, _apply(x, cache.a_h, cache.a_w)) < 1e-15
