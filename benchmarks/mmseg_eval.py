@@ -5,14 +5,16 @@
     python -m benchmarks.mmseg_eval --models twins_svt_base_uperhead_ade20k --threads 4
 
 ADE20K's validation split has 2,000 images; mmsegmentation's test pipeline rescales each to
-fit 2048x512, so most become 512 pixels high and about 683 wide (4:3). The evaluation's time
+fit 2048x512, which brings the shorter side to 512 unless the longer would exceed 2048: a
+4:3 image becomes 512x683. The evaluation's time
 is then about 2,000 times one forward at 512x683 (reading and resizing an image, and the
 per-image resize of the 150-class logits, add a little: both are timed here too, as
 ``post``). The script times ``Segmenter.inference`` under ``no_grad`` in float32 (a warm-up,
 then the median of ``--repeats`` runs) and prints, per model, the seconds per image, the
 multiply-adds (``twins_np.analysis.count_flops``), the rate they imply, and that time x 2,000.
-For models not timed, ``--estimate`` adds rows scaled from the measured rate by their
-multiply-adds: estimates, marked as such. Results are also written to
+For models not timed, ``--estimate`` adds rows scaled by their multiply-adds from the rate
+measured on the timed model with the same head (FPN or UPerNet: their layers run at
+different rates): estimates, marked as such. Results are also written to
 ``benchmarks/results/mmseg_eval_<device>.json``.
 """
 
@@ -81,27 +83,36 @@ def main(argv: list[str] | None = None) -> int:
                 post.append(t2 - t1)
         macs = count_flops(seg, SIZE).total
         s = statistics.median(times) + statistics.median(post)
-        rows.append(dict(model=name, measured=True, seconds=s, forward=statistics.median(times), gmacs=macs / 1e9))
+        rows.append(dict(model=name, measured=True, seconds=s, forward=statistics.median(times), post=statistics.median(post),
+                         gmacs=macs / 1e9, rate=macs / 1e9 / statistics.median(times)))  # fmt: skip
         del seg
-    rate = statistics.median(r["gmacs"] / r["forward"] for r in rows)  # G multiply-adds per second
+    rates = {_head(r["model"]): r["rate"] for r in rows}  # G multiply-adds per second of the forward, per head
+    rate = statistics.median(rates.values())
     if args.estimate:
+        post = statistics.median(r["post"] for r in rows)
         for name in list_segmenters():
             if name.endswith("_ade20k") and name not in args.models:
                 gmacs = count_flops(name, SIZE).total / 1e9
-                rows.append(dict(model=name, measured=False, seconds=gmacs / rate, forward=gmacs / rate, gmacs=gmacs))
+                r = rates.get(_head(name), rate)
+                rows.append(dict(model=name, measured=False, seconds=gmacs / r + post, forward=gmacs / r, post=post,
+                                 gmacs=gmacs, rate=r))  # fmt: skip
     where = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores" if args.device == "cpu" else "GPU"
-    print(f"{where}; {args.device}, {args.threads} threads; float32; one 512x683 image; rate {rate:.1f} G multiply-adds/s")
-    print("| model | measured or estimated | G MACs | s per image | ADE20K val (2,000 images) |")
-    print("|---|---|---|---|---|")
+    print(f"{where}; {args.device}, {args.threads} threads; float32; one 512x683 image")
+    print("| model | measured or estimated | G MACs | G MACs/s | s per image | ADE20K val (2,000 images) |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
         kind = "measured" if r["measured"] else "**estimate** (scaled by MACs)"
         total = r["seconds"] * ADE20K_VAL
-        print(f"| {r['model']} | {kind} | {r['gmacs']:.1f} | {r['seconds']:.2f} | {total / 3600:.1f} h |")
+        print(f"| {r['model']} | {kind} | {r['gmacs']:.1f} | {r['rate']:.1f} | {r['seconds']:.2f} | {total / 3600:.1f} h |")
     out = HERE / "results" / f"mmseg_eval_{args.device}.json"
     out.parent.mkdir(exist_ok=True)
     meta = dict(device=args.device, threads=args.threads, size=SIZE, python=sys.version.split()[0], numpy=np.__version__)
-    out.write_text(json.dumps(dict(meta=meta, rate_gmacs_per_s=rate, rows=rows), indent=1) + "\n")
+    out.write_text(json.dumps(dict(meta=meta, rates_gmacs_per_s=rates, rows=rows), indent=1) + "\n")
     return 0
+
+
+def _head(name: str) -> str:
+    return "uper" if "_uperhead" in name else "fpn"
 
 
 if __name__ == "__main__":

@@ -762,7 +762,7 @@ def module_flops(module: Module, size: int | tuple[int, int], batch_size: int = 
     rows: list[FlopRow]
     if isinstance(module, PatchEmbed):
         C, cin, p, _ = module.proj.weight.shape
-        rows = _patch_embed_rows("embed", _StageSpec(int(p), int(cin), int(C), ()), H, W, B)[0]
+        rows = _patch_embed_rows("embed", _StageSpec(int(p), int(cin), int(C), (), module.padding == "corner"), H, W, B)[0]
     elif isinstance(module, Block):
         rows = list(_block_rows("block", _block_spec(module), H, W, B, include_attention))
     elif isinstance(module, LocallyGroupedAttn | GlobalSubSampleAttn):

@@ -610,7 +610,7 @@ def load_arrays(
     if backbone and not any(k in state for k in backbone):
         raise KeyError(
             f"{source} holds no parameter of the backbone of {label} ({len(backbone)} keys, first: {backbone[0]}): "
-            f"loading it would leave the backbone at its initial values (its keys start with: "
+            f"loading it would leave the backbone at its initial values (the file's keys start with: "
             f"{', '.join(sorted({k.split('.')[0] for k in state})[:4]) or 'nothing'})"
         )
     try:
