@@ -5,25 +5,20 @@ and UPerNet on PCPVT-S/B/L and SVT-S/B/L) as ``.pth`` files holding ``{"state_di
 "meta": ...}``. Their neck and head keys (``neck.*``, ``decode_head.*``,
 ``auxiliary_head.*``) are twins-np's already (:class:`~twins_np.models.Segmenter` uses
 mmsegmentation's layout); the backbone's are not, because twins-np's Twins keeps timm's
-names. The map, for stage s and block i (``backbone.`` in front of both sides):
+names. The map, for stage s and block i (``backbone.`` in front of both sides; ``*`` is
+``weight`` or ``bias``):
 
-==================================================  ====================================
-mmsegmentation                                      twins-np (timm)
-==================================================  ====================================
-``patch_embeds.s.projection.{weight,bias}``         ``patch_embeds.s.proj.*``
-``patch_embeds.s.norm.*``                           ``patch_embeds.s.norm.*``
-``position_encodings.s.proj.*``                     ``pos_block.s.proj.0.*``
-``layers.s.i.norm1.*``, ``norm2.*``                 ``blocks.s.i.norm1.*``, ``norm2.*``
-``layers.s.i.attn.qkv.*``, ``attn.proj.*`` (LSA)    ``blocks.s.i.attn.qkv.*``, ``attn.proj.*``
-``layers.s.i.attn.attn.in_proj_weight`` (GSA)      rows 0:C -> ``attn.q.weight``,
-                                                    rows C:3C -> ``attn.kv.weight``
-``layers.s.i.attn.attn.in_proj_bias``               ``attn.q.bias``, ``attn.kv.bias`` (same split)
-``layers.s.i.attn.attn.out_proj.*``                 ``blocks.s.i.attn.proj.*``
-``layers.s.i.attn.sr.*``, ``attn.norm.*``           ``blocks.s.i.attn.sr.*``, ``attn.norm.*``
-``layers.s.i.ffn.layers.0.0.*``                     ``blocks.s.i.mlp.fc1.*``
-``layers.s.i.ffn.layers.1.*``                       ``blocks.s.i.mlp.fc2.*``
-``norm_list.s.*`` (SVT)                             ``norm_list.s.*``
-==================================================  ====================================
+- ``patch_embeds.s.projection.*`` -> ``patch_embeds.s.proj.*``; ``patch_embeds.s.norm.*`` unchanged
+- ``position_encodings.s.proj.*`` -> ``pos_block.s.proj.0.*``
+- ``layers.s.i.norm1.*``, ``norm2.*`` -> ``blocks.s.i.norm1.*``, ``norm2.*``
+- LSA: ``layers.s.i.attn.qkv.*``, ``attn.proj.*`` -> ``blocks.s.i.attn.qkv.*``, ``attn.proj.*``
+- GSA: ``layers.s.i.attn.attn.in_proj_weight`` -> rows 0:C ``blocks.s.i.attn.q.weight``, rows
+  C:3C ``blocks.s.i.attn.kv.weight`` (``in_proj_bias`` split the same way into ``q.bias`` and
+  ``kv.bias``); ``layers.s.i.attn.attn.out_proj.*`` -> ``blocks.s.i.attn.proj.*``;
+  ``layers.s.i.attn.sr.*``, ``attn.norm.*`` -> ``blocks.s.i.attn.sr.*``, ``attn.norm.*``
+- ``layers.s.i.ffn.layers.0.0.*`` -> ``blocks.s.i.mlp.fc1.*``; ``layers.s.i.ffn.layers.1.*`` ->
+  ``blocks.s.i.mlp.fc2.*``
+- ``norm_list.s.*`` (SVT) unchanged
 
 The GSA split is exact: mmsegmentation's GSA is torch's ``nn.MultiheadAttention``, whose
 packed ``in_proj_weight`` stacks the query, key and value projections in that order, and
