@@ -385,6 +385,12 @@ def test_segment_task_checks_head_options():
         validate_config(config({"aux_weight": -1}))
     with pytest.raises(ConfigError, match="test_cfg must be a dict with mode one of"):
         validate_config(config({"test_cfg": {"mode": "tiles"}}))
+    # the flavour options of the backbone are checked with the backbone's overrides
+    validate_config(config({"patch_padding": "floor", "pad_mask": None, "norm_after_stage": False}))
+    with pytest.raises(ConfigError, match="pad_mask must be one of None, 'mmseg', 'padded', got \"all\""):
+        validate_config(config({"pad_mask": "all"}))
+    with pytest.raises(ConfigError, match="patch_padding must be one of 'floor', 'corner'"):
+        validate_config(config({"patch_padding": "ceil"}))
 
 
 def test_uperhead_trains_a_few_steps():
