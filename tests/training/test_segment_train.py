@@ -296,11 +296,11 @@ def test_batchnorm_segmenter_round_trip_through_the_cli(tmp_path: Path, capsys: 
     data = load_dataset("shapes", "test", image_size=32).subset(np.arange(16))
     trained.eval()
     want = trained(data.images)
+    fresh = Trainer.resume(out, progress=False, log=None).model
     for name in ("weights.npz", "w.safetensors", "w.pth"):
         path = out / name
         if name != "weights.npz":
             convert_weights(out / "weights.npz", path)
-        fresh = Trainer.resume(out, progress=False, log=None).model
         # wipe the statistics first: only the file can bring them back
         fresh.load_state_dict({k: np.zeros_like(v) if "running" in k or "tracked" in k else v for k, v in fresh.state_dict().items()})
         load_weights(fresh, path)
