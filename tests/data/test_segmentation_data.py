@@ -284,7 +284,14 @@ def test_reduce_zero_and_label_map_are_mmsegmentations():
 
 @pytest.mark.parametrize(
     ("hw", "want"),
-    [((512, 683), (512, 683)), ((300, 200), (768, 512)), ((341, 256), (682, 512)), ((333, 500), (512, 769)), ((3000, 100), (2048, 68)), ((512, 512), (512, 512))],
+    [
+        ((512, 683), (512, 683)),
+        ((300, 200), (768, 512)),
+        ((341, 256), (682, 512)),
+        ((333, 500), (512, 769)),
+        ((3000, 100), (2048, 68)),
+        ((512, 512), (512, 512)),
+    ],
 )
 def test_rescale_size_is_mmcvs_imrescale(hw, want):
     from twins_np.data.segmentation import rescale_size

@@ -121,7 +121,8 @@ def test_mmseg_rule_equals_iou_metric_histc():
     metrics.update(pred, label)
     scores = metrics.compute()
     iou = theirs[0].numpy() / theirs[1].numpy()
-    assert np.allclose(scores["iou"], iou) and scores["pixel_accuracy"] == pytest.approx(theirs[0].sum().item() / theirs[3].sum().item())
+    assert np.allclose(scores["iou"], iou)
+    assert scores["pixel_accuracy"] == pytest.approx(theirs[0].sum().item() / theirs[3].sum().item())
 
 
 def test_format_mmseg_tables():

@@ -324,7 +324,7 @@ def evaluate_segmenter_images(
     try:
         for i in range(len(images)):
             image, label = images.read(i)
-            x = to_device(image[None].astype(model.dtype, copy=False), device)  # float32 pixels; a float64 model gets them exactly
+            x = to_device(image[None].astype(model.dtype, copy=False), device)  # float32 pixels, exact in float64 too
             with no_grad(), np.errstate(over="ignore", invalid="ignore") if check_finite else contextlib.nullcontext():
                 logits = model.inference(x)  # (1, K, h, w)
                 if tuple(logits.shape[2:]) != label.shape:  # mmseg's postprocess_result: back to the original size
