@@ -21,7 +21,8 @@ Notation, per stage: token grid H x W, N = H*W tokens, C channels, MLP hidden h 
 - GSA (sub-sampling sr): ``N*C^2`` (q) + ``Ns*sr^2*C^2`` (sr conv, only when sr > 1)
   + ``2*Ns*C^2`` (kv) + ``2*N*Ns*C`` (q k^T and attn v) + ``N*C^2`` (proj) + ``2*N*C*h`` (MLP),
   with Ns = floor(H/sr)*floor(W/sr), or N when sr = 1.
-- Per stage: PatchEmbed ``N*C*C_in*p^2`` (p = 4 for stage 1, then 2; the conv floors) and
+- Per stage: PatchEmbed ``N*C*C_in*p^2`` (p = 4 for stage 1, then 2; the conv floors, or,
+  with mmsegmentation's ``patch_padding="corner"``, covers the zero-padded map: ceil) and
   PEG ``9*N*C``. Once: head ``C_last * num_classes``.
 """
 
@@ -37,11 +38,14 @@ from typing import Any, Literal
 from .models import (
     FPN,
     MODEL_CONFIGS,
+    PPM,
     SEGMENTER_CONFIGS,
+    FCNHead,
     FPNHead,
     Segmenter,
     Twins,
     TwinsFeatures,
+    UPerHead,
     create_segmenter,
     list_models,
 )
@@ -170,11 +174,13 @@ class _StageSpec:
     in_chans: int
     dim: int
     blocks: tuple[_BlockSpec, ...]
+    ceil: bool = False  # mmsegmentation's corner padding: ceil(H / p) tokens instead of floor
+    stage_norm: bool = False  # mmsegmentation's SVT: a LayerNorm after the stage
 
     def params(self) -> int:
         C = self.dim
         embed = self.patch**2 * self.in_chans * C + 3 * C
-        return embed + sum(b.params() for b in self.blocks) + 10 * C
+        return embed + sum(b.params() for b in self.blocks) + 10 * C + (2 * C if self.stage_norm else 0)
 
 
 @dataclass(frozen=True)
@@ -232,7 +238,8 @@ def _structure_from_config(cfg: Mapping[str, Any]) -> _Structure:
                 )
             else:
                 blocks.append(_BlockSpec("lsa", C, int(cfg["num_heads"][s]), ws, 0, hidden))
-        stages.append(_StageSpec(p, prev, C, tuple(blocks)))
+        ceil, norm = cfg.get("patch_padding", "floor") == "corner", bool(cfg.get("norm_after_stage", False))
+        stages.append(_StageSpec(p, prev, C, tuple(blocks), ceil, norm))
         prev, p = C, 2
     return _Structure(tuple(stages), int(cfg["num_classes"]), str(cfg["global_pool"]), _pair(cfg["img_size"]))
 
@@ -255,7 +262,7 @@ def _structure_from_model(model: Twins) -> _Structure:
     for s, embed in enumerate(model.patch_embeds):
         C, cin, p, _ = embed.proj.weight.shape
         blocks = [_block_spec(blk) for blk in model.blocks[s]]
-        stages.append(_StageSpec(int(p), int(cin), int(C), tuple(blocks)))
+        stages.append(_StageSpec(int(p), int(cin), int(C), tuple(blocks), embed.padding == "corner", model.norm_list is not None))
     num_classes = model.head.out_features if isinstance(model.head, Linear) else 0
     img_size: Any = model.config.get("img_size", 224)
     return _Structure(tuple(stages), num_classes, model.global_pool, _pair(img_size))
@@ -340,9 +347,12 @@ def _block_rows(prefix: str, b: _BlockSpec, H: int, W: int, B: int, include_atte
 
 def _patch_embed_rows(prefix: str, st: _StageSpec, Hin: int, Win: int, B: int) -> tuple[list[FlopRow], int, int]:
     p, C = st.patch, st.dim
-    if Hin < p or Win < p:
-        raise ValueError(f"{prefix}: a {Hin}x{Win} map is smaller than the patch size {p}; use a larger input")
-    H, W = Hin // p, Win // p  # the conv floors: pixels that do not fill a patch are dropped
+    if st.ceil:  # zero rows and columns pad the map to a multiple of p first
+        H, W = -(-Hin // p), -(-Win // p)
+    else:
+        if Hin < p or Win < p:
+            raise ValueError(f"{prefix}: a {Hin}x{Win} map is smaller than the patch size {p}; use a larger input")
+        H, W = Hin // p, Win // p  # the conv floors: pixels that do not fill a patch are dropped
     N = H * W
     rows = [
         FlopRow(f"{prefix}.proj", "patch_embed", (B, C, H, W), p * p * st.in_chans * C + C, B * N * C * st.in_chans * p * p),
@@ -369,6 +379,8 @@ def _model_rows(st: _Structure, H0: int, W0: int, B: int, include_attention: boo
                 rows.append(_peg_row(s, stage.dim, H, W, B, True))  # the PEG follows block 0
         if not stage.blocks:
             rows.append(_peg_row(s, stage.dim, H, W, B, False))
+        if stage.stage_norm:
+            rows.append(FlopRow(f"norm_list.{s}", "norm", (B, H * W, stage.dim), 2 * stage.dim, 0))
         Hin, Win = H, W
     C, N = st.stages[-1].dim, H * W
     rows.append(FlopRow("norm", "norm", (B, N, C), 2 * C, 0))
@@ -442,7 +454,7 @@ class FlopReport:
         """MACs per breakdown group of :data:`GROUPS` (the spec's table); sums to ``total``."""
         kinds = self.by_kind()
         out = {g: sum(kinds.get(k, 0) for k in ks) for g, ks in GROUPS.items()}
-        if "conv" in kinds:  # a segmenter: the FPN neck's and head's convolutions
+        if "conv" in kinds:  # a segmenter: the neck's and head's convolutions
             out["FPN convs"] = kinds["conv"]
         return out
 
@@ -585,19 +597,26 @@ def _segmenter_flops(seg: Segmenter, input_size: Any, B: int, include_attention:
         rows += [dataclasses.replace(r, name=f"backbone.{r.name}") for r in backbone.rows if r.name == "norm"]
     sizes = level_sizes(seg.backbone, H0, W0)
     for prefix, part in (("neck", seg.neck), ("decode_head", seg.decode_head)):
+        if part is None:  # UPerNet has no neck
+            continue
         walker = _DENSE_WALKERS.get(type(part))
         if walker is None:
             raise TypeError(f"count_flops does not know the segmenter part {prefix} ({type(part).__name__})")
         rows += walker(prefix, part, B, sizes)
+    if seg.auxiliary_head is not None:
+        # the auxiliary head runs in training only: its parameters are counted, its MACs are not
+        aux = _fcn_head_rows("auxiliary_head", seg.auxiliary_head, B, [sizes[seg.aux_in_index]])
+        rows += [dataclasses.replace(r, kind="aux (training only)", macs=0) for r in aux]
     return FlopReport("Segmenter", (H0, W0), B, include_attention, rows)
 
 
 def level_sizes(backbone: Twins, H: int, W: int) -> list[tuple[int, int]]:
-    """(H_s, W_s) of each stage map of ``backbone`` for an H x W image (the patch embeddings floor)."""
+    """(H_s, W_s) of each stage map of ``backbone`` for an H x W image (the patch embeddings floor,
+    or, with mmsegmentation's corner padding, round up)."""
     sizes = []
     for embed in backbone.patch_embeds:
         p = int(embed.proj.weight.shape[-1])
-        H, W = H // p, W // p
+        H, W = (-(-H // p), -(-W // p)) if embed.padding == "corner" else (H // p, W // p)
         sizes.append((H, W))
     return sizes
 
@@ -639,9 +658,44 @@ def _fpn_head_rows(prefix: str, head: FPNHead, B: int, sizes: list[tuple[int, in
     return rows
 
 
+def _ppm_rows(prefix: str, ppm: PPM, B: int, H: int, W: int) -> list[FlopRow]:
+    """The pyramid pooling module: each branch's 1x1 ConvModule on its pooled map (pooling and resizes count 0)."""
+    rows: list[FlopRow] = []
+    for i, (branch, p) in enumerate(zip(ppm, ppm.pool_scales)):
+        rows += _conv_rows(f"{prefix}.{i}.1", branch[1], B, p, p)
+    return rows
+
+
+def _uper_head_rows(prefix: str, head: UPerHead, B: int, sizes: list[tuple[int, int]]) -> list[FlopRow]:
+    """UPerHead: PPM and bottleneck on the last level, laterals and fpn convs, fpn_bottleneck and the
+    classifier at level 0 (the resizes, sums and concatenations count 0)."""
+    (H0, W0), (Hl, Wl) = sizes[0], sizes[-1]
+    rows = _ppm_rows(f"{prefix}.psp_modules", head.psp_modules, B, Hl, Wl)
+    rows += _conv_rows(f"{prefix}.bottleneck", head.bottleneck, B, Hl, Wl)
+    for s, (H, W) in enumerate(sizes[:-1]):
+        rows += _conv_rows(f"{prefix}.lateral_convs.{s}", head.lateral_convs[s], B, H, W)
+    for s, (H, W) in enumerate(sizes[:-1]):
+        rows += _conv_rows(f"{prefix}.fpn_convs.{s}", head.fpn_convs[s], B, H, W)
+    rows += _conv_rows(f"{prefix}.fpn_bottleneck", head.fpn_bottleneck, B, H0, W0)
+    rows += _conv_rows(f"{prefix}.conv_seg", head.conv_seg, B, H0, W0)
+    return rows
+
+
+def _fcn_head_rows(prefix: str, head: FCNHead, B: int, sizes: list[tuple[int, int]]) -> list[FlopRow]:
+    """FCNHead on its one level: its convs, conv_cat when it concatenates, the classifier."""
+    (H, W) = sizes[0]
+    rows: list[FlopRow] = []
+    for j, m in enumerate(head.convs):
+        rows += _conv_rows(f"{prefix}.convs.{j}", m, B, H, W)
+    if head.conv_cat is not None:
+        rows += _conv_rows(f"{prefix}.conv_cat", head.conv_cat, B, H, W)
+    rows += _conv_rows(f"{prefix}.conv_seg", head.conv_seg, B, H, W)
+    return rows
+
+
 # How count_flops walks each kind of segmenter neck and head: (prefix, module, B, level sizes) -> rows.
 # A new head adds its walker here; the model files hold no counting code.
-_DENSE_WALKERS: dict[type, Any] = {FPN: _fpn_rows, FPNHead: _fpn_head_rows}
+_DENSE_WALKERS: dict[type, Any] = {FPN: _fpn_rows, FPNHead: _fpn_head_rows, UPerHead: _uper_head_rows, FCNHead: _fcn_head_rows}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -708,7 +762,7 @@ def module_flops(module: Module, size: int | tuple[int, int], batch_size: int = 
     rows: list[FlopRow]
     if isinstance(module, PatchEmbed):
         C, cin, p, _ = module.proj.weight.shape
-        rows = _patch_embed_rows("embed", _StageSpec(int(p), int(cin), int(C), ()), H, W, B)[0]
+        rows = _patch_embed_rows("embed", _StageSpec(int(p), int(cin), int(C), (), module.padding == "corner"), H, W, B)[0]
     elif isinstance(module, Block):
         rows = list(_block_rows("block", _block_spec(module), H, W, B, include_attention))
     elif isinstance(module, LocallyGroupedAttn | GlobalSubSampleAttn):

@@ -17,6 +17,7 @@ from . import functional as F
 from .backend import device_of, get_xp, to_device
 from .gradcheck import GradCheckResult, check_backward, check_module
 from .nn import (
+    AdaptiveAvgPool2d,
     BatchNorm2d,
     Block,
     Conv2d,
@@ -160,6 +161,16 @@ def cases() -> list[Case]:
             ["x", "qkv_w", "qkv_b", "proj_w", "proj_b"],
             wrt=[0, 2, 3, 4, 5],
         ),
+        # 5x6 in windows of 4: both pads positive, so mmsegmentation's rule masks the padding
+        _op(
+            "LSA (ws 4, mmseg's padding mask)",
+            lambda x, qkv_w, qkv_b, proj_w, proj_b: F.lsa_forward(
+                x, (H, W), qkv_w, qkv_b, proj_w, proj_b, heads, 4, pad_mask="mmseg"
+            ),
+            F.lsa_backward,
+            lambda r: [n(r, 2, H * W, C), n(r, 3 * C, C), n(r, 3 * C), n(r, C, C), n(r, C)],
+            ["x", "qkv_w", "qkv_b", "proj_w", "proj_b"],
+        ),
         _op(
             "GSA (sr 1)",
             F.gsa_forward,
@@ -209,6 +220,13 @@ def cases() -> list[Case]:
             ["x", "w", "b"],
         ),
         _op("avg pool (floors)", lambda x: F.avg_pool_forward(x, 2), F.avg_pool_backward, lambda r: [n(r, 2, 7, 9, 3)], ["x"]),
+        _op(
+            "corner pad (7x9 to multiples of 4)",
+            lambda x: F.corner_pad_forward(x, 4),
+            F.corner_pad_backward,
+            lambda r: [n(r, 2, 7, 9, 3)],
+            ["x"],
+        ),
         _op(
             "GSA (sr 4, avg pool)",
             lambda x, q_w, q_b, kv_w, kv_b, proj_w, proj_b: F.gsa_forward(
@@ -301,6 +319,11 @@ def cases() -> list[Case]:
         ),
         _module("PosConv", lambda r: (PosConv(C, C, rng=1), [n(r, 2, H * W, C), (H, W)])),
         _module("PatchEmbed", lambda r: (PatchEmbed(9, 2, 3, C, rng=1), [n(r, 2, 3, 9, 7)])),
+        _module("PatchEmbed (corner padding)", lambda r: (PatchEmbed(9, 4, 3, C, rng=1, padding="corner"), [n(r, 2, 3, 9, 7)])),
+        _module(
+            "LocallyGroupedAttn (mmseg's padding mask)",
+            lambda r: (LocallyGroupedAttn(C, heads, ws=4, rng=1, pad_mask="mmseg"), [n(r, 2, H * W, C), (H, W)]),
+        ),
         _module("Block (LSA)", lambda r: (Block(C, heads, 2.0, ws=4, rng=1), [n(r, 2, H * W, C), (H, W)]), mode="directional"),
         _module(
             "Block (GSA)",
@@ -354,6 +377,14 @@ def _dense_head_cases() -> list[Case]:
             lambda r: [2.0 + n(r, 2, 5, 3, 5), 1.0 + n(r, 5), n(r, 5)],
             ["x", "gamma", "beta"],
         ),
+        _op(
+            "adaptive avg pool (7x10 -> 3x6)",
+            lambda x: F.adaptive_avg_pool_forward(x, (3, 6)),
+            F.adaptive_avg_pool_backward,
+            lambda r: [n(r, 2, 7, 10, 3)],
+            ["x"],
+        ),
+        _module("AdaptiveAvgPool2d (6)", lambda r: (AdaptiveAvgPool2d(6), [n(r, 2, 16, 11, 2)]), mode="full"),
         _module("Conv2d 3x3 (stride 2, pad 1)", lambda r: (Conv2d(3, 5, 3, 2, 1, rng=1), [n(r, 2, 7, 5, 3)])),
         _module("GroupNorm (module)", lambda r: (GroupNorm(3, 9), [2.0 + n(r, 2, 5, 3, 9)])),
         _module("BatchNorm2d (train)", lambda r: (BatchNorm2d(5), [2.0 + n(r, 2, 5, 3, 5)])),

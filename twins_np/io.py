@@ -42,6 +42,7 @@ from typing import IO, Any
 import numpy as np
 
 from .backend import asnumpy
+from .models.mmseg import create_segmenter_for, flavour_mismatch, from_mmseg, is_mmseg_state
 
 __all__ = [
     "FORMATS",
@@ -53,6 +54,7 @@ __all__ = [
     "load_weights",
     "load_arrays",
     "PartialLoadWarning",
+    "load_segmenter",
 ]
 
 PathLike = str | os.PathLike
@@ -578,6 +580,9 @@ def convert_weights(src: PathLike, dst: PathLike) -> dict[str, np.ndarray]:
 
     Names, shapes, dtypes and values are kept exactly (a safetensors BF16 tensor
     becomes float32, exactly); safetensors-to-safetensors also keeps ``__metadata__``.
+    An mmsegmentation Twins checkpoint is recognised by its keys and written with
+    twins-np's names (:func:`twins_np.models.mmseg.from_mmseg`), ready for
+    :func:`load_weights` into its ``*_ade20k`` segmenter.
     """
     metadata: dict[str, str] = {}
     if weights_format(src) == "safetensors" and weights_format(dst) == "safetensors":
@@ -586,6 +591,8 @@ def convert_weights(src: PathLike, dst: PathLike) -> dict[str, np.ndarray]:
         arrays, metadata = _read_safetensors(src)
     else:
         arrays = read_weights(src)
+    if is_mmseg_state(arrays):
+        arrays = from_mmseg(arrays)
     save_weights(arrays, dst, metadata=metadata)
     return arrays
 
@@ -594,12 +601,19 @@ def convert_weights(src: PathLike, dst: PathLike) -> dict[str, np.ndarray]:
 def load_weights(model: Any, path: PathLike, strict: bool = True, allow_nonfinite: bool = False) -> Any:
     """Read ``path`` and copy its arrays into ``model`` (dtype and device become the model's).
 
-    All or nothing: on any error the model is left exactly as it was.
+    All or nothing: on any error the model is left exactly as it was. Parameters and
+    buffers (BatchNorm's running statistics) are both loaded. An mmsegmentation Twins
+    checkpoint (``.pth`` with ``state_dict`` and ``meta``, backbone keys
+    ``backbone.layers.*``) is recognised by its keys and mapped to twins-np's names
+    (:mod:`twins_np.models.mmseg`); build its model with :func:`load_segmenter` or
+    ``create_segmenter("<backbone>_<fpn|uperhead>_ade20k")``.
 
     Args:
         model: a twins-np module, e.g. from :func:`twins_np.create_model`.
         path: a ``.npz``, ``.safetensors`` or ``.pth`` checkpoint.
-        strict: if True, a missing or an unexpected key is an error.
+        strict: if True, a missing or an unexpected key is an error. With False, a
+            segmenter whose backbone receives no parameter is still an error (the file
+            would leave the backbone at its initial values).
         allow_nonfinite: load NaN and Inf weights (refused by default).
 
     Returns:
@@ -607,18 +621,25 @@ def load_weights(model: Any, path: PathLike, strict: bool = True, allow_nonfinit
 
     Raises:
         ValueError: if a shape differs (the message names the model, the first
-            mismatched key and both shapes), if weights are NaN or Inf, and for
+            mismatched key and both shapes), if weights are NaN or Inf, for an
+            mmsegmentation checkpoint and a model on timm's flavour of Twins, and for
             unreadable files (see :func:`read_weights`).
         TypeError: for complex, bool, string or object arrays, naming every such key.
-        KeyError: (strict) if keys are missing or unexpected, naming the first few;
-            (``strict=False``) if no name of the file is a parameter of the model (nothing
-            would load), saying which prefix would make them match.
+        KeyError: (strict) if keys are missing or unexpected, naming the first few; an
+            mmsegmentation key without a twins-np place, naming it; (``strict=False``) if no
+            name of the file is a parameter of the model (nothing would load), saying which
+            prefix would make them match, or if a segmenter's backbone would get none.
 
     Warns:
         PartialLoadWarning: (``strict=False``) when only some parameters were loaded, or
             some arrays of the file were not used: how many, and the first names.
     """
     state = read_weights(path)
+    if is_mmseg_state(state):
+        problem = flavour_mismatch(model)
+        if problem:
+            raise ValueError(f"checkpoint {path} is mmsegmentation's: {problem}")
+        state = from_mmseg(state)
     return load_arrays(model, state, strict=strict, source=f"checkpoint {path}", allow_nonfinite=allow_nonfinite)
 
 
@@ -627,12 +648,15 @@ def load_arrays(
 ) -> Any:
     """Copy ``{name: array}`` into ``model`` with :func:`load_weights`'s checks and messages.
 
-    ``source`` names where the arrays came from in error messages.
+    ``source`` names where the arrays came from in error messages. The model's keys are
+    its ``state_dict``'s: parameters and buffers.
     """
     label = _model_label(model)
-    own = dict(model.named_parameters())
+    own = model.state_dict()  # parameters and buffers (BatchNorm's running statistics)
     wrong = [
-        (k, p.shape, tuple(np.shape(state[k]))) for k, p in own.items() if k in state and p.shape != tuple(np.shape(state[k]))
+        (k, tuple(p.shape), tuple(np.shape(state[k])))
+        for k, p in own.items()
+        if k in state and tuple(p.shape) != tuple(np.shape(state[k]))
     ]
     if wrong:
         k, want, got = wrong[0]
@@ -648,7 +672,16 @@ def load_arrays(
         ]
         raise KeyError(f"{source} does not fit {label}: " + "; ".join(parts))
     if not strict:
-        _check_partial_load(own, state, source, label)
+        _check_any_match(own, state, source, label)  # nothing at all would load: says which prefix would match
+    backbone = [k for k in own if k.startswith("backbone.")]
+    if backbone and not any(k in state for k in backbone):
+        raise KeyError(
+            f"{source} holds no parameter of the backbone of {label} ({len(backbone)} keys, first: {backbone[0]}): "
+            f"loading it would leave the backbone at its initial values (the file's keys start with: "
+            f"{', '.join(sorted({k.split('.')[0] for k in state})[:4]) or 'nothing'})"
+        )
+    if not strict:
+        _report_partial_load(own, state, source, label)  # a load that will happen: how much of it
     try:
         return model.load_state_dict(state, strict=strict, allow_nonfinite=allow_nonfinite)
     except (TypeError, ValueError) as e:  # bad values: say which file they came from
@@ -659,20 +692,24 @@ class PartialLoadWarning(UserWarning):
     """``strict=False`` loaded some of a model's parameters, not all (the message says how many)."""
 
 
-def _check_partial_load(own: Mapping[str, Any], state: Mapping[str, Any], source: str, label: str) -> None:
-    """``strict=False``: a file that matches no parameter is an error, a partial match is reported.
+def _check_any_match(own: Mapping[str, Any], state: Mapping[str, Any], source: str, label: str) -> None:
+    """``strict=False``: a file that matches no parameter is an error.
 
     Without this, classifier weights loaded into a segmenter (whose names start with
     ``backbone.``) or a ``features_only`` model (``model.``) change nothing, silently.
     """
-    matched = [k for k in own if k in state]
-    if not matched:
+    if not any(k in state for k in own):
         first = ", ".join(list(state)[:2]) or "none"
         raise KeyError(
             f"{source} matches no parameter of {label}, so strict=False would load nothing: its {len(state)} "
             f"names (first: {first}) are not the model's {len(own)} (first: {', '.join(list(own)[:2])})"
             f"{_prefix_hint(own, state)}"
         )
+
+
+def _report_partial_load(own: Mapping[str, Any], state: Mapping[str, Any], source: str, label: str) -> None:
+    """``strict=False``: a partial match is reported (a PartialLoadWarning: how many loaded, what was left)."""
+    matched = [k for k in own if k in state]
     kept = [k for k in own if k not in state]
     unused = [k for k in state if k not in own]
     if kept or unused:
@@ -711,3 +748,25 @@ def _model_label(model: Any) -> str:
         return type(model).__name__
     n = getattr(model, "num_classes", None)
     return cfg["name"] if n is None or n == cfg.get("num_classes") else f"{cfg['name']} (num_classes={n})"
+
+
+def load_segmenter(path: PathLike, dtype: Any = np.float32, allow_nonfinite: bool = False) -> Any:
+    """Build the segmenter a checkpoint holds and load it strictly: mmsegmentation's Twins files first of all.
+
+    The checkpoint's keys (mmsegmentation's or twins-np's names) say which ``*_fpn_ade20k`` or
+    ``*_uperhead_ade20k`` configuration it is (:func:`twins_np.models.mmseg.recognise`), with
+    its class count and head widths.
+
+    Example::
+
+        seg = twins_np.io.load_segmenter("twins_svt-s_uperhead_8x2_512x512_160k_ade20k_20211130_141005-e48a2d94.pth")
+        logits = seg.inference(image)   # (1, 150, H, W), mmsegmentation's whole-image inference
+    """
+    state = read_weights(path)
+    if is_mmseg_state(state):
+        state = from_mmseg(state)
+    try:
+        model = create_segmenter_for(state, dtype=dtype)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from e
+    return load_arrays(model, state, strict=True, source=f"checkpoint {path}", allow_nonfinite=allow_nonfinite)

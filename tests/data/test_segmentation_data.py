@@ -260,3 +260,96 @@ def test_folder_reader_errors(tmp_path):
     Image.fromarray(np.zeros((9, 8), np.uint8), mode="L").save(tmp_path / "annotations" / "b.png")
     with pytest.raises(ValueError, match=r"\(train split\): image \S*b.jpg is 8x8 but its label map \S*b.png is 8x9"):
         load_segmentation_folder(tmp_path, image_size=8)
+
+
+# --- mmsegmentation's evaluation pipeline: label rules, class count, rescale ---------------------
+
+
+def test_reduce_zero_and_label_map_are_mmsegmentations():
+    """reduce_zero_label then label_map (read from a copy), against mmsegmentation 1.x's LoadAnnotations."""
+    torch = pytest.importorskip("torch")
+    import mmseg_reference as ref
+
+    from twins_np.data.segmentation import apply_label_map, reduce_zero
+
+    label = np.random.default_rng(0).integers(0, 256, size=(37, 29)).astype(np.uint8)
+    label[0, :4] = [0, 1, 254, 255]
+    mapping = {3: 4, 4: 255, 7: 3}  # chained on purpose: 3 -> 4 must not then become 255
+    want = ref.mmseg_labels(torch.from_numpy(label.astype(np.int64)), reduce_zero_label=True, label_map=mapping).numpy()
+    assert np.array_equal(apply_label_map(reduce_zero(label), mapping), want)
+    assert list(reduce_zero(label)[0, :4]) == [255, 0, 253, 255]
+    plain = ref.mmseg_labels(torch.from_numpy(label.astype(np.int64)), label_map=mapping).numpy()
+    assert np.array_equal(apply_label_map(label, mapping), plain)
+
+
+@pytest.mark.parametrize(
+    ("hw", "want"),
+    [
+        ((512, 683), (512, 683)),
+        ((300, 200), (768, 512)),
+        ((341, 256), (682, 512)),
+        ((333, 500), (512, 769)),
+        ((3000, 100), (2048, 68)),
+        ((512, 512), (512, 512)),
+    ],
+)
+def test_rescale_size_is_mmcvs_imrescale(hw, want):
+    from twins_np.data.segmentation import rescale_size
+
+    assert rescale_size(*hw, (2048, 512)) == want
+    assert rescale_size(*hw, (512, 2048)) == want  # (long, short) in either order
+
+
+def test_resize_image_samples_like_torch_and_rounds_to_8_bits():
+    torch = pytest.importorskip("torch")
+    from twins_np.data.segmentation import resize_image
+
+    image = np.random.default_rng(1).integers(0, 256, size=(30, 41, 3)).astype(np.uint8)
+    for size in [(51, 70), (17, 23), (30, 41)]:
+        t = torch.nn.functional.interpolate(
+            torch.from_numpy(image.astype(np.float64)).permute(2, 0, 1)[None], size=size, mode="bilinear", align_corners=False
+        )
+        exact = t[0].permute(1, 2, 0).numpy()
+        want = np.clip(np.floor(exact + 0.5), 0, 255).astype(np.uint8)
+        out = resize_image(image, size)
+        assert out.dtype == np.uint8
+        # equal, except at exact ties (v + 0.5 an integer) whose float64 sums land on either side
+        differ = out != want
+        assert np.all(np.abs(out.astype(int) - want)[differ] == 1)
+        assert np.all(np.abs(exact[differ] % 1.0 - 0.5) < 1e-9), exact[differ]
+
+
+def _ade_folder(root, sizes):
+    """ADEChallengeData2016's layout: images/validation/*.jpg|png, annotations/validation/*.png (0 = other)."""
+    from PIL import Image
+
+    (root / "images" / "validation").mkdir(parents=True)
+    (root / "annotations" / "validation").mkdir(parents=True)
+    rng = np.random.default_rng(2)
+    for i, (h, w) in enumerate(sizes):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3)).astype(np.uint8)).save(root / "images" / "validation" / f"v{i}.png")
+        Image.fromarray(rng.integers(0, 200, (h, w)).astype(np.uint8)).save(root / "annotations" / "validation" / f"v{i}.png")
+
+
+def test_segmentation_images_keep_sizes_labels_and_the_datasets_class_count(tmp_path):
+    """Each image rescaled and normalised as mmsegmentation's pipeline does, its labels at the original size;
+    the class count is the dataset's (150 for ADE20K) whatever labels the files hold, and classes.txt replaces the names."""
+    from PIL import Image
+
+    from twins_np.data.segmentation import ADE20K_CLASSES, load_segmentation_images, reduce_zero, resize_image
+
+    _ade_folder(tmp_path, [(512, 683), (300, 200)])
+    data = load_segmentation_images(tmp_path, "test", ADE20K_CLASSES, reduce_zero_label=True)
+    assert len(data) == 2 and data.num_classes == 150 and data.classes[0] == "wall" and data.classes[-1] == "flag"
+    x, y = data.read(1)
+    assert x.shape == (3, 768, 512) and x.dtype == np.float32 and y.shape == (300, 200) and y.dtype == np.int64
+    raw = np.asarray(Image.open(tmp_path / "images" / "validation" / "v1.png"))
+    mean, std = np.float32([123.675, 116.28, 103.53]), np.float32([58.395, 57.12, 57.375])
+    assert np.array_equal(x, ((resize_image(raw, (768, 512)).astype(np.float32) - mean) / std).transpose(2, 0, 1))
+    label = np.asarray(Image.open(tmp_path / "annotations" / "validation" / "v1.png"))
+    assert np.array_equal(y, reduce_zero(label))
+    assert data.subset([1]).pairs == [data.pairs[1]]
+    (tmp_path / "classes.txt").write_text("a\nb\nc\n")
+    assert load_segmentation_images(tmp_path, "test").classes == ["a", "b", "c"]
+    with pytest.raises(ValueError, match="no 'train' split folder"):
+        load_segmentation_images(tmp_path, "train")

@@ -293,3 +293,66 @@ def test_mixed_numpy_cupy_raises():
 
     with pytest.raises(TypeError, match="CuPy"):
         _call(x=cupy.ones((1, 30, 4)))
+
+
+# --- the masked variant (mmsegmentation's LSA) ------------------------------------------------
+
+MASKED = [(9, 10, 4), (5, 7, 3), (6, 5, 3)]  # both pads > 0; only the rows padded; only the columns
+
+
+@pytest.mark.parametrize(("H", "W", "ws"), MASKED)
+def test_masked_lsa_matches_loop(H, W, ws):
+    """pad_mask="padded" leaves the padded tokens out of every real query's keys (exp(-1000) is 0 in
+    float64); "mmseg" does so only where both pads are positive, and is timm's unmasked LSA otherwise."""
+    x, *params = make_params(40, 2, H, W, 4)
+    masked = lsa_loop(x, (H, W), *params, 2, ws, mask_padded=True)
+    unmasked = lsa_loop(x, (H, W), *params, 2, ws)
+    out, _ = F.lsa_forward(x, (H, W), *params, num_heads=2, ws=ws, pad_mask="padded")
+    assert rel_err(out, masked) < 1e-12
+    out, _ = F.lsa_forward(x, (H, W), *params, num_heads=2, ws=ws, pad_mask="mmseg")
+    pad_b, pad_r = F.window_pads((H, W), ws)
+    assert rel_err(out, masked if pad_b and pad_r else unmasked) < 1e-12
+    assert rel_err(masked, unmasked) > 1e-3  # the mask matters on these maps
+
+
+@pytest.mark.parametrize("rule", ["mmseg", "padded"])
+@pytest.mark.parametrize(("H", "W", "ws"), MASKED)
+def test_masked_lsa_gradcheck(xp, rule, H, W, ws):
+    """The mask is a constant added to the scores: the backward is unchanged, and finite differences agree."""
+    device = "cpu" if xp is np else "gpu"
+    x, *params = make_params(41, 2, H, W, 4)
+    rows = check_backward(
+        F.lsa_forward, F.lsa_backward, [x, (H, W), *params, 2, ws, 0.0, None, True, rule], wrt=[0, 2, 3, 4, 5],
+        names=NAMES, device=device,
+    )  # fmt: skip
+    assert max(r.max_rel_err for r in rows) < TOLERANCES["gradcheck_rel"]
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize(("H", "W", "ws"), [(9, 10, 4), (5, 7, 3), (18, 14, 7), (5, 4, 7)])
+def test_mmseg_lsa_parity_with_torch(H, W, ws):
+    """Against mmsegmentation's LocallyGroupedSelfAttention (restated in tests/mmseg_reference.py): output and every gradient."""
+    torch = pytest.importorskip("torch")
+    import mmseg_reference as ref
+
+    x, qkv_w, qkv_b, proj_w, proj_b = make_params(42, 2, H, W, 4)
+    m = ref.LocallyGroupedSelfAttention(4, 2, ws).double()
+    with torch.no_grad():
+        for p, v in ((m.qkv.weight, qkv_w), (m.qkv.bias, qkv_b), (m.proj.weight, proj_w), (m.proj.bias, proj_b)):
+            p.copy_(torch.tensor(v))
+    tx = torch.tensor(x, requires_grad=True)
+    tout = m(tx, (H, W))
+    dout = np.random.default_rng(43).standard_normal(tuple(tout.shape))
+    tout.backward(torch.tensor(dout))
+    out, cache = F.lsa_forward(x, (H, W), qkv_w, qkv_b, proj_w, proj_b, num_heads=2, ws=ws, pad_mask="mmseg")
+    grads = F.lsa_backward(dout, cache)
+    theirs = [tx.grad, m.qkv.weight.grad, m.qkv.bias.grad, m.proj.weight.grad, m.proj.bias.grad]
+    assert rel_err(out, tout.detach().numpy()) < TOLERANCES["parity_f64_rel"]
+    for name, mine, t in zip(NAMES, grads, theirs):
+        assert rel_err(mine, t.numpy()) < TOLERANCES["parity_f64_rel"], name
+
+
+def test_masked_lsa_keeps_float32():
+    x, *params = (a.astype(np.float32) for a in make_params(44, 1, 5, 7, 4))
+    out, cache = F.lsa_forward(x, (5, 7), *params, num_heads=2, ws=3, pad_mask="padded")
+    assert out.dtype == np.float32 and all(g.dtype == np.float32 for g in F.lsa_backward(np.ones_like(out), cache))

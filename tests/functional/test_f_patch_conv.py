@@ -173,3 +173,48 @@ def test_mixed_numpy_cupy_raises():
     x, w, b = patch_args(25, 1, 8, 8, 3, 4, 4)
     with pytest.raises(TypeError, match="'weight' is a CuPy"):
         F.patch_conv_forward(x, cupy.asarray(w), b)
+
+
+# --- corner padding (mmsegmentation's patch embedding) ---------------------------------------
+
+
+@pytest.mark.parametrize(("H", "W", "k"), [(9, 10, 4), (7, 7, 2), (8, 8, 4), (1, 3, 4), (5, 6, 1)])
+def test_corner_pad_forward_and_gradcheck(xp, H, W, k):
+    x = np.random.default_rng(30).standard_normal((2, H, W, 3))
+    out, cache = F.corner_pad_forward(xp.asarray(x), k)
+    Hp, Wp = -(-H // k) * k, -(-W // k) * k
+    out = np.asarray(out.get() if hasattr(out, "get") else out)
+    assert out.shape == (2, Hp, Wp, 3)
+    assert np.array_equal(out[:, :H, :W], x) and not out[:, H:].any() and not out[:, :, W:].any()
+    rows = check_backward(F.corner_pad_forward, F.corner_pad_backward, [x, k], names=["x"], device="cpu" if xp is np else "gpu")
+    assert rows[0].max_rel_err < TOLERANCES["gradcheck_rel"]
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize(("H", "W", "k"), [(9, 10, 4), (7, 5, 2), (3, 13, 4)])
+def test_corner_pad_then_patch_conv_parity_with_torch(H, W, k):
+    """AdaptivePadding(padding="corner") + conv (mmsegmentation's PatchEmbed): F.pad right/bottom, then the conv."""
+    torch = pytest.importorskip("torch")
+    x, w, b = patch_args(31, 2, H, W, 3, 5, k)
+    Ho, Wo = -(-H // k), -(-W // k)
+    dout = np.random.default_rng(32).standard_normal((2, Ho, Wo, 5))
+    tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+    pad = torch.nn.functional.pad(tx.permute(0, 3, 1, 2), [0, Wo * k - W, 0, Ho * k - H])
+    tout = torch.nn.functional.conv2d(pad, tw, tb, stride=k).permute(0, 2, 3, 1)
+    tout.backward(torch.tensor(dout))
+    padded, pcache = F.corner_pad_forward(x, k)
+    out, ccache = F.patch_conv_forward(padded, w, b)
+    dpad, dw, db = F.patch_conv_backward(dout, ccache)
+    dx = F.corner_pad_backward(dpad, pcache)
+    assert out.shape == (2, Ho, Wo, 5)
+    for mine, theirs in ((out, tout.detach().numpy()), (dx, tx.grad.numpy()), (dw, tw.grad.numpy()), (db, tb.grad.numpy())):
+        assert rel_err(mine, theirs) < TOLERANCES["parity_f64_rel"]
+
+
+def test_corner_pad_is_the_identity_on_multiples_and_refuses_bad_multiples():
+    x = np.zeros((1, 8, 4, 2), np.float32)
+    out, cache = F.corner_pad_forward(x, 4)
+    assert out is x and F.corner_pad_backward(out, cache) is out
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="'multiple' must be a positive integer"):
+            F.corner_pad_forward(x, bad)

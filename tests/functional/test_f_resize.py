@@ -205,3 +205,72 @@ def test_inputs_unchanged():
     out, cache = F.bilinear_resize_forward(x, (5, 2))
     F.resize_backward(np.ones_like(out), cache)
     assert np.array_equal(asnumpy(x), x0)
+
+
+# --- adaptive average pooling (UPerNet's pyramid pooling) -----------------------------------
+
+# (H, W) -> (Ho, Wo): the PPM's 1, 2, 3, 6 on maps they do not divide, larger outputs, identity
+POOLS = [((16, 16), (6, 6)), ((16, 22), (3, 3)), ((7, 5), (2, 3)), ((5, 4), (6, 6)), ((9, 13), (1, 1)), ((4, 6), (4, 6))]
+POOL_IDS = [f"{a[0]}x{a[1]}->{b[0]}x{b[1]}" for a, b in POOLS]
+
+
+def adaptive_pool_loop(x, size):
+    """torch's bins written out: output (i, j) averages rows floor(i H / Ho) .. ceil((i+1) H / Ho) - 1, same for columns."""
+    B, H, W, C = x.shape
+    Ho, Wo = size
+    out = np.zeros((B, Ho, Wo, C))
+    for i in range(Ho):
+        r0, r1 = (i * H) // Ho, -((-(i + 1) * H) // Ho)
+        for j in range(Wo):
+            c0, c1 = (j * W) // Wo, -((-(j + 1) * W) // Wo)
+            out[:, i, j] = x[:, r0:r1, c0:c1].mean(axis=(1, 2))
+    return out
+
+
+@pytest.mark.parametrize(("hw", "size"), POOLS, ids=POOL_IDS)
+def test_adaptive_pool_matches_loop(xp, hw, size):
+    x = np.random.default_rng(20).standard_normal((2, *hw, 3))
+    out, _ = F.adaptive_avg_pool_forward(xp.asarray(x), size)
+    assert rel_err(asnumpy(out), adaptive_pool_loop(x, size)) < 1e-13
+
+
+@pytest.mark.parametrize(("hw", "size"), POOLS, ids=POOL_IDS)
+def test_adaptive_pool_gradcheck(xp, hw, size):
+    device = "cpu" if xp is np else "gpu"
+    x = np.random.default_rng(21).standard_normal((2, *hw, 2))
+    rows = check_backward(F.adaptive_avg_pool_forward, F.adaptive_avg_pool_backward, [x, size], names=["x"], device=device)
+    assert rows[0].max_rel_err < TOLERANCES["gradcheck_rel"]
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize(("hw", "size"), POOLS, ids=POOL_IDS)
+def test_adaptive_pool_parity_with_torch(hw, size):
+    torch = pytest.importorskip("torch")
+    r = np.random.default_rng(22)
+    x, dout = r.standard_normal((2, *hw, 3)), r.standard_normal((2, *size, 3))
+    tx = torch.tensor(np.ascontiguousarray(x.transpose(0, 3, 1, 2)), requires_grad=True)
+    to = torch.nn.functional.adaptive_avg_pool2d(tx, size)
+    to.backward(torch.tensor(np.ascontiguousarray(dout.transpose(0, 3, 1, 2))))
+    out, cache = F.adaptive_avg_pool_forward(x, size)
+    dx = F.adaptive_avg_pool_backward(dout, cache)
+    assert rel_err(out, to.detach().numpy().transpose(0, 2, 3, 1)) < TOLERANCES["parity_f64_rel"]
+    assert rel_err(dx, tx.grad.numpy().transpose(0, 2, 3, 1)) < TOLERANCES["parity_f64_rel"]
+
+
+def test_adaptive_pool_keeps_float32_and_refuses_bad_sizes():
+    x = np.ones((1, 5, 4, 2), np.float32)
+    out, cache = F.adaptive_avg_pool_forward(x, 3)
+    assert out.dtype == np.float32 and out.shape == (1, 3, 3, 2) and np.all(out == 1.0)
+    assert F.adaptive_avg_pool_backward(np.ones_like(out), cache).dtype == np.float32
+    with pytest.raises(ValueError, match="pair of positive integers"):
+        F.adaptive_avg_pool_forward(x, (0, 2))
+
+
+@pytest.mark.parametrize(("hw", "size"), SIZES, ids=SIZE_IDS)
+def test_bilinear_taps_equal_the_matrix_product(hw, size):
+    """The forward reads the two taps per row; the backward uses the matrices: both are the same map."""
+    from twins_np.functional.resize import _apply
+
+    x = np.random.default_rng(23).standard_normal((2, *hw, 3))
+    out, cache = F.bilinear_resize_forward(x, size)
+    assert rel_err(out, _apply(x, cache.a_h, cache.a_w)) < 1e-15

@@ -222,3 +222,33 @@ def test_bad_size_raises(size):
 def test_reverse_wrong_window_shape_raises():
     with pytest.raises(ValueError, match=r"windows must have shape \(B, 4, 9, C\)"):
         F.window_reverse_forward(np.zeros((1, 6, 9, 2)), (5, 6), 3)
+
+
+# --- the additive mask of padded windows (mmsegmentation's LSA) -------------------------------
+
+
+@pytest.mark.parametrize(("H", "W", "ws"), [(9, 10, 4), (5, 6, 3), (6, 5, 3), (6, 6, 3), (18, 14, 7), (3, 2, 7)])
+def test_window_pad_mask_rules(H, W, ws):
+    """"padded": -1000 exactly between a padded and a real position of one window; "mmseg" the same
+    when both pads are positive, and nothing at all when either is 0 (its m[-0:] flags every position)."""
+    pad_b, pad_r = F.window_pads((H, W), ws)
+    table, nW = window_index(H, W, ws)
+    padded = F.window_pad_mask((H, W), ws, "padded", dtype=np.float64)
+    if pad_b == pad_r == 0:
+        assert padded is None
+    else:
+        assert padded.shape == (nW, 1, ws * ws, ws * ws)
+        for (w, i), src_i in table.items():
+            for j in range(ws * ws):
+                differ = (src_i is None) != (table[(w, j)] is None)
+                assert padded[w, 0, i, j] == (F.MASK_VALUE if differ else 0.0)
+    mmseg = F.window_pad_mask((H, W), ws, "mmseg", dtype=np.float64)
+    if pad_b > 0 and pad_r > 0:
+        assert np.array_equal(mmseg, padded)
+    else:
+        assert mmseg is None
+
+
+def test_window_pad_mask_refuses_unknown_rules():
+    with pytest.raises(ValueError, match="pad mask rule must be one of"):
+        F.window_pad_mask((5, 5), 3, "all")

@@ -18,7 +18,7 @@ import pytest
 
 from twins_np.gradcheck import TOLERANCES
 from twins_np.models import MODEL_CONFIGS
-from twins_np.models.segmentation import FPN, FPNHead, Segmenter, create_segmenter, list_segmenters
+from twins_np.models.segmentation import FPN, FCNHead, FPNHead, Segmenter, UPerHead, create_segmenter, list_segmenters
 
 TOL = TOLERANCES["parity_f64_rel"]
 NORMS = [None, "gn", "bn"]
@@ -327,3 +327,97 @@ def test_a_few_adamw_steps_fit_one_batch():
         opt.step()
         first = loss if first is None else first
     assert loss < 0.3 * first, (first, loss)
+
+
+# --- UPerNet and mmsegmentation's configurations ------------------------------------------------
+
+
+def test_uperhead_flops_and_parameters():
+    """The walker counts every conv of UPerHead at its level (PPM convs on their pooled maps), the auxiliary
+    head's parameters but not its MACs (it runs in training only), and the corner-padded level sizes."""
+    from twins_np.analysis import count_flops, count_params, level_sizes
+
+    seg = create_segmenter("twins_svt_small_uperhead_ade20k", num_classes=5, head_channels=16, aux_channels=8)
+    rep = count_flops(seg, (72, 56))
+    assert rep.params == count_params(seg)
+    assert level_sizes(seg.backbone, 72, 56) == [(18, 14), (9, 7), (5, 4), (3, 2)]
+    rows = {r.name: r for r in rep.rows}
+    assert rows["decode_head.psp_modules.3.1.conv"].macs == 6 * 6 * 512 * 16  # a 1x1 conv on the 6x6 pooled map
+    assert rows["decode_head.bottleneck.conv"].macs == 3 * 2 * 16 * (512 + 4 * 16) * 9
+    assert rows["decode_head.fpn_bottleneck.conv"].macs == 18 * 14 * 16 * (4 * 16) * 9
+    assert rows["decode_head.conv_seg"].macs == 18 * 14 * 16 * 5
+    aux = [r for r in rep.rows if r.name.startswith("auxiliary_head.")]
+    assert aux and all(r.macs == 0 and r.kind == "aux (training only)" for r in aux)
+    assert sum(r.params for r in aux) == count_params(seg.auxiliary_head)
+    assert rep.total == sum(r.macs for r in rep.rows) and "backbone.norm_list.3" in rows
+
+
+def test_mmseg_configs_match_mmsegmentations():
+    """The published configurations: UPerHead of 512 channels on every stage, PPM 1/2/3/6, an FCN auxiliary
+    head of 256 on stage 3 weighted 0.4, BatchNorm, whole-image testing; FPN 256/128 on the mmseg flavour."""
+    for b in ("twins_pcpvt_small", "twins_svt_small"):
+        seg = create_segmenter(f"{b}_uperhead_ade20k")
+        dims = MODEL_CONFIGS[b]["embed_dims"]
+        head = seg.decode_head
+        assert head.in_channels == tuple(dims) and head.channels == 512 and head.psp_modules.pool_scales == (1, 2, 3, 6)
+        assert seg.neck is None and seg.auxiliary_head.in_channels == dims[2] and seg.auxiliary_head.channels == 256
+        assert seg.aux_weight == 0.4 and seg.test_cfg == {"mode": "whole"} and seg.num_classes == 150
+        assert head.bottleneck.norm_name == "bn" and head.dropout.p == 0.1 and not seg.auxiliary_head.concat_input
+        assert seg.backbone.patch_padding == "corner" and (seg.backbone.norm_list is not None) == ("svt" in b)
+    fpn = create_segmenter("twins_pcpvt_small_fpn_ade20k")
+    assert fpn.neck.out_channels == 256 and fpn.decode_head.channels == 128 and fpn.auxiliary_head is None
+    with pytest.raises(TypeError, match=r"unknown options \['neck_channels'\] for twins_svt_small_uperhead_ade20k"):
+        create_segmenter("twins_svt_small_uperhead_ade20k", neck_channels=64)
+    with pytest.raises(ValueError, match="slide inference needs crop_size"):
+        create_segmenter("twins_svt_small_uperhead_ade20k", head_channels=8, aux_channels=8, test_cfg={"mode": "slide"})
+
+
+def test_segment_task_checks_head_options():
+    from twins_np.training import ConfigError, TrainConfig, validate_config
+
+    def config(overrides):
+        return TrainConfig(task="segment", model="twins_svt_small_uperhead_ade20k", data="shapes", model_overrides=overrides)
+
+    validate_config(config({"head_channels": 16, "aux_channels": 8, "aux_weight": 0.0}))
+    with pytest.raises(ConfigError, match="neck_channels not an option of twins_svt_small_uperhead_ade20k"):
+        validate_config(config({"neck_channels": 16}))
+    with pytest.raises(ConfigError, match="aux_weight must be a number >= 0"):
+        validate_config(config({"aux_weight": -1}))
+    with pytest.raises(ConfigError, match="test_cfg must be a dict with mode one of"):
+        validate_config(config({"test_cfg": {"mode": "tiles"}}))
+    # the flavour options of the backbone are checked with the backbone's overrides
+    validate_config(config({"patch_padding": "floor", "pad_mask": None, "norm_after_stage": False}))
+    with pytest.raises(ConfigError, match="pad_mask must be one of None, 'mmseg', 'padded', got \"all\""):
+        validate_config(config({"pad_mask": "all"}))
+    with pytest.raises(ConfigError, match="patch_padding must be one of 'floor', 'corner'"):
+        validate_config(config({"patch_padding": "ceil"}))
+
+
+def test_uperhead_trains_a_few_steps():
+    """The heads train together through LossModel's weighted sum: loss falls on one batch."""
+    from twins_np.optim import AdamW
+
+    seg = create_segmenter("twins_svt_teach32_fpn", num_classes=2, seed=0)  # keeps the teaching backbone's size
+    uper = Segmenter(
+        seg.backbone,
+        None,
+        UPerHead([32, 64, 128], 16, 2, norm="gn", num_groups=4, rng=1),
+        crop_size=32,
+        auxiliary_head=FCNHead(64, 8, 2, num_convs=1, concat_input=True, norm="gn", num_groups=4, rng=2),
+        aux_in_index=1,
+    )
+    r = np.random.default_rng(9)
+    x = r.standard_normal((2, 3, 16, 16)).astype(np.float32)
+    y = np.zeros((2, 16, 16), np.int64)
+    y[:, :, 8:] = 1
+    x[:, 0] += 2.0 * y
+    opt = AdamW(uper.parameters(), lr=3e-3, weight_decay=0.0)
+    losses = []
+    for _ in range(40):
+        uper.zero_grad()
+        loss, _ = uper.loss(x, y)
+        uper.backward_loss()
+        opt.step()
+        losses.append(loss)
+    assert all(p.grad is not None for p in uper.parameters())  # the auxiliary head (conv_cat too) trained
+    assert losses[-1] < 0.4 * losses[0], losses

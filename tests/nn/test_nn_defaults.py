@@ -44,6 +44,7 @@ MIRRORS: dict[type, tuple[str, str]] = {
     tnn.GroupNorm: ("torch.nn", "GroupNorm"),
     tnn.BatchNorm2d: ("torch.nn", "BatchNorm2d"),
     tnn.Upsample: ("torch.nn", "Upsample"),
+    tnn.AdaptiveAvgPool2d: ("torch.nn", "AdaptiveAvgPool2d"),
     tnn.Dropout2d: ("torch.nn", "Dropout2d"),
     Twins: ("timm.models.twins", "Twins"),
 }
@@ -61,6 +62,10 @@ OURS_ONLY = {
     "check_finite": "twins-np option: refuse NaN/Inf images",
     "sr_mode": "GSA sub-sampling variants of the paper's Table 9; the default 'conv' is timm's",
     "modules": "Sequential takes a list of modules, as ModuleList does (torch's Sequential takes *args)",
+    "padding": "PatchEmbed: 'corner' is mmsegmentation's zero padding to a multiple of the patch; the default 'floor' is timm's",
+    "pad_mask": "LSA/Block: mmsegmentation's mask of padded window positions; the default None is timm's (no mask)",
+    "patch_padding": "Twins: mmsegmentation's corner padding of the patch embeddings; the default 'floor' is timm's",
+    "norm_after_stage": "Twins: mmsegmentation's LayerNorm after every SVT stage; the default False is timm's",
 }
 
 # arguments only torch/timm have, and why twins-np does without them

@@ -51,6 +51,13 @@ def _cases() -> dict[str, tuple[Callable[..., Any], Callable[..., Any] | None, d
                 {"x": tokens, "fc1_w": _r(16, C), "fc1_b": _r(16), "fc2_w": _r(C, 16), "fc2_b": _r(C)}, {}),
         "attention": (F.attention_forward, F.attention_backward,
                       {"q": _r(B, 2, 5, 4), "k": _r(B, 2, 7, 4), "v": _r(B, 2, 7, 4)}, {}),
+        "attention_masked": (F.attention_forward, F.attention_backward,
+                             {"q": _r(B, 2, 5, 4), "k": _r(B, 2, 7, 4), "v": _r(B, 2, 7, 4), "attn_mask": _r(5, 7)}, {}),
+        "lsa_masked": (F.lsa_forward, F.lsa_backward,
+                       {"x": _r(B, 5 * 7, C), "qkv_w": _r(3 * C, C), "qkv_b": _r(3 * C), "proj_w": _r(C, C), "proj_b": _r(C)},
+                       {"size": (5, 7), "num_heads": 2, "ws": 3, "pad_mask": "mmseg"}),
+        "corner_pad": (F.corner_pad_forward, F.corner_pad_backward, {"x": _r(B, 5, 7, C)}, {"multiple": 4}),
+        "adaptive_avg_pool": (F.adaptive_avg_pool_forward, F.adaptive_avg_pool_backward, {"x": maps}, {"output_size": (3, 2)}),
         "lsa": (F.lsa_forward, F.lsa_backward,
                 {"x": tokens, "qkv_w": _r(3 * C, C), "qkv_b": _r(3 * C), "proj_w": _r(C, C), "proj_b": _r(C)},
                 {"size": (H, W), "num_heads": 2, "ws": 3}),
@@ -94,6 +101,13 @@ CASES = _cases()
 ARGUMENTS = [(op, arg) for op, (_, _, arrays, _) in CASES.items() for arg in arrays]
 
 
+def test_every_functional_forward_has_a_case():
+    """A new op cannot skip these tests: every ``*_forward`` of twins_np.functional is a case."""
+    covered = {forward for forward, _, _, _ in CASES.values()}
+    missing = sorted(n for n in F.__all__ if n.endswith("_forward") and getattr(F, n) not in covered)
+    assert missing == [], f"functional ops without a device-check case: {missing}"
+
+
 def _place(arrays: dict[str, Any], moved: str, device: str) -> dict[str, Any]:
     """Every array on `device`, except `moved`, which goes to the other one (tuples elementwise)."""
     other = "cpu" if device == "gpu" else "gpu"
@@ -115,7 +129,7 @@ ALIASES = {
     ("subsample", "params"): {"sr_w", "sr_b"},
 }
 # caches that hold no array (shapes only): the backward computes on dout's device, nothing to mix
-NO_ARRAYS_CACHED = {"avg_pool", "nearest_upsample2x", "window_partition", "window_reverse"}
+NO_ARRAYS_CACHED = {"avg_pool", "nearest_upsample2x", "window_partition", "window_reverse", "corner_pad"}
 
 
 @pytest.mark.parametrize("device", ["cpu", "gpu"])

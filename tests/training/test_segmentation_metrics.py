@@ -94,3 +94,45 @@ def test_figures(tmp_path):
     labels[:, 0] = 255
     path = plot_segmentation_grid(images, labels, rng.integers(0, 3, (3, 16, 16)), ["bg", "a", "b"], tmp_path / "grid.png")
     assert path.stat().st_size > 1000
+
+
+# --- mmsegmentation's rule for labels outside the classes -----------------------------------------
+
+
+def test_mmseg_rule_equals_iou_metric_histc():
+    """A label >= K (not 255) counts its prediction and no label: torch.histc in IoUMetric.intersect_and_union."""
+    torch = pytest.importorskip("torch")
+    import mmseg_reference as ref
+
+    K = 5
+    rng = np.random.default_rng(3)
+    pred = rng.integers(0, K, size=(2, 23, 31))
+    label = rng.integers(0, K + 3, size=(2, 23, 31))  # 5, 6, 7: outside the classes
+    label[:, :3] = 255
+    mine = intersect_and_union(pred, label, K, 255, labels="mmseg")
+    theirs = ref.intersect_and_union(torch.from_numpy(pred), torch.from_numpy(label), K)
+    for m, t in zip(mine, theirs):
+        assert np.array_equal(m, t.numpy().astype(np.int64))
+    out_of_range = (label >= K) & (label != 255)
+    assert mine[2].sum() == (label != 255).sum() and mine[3].sum() == (label != 255).sum() - out_of_range.sum()
+    with pytest.raises(ValueError, match=r"'label' holds values in \[0, 7\], outside \[0, 5\)"):
+        intersect_and_union(pred, label, K, 255)  # the default rule refuses them
+    metrics = SegmentationMetrics(K, labels="mmseg")
+    metrics.update(pred, label)
+    scores = metrics.compute()
+    iou = theirs[0].numpy() / theirs[1].numpy()
+    assert np.allclose(scores["iou"], iou)
+    assert scores["pixel_accuracy"] == pytest.approx(theirs[0].sum().item() / theirs[3].sum().item())
+
+
+def test_format_mmseg_tables():
+    from twins_np.training.segmentation_metrics import format_mmseg_tables
+
+    metrics = SegmentationMetrics(3)
+    metrics.update(np.array([[0, 0, 1, 1]]), np.array([[0, 1, 1, 255]]))
+    text = format_mmseg_tables(metrics.compute(), ["wall", "building", "sky"])
+    lines = text.splitlines()
+    assert lines[0] == "per class results:" and "| Class | IoU | Acc |".replace(" ", "") in lines[2].replace(" ", "")
+    assert any(line.replace(" ", "") == "|wall|50.0|100.0|" for line in lines)
+    assert any(line.replace(" ", "") == "|sky|nan|nan|" for line in lines)  # never labelled nor predicted
+    assert "Summary:" in lines and any(line.replace(" ", "") == "|66.67|50.0|75.0|" for line in lines)

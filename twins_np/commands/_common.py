@@ -135,10 +135,12 @@ def read_model_weights(
 
     ``path`` is a training ``checkpoint.npz`` (its ``model.*`` arrays and its config), a
     ``weights.npz`` written by ``twins-np train`` (its record of the run, see
-    :func:`twins_np.training.read_run_record`), or any weights file
-    :func:`twins_np.io.read_weights` reads (no settings: ``{}``).
+    :func:`twins_np.training.read_run_record`), an mmsegmentation Twins checkpoint (its
+    keys mapped to twins-np's; the configuration they match is its model), or any weights
+    file :func:`twins_np.io.read_weights` reads (no settings: ``{}``).
     """
     from ..io import read_weights
+    from ..models.mmseg import from_mmseg, is_mmseg_state, recognise
     from ..training import load_checkpoint, read_run_record
 
     if path.is_dir():
@@ -150,6 +152,18 @@ def read_model_weights(
         state, saved = ckpt["model"], dict(ckpt["config"])
     else:
         state, saved = read_weights(path), read_run_record(path) or {}
+        if is_mmseg_state(state):  # an mmsegmentation checkpoint: its keys say which configuration it is
+            state = from_mmseg(state)
+            try:
+                name, _, overrides = recognise(state)
+            except ValueError as err:
+                raise CommandError(f"{path}: {err}") from None
+            if model is not None and model != name:
+                raise CommandError(
+                    f"--model {model}: {path} is an mmsegmentation checkpoint of {name} (its keys say so); "
+                    f"leave --model out, or pass --model {name}"
+                )
+            saved = {"model": name, "model_overrides": overrides or None}
     _check_model_kind(path, model, state, saved, advice)
     if model is not None and saved.get("model") not in (None, model):
         # --model names another model than the recorded one: the recorded overrides belong to that one

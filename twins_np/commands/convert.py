@@ -16,7 +16,8 @@ def add_parser(sub: Any, name: str) -> None:
         help="convert weights between .npz, .safetensors and .pth (.pth needs torch)",
         description="Read a checkpoint and write the same arrays (names, shapes, dtypes, values) in the format "
         "given by OUT's suffix. A .pth training checkpoint is reduced to its model state dict "
-        "(nested under 'model', 'state_dict' or 'model_state'; a 'module.' prefix is removed).",
+        "(nested under 'model', 'state_dict' or 'model_state'; a 'module.' prefix is removed). An mmsegmentation "
+        "Twins checkpoint is recognised by its keys and written with twins-np's names, for its *_ade20k segmenter.",
     )
     p.add_argument("input", metavar="IN", help="checkpoint to read (.npz, .safetensors, .pth, .pt, .pth.tar)")
     p.add_argument("output", metavar="OUT", help="file to write; replaced atomically if it exists")
@@ -38,4 +39,13 @@ def run(args: argparse.Namespace) -> int:
     n = sum(int(a.size) for a in arrays.values())
     dtypes = ", ".join(sorted({str(a.dtype) for a in arrays.values()}))
     print(f"wrote {len(arrays)} arrays ({n:,} values; {dtypes}) to {args.output}")
+    if any(k.startswith("decode_head.") for k in arrays):  # a segmenter's: say which configuration it fits
+        from ..models.mmseg import recognise
+
+        try:
+            name, classes, overrides = recognise(arrays)
+        except ValueError:
+            return 0
+        extra = "".join(f", {k}={v!r}" for k, v in overrides.items())
+        print(f"a {name} segmenter ({classes} classes{extra}): twins_np.create_segmenter({name!r}, {classes}{extra})")
     return 0

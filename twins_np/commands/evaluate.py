@@ -2,9 +2,11 @@
 for a segmenter pixel accuracy, mIoU and the per-class IoU table (mmsegmentation's sums).
 
 The weights may be a ``weights.npz`` written by ``twins-np train`` or a training
-``checkpoint.npz`` (both record the run: its settings fill in the model and the data), or
-any file :func:`twins_np.io.read_weights` reads (.npz, .safetensors, .pth; then ``--model``
-is needed).
+``checkpoint.npz`` (both record the run: its settings fill in the model and the data), an
+mmsegmentation Twins checkpoint (recognised by its keys: they say the model), or any file
+:func:`twins_np.io.read_weights` reads (.npz, .safetensors, .pth; then ``--model`` is needed).
+An mmsegmentation configuration (``*_ade20k``) on a folder is scored as mmsegmentation
+tests it: every image at its own size, mmsegmentation's table.
 """
 
 from __future__ import annotations
@@ -37,7 +39,11 @@ def add_parser(sub: Any, name: str) -> None:
         "run/weights.npz` is enough). Other weights files need --model. A segmenter (a --model ending in _fpn, or a "
         "run of twins-np train --task segment) is scored as mmsegmentation does: pixel accuracy, the IoU of every class "
         "and their mean (mIoU), intersections and unions summed over the whole split; it writes "
-        "OUT/class_iou_<split>.png, OUT/overlays_<split>.png and OUT/evaluation_<split>.json.",
+        "OUT/class_iou_<split>.png, OUT/overlays_<split>.png and OUT/evaluation_<split>.json. An mmsegmentation Twins "
+        "checkpoint (.pth) is recognised and names its model (a *_ade20k configuration); on --data folder:PATH "
+        "(ADEChallengeData2016) it is scored as mmsegmentation tests it: each image rescaled to fit 2048x512, "
+        "whole-image inference, logits resized to the label map's size, and mmsegmentation's table (aAcc, mIoU, mAcc, "
+        "per-class IoU and Acc).",
     )
     p.add_argument(
         "--weights", required=True, metavar="FILE", help="weights.npz from twins-np train, a checkpoint.npz, .safetensors or .pth"
@@ -62,7 +68,6 @@ def run(args: argparse.Namespace) -> int:
         blas_threads,
         check_out_dir,
         check_output_files,
-        load_split,
         writing_into,
     )
     from ._common import CommandError, check_device, read_model_weights, reading_data
@@ -96,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     check_output_files(out, names)  # a folder where a figure or the report goes: refused before the evaluation
     task = TRAINING_TASKS[config.task]
     with reading_data(setting["data_dir"], args.command):
-        data = load_split(config, args.split)
+        data = task.evaluation_data(config, args.split)
     if args.limit is not None:
         data = data.subset(np.arange(min(args.limit, len(data))))
     model = task.create_model(config, data)
@@ -109,8 +114,11 @@ def run(args: argparse.Namespace) -> int:
             raise CommandError(
                 f"{err}: the weights in {weights} are broken (NaN/Inf weights, or so large that the forward overflows)"
             ) from err
-    size = "x".join(str(v) for v in data.images.shape[2:])
-    print(f"{config.model} on {config.data} ({args.split} split, {len(data)} images of {size}), weights {weights}")
+    if hasattr(data, "images"):
+        size = "of " + "x".join(str(v) for v in data.images.shape[2:])
+    else:  # mmsegmentation's test pipeline: every image at its own size
+        size = f"at their own sizes, rescaled to fit {data.scale[0]}x{data.scale[1]}"
+    print(f"{config.model} on {config.data} ({args.split} split, {len(data)} images {size}), weights {weights}")
     summary, report = task.evaluation_summary(result, data)
     print(summary)
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -44,6 +44,14 @@ __all__ = [
     "make_long_range_dense",
     "load_long_range_dense",
     "load_segmentation_folder",
+    "ADE20K_CLASSES",
+    "MMSEG_DATASETS",
+    "SegmentationImages",
+    "apply_label_map",
+    "load_segmentation_images",
+    "reduce_zero",
+    "rescale_size",
+    "resize_image",
 ]
 
 IGNORE_INDEX = 255
@@ -602,3 +610,185 @@ def load_segmentation_folder(
         ignore_index=IGNORE_INDEX,
         files=[str(img) for img, _ in pairs],
     )
+
+
+# --- mmsegmentation's evaluation: each image at its own size ------------------------------------
+#
+# What follows is used by `twins-np evaluate` for the mmsegmentation configurations
+# (*_ade20k segmenters); the square-crop reader above is for training. mmsegmentation tests
+# an ADE20K image whole: resized with its aspect ratio kept to fit (2048, 512), normalised,
+# segmented, and its logits resized back to the label map's own size, which is never resized.
+
+
+def _ade20k_classes() -> tuple[str, ...]:
+    from importlib import resources
+
+    text = resources.files("twins_np").joinpath("data_files", "ade20k_classes.txt").read_text(encoding="utf-8")
+    return tuple(line.strip() for line in text.splitlines() if line.strip())
+
+
+# mmsegmentation's ADE20KDataset: 150 classes (label 0, "other", is ignored: reduce_zero_label),
+# test images rescaled to fit (2048, 512), pixel mean and std of its data preprocessor (RGB, 0-255)
+ADE20K_CLASSES: tuple[str, ...] = _ade20k_classes()
+MMSEG_DATASETS: dict[str, dict[str, Any]] = {
+    "ade20k": dict(classes=ADE20K_CLASSES, reduce_zero_label=True, scale=(2048, 512)),
+}
+MMSEG_MEAN = (123.675, 116.28, 103.53)
+MMSEG_STD = (58.395, 57.12, 57.375)
+
+
+def reduce_zero(label: np.ndarray, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
+    """mmsegmentation's ``reduce_zero_label``: 0 becomes ``ignore_index``, every other k becomes k - 1, the ignore index stays."""
+    label = np.asarray(label, dtype=np.int64)
+    return np.where((label == 0) | (label == ignore_index), ignore_index, label - 1)
+
+
+def apply_label_map(label: np.ndarray, label_map: dict[int, int] | None) -> np.ndarray:
+    """mmsegmentation's ``label_map``: every pixel labelled ``old`` becomes ``new``, all from the original labels.
+
+    The replacements read a copy, so ``{1: 2, 2: 3}`` sends 1 to 2 and 2 to 3 (not 1 to 3).
+    mmsegmentation 1.x applies it after ``reduce_zero_label``, and so does
+    :class:`SegmentationImages`.
+    """
+    label = np.asarray(label, dtype=np.int64)
+    if not label_map:
+        return label
+    out = label.copy()
+    for old, new in label_map.items():
+        out[label == int(old)] = int(new)
+    return out
+
+
+def rescale_size(height: int, width: int, scale: tuple[int, int] = (2048, 512)) -> tuple[int, int]:
+    """The (h, w) mmcv's ``imrescale`` gives an image with its aspect ratio kept.
+
+    The factor is min(long / max(h, w), short / min(h, w)) for scale = (long, short) in
+    either order, and each side is rounded half up: int(side * factor + 0.5). ADE20K's
+    (2048, 512) brings the shorter side to 512 unless the longer would exceed 2048.
+    """
+    long_edge, short_edge = max(scale), min(scale)
+    factor = min(long_edge / max(height, width), short_edge / min(height, width))
+    return int(height * factor + 0.5), int(width * factor + 0.5)
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of an 8-bit image (H, W, 3), rounded back to 8 bits, as OpenCV's ``INTER_LINEAR``.
+
+    The sampling is OpenCV's (and torch's ``align_corners=False``): pixel centres at +0.5,
+    edges clamped, no antialiasing. OpenCV computes in 11-bit fixed point; this computes in
+    float64 and rounds half up, so a value can differ from OpenCV's by one grey level where
+    its fixed-point rounding goes the other way.
+    """
+    from ..functional import bilinear_resize_forward
+
+    if tuple(image.shape[:2]) == tuple(size):
+        return image.astype(np.uint8)
+    out, _ = bilinear_resize_forward(image.astype(np.float64)[None], size)
+    return np.clip(np.floor(out[0] + 0.5), 0, 255).astype(np.uint8)
+
+
+class SegmentationImages:
+    """A segmentation split read one image at a time at its own size: mmsegmentation's test pipeline.
+
+    ``read(i)`` returns the image rescaled to fit ``scale`` (:func:`rescale_size`,
+    :func:`resize_image`) and normalised with ``mean`` and ``std`` (0-255 RGB values), as
+    (3, h, w) float32, and the label map at the image's original size (H, W) int64 with
+    ``reduce_zero_label`` then ``label_map`` applied. Labels are not checked against the
+    classes: a label >= ``num_classes`` that is not the ignore index is scored as
+    mmsegmentation scores it (see :func:`twins_np.training.intersect_and_union`).
+
+    Attributes:
+        pairs: (image path, label path) per image, sorted by name.
+        classes: the class names (K of them).
+        name: ``folder:PATH``.
+    """
+
+    is_segmentation = True
+    channels = 3
+
+    def __init__(
+        self,
+        pairs: Sequence[tuple[Path, Path]],
+        classes: Sequence[str],
+        name: str,
+        reduce_zero_label: bool = False,
+        label_map: dict[int, int] | None = None,
+        scale: tuple[int, int] = (2048, 512),
+        mean: Sequence[float] = MMSEG_MEAN,
+        std: Sequence[float] = MMSEG_STD,
+        ignore_index: int = IGNORE_INDEX,
+    ) -> None:
+        self.pairs = list(pairs)
+        self.classes = list(classes)
+        self.name = name
+        self.reduce_zero_label, self.label_map = bool(reduce_zero_label), dict(label_map or {})
+        self.scale = (int(scale[0]), int(scale[1]))
+        self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
+        self.ignore_index = int(ignore_index)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def subset(self, indices: Sequence[int] | np.ndarray) -> SegmentationImages:
+        out = SegmentationImages([], self.classes, self.name, self.reduce_zero_label, self.label_map, self.scale,
+                                 self.mean, self.std, self.ignore_index)  # fmt: skip
+        out.pairs = [self.pairs[int(i)] for i in indices]
+        return out
+
+    def read(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Image i as (3, h, w) float32 (rescaled, normalised) and its label map (H, W) int64 at the original size."""
+        img_path, ann_path = self.pairs[i]
+        pixels, scale, _ = read_image_array(img_path)  # errors name the file, sizes are checked before decoding
+        if scale == 255.0 and pixels.shape[-1] == 3:
+            image = pixels  # an 8-bit RGB file: its values, exactly
+        else:  # 16-bit or float grey: to the 8-bit scale, as mmsegmentation's loader does, on 3 channels
+            grey = np.floor(pixels[:, :, 0].astype(np.float64) * (255.0 / scale) + 0.5).astype(np.uint8)
+            image = np.repeat(grey[:, :, None], 3, axis=2)
+        label = read_label_map(ann_path).astype(np.int64)
+        if image.shape[:2] != label.shape:
+            h, w = label.shape
+            raise ValueError(f"{img_path.name}: image is {image.shape[1]}x{image.shape[0]} but its label map is {w}x{h}")
+        if self.reduce_zero_label:
+            label = reduce_zero(label, self.ignore_index)
+        label = apply_label_map(label, self.label_map)
+        image = resize_image(image, rescale_size(image.shape[0], image.shape[1], self.scale))
+        mean, std = np.asarray(self.mean, np.float32), np.asarray(self.std, np.float32)
+        x = (image.astype(np.float32) - mean) / std
+        return np.ascontiguousarray(x.transpose(2, 0, 1)), label.astype(np.int64)
+
+
+def load_segmentation_images(
+    root: str | os.PathLike,
+    split: str = "test",
+    classes: Sequence[str] | None = None,
+    reduce_zero_label: bool = False,
+    label_map: dict[int, int] | None = None,
+    scale: tuple[int, int] = (2048, 512),
+) -> SegmentationImages:
+    """A folder laid out as :func:`load_segmentation_folder` reads it (ADE20K's
+    ``ADEChallengeData2016``: ``images/validation``, ``annotations/validation``), for
+    mmsegmentation's evaluation: every image at its own size (see :class:`SegmentationImages`).
+
+    Args:
+        root: the folder.
+        split: ``"train"`` or ``"test"`` (ADE20K's ``training`` / ``validation``).
+        classes: the class names; default ``root/classes.txt`` (one a line). The class count
+            is theirs: a config's dataset (ADE20K's 150) fixes it, not the labels found.
+        reduce_zero_label: ADE20K's convention (label 0 ignored, k -> k - 1).
+        label_map: ``{old: new}`` applied after ``reduce_zero_label`` (:func:`apply_label_map`).
+        scale: the (long, short) edges images are rescaled to fit (:func:`rescale_size`).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"segmentation folder {root} does not exist or is not a folder")
+    if split not in _SPLIT_FOLDERS:
+        raise ValueError(f"'split' must be 'train' or 'test', got {split!r}")
+    if classes is None:
+        classes = _class_names(root)
+        if classes is None:
+            raise ValueError(f"segmentation folder {root}: give the class names (no classes.txt in the folder)")
+    return SegmentationImages(_pairs(root, split), classes, f"folder:{root}", reduce_zero_label, label_map, scale)

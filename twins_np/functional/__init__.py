@@ -47,10 +47,13 @@ from .norm2d import (
 )
 from .patch_conv import (
     AvgPoolCache,
+    CornerPadCache,
     DWPatchConvCache,
     PatchConvCache,
     avg_pool_backward,
     avg_pool_forward,
+    corner_pad_backward,
+    corner_pad_forward,
     depthwise_patch_conv_backward,
     depthwise_patch_conv_forward,
     patch_conv_backward,
@@ -60,6 +63,8 @@ from .peg import PEGCache, peg_backward, peg_forward
 from .resize import (
     ResizeCache,
     Upsample2xCache,
+    adaptive_avg_pool_backward,
+    adaptive_avg_pool_forward,
     bilinear_resize_backward,
     bilinear_resize_forward,
     nearest_resize_backward,
@@ -71,7 +76,10 @@ from .resize import (
 from .softmax import SoftmaxCache, softmax_backward, softmax_forward
 from .subsample import SUBSAMPLE_MODES, SUBSAMPLE_PARAMS, SubsampleCache, subsample_backward, subsample_forward
 from .windows import (
+    MASK_VALUE,
+    PAD_MASK_RULES,
     WindowCache,
+    window_pad_mask,
     window_pads,
     window_partition_backward,
     window_partition_forward,

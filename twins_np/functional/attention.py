@@ -3,7 +3,7 @@
 Notation: q (..., heads, Nq, hd), k and v (..., heads, Nk, hd); any leading axes
 (batch, windows) are a batch. scale = hd ** -0.5.
 
-    S = scale * q k^T          (..., heads, Nq, Nk)
+    S = scale * q k^T [+ M]    (..., heads, Nq, Nk); M an optional additive mask (a constant)
     P = softmax(S, axis=-1)
     out = P v                  (..., heads, Nq, hd)
 """
@@ -52,19 +52,25 @@ def attention_forward(
     rng: np.random.Generator | None = None,
     drop_mask: Any | None = None,
     training: bool = True,
+    attn_mask: Any | None = None,
 ) -> tuple[Any, AttentionCache]:
-    """softmax(scale q k^T) v over the last two axes.
+    """softmax(scale q k^T + attn_mask) v over the last two axes.
 
     Args:
         q: (..., Nq, hd) queries.  k: (..., Nk, hd) keys.  v: (..., Nk, hd) values.
         scale: defaults to hd ** -0.5.
         attn_drop: dropout on the attention probabilities (timm's attn_drop).
         rng, drop_mask, training: see :func:`twins_np.functional.dropout_forward`.
+        attn_mask: None, or an additive mask broadcastable to the scores (..., Nq, Nk), added
+            after the scale and before the softmax (mmsegmentation's LSA adds -1000 where a
+            query and a key lie on different sides of the padding). It is a constant: it
+            gets no gradient, and the backward needs nothing from it (dS passes through
+            the sum unchanged; see docs/derivations/masked_lsa.md).
 
     Returns:
         out: (..., Nq, hd); cache for :func:`attention_backward`.
     """
-    get_xp(q=q, k=k, v=v)
+    get_xp(q=q, k=k, v=v, attn_mask=attn_mask)
     check_float("q", q)
     check_same_dtype(q=q, k=k, v=v)
     if q.shape[-1] != k.shape[-1] or k.shape != v.shape:
@@ -76,6 +82,11 @@ def attention_forward(
         scale = float(q.shape[-1]) ** -0.5
     scores = q @ k.swapaxes(-1, -2)
     scores *= scale
+    if attn_mask is not None:
+        if getattr(attn_mask, "dtype", None) != scores.dtype:
+            got = getattr(attn_mask, "dtype", type(attn_mask).__name__)
+            raise TypeError(f"attention: attn_mask must have the scores' dtype {scores.dtype}, got {got}")
+        scores += attn_mask
     probs, sm_cache = softmax_forward(scores, axis=-1)
     probs_d, drop_cache = dropout_forward(probs, attn_drop, rng, drop_mask, training)
     out = probs_d @ v

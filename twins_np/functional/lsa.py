@@ -9,7 +9,9 @@ Tokens attend only to the tokens of their own ws x ws window:
                 -> proj Linear       -> (B, N, C)
 
 The backward runs the same chain in reverse, each step's backward next to the
-forward it undoes. Padded tokens are keys/values too (not masked), as in timm.
+forward it undoes. By default padded tokens are keys/values too (not masked), as in timm;
+``pad_mask="mmseg"`` adds mmsegmentation's additive mask to the scores
+(:func:`twins_np.functional.window_pad_mask`), a constant that leaves the backward as it is.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from .attention import (
 from .linear import LinearCache, linear_backward, linear_forward
 from .windows import (
     WindowCache,
+    window_pad_mask,
     window_partition_backward,
     window_partition_forward,
     window_reverse_backward,
@@ -84,6 +87,7 @@ def lsa_forward(
     attn_drop: float = 0.0,
     rng: np.random.Generator | None = None,
     training: bool = True,
+    pad_mask: str | None = None,
 ) -> tuple[Any, LSACache]:
     """Locally-grouped self-attention.
 
@@ -95,6 +99,9 @@ def lsa_forward(
         num_heads: heads; C must be divisible by it.
         ws: window size (7 in Twins-SVT).
         attn_drop, rng, training: dropout on the attention probabilities.
+        pad_mask: None (timm: padded tokens are ordinary keys), or a rule of
+            :func:`twins_np.functional.window_pad_mask` (``"mmseg"``, ``"padded"``) whose
+            additive mask keeps real queries off padded keys.
 
     Returns:
         out: (B, N, C); cache for :func:`lsa_backward`.
@@ -107,7 +114,8 @@ def lsa_forward(
     win, part_cache = window_partition_forward(x, size, ws)  # (B, nW, T, C)
     qkv, qkv_cache = linear_forward(win, qkv_w, qkv_b)  # (B, nW, T, 3C)
     q, k, v = split_qkv(qkv, 3, num_heads)  # (B, nW, heads, T, hd)
-    o, attn_cache = attention_forward(q, k, v, scale, attn_drop, rng, training=training)
+    mask = None if pad_mask is None else window_pad_mask(size, ws, pad_mask, get_xp(x), x.dtype)  # (nW, 1, T, T)
+    o, attn_cache = attention_forward(q, k, v, scale, attn_drop, rng, training=training, attn_mask=mask)
     o = merge_heads(o)  # (B, nW, T, C)
     y, rev_cache = window_reverse_forward(o, size, ws)  # (B, N, C): padded queries cropped
     out, proj_cache = linear_forward(y, proj_w, proj_b)

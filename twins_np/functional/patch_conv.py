@@ -10,7 +10,10 @@ Twins uses them for the patch embedding (k = 4, then 2) and for GSA's sub-sampli
 - :func:`avg_pool_forward`: the window's mean, no parameters.
 
 All three floor: trailing rows/columns that do not fill a window are dropped and get zero
-gradient. Layout: channels-last, x of shape (B, H, W, C), because Twins keeps its tokens as
+gradient. mmsegmentation's patch embedding pads instead (its ``AdaptivePadding`` with
+``padding="corner"``): :func:`corner_pad_forward` adds zero rows at the bottom and zero
+columns on the right up to the next multiple of k, so that the conv covers every pixel and
+gives ceil(H / k) x ceil(W / k) outputs. Layout: channels-last, x of shape (B, H, W, C), because Twins keeps its tokens as
 (B, N, C) with N = H*W row-major, and (B, H, W, C) is then a free reshape. Weights keep
 PyTorch's layout: (C_out, C_in, k, k), or (C, 1, k, k) for the depthwise one.
 Overlapping windows with padding are :mod:`twins_np.functional.conv2d` (dense heads) and
@@ -194,3 +197,50 @@ def avg_pool_backward(dout: Any, cache: AvgPoolCache) -> Any:
     dx = xp.zeros((B, H, W, C), dtype=dout.dtype)
     dx[:, : Ho * k, : Wo * k, :] = xp.broadcast_to(share, (B, Ho, k, Wo, k, C)).reshape(B, Ho * k, Wo * k, C)
     return dx
+
+
+class CornerPadCache(NamedTuple):
+    x_shape: tuple[int, int, int, int]  # (B, H, W, C) before padding
+
+
+def corner_pad_forward(x: Any, multiple: int) -> tuple[Any, CornerPadCache]:
+    """Zero-pad the bottom rows and right columns up to the next multiple of ``multiple``.
+
+    mmsegmentation's ``AdaptivePadding(padding="corner")`` before a kernel = stride = k
+    patch conv: pad_h = ceil(H / k) * k - H rows at the bottom, pad_w likewise on the
+    right, so the conv that follows outputs ceil(H / k) x ceil(W / k) instead of
+    floor(H / k) x floor(W / k).
+
+    Args:
+        x: (B, H, W, C) channels-last.
+        multiple: k >= 1.
+
+    Returns:
+        out: (B, ceil(H/k)*k, ceil(W/k)*k, C), x in its top-left corner, zeros elsewhere
+        (x itself when nothing needs padding); cache for :func:`corner_pad_backward`.
+    """
+    xp = get_xp(x=x)
+    check_float("x", x)
+    check_ndim("x", x, 4, "(B, H, W, C)")
+    if isinstance(multiple, bool) or int(multiple) != multiple or multiple < 1:
+        raise ValueError(f"corner pad: 'multiple' must be a positive integer, got {multiple!r}")
+    k = int(multiple)
+    B, H, W, C = x.shape
+    Hp, Wp = -(-H // k) * k, -(-W // k) * k
+    if (Hp, Wp) == (H, W):
+        return x, CornerPadCache((B, H, W, C))
+    out = xp.zeros((B, Hp, Wp, C), dtype=x.dtype)
+    out[:, :H, :W, :] = x
+    return out, CornerPadCache((B, H, W, C))
+
+
+def corner_pad_backward(dout: Any, cache: CornerPadCache) -> Any:
+    """The pad's backward is a slice: the padded zeros were constants, their gradient is dropped.
+
+    Returns:
+        dx: (B, H, W, C), ``dout[:, :H, :W, :]``.
+    """
+    B, H, W, C = cache.x_shape
+    if dout.ndim != 4 or dout.shape[0] != B or dout.shape[1] < H or dout.shape[2] < W or dout.shape[3] != C:
+        raise ValueError(f"corner pad: 'dout' must be the padded map of a {(B, H, W, C)} input, got {tuple(dout.shape)}")
+    return dout if dout.shape[1:3] == (H, W) else dout[:, :H, :W, :]

@@ -5,10 +5,11 @@ size ws; padded map Hp x Wp with Hp = ceil(H/ws)*ws, Wp = ceil(W/ws)*ws; nW = (H
 (Wp/ws) windows of T = ws*ws tokens each.
 
 Padding: zeros are added on the right (pad_r = (ws - W % ws) % ws columns) and bottom
-(pad_b = (ws - H % ws) % ws rows) only. The padded tokens are *not masked* in the
-attention that follows: they act as keys and values whose value after the qkv Linear
-is its bias. This is what timm does, and the outputs differ a lot from a masked version
-on small maps, so twins-np matches it on purpose.
+(pad_b = (ws - H % ws) % ws rows) only. timm does *not mask* the padded tokens in the
+attention that follows: they act as keys and values whose value after the qkv Linear is
+its bias, and the outputs differ a lot from a masked version on small maps, so twins-np's
+default matches timm on purpose. mmsegmentation's Twins masks them: :func:`window_pad_mask`
+builds its additive mask (see docs/derivations/masked_lsa.md).
 
 Partition and reverse are each other's adjoint: the backward of "pad then cut into
 windows" is "glue windows then crop" and vice versa. A pad's backward is a slice.
@@ -22,6 +23,10 @@ import numpy as np
 
 from ..backend import get_xp
 from ._checks import check_tokens
+
+# the value mmsegmentation adds to the score of a query-key pair across the padding border
+MASK_VALUE = -1000.0
+PAD_MASK_RULES = ("mmseg", "padded")
 
 
 class WindowCache(NamedTuple):
@@ -132,3 +137,51 @@ def window_reverse_backward(dx: Any, cache: WindowCache) -> Any:
     (H, W), ws = cache
     B, C = dx.shape[0], dx.shape[-1]
     return _partition(dx.reshape(B, H, W, C), ws)
+
+
+def window_pad_mask(size: tuple[int, int], ws: int, rule: str, xp: Any = np, dtype: Any = np.float32) -> Any:
+    """The additive attention mask of padded windows: (nW, 1, T, T) or None when nothing is masked.
+
+    Each position p of the padded Hp x Wp map gets a flag m_p (1 = "padding"); the mask of a
+    query i and a key j in the same window is ``MASK_VALUE`` (-1000) where m_i != m_j and 0
+    where they agree, so a real query never attends to a padded key (its weight becomes
+    exp(-1000) relative, 0 in float32 and float64) and a padded query only to padded keys
+    (its output is cropped away anyway).
+
+    Args:
+        size: (H, W) of the unpadded map.
+        ws: window size.
+        rule: which positions are flagged:
+
+            - ``"padded"``: the padded rows (index >= H) and columns (index >= W);
+            - ``"mmseg"``: mmsegmentation's code, ``m[-pad_b:, :] = 1; m[:, -pad_r:] = 1``.
+              In Python ``m[-0:]`` is the whole axis, so when either pad is 0 every
+              position is flagged and *nothing* is masked; the padded positions are masked
+              only when both pad_b > 0 and pad_r > 0. twins-np reproduces this (its
+              checkpoints were trained with it): at a 512 x 512 crop every SVT stage pads
+              both ways, at 72 x 56 some stages do not.
+        xp, dtype: array module and dtype of the mask (the scores').
+
+    Returns:
+        (nW, 1, T, T) with T = ws*ws, broadcastable to the scores (B, nW, heads, T, T) of
+        :func:`twins_np.functional.lsa_forward`; None when the rule flags no pair.
+    """
+    if rule not in PAD_MASK_RULES:
+        raise ValueError(f"pad mask rule must be one of {PAD_MASK_RULES}, got {rule!r}")
+    ws = _check_ws(ws)
+    H, W = size
+    pad_b, pad_r = window_pads((H, W), ws)
+    Hp, Wp = H + pad_b, W + pad_r
+    flag = np.zeros((Hp, Wp), dtype=np.float64)
+    if rule == "padded":
+        flag[H:, :] = 1.0
+        flag[:, W:] = 1.0
+    else:
+        flag[Hp - pad_b if pad_b else 0 :, :] = 1.0  # m[-pad_b:] with Python's -0 == 0
+        flag[:, Wp - pad_r if pad_r else 0 :] = 1.0
+    win = flag.reshape(Hp // ws, ws, Wp // ws, ws).transpose(0, 2, 1, 3).reshape(-1, ws * ws)  # (nW, T)
+    differ = win[:, None, :] != win[:, :, None]  # [w, i, j]: query i and key j on different sides
+    if not differ.any():
+        return None
+    mask = np.where(differ, MASK_VALUE, 0.0)[:, None]  # (nW, 1, T, T): one mask for every head
+    return xp.asarray(mask, dtype=dtype)

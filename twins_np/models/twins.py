@@ -9,6 +9,7 @@ Flow, for S stages (4 in the paper's models)::
         for block i: tokens = blocks[s][i](tokens, size)  # LSA (even i, SVT) or GSA
             after block 0: tokens = pos_block[s](tokens, size)   # the PEG
         x = tokens as NCHW (all stages but the last)
+        [norm_after_stage: tokens = norm_list[s](tokens)]  # mmsegmentation's SVT
     norm (LN 1e-6) -> mean over tokens -> head_drop -> head Linear
 
 ``backward(dlogits)`` runs the same path in reverse and fills every ``.grad``.
@@ -89,6 +90,15 @@ class Twins(LossModel):
     NaN/Inf input) and ``sr_mode`` (GSA's sub-sampling function: ``"conv"`` as timm,
     ``"avg"`` or ``"sep"``; see :class:`twins_np.nn.GlobalSubSampleAttn`).
 
+    mmsegmentation's Twins backbones (``PCPVT``, ``SVT``) are this model with four options
+    (:data:`twins_np.models.mmseg.MMSEG_BACKBONE` sets them): ``patch_padding="corner"``
+    (each patch embedding zero-pads the bottom and right to a multiple of its patch size,
+    so stage s has ceil(H / r_s) rows, where timm's ``"floor"`` drops the remainder),
+    ``norm_after_stage=True`` (SVT: a LayerNorm ``norm_list[s]`` ends every stage, and its
+    output feeds the next stage), ``pad_mask="mmseg"`` (LSA's padded keys masked with
+    mmsegmentation's rule, see :func:`twins_np.functional.window_pad_mask`) and
+    ``norm_eps=1e-5``. The defaults are timm's and leave the model exactly as before.
+
     Shapes: ``forward(x)``: x (B, in_chans, H, W) NCHW -> logits (B, num_classes).
     Training: ``loss(x, target, label_smoothing)`` (cross-entropy) then ``backward_loss()``.
     """
@@ -119,6 +129,9 @@ class Twins(LossModel):
         dtype: Any = np.float32,
         check_finite: bool = False,
         sr_mode: str = "conv",
+        patch_padding: str = "floor",
+        norm_after_stage: bool = False,
+        pad_mask: str | None = None,
     ) -> None:
         super().__init__()
         if np.dtype(dtype) not in FLOAT_DTYPES:
@@ -159,6 +172,9 @@ class Twins(LossModel):
             drop_path_rate=drop_path_rate,
             norm_eps=norm_eps,
             sr_mode=sr_mode,
+            patch_padding=patch_padding,
+            norm_after_stage=norm_after_stage,
+            pad_mask=pad_mask,
         )
 
         size: tuple[int, int] = (img_size, img_size) if isinstance(img_size, int) else (int(img_size[0]), int(img_size[1]))
@@ -166,9 +182,10 @@ class Twins(LossModel):
         self.patch_embeds = ModuleList()
         self.pos_drops = ModuleList()
         for s in range(S):
-            self.patch_embeds.append(PatchEmbed(size, p, prev, embed_dims[s], rng=g, dtype=dtype))
+            self.patch_embeds.append(PatchEmbed(size, p, prev, embed_dims[s], rng=g, dtype=dtype, padding=patch_padding))
             self.pos_drops.append(Dropout(pos_drop_rate, rng=g))
             prev, size, p = embed_dims[s], (size[0] // p, size[1] // p), 2
+        self.patch_padding = patch_padding
 
         # stochastic depth: rate grows linearly over all blocks, as timm (one rule, tested against timm's)
         dpr = drop_path_rates(drop_path_rate, depths)
@@ -191,10 +208,15 @@ class Twins(LossModel):
                         rng=g,
                         dtype=dtype,
                         sr_mode=sr_mode,
+                        pad_mask=pad_mask,
                     )
                 )
             self.blocks.append(stage)
         self.pos_block = ModuleList([PosConv(d, d, rng=g, dtype=dtype) for d in embed_dims])
+        # mmsegmentation's SVT: a LayerNorm after every stage (its `norm_list`), inside the chain
+        self.norm_list: ModuleList | None = (
+            ModuleList([LayerNorm(d, eps=norm_eps, dtype=dtype) for d in embed_dims]) if norm_after_stage else None
+        )
         self.norm: Module = LayerNorm(self.num_features, eps=norm_eps, dtype=dtype)
         self.head_drop = Dropout(drop_rate, rng=g)
         self.head: Module = Linear(self.num_features, num_classes, rng=g, dtype=dtype) if num_classes > 0 else Identity()
@@ -210,13 +232,17 @@ class Twins(LossModel):
         Stage s sees ``side // stride_s`` tokens per side (the patch convs floor, and
         floor(floor(n/a)/b) = floor(n/(ab))). It needs at least one token, and at least
         ``sr`` tokens for each GSA with sub-sampling ratio sr > 1 (the k = s = sr conv
-        would have no output). So the minimum side is max_s need_s * stride_s.
+        would have no output). So the minimum side is max_s need_s * stride_s. With
+        ``patch_padding="corner"`` stage s has ceil(side / stride_s) tokens (likewise
+        nested), so ``(need_s - 1) * stride_s + 1`` pixels suffice.
         """
         stages, stride = [], 1
         for embed, stage in list(zip(self.patch_embeds, self.blocks))[:n_stages]:
             stride *= embed.patch_size
             srs = [blk.attn.sr_ratio for blk in stage if hasattr(blk.attn, "sr_ratio")]
             stages.append((stride, embed.patch_size, max([1, *srs])))
+        if self.patch_padding == "corner":
+            return max((need - 1) * st + 1 for st, _, need in stages), stages
         return max(need * st for st, _, need in stages), stages
 
     def _check_input(self, x: Any, n_stages: int | None = None) -> None:
@@ -252,8 +278,9 @@ class Twins(LossModel):
         if H >= m and W >= m:
             return
         why = ""
+        ceil = self.patch_padding == "corner"
         for s, (stride, p, need) in enumerate(stages):
-            h, w = H // stride, W // stride
+            h, w = (-(-H // stride), -(-W // stride)) if ceil else (H // stride, W // stride)
             if h < 1 or w < 1:
                 hp, wp = H // (stride // p), W // (stride // p)
                 why = f"stage {s + 1}'s patch embedding (patch size {p}) gets a {hp}x{wp} map, smaller than one patch"
@@ -338,10 +365,14 @@ class Twins(LossModel):
             x = blk(x, size)
             if i == 0:
                 x = self.pos_block[s](x, size)  # the PEG follows the stage's first block
+        if self.norm_list is not None:
+            x = self.norm_list[s](x)
         return x, size
 
     def _backward_stage(self, s: int, dx: Any) -> Any:
         """Stage s in reverse: dtokens (B, N_s, C_s) -> gradient of the stage's input (B, C, H, W)."""
+        if self.norm_list is not None:
+            dx = self.norm_list[s].backward(dx)
         stage = self.blocks[s]
         for i in reversed(range(len(stage))):
             if i == 0:
@@ -549,6 +580,8 @@ class Twins(LossModel):
         prune_end = keep < len(self.blocks)
         for name in ("patch_embeds", "pos_drops", "blocks", "pos_block"):
             setattr(self, name, ModuleList(list(getattr(self, name))[:keep]))
+        if self.norm_list is not None:
+            self.norm_list = ModuleList(list(self.norm_list)[:keep])
         self.depths, self.embed_dims = self.depths[:keep], self.embed_dims[:keep]
         self.wss = None if self.wss is None else self.wss[:keep]
         for key in ("embed_dims", "num_heads", "mlp_ratios", "depths", "sr_ratios", "wss"):

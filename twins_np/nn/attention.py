@@ -29,6 +29,9 @@ class LocallyGroupedAttn(Module):
         dim: channels C.  num_heads: heads (C divisible by it).
         attn_drop: dropout on attention probabilities.  proj_drop: dropout after proj.
         ws: window size (>= 2; ws = 1 selects GSA in Twins, so it is refused here as in timm).
+        pad_mask: None (timm's: the zero-padded tokens are ordinary keys), ``"mmseg"``
+            (mmsegmentation's additive mask, with its rule for when it applies) or ``"padded"``
+            (always mask the padding); see :func:`twins_np.functional.window_pad_mask`.
     """
 
     def __init__(
@@ -40,9 +43,12 @@ class LocallyGroupedAttn(Module):
         ws: int = 1,
         rng: Rng = None,
         dtype: Any = np.float32,
+        pad_mask: str | None = None,
     ) -> None:
         super().__init__()
         check_heads(dim, num_heads)
+        if pad_mask is not None and pad_mask not in F.PAD_MASK_RULES:
+            raise ValueError(f"pad_mask must be None or one of {F.PAD_MASK_RULES}, got {pad_mask!r}")
         if int(ws) != ws or ws < 2:
             raise ValueError(
                 f"LocallyGroupedAttn needs a window size ws >= 2, got {ws!r} "
@@ -50,6 +56,7 @@ class LocallyGroupedAttn(Module):
             )
         g = default_rng(rng)
         self.dim, self.num_heads, self.ws = dim, num_heads, int(ws)
+        self.pad_mask = pad_mask
         self.attn_drop = attn_drop
         self.qkv = Linear(dim, dim * 3, rng=g, dtype=dtype)
         self.proj = Linear(dim, dim, rng=g, dtype=dtype)
@@ -61,6 +68,7 @@ class LocallyGroupedAttn(Module):
         out, cache = F.lsa_forward(
             x, size, self.qkv.weight.data, self.qkv.b, self.proj.weight.data, self.proj.b,
             num_heads=self.num_heads, ws=self.ws, attn_drop=self.attn_drop, rng=self.rng, training=self.training,
+            pad_mask=self.pad_mask,
         )  # fmt: skip
         self._save(cache)
         return self.proj_drop(out)
@@ -73,7 +81,8 @@ class LocallyGroupedAttn(Module):
         return dx
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, num_heads={self.num_heads}, ws={self.ws}"
+        mask = "" if self.pad_mask is None else f", pad_mask={self.pad_mask!r}"
+        return f"dim={self.dim}, num_heads={self.num_heads}, ws={self.ws}{mask}"
 
 
 class GlobalSubSampleAttn(Module):

@@ -17,12 +17,18 @@ from .linear import Mlp
 from .module import Identity, Module, Sequential
 from .norm import LayerNorm
 
+PADDINGS = ("floor", "corner")
+
 
 class PatchEmbed(Module):
     """Image (or feature map) to tokens: conv k = s = patch_size, then LayerNorm (eps 1e-5).
 
-    Shapes: x (B, C_in, H, W) NCHW -> tokens (B, N, C), size (H // p, W // p). The conv
-    floors: pixels that do not fill a patch are dropped (and get zero gradient).
+    Shapes: x (B, C_in, H, W) NCHW -> tokens (B, N, C), size (H // p, W // p). With
+    ``padding="floor"`` (timm's) the conv floors: pixels that do not fill a patch are dropped
+    (and get zero gradient). With ``padding="corner"`` (mmsegmentation's ``AdaptivePadding``)
+    zero rows and columns are added at the bottom and right first, so every pixel is covered
+    and size is (ceil(H / p), ceil(W / p)). The parameter names are timm's (``proj``, ``norm``)
+    either way; mmsegmentation calls the conv ``projection``.
     """
 
     def __init__(
@@ -33,10 +39,14 @@ class PatchEmbed(Module):
         embed_dim: int = 768,
         rng: Rng = None,
         dtype: Any = np.float32,
+        padding: str = "floor",
     ) -> None:
         super().__init__()
+        if padding not in PADDINGS:
+            raise ValueError(f"PatchEmbed padding must be one of {PADDINGS}, got {padding!r}")
         g = default_rng(rng)
         self.img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        self.padding = padding
         self.patch_size = patch_size
         self.in_chans = in_chans
         self.proj = Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size, rng=g, dtype=dtype)
@@ -48,20 +58,29 @@ class PatchEmbed(Module):
         if x.shape[1] != self.in_chans:
             raise ValueError(f"PatchEmbed expects {self.in_chans} input channels (NCHW), got shape {tuple(x.shape)}")
         p = self.patch_size
-        if x.shape[2] < p or x.shape[3] < p:
+        if self.padding == "floor" and (x.shape[2] < p or x.shape[3] < p):
             raise ValueError(f"input {x.shape[2]}x{x.shape[3]} is smaller than the patch size {p}")
-        y = self.proj(x.transpose(0, 2, 3, 1))  # NCHW -> NHWC (a view), conv -> (B, Ho, Wo, C)
+        x = x.transpose(0, 2, 3, 1)  # NCHW -> NHWC (a view)
+        pad = None
+        if self.padding == "corner":
+            x, pad = F.corner_pad_forward(x, p)
+        y = self.proj(x)  # conv -> (B, Ho, Wo, C)
         B, Ho, Wo, C = y.shape
         out = self.norm(y.reshape(B, Ho * Wo, C))
-        self._save((Ho, Wo))
+        self._save((Ho, Wo, pad))
         return out, (Ho, Wo)
 
     def backward(self, dout: Any) -> Any:
         """dout (B, N, C) -> dx (B, C_in, H, W)."""
-        Ho, Wo = self._pop()
+        Ho, Wo, pad = self._pop()
         dy = self.norm.backward(dout)
         dx = self.proj.backward(dy.reshape(dy.shape[0], Ho, Wo, dy.shape[-1]))
+        if pad is not None:
+            dx = F.corner_pad_backward(dx, pad)
         return dx.transpose(0, 3, 1, 2)  # NHWC -> NCHW
+
+    def extra_repr(self) -> str:
+        return "" if self.padding == "floor" else f"padding={self.padding!r}"
 
 
 class PosConv(Module):
@@ -102,9 +121,10 @@ class Block(Module):
         x = x + DropPath(Attn(LN1(x), size))
         x = x + DropPath(Mlp(LN2(x)))
 
-    ``ws = 1`` gives GSA (with sub-sampling ``sr_ratio``), ``ws > 1`` gives LSA. The
-    LayerNorms' ``norm_eps`` defaults to 1e-5, as timm's ``Block`` (whose ``norm_layer``
-    is ``nn.LayerNorm``); the Twins model passes its own 1e-6.
+    ``ws = 1`` gives GSA (with sub-sampling ``sr_ratio``), ``ws > 1`` gives LSA (with
+    ``pad_mask``, see :class:`LocallyGroupedAttn`). The LayerNorms' ``norm_eps`` defaults to
+    1e-5, as timm's ``Block`` (whose ``norm_layer`` is ``nn.LayerNorm``); the Twins model
+    passes its own 1e-6.
 
     Shapes: x (B, N, C), size (H, W) -> (B, N, C).
     """
@@ -123,6 +143,7 @@ class Block(Module):
         rng: Rng = None,
         dtype: Any = np.float32,
         sr_mode: str = "conv",
+        pad_mask: str | None = None,
     ) -> None:
         super().__init__()
         g = default_rng(rng)
@@ -134,7 +155,7 @@ class Block(Module):
                 dim, num_heads, attn_drop, proj_drop, sr_ratio, rng=g, dtype=dtype, sr_mode=sr_mode
             )
         else:
-            self.attn = LocallyGroupedAttn(dim, num_heads, attn_drop, proj_drop, ws, rng=g, dtype=dtype)
+            self.attn = LocallyGroupedAttn(dim, num_heads, attn_drop, proj_drop, ws, rng=g, dtype=dtype, pad_mask=pad_mask)
         self.drop_path1 = DropPath(drop_path, rng=g) if drop_path > 0.0 else Identity()
         self.norm2 = LayerNorm(dim, eps=norm_eps, dtype=dtype)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=proj_drop, rng=g, dtype=dtype)

@@ -1,4 +1,4 @@
-"""Upsample: torch's ``nn.Upsample`` for feature maps, channels-last.
+"""Upsample and AdaptiveAvgPool2d: torch's ``nn.Upsample`` and ``nn.AdaptiveAvgPool2d`` for feature maps, channels-last.
 
 Shapes: x (B, H, W, C) -> (B, Ho, Wo, C), as every spatial module of twins-np; the
 arguments and their meaning are torch's (``size`` or ``scale_factor``; ``mode`` "nearest"
@@ -68,3 +68,31 @@ class Upsample(Module):
     def extra_repr(self) -> str:
         what = f"size={self.size}" if self.size is not None else f"scale_factor={self.scale_factor}"
         return f"{what}, mode={self.mode!r}"
+
+
+class AdaptiveAvgPool2d(Module):
+    """Average pooling to a fixed output size, equal to ``torch.nn.AdaptiveAvgPool2d`` (no parameters).
+
+    UPerNet's pyramid pooling module uses it with output sizes 1, 2, 3 and 6; torch's bin
+    boundaries (see :func:`twins_np.functional.adaptive_avg_pool_forward`).
+
+    Shapes: x (B, H, W, C) -> (B, Ho, Wo, C).
+    """
+
+    def __init__(self, output_size: int | tuple[int, int]) -> None:
+        super().__init__()
+        size = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
+        if len(size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in size):
+            raise ValueError(f"output_size must be a positive int or a pair of them, got {output_size!r}")
+        self.output_size = (int(size[0]), int(size[1]))
+
+    def forward(self, x: Any) -> Any:
+        out, cache = F.adaptive_avg_pool_forward(x, self.output_size)
+        self._save(cache)
+        return out
+
+    def backward(self, dout: Any) -> Any:
+        return F.adaptive_avg_pool_backward(dout, self._pop())
+
+    def extra_repr(self) -> str:
+        return f"output_size={self.output_size}"

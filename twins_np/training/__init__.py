@@ -53,6 +53,7 @@ from .tasks import (
     default_augment,
     evaluate_model,
     evaluate_segmenter,
+    evaluate_segmenter_images,
     load_split,
     validate_config,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "SegmentationEvalResult",
     "SegmentationMetrics",
     "evaluate_segmenter",
+    "evaluate_segmenter_images",
     "plot_class_iou",
     "plot_segmentation_grid",
     "CHECKPOINT_NAME",

@@ -62,8 +62,8 @@ class TrainConfig:
             :func:`twins_np.models.list_segmenters` (segment).
         model_overrides: config entries of that model to replace, e.g.
             ``{"depths": [1, 1, 1]}`` (JSON-serialisable); for a segmenter also the
-            head's ``neck_channels``, ``head_channels``, ``norm``, ``num_groups``,
-            ``dropout_ratio``.
+            head's ``neck_channels`` (FPN), ``head_channels``, ``aux_channels`` and
+            ``aux_weight`` (UPerNet), ``norm``, ``num_groups``, ``dropout_ratio``, ``test_cfg``.
         data: ``"digits"``, ``"cifar10"`` or ``"long-range"`` (classify);
             ``"shapes"``, ``"long_range_dense"`` or ``"folder:PATH"`` (segment); input
             channels and number of classes come from it.

@@ -25,7 +25,12 @@ RESERVED_OVERRIDES = ("in_chans", "num_classes", "drop_path_rate", "seed", "dtyp
 
 _POSITIVE_INTS = ("embed_dims", "num_heads", "sr_ratios", "wss")  # per stage, >= 1
 _RATES = ("drop_rate", "pos_drop_rate", "proj_drop_rate", "attn_drop_rate")
-_CHOICES = {"global_pool": ("", "avg"), "sr_mode": ("conv", "avg", "sep")}
+_CHOICES = {
+    "global_pool": ("", "avg"),
+    "sr_mode": ("conv", "avg", "sep"),
+    "patch_padding": ("floor", "corner"),  # mmsegmentation's flavour of Twins: see Twins' docstring
+    "pad_mask": (None, "mmseg", "padded"),
+}
 
 
 def _valid_keys() -> list[str]:
@@ -128,8 +133,9 @@ def check_model_overrides(model: str, overrides: Any, batch_size: int = 1, name:
     for key, choices in _CHOICES.items():
         if key in cfg and cfg[key] not in choices:
             raise bad(key, "one of " + ", ".join(repr(c) for c in choices))
-    if "check_finite" in cfg and not isinstance(cfg["check_finite"], bool):
-        raise bad("check_finite", "true or false")
+    for key in ("check_finite", "norm_after_stage"):
+        if key in cfg and not isinstance(cfg[key], bool):
+            raise bad(key, "true or false")
 
     if wss is None:
         return

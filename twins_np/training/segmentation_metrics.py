@@ -16,6 +16,13 @@ evaluation set* and only then divides, as mmsegmentation's ``IoUMetric`` does:
 
 Summing first is not the same as averaging per-image IoUs: one image with a tiny object
 would otherwise weigh as much as a whole scene.
+
+A label outside [0, K) that is not the ignore index is an error by default. With
+``labels="mmseg"`` it is counted as mmsegmentation's ``IoUMetric`` counts it: its histograms
+(``torch.histc`` over [0, K - 1]) drop the label, so the pixel adds to no class's labelled
+pixels, but its prediction still adds to the predicted class's pixels (and so to that
+class's union: a false positive). :func:`format_mmseg_tables` prints mmsegmentation's
+per-class table and summary (aAcc, mIoU, mAcc).
 """
 
 from __future__ import annotations
@@ -31,6 +38,8 @@ from ..backend import asnumpy, get_xp
 from .metrics import _new_figure, _save_png
 
 __all__ = [
+    "LABEL_RULES",
+    "format_mmseg_tables",
     "intersect_and_union",
     "SegmentationMetrics",
     "plot_class_iou",
@@ -38,7 +47,12 @@ __all__ = [
 ]
 
 
-def intersect_and_union(pred: Any, label: Any, num_classes: int, ignore_index: int = 255) -> tuple[np.ndarray, ...]:
+LABEL_RULES = ("strict", "mmseg")
+
+
+def intersect_and_union(
+    pred: Any, label: Any, num_classes: int, ignore_index: int = 255, labels: str = "strict"
+) -> tuple[np.ndarray, ...]:
     """Per-class pixel counts of one batch.
 
     Args:
@@ -46,14 +60,19 @@ def intersect_and_union(pred: Any, label: Any, num_classes: int, ignore_index: i
         label: (B, H, W) true classes in ``[0, K)`` or ``ignore_index``, on the same device.
         num_classes: K.
         ignore_index: label value of pixels that are not scored.
+        labels: ``"strict"``: a label outside ``[0, K)`` other than the ignore index is an
+            error; ``"mmseg"``: such a pixel counts in ``area_pred`` (its prediction) and in no
+            class's ``area_label``, as mmsegmentation's histograms do (see the module doc).
 
     Returns:
         area_intersect, area_union, area_pred, area_label: four (K,) int64 host arrays.
 
     Raises:
         ValueError: on shapes that differ, or values outside ``[0, K)`` (other than the
-            ignore index in ``label``).
+            ignore index in ``label``, and with ``labels="mmseg"`` any label).
     """
+    if labels not in LABEL_RULES:
+        raise ValueError(f"'labels' must be one of {LABEL_RULES}, got {labels!r}")
     xp = get_xp(pred=pred, label=label)
     if pred.shape != label.shape:
         raise ValueError(f"'pred' has shape {tuple(pred.shape)} but 'label' has {tuple(label.shape)}")
@@ -62,6 +81,8 @@ def intersect_and_union(pred: Any, label: Any, num_classes: int, ignore_index: i
     keep = label != ignore_index
     p, t = pred[keep].astype(xp.int64), label[keep].astype(xp.int64)
     for name, a in (("pred", p), ("label", t)):
+        if name == "label" and labels == "mmseg":
+            continue
         if a.size and (int(a.min()) < 0 or int(a.max()) >= num_classes):
             raise ValueError(
                 f"'{name}' holds values in [{int(a.min())}, {int(a.max())}], outside [0, {num_classes})"
@@ -70,7 +91,7 @@ def intersect_and_union(pred: Any, label: Any, num_classes: int, ignore_index: i
     k = int(num_classes)
     area_intersect = xp.bincount(t[p == t], minlength=k)
     area_pred = xp.bincount(p, minlength=k)
-    area_label = xp.bincount(t, minlength=k)
+    area_label = xp.bincount(t[(t >= 0) & (t < k)], minlength=k)  # mmseg: labels outside the classes count nowhere
     counts = [asnumpy(a).astype(np.int64) for a in (area_intersect, area_pred, area_label)]
     inter, pred_area, label_area = counts
     return inter, pred_area + label_area - inter, pred_area, label_area
@@ -89,13 +110,18 @@ class SegmentationMetrics:
     Args:
         num_classes: K.
         ignore_index: label value that is not scored (255).
+        labels: ``"strict"`` or ``"mmseg"``, the rule for labels outside the classes (see
+            :func:`intersect_and_union`).
     """
 
-    def __init__(self, num_classes: int, ignore_index: int = 255) -> None:
+    def __init__(self, num_classes: int, ignore_index: int = 255, labels: str = "strict") -> None:
         if not isinstance(num_classes, (int, np.integer)) or isinstance(num_classes, bool) or num_classes < 1:
             raise ValueError(f"'num_classes' must be a positive integer, got {num_classes!r}")
+        if labels not in LABEL_RULES:
+            raise ValueError(f"'labels' must be one of {LABEL_RULES}, got {labels!r}")
         self.num_classes = int(num_classes)
         self.ignore_index = int(ignore_index)
+        self.labels = labels
         self.reset()
 
     def reset(self) -> None:
@@ -108,7 +134,7 @@ class SegmentationMetrics:
 
     def update(self, pred: Any, label: Any) -> None:
         """Add one batch: pred and label (B, H, W) on one device."""
-        counts = intersect_and_union(pred, label, self.num_classes, self.ignore_index)
+        counts = intersect_and_union(pred, label, self.num_classes, self.ignore_index, self.labels)
         self.area_intersect += counts[0]
         self.area_union += counts[1]
         self.area_pred += counts[2]
@@ -245,3 +271,35 @@ def format_iou_table(scores: dict[str, Any], classes: list[str]) -> str:
         acc_text = "        -" if np.isnan(acc) else f"{100 * acc:8.2f}%"
         lines.append(f"{name[:width].ljust(width)} {iou_text}  {acc_text}   {n:15d}")
     return "\n".join(lines)
+
+
+def _ascii_table(header: list[str], rows: list[list[str]]) -> str:
+    """A table with +---+ rules, as mmsegmentation prints them (PrettyTable's default style)."""
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
+    rule = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
+
+    def line(cells: list[str]) -> str:
+        return "|" + "|".join(f" {str(c).center(w)} " for c, w in zip(cells, widths)) + "|"
+
+    return "\n".join([rule, line(header), rule, *(line(r) for r in rows), rule])
+
+
+def format_mmseg_tables(scores: dict[str, Any], classes: Sequence[str]) -> str:
+    """mmsegmentation's evaluation printout: ``per class results`` (Class, IoU, Acc) and the summary (aAcc, mIoU, mAcc).
+
+    Percentages rounded to 2 decimals and written as mmsegmentation's tables write them
+    (``str(np.round(100 * v, 2))``: 50.0, 37.5, 66.67); a class with an empty union shows
+    ``nan`` and is left out of the means.
+    """
+
+    def pct(v: float) -> str:
+        return str(float(np.round(100.0 * v, 2)))
+
+    per_class = [[str(c), pct(i), pct(a)] for c, i, a in zip(classes, scores["iou"], scores["acc"])]
+    summary = [[pct(scores["pixel_accuracy"]), pct(scores["miou"]), pct(scores["macc"])]]
+    return (
+        "per class results:\n"
+        + _ascii_table(["Class", "IoU", "Acc"], per_class)
+        + "\nSummary:\n"
+        + _ascii_table(["aAcc", "mIoU", "mAcc"], summary)
+    )

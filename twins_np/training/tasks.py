@@ -31,8 +31,9 @@ import numpy as np
 from .. import functional as F
 from ..backend import asnumpy, to_device
 from ..data import DATASETS, Dataset, HorizontalFlip, PairedHorizontalFlip, RandomCrop, load_dataset, standard_augment
-from ..data.segmentation import IGNORE_INDEX
+from ..data.segmentation import IGNORE_INDEX, MMSEG_DATASETS, SegmentationImages, load_segmentation_images
 from ..models import MODEL_CONFIGS, SEGMENTER_CONFIGS, create_model, create_segmenter, list_models, list_segmenters
+from ..models.segmentation import HEAD_OPTIONS, check_test_cfg
 from ..nn.module import Module
 from .config import ConfigError, TrainConfig
 from .metrics import (
@@ -44,7 +45,13 @@ from .metrics import (
     plot_learning_curves,
 )
 from .overrides import check_model_overrides, did_you_mean
-from .segmentation_metrics import SegmentationMetrics, format_iou_table, plot_class_iou, plot_segmentation_grid
+from .segmentation_metrics import (
+    SegmentationMetrics,
+    format_iou_table,
+    format_mmseg_tables,
+    plot_class_iou,
+    plot_segmentation_grid,
+)
 
 __all__ = [
     "TRAINING_TASKS",
@@ -62,6 +69,7 @@ __all__ = [
     "load_split",
     "evaluate_model",
     "evaluate_segmenter",
+    "evaluate_segmenter_images",
     "is_segmentation_data",
     "task_of_model",
 ]
@@ -87,8 +95,17 @@ SEGMENT_METRIC_COLUMNS = (
 # the segmentation data on the command line (folder:PATH: the user's own folder)
 SEGMENTATION_DATA = ("shapes", "long_range_dense", "folder:PATH")
 
-# entries of --model-overrides that configure the FPN neck and head; the others the backbone
-SEGMENT_HEAD_OPTIONS = ("neck_channels", "head_channels", "norm", "num_groups", "dropout_ratio")
+# entries of --model-overrides that configure the neck and heads (FPN or UPerNet); the others the backbone
+SEGMENT_HEAD_OPTIONS = (
+    "neck_channels",
+    "head_channels",
+    "aux_channels",
+    "aux_weight",
+    "norm",
+    "num_groups",
+    "dropout_ratio",
+    "test_cfg",
+)
 
 # how many test images the overlay grid shows
 GRID_IMAGES = 6
@@ -282,6 +299,58 @@ def evaluate_segmenter(
     )
 
 
+def evaluate_segmenter_images(
+    model: Any, images: SegmentationImages, device: str, check_finite: bool = False, label_smoothing: float = 0.0
+) -> SegmentationEvalResult:
+    """mmsegmentation's evaluation: each image at its own size, as its ``test`` loop runs it.
+
+    For every image of ``images`` (read by :meth:`SegmentationImages.read`: rescaled to fit
+    the dataset's scale and normalised; its label map at the original size): the model's
+    :meth:`~twins_np.models.Segmenter.inference` (whole-image or sliding-window, as its
+    ``test_cfg`` says) gives logits at the rescaled size, resized bilinearly to the label
+    map's size; the argmax is scored with mmsegmentation's label rule (a label outside the
+    classes counts only as a prediction, see :func:`~twins_np.training.intersect_and_union`),
+    intersections and unions summed over the split. The loss is the per-pixel
+    cross-entropy over the pixels whose label is a class (mmsegmentation reports none).
+    No caches are kept (``no_grad``); the model's train/eval mode is restored after.
+    """
+    from ..nn import no_grad
+
+    was_training = model.training
+    model.eval()
+    K, ignore = images.num_classes, images.ignore_index
+    metrics = SegmentationMetrics(K, ignore, labels="mmseg")
+    loss_sum, counted = 0.0, 0
+    try:
+        for i in range(len(images)):
+            image, label = images.read(i)
+            x = to_device(image[None].astype(model.dtype, copy=False), device)  # float32 pixels, exact in float64 too
+            with no_grad(), np.errstate(over="ignore", invalid="ignore") if check_finite else contextlib.nullcontext():
+                logits = model.inference(x)  # (1, K, h, w)
+                if tuple(logits.shape[2:]) != label.shape:  # mmseg's postprocess_result: back to the original size
+                    nhwc, _ = F.bilinear_resize_forward(logits.transpose(0, 2, 3, 1), label.shape)
+                    logits = nhwc.transpose(0, 3, 1, 2)
+            if check_finite and not bool(model.xp.isfinite(logits).all()):
+                bad = int((~model.xp.isfinite(logits)).sum())
+                name = images.pairs[i][0].name
+                raise FloatingPointError(f"the logits of image {i} ({name}) hold {bad} NaN or infinite value(s)")
+            y = to_device(label[None], device)
+            metrics.update(logits.argmax(axis=1), y)
+            scored = (y >= 0) & (y < K)
+            pixels = int(scored.sum())
+            if pixels:
+                loss, _ = F.pixel_cross_entropy_forward(logits, model.xp.where(scored, y, ignore), label_smoothing, ignore)
+                loss_sum += loss * pixels
+                counted += pixels
+    finally:
+        model.train(was_training)
+    scores = metrics.compute()
+    none = np.zeros((0, 0, 0), np.int64)  # every image has its own size: no overlay grid
+    return SegmentationEvalResult(
+        loss_sum / counted if counted else float("nan"), scores["pixel_accuracy"], scores["miou"], scores, none, none
+    )
+
+
 # --- the tasks ------------------------------------------------------------------------------------
 
 
@@ -357,6 +426,10 @@ class Task:
     ) -> Any:
         """Loss and scores on ``dataset`` in eval mode; ``check_finite`` refuses NaN/Inf logits (FloatingPointError)."""
         raise NotImplementedError
+
+    def evaluation_data(self, config: TrainConfig, split: str) -> Any:
+        """The split ``twins-np evaluate`` scores: the training's data by default (:func:`load_split`)."""
+        return load_split(config, split)
 
     def evaluation_summary(self, result: Any, dataset: Dataset) -> tuple[str, dict[str, Any]]:
         """What an evaluation found: a text for people and a JSON-ready dict of the same numbers."""
@@ -523,58 +596,104 @@ class SegmentTask(Task):
         if not isinstance(overrides, dict):
             raise ConfigError(f"<model_overrides> must be a JSON object (a dict), got {type(overrides).__name__}")
         head = {k: v for k, v in overrides.items() if k in SEGMENT_HEAD_OPTIONS}
-        for key in ("neck_channels", "head_channels", "num_groups"):
+        kind = SEGMENTER_CONFIGS[config.model]["head"]
+        foreign = sorted(set(head) - set(HEAD_OPTIONS[kind]))
+        if foreign:
+            raise ConfigError(
+                f"<model_overrides>: {', '.join(foreign)} not an option of {config.model}, whose head "
+                f"({'UPerNet' if kind == 'uper' else 'FPN'}) takes {', '.join(HEAD_OPTIONS[kind])}"
+            )
+        for key in ("neck_channels", "head_channels", "aux_channels", "num_groups"):
             if key in head and (not isinstance(head[key], int) or isinstance(head[key], bool) or head[key] < 1):
                 raise ConfigError(f"<model_overrides>: {key} must be an integer >= 1, got {head[key]!r}")
+        weight = head.get("aux_weight", 0.0)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0.0 <= weight < float("inf"):
+            raise ConfigError(f"<model_overrides>: aux_weight must be a number >= 0, got {weight!r}")
+        if "test_cfg" in head:
+            try:
+                check_test_cfg(head["test_cfg"])
+            except ValueError as err:
+                raise ConfigError(f"<model_overrides>: {err}") from None
         if "norm" in head and head["norm"] not in (None, "gn", "bn"):
             raise ConfigError(f"<model_overrides>: norm must be null, \"gn\" or \"bn\", got {head['norm']!r}")
         rate = head.get("dropout_ratio", 0.0)
         if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
             raise ConfigError(f"<model_overrides>: dropout_ratio must be a number in [0, 1), got {rate!r}")
         cfg = {**SEGMENTER_CONFIGS[config.model], **head}
-        if cfg["norm"] == "gn" and cfg["head_channels"] % cfg["num_groups"]:
-            raise ConfigError(
-                f"<model_overrides>: head_channels ({cfg['head_channels']}) must be divisible by num_groups "
-                f"({cfg['num_groups']}) for GroupNorm"
-            )
+        for key in ("head_channels", "aux_channels"):
+            if cfg["norm"] == "gn" and key in cfg and cfg[key] % cfg["num_groups"]:
+                raise ConfigError(
+                    f"<model_overrides>: {key} ({cfg[key]}) must be divisible by num_groups ({cfg['num_groups']}) for GroupNorm"
+                )
         backbone = SEGMENTER_CONFIGS[config.model]["backbone"]
         assert backbone in MODEL_CONFIGS
         rest = {k: v for k, v in overrides.items() if k not in SEGMENT_HEAD_OPTIONS}
         _check_overrides(backbone, rest, config.batch_size)
 
-    def create_model(self, config: TrainConfig, train_set: Dataset) -> Module:
+    def create_model(self, config: TrainConfig, train_set: Dataset | SegmentationImages) -> Module:
         head = {k: v for k, v in config.model_overrides.items() if k in SEGMENT_HEAD_OPTIONS}
         backbone = {k: v for k, v in config.model_overrides.items() if k not in SEGMENT_HEAD_OPTIONS}
+        channels = train_set.channels if isinstance(train_set, SegmentationImages) else train_set.images.shape[1]
         return create_segmenter(
             config.model,
             num_classes=train_set.num_classes,
             seed=config.seed,
             dtype=np.float32,
-            backbone_kwargs={**backbone, "in_chans": train_set.images.shape[1], "drop_path_rate": config.drop_path},
+            backbone_kwargs={**backbone, "in_chans": channels, "drop_path_rate": config.drop_path},
             **head,
         )
+
+    def evaluation_data(self, config: TrainConfig, split: str) -> Dataset | SegmentationImages:
+        """mmsegmentation's configurations (``*_ade20k``) on a folder: its test pipeline, every image at
+        its own size (:class:`~twins_np.data.segmentation.SegmentationImages`) with the dataset's classes,
+        ``reduce_zero_label`` and test scale; anything else: the training's data (:func:`load_split`)."""
+        dataset = SEGMENTER_CONFIGS[config.model].get("dataset")
+        if dataset is None or not config.data.startswith("folder:"):
+            return load_split(config, split)
+        settings = MMSEG_DATASETS[str(dataset)]
+        root = Path(config.data[len("folder:") :])
+        classes = None if (root / "classes.txt").is_file() else settings["classes"]
+        data = load_segmentation_images(
+            root, split, classes, bool(settings["reduce_zero_label"]) or config.reduce_zero_label, None, settings["scale"]
+        )
+        limit = config.limit_train if split == "train" else config.limit_test
+        return data if limit is None or limit >= len(data) else data.subset(np.arange(limit))
 
     def meter(self, dataset: Dataset) -> _SegmentMeter:
         return _SegmentMeter(dataset.num_classes, IGNORE_INDEX if dataset.ignore_index is None else dataset.ignore_index)
 
     def evaluate(
-        self, model: Module, dataset: Dataset, batch_size: int, device: str, label_smoothing: float, check_finite: bool = False
+        self,
+        model: Module,
+        dataset: Dataset | SegmentationImages,
+        batch_size: int,
+        device: str,
+        label_smoothing: float,
+        check_finite: bool = False,
     ) -> SegmentationEvalResult:
+        if isinstance(dataset, SegmentationImages):  # one image at a time, each at its own size
+            return evaluate_segmenter_images(model, dataset, device, check_finite, label_smoothing)
         return evaluate_segmenter(model, dataset, batch_size, device, label_smoothing, check_finite)
 
-    def evaluation_summary(self, result: SegmentationEvalResult, dataset: Dataset) -> tuple[str, dict[str, Any]]:
-        """mmsegmentation's scores: pixel accuracy, mIoU, mAcc, and the per-class IoU table."""
+    def evaluation_summary(
+        self, result: SegmentationEvalResult, dataset: Dataset | SegmentationImages
+    ) -> tuple[str, dict[str, Any]]:
+        """mmsegmentation's scores: pixel accuracy, mIoU, mAcc, and the per-class IoU table
+        (mmsegmentation's own printout for its test pipeline)."""
         scores = result.scores
 
         def number(v: float) -> float | None:
             return None if np.isnan(v) else float(v)
 
-        text = (
-            f"pixel accuracy {100 * result.pixel_accuracy:.2f}%, mIoU {100 * result.miou:.2f}%, mAcc "
-            f"{100 * scores['macc']:.2f}%, pixel cross-entropy {result.loss:.4f}\n\n"
-            "per-class IoU (intersections and unions summed over the split; 'absent': neither labelled nor predicted,\n"
-            "left out of the mIoU):\n" + format_iou_table(scores, list(dataset.classes))
-        )
+        if isinstance(dataset, SegmentationImages):
+            text = format_mmseg_tables(scores, list(dataset.classes)) + f"\npixel cross-entropy {result.loss:.4f}"
+        else:
+            text = (
+                f"pixel accuracy {100 * result.pixel_accuracy:.2f}%, mIoU {100 * result.miou:.2f}%, mAcc "
+                f"{100 * scores['macc']:.2f}%, pixel cross-entropy {result.loss:.4f}\n\n"
+                "per-class IoU (intersections and unions summed over the split; 'absent': neither labelled nor predicted,\n"
+                "left out of the mIoU):\n" + format_iou_table(scores, list(dataset.classes))
+            )
         report = {
             "pixel_accuracy": result.pixel_accuracy,
             "miou": number(result.miou),
@@ -608,8 +727,11 @@ class SegmentTask(Task):
     def plot_result(
         self, result: SegmentationEvalResult, dataset: Dataset, out_dir: Path, title: str, suffix: str = ""
     ) -> list[Path]:
-        """After every epoch: per-class IoU bars and the overlays of the first test images."""
+        """After every epoch: per-class IoU bars and the overlays of the first test images (bars only for
+        images at their own sizes)."""
         bars = plot_class_iou(result.scores["iou"], dataset.classes, out_dir / f"class_iou{suffix}.png", title=title)
+        if isinstance(dataset, SegmentationImages):
+            return [bars]
         n = len(result.preds)
         grid = plot_segmentation_grid(
             dataset.images[:n],
