@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import sys
 import pickle
 import tempfile
 from pathlib import Path
@@ -227,8 +228,12 @@ def test_flops_bad_sizes_name_the_flags(capsys) -> None:
 
 
 # -- signals ------------------------------------------------------------------------------------------------------
-def test_sigterm_ends_training_like_ctrl_c(tmp_path: Path) -> None:
-    """``kill PID`` mid-run: one line, exit 143, the last checkpoint intact and resumable (a real process)."""
+@pytest.mark.parametrize(
+    "signame, code, line",
+    [("SIGTERM", 143, "twins-np train: terminated (SIGTERM)"), ("SIGINT", 130, "twins-np train: interrupted")],
+)
+def test_sigterm_ends_training_like_ctrl_c(tmp_path: Path, signame: str, code: int, line: str) -> None:
+    """``kill PID`` or Ctrl-C mid-run: one line, exit 143 or 130, the last checkpoint intact and resumable (a real process)."""
     import signal
     import subprocess
     import sys
@@ -247,14 +252,14 @@ def test_sigterm_ends_training_like_ctrl_c(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, "no checkpoint after 240 s"
             time.sleep(0.05)
         time.sleep(0.5)  # inside the next epoch
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(getattr(signal, signame))
         stdout, stderr = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-    assert proc.returncode == 143, (stdout, stderr)
-    assert stderr.splitlines() == ["twins-np train: terminated (SIGTERM)"], stderr
+    assert proc.returncode == code, (stdout, stderr)
+    assert stderr.splitlines() == [line], stderr
     ckpt = load_checkpoint(out / "checkpoint.npz")  # intact: written atomically, never half
     assert 1 <= ckpt["epoch"] < 100 and len(ckpt["history"]) == ckpt["epoch"]
     assert not list(out.glob(".*.tmp"))  # an interrupted write leaves no temporary file
@@ -298,3 +303,33 @@ def test_pillow_warnings_reach_the_terminal_as_one_line(tmp_path: Path, monkeypa
     assert err.splitlines() == [
         f"twins-np predict: warning: IMAGE {PHOTO}: Corrupt EXIF data. Expecting to read 12 bytes but only got 2."
     ], err
+
+
+def test_sigterm_inside_a_finalizer_is_not_lost() -> None:
+    """A SIGTERM whose handler runs inside a ``__del__`` (where Python swallows exceptions) still ends the command."""
+    import signal
+    import time
+
+    from twins_np import cli
+
+    class ClosesSlowly:
+        def __del__(self) -> None:
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(1000):  # the handler runs here, inside the finalizer
+                time.sleep(0.0001)
+
+    swallowed: list[object] = []
+    record = swallowed.append
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = record
+    try:
+        with pytest.raises(cli.Terminated):
+            with cli._sigterm_as_interrupt():
+                ClosesSlowly()  # dropped at once: its __del__ runs here
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline:  # the rest of a long run
+                    time.sleep(0.001)
+        assert sys.unraisablehook is record  # the command's hook is gone again
+    finally:
+        sys.unraisablehook = previous_hook
+    assert swallowed == []  # nothing printed as "Exception ignored"

@@ -21,11 +21,13 @@ import argparse
 import contextlib
 import errno
 import importlib
+import os
 import pickle
 import signal
 import sys
 import tarfile
 import threading
+import time
 import zipfile
 from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
@@ -195,21 +197,70 @@ class Terminated(KeyboardInterrupt):
     in progress is discarded, the last checkpoint stays as it was), then one line and exit 143."""
 
 
-def _raise_terminated(signum: int, frame: Any) -> None:
-    raise Terminated
+class _StopSignals:
+    """Ctrl-C and SIGTERM as exceptions raised where the program was, never lost.
+
+    Python cannot raise out of a finalizer (a ``__del__``, a generator closed by the garbage
+    collector, a ``zipfile`` closing itself): an exception raised there is printed as
+    "Exception ignored in ..." and dropped, and the run would go on to its last epoch. So a
+    swallowed stop reaches :meth:`unraisable` (installed as ``sys.unraisablehook``), which
+    marks it pending; a helper thread sends the signal again until a handler has raised it
+    outside the hook. Nothing is printed for it.
+    """
+
+    def __init__(self) -> None:
+        self.pending: int | None = None  # the signal still to deliver
+        self.active = True
+        self.lock = threading.Lock()
+        self.previous_hook = sys.unraisablehook
+
+    def handle(self, signum: int, frame: Any) -> None:
+        while frame is not None:  # inside our own hook: raising here would be swallowed too
+            if frame.f_code is _StopSignals.unraisable.__code__:
+                return  # still pending: the helper thread sends it again
+            frame = frame.f_back
+        self.pending = None
+        raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+
+    def unraisable(self, unraisable: Any) -> None:
+        exc_type = unraisable.exc_type
+        if exc_type is None or not issubclass(exc_type, KeyboardInterrupt):
+            self.previous_hook(unraisable)
+            return
+        with self.lock:
+            start = self.pending is None
+            self.pending = signal.SIGTERM if issubclass(exc_type, Terminated) else signal.SIGINT
+        if start:
+            threading.Thread(target=self._send_again, daemon=True).start()
+
+    def _send_again(self) -> None:
+        while True:
+            time.sleep(0.02)  # let the main thread leave the finalizer and the hook
+            signum = self.pending
+            if signum is None or not self.active:
+                return
+            os.kill(os.getpid(), signum)
 
 
 @contextlib.contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
-    """Turn SIGTERM into :class:`Terminated` while a command runs (the main thread only can)."""
+    """Turn SIGTERM into :class:`Terminated` while a command runs, and let neither it nor
+    Ctrl-C be swallowed by a finalizer (see :class:`_StopSignals`; the main thread only)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    stop = _StopSignals()
+    previous = signal.signal(signal.SIGTERM, stop.handle), signal.getsignal(signal.SIGINT)
+    if previous[1] is signal.default_int_handler:  # not where Ctrl-C is ignored (``nohup``, a background job)
+        signal.signal(signal.SIGINT, stop.handle)
+    sys.unraisablehook = stop.unraisable
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        stop.active = False
+        sys.unraisablehook = stop.previous_hook
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGINT, previous[1])
 
 
 if __name__ == "__main__":  # pragma: no cover
