@@ -12,8 +12,8 @@ from __future__ import annotations
 import errno
 import json
 import os
-import sys
 import pickle
+import sys
 import tempfile
 from pathlib import Path
 
