@@ -54,7 +54,7 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import cupy_available, synchronize
+from ..backend import cpu_kernel_threads, cupy_available, synchronize
 from ..data import DataLoader, Dataset
 from ..optim import AdamW, CosineSchedule, clip_grad_norm, param_groups
 from .checkpoint import load_checkpoint, restore_rng_states, save_checkpoint, save_npz
@@ -233,12 +233,13 @@ class TrainConfig:
 
 @contextlib.contextmanager
 def blas_threads(n: int | None) -> Iterator[None]:
-    """Limit the BLAS library to ``n`` threads inside the block (None: leave it alone).
+    """Limit the BLAS library and the CPU kernels to ``n`` threads inside the block (None: leave them alone).
 
     On a machine whose cores are busy with other work, BLAS worker threads that wait
     for a core can make the many small matrix products of a training step several
     times slower; one thread is then faster. Uses ``threadpoolctl`` (installed with
-    scikit-learn).
+    scikit-learn) for BLAS and :func:`twins_np.backend.cpu_kernel_threads` for the fused
+    CPU kernels, so the two never ask for more cores than ``n``.
     """
     if n is None:
         yield
@@ -249,8 +250,13 @@ def blas_threads(n: int | None) -> Iterator[None]:
         from threadpoolctl import threadpool_limits
     except ImportError as err:  # pragma: no cover - scikit-learn brings it
         raise RuntimeError("--threads needs the threadpoolctl package: pip install threadpoolctl") from err
-    with threadpool_limits(limits=n, user_api="blas"):
-        yield
+    kernel_threads = cpu_kernel_threads()
+    cpu_kernel_threads(n)
+    try:
+        with threadpool_limits(limits=n, user_api="blas"):
+            yield
+    finally:
+        cpu_kernel_threads(kernel_threads)
 
 
 # --- the trainer ------------------------------------------------------------------------------
