@@ -24,6 +24,11 @@ time the step is bound by launching kernels, not by the GPU), the kernels launch
 step (counted with torch's profiler, which sees every CUDA kernel of the process, CuPy's
 included; null where it cannot count), and the GPU memory held (CuPy's memory pool, or
 torch's peak allocation). ``--fused`` (twins-np) switches on the fused CUDA kernels.
+
+On the CPU, ``--kernels on|off`` (twins-np) runs with the fused CPU kernels (numba) or the NumPy
+twins; by default the library's own setting (on where numba is installed). ``--threads N``
+sets both libraries' threads: torch's, and twins-np's BLAS (through the environment run_all
+sets) and CPU kernels, as ``twins-np train --threads N`` does.
 """
 
 from __future__ import annotations
@@ -102,6 +107,33 @@ def _seg_labels(rng: np.random.Generator, batch: int, size: int) -> np.ndarray:
 # --- twins-np ---------------------------------------------------------------------------
 
 
+def _load_cpu_kernels() -> None:
+    """Call every CPU kernel once on tiny float32 arrays: numba and the compiled kernels are loaded.
+
+    They load lazily, on a kernel's first call, and stay resident for the life of the process
+    (about 120 MiB, measured): library code, as torch's own libraries, which ``import torch``
+    loads. Loading them here, before the resident size is read, keeps them out of a step's
+    peak memory, which is then the step's arrays for both libraries.
+    """
+    import twins_np.functional as F
+    from twins_np.backend import cpu_kernels
+    from twins_np.nn.module import Parameter
+    from twins_np.optim import AdamW
+
+    if not cpu_kernels():
+        return
+    x = np.ones((1, 2, 2, 8), np.float32)
+    w, b = np.ones((8, 1, 3, 3), np.float32), np.ones(8, np.float32)
+    F.gelu_backward(x, F.gelu_forward(x)[1])
+    F.layernorm_backward(x, F.layernorm_forward(x, b, b)[1])
+    F.softmax_backward(x, F.softmax_forward(x)[1])
+    F.depthwise_conv3x3_backward(x, F.depthwise_conv3x3_forward(x, w, b)[1])
+    p = Parameter(b.copy())
+    p.grad = b
+    AdamW([p]).step()
+
+
+
 def twins_np_task(args: argparse.Namespace) -> tuple[Callable[[], Any], Callable[[], None]]:
     import twins_np
     import twins_np.functional as F
@@ -109,6 +141,7 @@ def twins_np_task(args: argparse.Namespace) -> tuple[Callable[[], Any], Callable
 
     # time the library as a user imports it: `import twins_np` applies its own malloc tuning
     # (unless TWINS_NP_NO_MALLOC_TUNING=1), nothing more is set here
+    _load_cpu_kernels()
     rng = np.random.default_rng(0)
     dev = args.device
     if args.task == "segtrain":
@@ -352,7 +385,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--fused", action="store_true", help="twins-np: use the fused CUDA kernels (GPU only)")
+    p.add_argument("--kernels", choices=["on", "off"], help="twins-np: the fused CPU kernels on or off (default: the library's)")
     args = p.parse_args(argv)
+    if args.lib == "twins-np":
+        from twins_np import backend
+
+        backend.cpu_kernel_threads(args.threads)
+        if args.kernels is not None:
+            backend.cpu_kernels(args.kernels == "on")
     if args.fused:
         if args.lib != "twins-np" or args.device != "gpu":
             p.error("--fused is for --lib twins-np --device gpu")
@@ -367,6 +407,10 @@ def main(argv: list[str] | None = None) -> int:
     fn, sync = (twins_np_task if args.lib == "twins-np" else torch_task)(args)
     median, times, peak = _time(fn, args.warmup, args.repeats, sync)
     row: dict[str, Any] = {"lib": args.lib, "median_s": median, "times_s": times, "peak_mib": peak}
+    if args.lib == "twins-np":
+        from twins_np import backend
+
+        row["cpu_kernels"] = backend.cpu_kernels()
     if args.device == "gpu":
         row.update(_gpu_extras(args.lib, fn, sync))
     print(json.dumps(row))

@@ -30,6 +30,7 @@ changing a helper, delete the ``*.nbi``/``*.nbc`` files in ``twins_np/kernels/__
 from __future__ import annotations
 
 import math
+import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -69,19 +70,20 @@ def jit(fn: Callable[..., Any]) -> Any:
 MIN_ELEMENTS_PER_THREAD = 1 << 16
 
 _pool: ThreadPoolExecutor | None = None
-_pool_threads = 0
+_pool_key = (0, 0)  # (threads, process id) of _pool: a forked child must not use its parent's pool
 _pool_lock = threading.Lock()
 
 
 def _helpers(count: int) -> ThreadPoolExecutor:
     """A pool of ``count`` helper threads (created on first need; idle threads sleep, they never spin)."""
-    global _pool, _pool_threads
+    global _pool, _pool_key
     with _pool_lock:
-        if _pool is None or _pool_threads != count:
-            if _pool is not None:
+        key = (count, os.getpid())
+        if _pool is None or _pool_key != key:
+            if _pool is not None and _pool_key[1] == key[1]:
                 _pool.shutdown(wait=True)
             _pool = ThreadPoolExecutor(max_workers=count, thread_name_prefix="twins_np-kernel")
-            _pool_threads = count
+            _pool_key = key
         return _pool
 
 
