@@ -70,6 +70,7 @@ GPU_OPS = [(op, 64, side, dim, heads, sr) for op, _, side, dim, heads, sr in OPS
 
 
 THREADS = 2  # BLAS / OpenMP threads per process, both libraries (set by --threads)
+CLOCK_KEY = "median_s"  # the worker's wall-clock median; "median_cpu_s" with --clock cpu
 
 
 def _worker(args: list[str]) -> dict:
@@ -99,7 +100,7 @@ def _pair(common: list[str], rounds: int, np_extra: list[str] | None = None, twi
     for r in range(rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
             res[name].append(_worker([*runs[name], *common]))
-    t = {name: statistics.median(x["median_s"] for x in res[name]) for name in names}
+    t = {name: statistics.median(x[CLOCK_KEY] for x in res[name]) for name in names}
     m = {name: statistics.median(x["peak_mib"] for x in res[name]) for name in names}
     out = {"twins_np_s": t["twins-np"], "torch_s": t["torch"], "ratio": t["twins-np"] / t["torch"], "twins_np_mib": m["twins-np"],
            "torch_mib": m["torch"], "mem_ratio": (m["twins-np"] / m["torch"]) if m["torch"] > 0 else float("nan")}  # fmt: skip
@@ -190,14 +191,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="1 round, 2 repeats (smoke test)")
     p.add_argument("--threads", type=int, default=2, help="threads per process for both libraries (default 2)")
     p.add_argument("--out", type=pathlib.Path, help="results JSON (default benchmarks/results/<device>.json)")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="time by the wall clock, or by the processes' CPU time (steadier on a shared machine; "
+                        "with --threads 1 the two agree on a quiet one)")  # fmt: skip
     p.add_argument("--no-twins", action="store_true", help="CPU: time twins-np's default path only, not also its NumPy twins")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    global THREADS
+    global THREADS, CLOCK_KEY
     THREADS = args.threads
+    CLOCK_KEY = "median_cpu_s" if args.clock == "cpu" else "median_s"
     gpu = args.device == "gpu"
     # the scaling table is about CPU time and memory against H*W; on the GPU it is asked for by name
     only = set(args.only or (["models", "ops"] if gpu else ["models", "segmentation", "ops", "scaling"]))
@@ -208,12 +213,13 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {"machine": machine(), "versions": versions(), "device": args.device,
                      "date": time.strftime("%Y-%m-%d"), "models": [], "segmentation": [], "ops": [], "scaling": []}  # fmt: skip
     results["threads"] = THREADS
+    results["clock"] = args.clock
     path = args.out or HERE / "results" / f"{args.device}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
 
     def save() -> None:  # after every row, so a run stopped by a time limit keeps what it measured
         path.write_text(json.dumps(results, indent=2))
-    print(f"# twins-np vs PyTorch ({args.device}, {THREADS} thread(s) per process)")
+    print(f"# twins-np vs PyTorch ({args.device}, {THREADS} thread(s) per process, {args.clock} time)")
     print(f"\n{results['machine']}\n{results['versions']}\n")
 
     # on the CPU, twins-np with its fused kernels and with its NumPy twins, against torch in the same run

@@ -12,8 +12,9 @@ twins-np only, for the scaling table).
 
 Each library runs in its own process because NumPy's and torch's thread pools fight for
 the cores when both are loaded. Times are medians over ``--repeats`` runs after
-``--warmup`` runs. Peak memory is the highest resident set size sampled during the runs
-minus the resident size just before them (model, inputs and library already loaded),
+``--warmup`` runs, by the wall clock (``median_s``) and in CPU time (``median_cpu_s``).
+Peak memory is the highest resident set size sampled during the runs minus the resident
+size just before them (model, inputs and library already loaded),
 measured the same way for both libraries: on the GPU it is host memory only.
 
 On the GPU (``--device gpu``) each library synchronises before reading the clock, TF32 is
@@ -80,21 +81,27 @@ class _PeakRSS:
         self.peak = max(self.peak, _rss_now_mib())
 
 
-def _time(fn: Callable[[], Any], warmup: int, repeats: int, sync: Callable[[], None]) -> tuple[float, list[float], float]:
-    """Median time of ``fn`` and the peak RSS growth over the RSS before the first call."""
+def _time(fn: Callable[[], Any], warmup: int, repeats: int, sync: Callable[[], None]) -> tuple[list[float], list[float], float]:
+    """Wall-clock and CPU times of each timed call of ``fn``, and the peak RSS growth over the RSS before the first call.
+
+    The CPU time is the process's (every thread's, the memory sampler's included): on a machine
+    shared with other work it counts the work done, where the wall clock also counts the waits
+    for a core.
+    """
     sync()
     base = _rss_now_mib()
     with _PeakRSS() as mem:
         for _ in range(warmup):
             fn()
         sync()
-        times = []
+        times, cpu_times = [], []
         for _ in range(repeats):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             fn()
             sync()
             times.append(time.perf_counter() - t0)
-    return statistics.median(times), times, max(0.0, mem.peak - base)
+            cpu_times.append(time.process_time() - c0)
+    return times, cpu_times, max(0.0, mem.peak - base)
 
 
 def _seg_labels(rng: np.random.Generator, batch: int, size: int) -> np.ndarray:
@@ -405,8 +412,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cuda.matmul.allow_tf32 = False  # float32 on both sides, no TF32 rounding
         torch.backends.cudnn.allow_tf32 = False
     fn, sync = (twins_np_task if args.lib == "twins-np" else torch_task)(args)
-    median, times, peak = _time(fn, args.warmup, args.repeats, sync)
-    row: dict[str, Any] = {"lib": args.lib, "median_s": median, "times_s": times, "peak_mib": peak}
+    times, cpu_times, peak = _time(fn, args.warmup, args.repeats, sync)
+    row: dict[str, Any] = {"lib": args.lib, "median_s": statistics.median(times), "times_s": times,
+                           "median_cpu_s": statistics.median(cpu_times), "cpu_times_s": cpu_times, "peak_mib": peak}  # fmt: skip
     if args.lib == "twins-np":
         from twins_np import backend
 
