@@ -18,8 +18,8 @@ and caches written once; float32), F the operations of the kernel's loop (exp co
 21, the operations of ``cpu_common.exp``). torch's layers are put at the same F and Q, although
 they keep smaller caches (its GELU does not store Phi(x), for one). The measured times come
 from ``benchmarks/results/cpu.json`` (``python -m benchmarks.run_all --only ops``); the figure
-plots forward + backward, and the table also gives each time in "passes": the time divided by
-the time one pass over Q bytes takes at the measured bandwidth.
+plots forward + backward, and the table also gives each time as a multiple of the roofline's:
+for a layer bound by memory, the number of passes over its Q bytes that the time would allow.
 """
 
 from __future__ import annotations
@@ -132,12 +132,12 @@ def table(ops: list[dict[str, Any]], machine: dict[str, Any]) -> list[dict[str, 
             flops, nbytes = counts[task]
             roof_s = max(flops / peak, nbytes / bw)
             entry = {"op": row["op"], "task": task, "intensity": flops / nbytes, "roof_ms": 1e3 * roof_s}
-            entry["pass_ms"] = 1e3 * nbytes / bw
+            entry["bound"] = "memory" if nbytes / bw >= flops / peak else "arithmetic"
             res = row[task]
             for name, key in (("kernels", "twins_np_s"), ("twins", "twins_np_twins_s"), ("torch", "torch_s")):
                 if key in res:
                     t = res[key]
-                    entry[name] = {"ms": 1e3 * t, "gflops": flops / t / 1e9, "of_roof": roof_s / t, "passes": t * bw / nbytes}
+                    entry[name] = {"ms": 1e3 * t, "gflops": flops / t / 1e9, "x_roof": t / roof_s}
             rows.append(entry)
     return rows
 
@@ -152,7 +152,7 @@ def figure(rows: list[dict[str, Any]], machine: dict[str, Any], path: pathlib.Pa
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=110)
     xs = np.logspace(-1.3, 3.2, 200)
     ax.plot(xs, np.minimum(peak, bw * xs), color="black", lw=1.5)
-    ax.text(0.07, bw * 0.07 * 1.25, f"memory: {bw:.0f} GB/s", rotation=35, fontsize=8)
+    ax.text(0.3, bw * 0.3 * 1.6, f"memory bandwidth: {bw:.0f} GB/s", fontsize=8, ha="right")
     ax.text(300, peak * 1.08, f"BLAS peak: {peak:.0f} GFLOP/s", fontsize=8, ha="center")
     styles = {"twins": ("NumPy twins", "o", "tab:orange"), "kernels": ("CPU kernels", "s", "tab:blue"),
               "torch": ("torch", "^", "tab:gray")}  # fmt: skip
@@ -165,13 +165,18 @@ def figure(rows: list[dict[str, Any]], machine: dict[str, Any], path: pathlib.Pa
                 ax.scatter(r["intensity"], r[name]["gflops"], marker=marker, color=color, s=36, zorder=3,
                            label=label if name not in seen else None)  # fmt: skip
                 seen.add(name)
-        top = max(r[n]["gflops"] for n in styles if n in r)
-        ax.annotate(LABELS[r["op"]], (r["intensity"], top), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=8)
+        ys = [r[n]["gflops"] for n in styles if n in r]
+        ax.vlines(r["intensity"], min(ys), max(ys), color="lightgray", lw=1, zorder=1)  # one layer's three points
+        shift = {"gsa": -10, "lsa": 10}.get(r["op"], 0)
+        ax.annotate(LABELS[r["op"]], (r["intensity"], max(ys)), textcoords="offset points", xytext=(shift, 7), ha="center",
+                    fontsize=8)  # fmt: skip
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("arithmetic intensity (floating-point operations per byte of minimal traffic)")
     ax.set_ylabel("GFLOP/s achieved")
-    ax.set_title(f"Stage-1 layers of SVT-S at batch 8, forward + backward, {machine['threads']} threads", fontsize=10)
+    threads = machine["threads"]
+    plural = "s" if threads > 1 else ""
+    ax.set_title(f"Stage-1 layers of SVT-S at batch 8, forward + backward, {threads} thread{plural}", fontsize=10)
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(True, which="major", alpha=0.3)
     fig.tight_layout()
@@ -200,14 +205,15 @@ def main(argv: list[str] | None = None) -> int:
     rows = table(ops, machine)
     figure(rows, machine, args.figure)
     threads = machine["threads"]
-    print(f"bandwidth {machine[f'bandwidth_gbs_{threads}']:.1f} GB/s ({threads} threads), "
-          f"{machine['bandwidth_gbs_1']:.1f} GB/s (1 thread); BLAS peak {machine['blas_peak_gflops']:.0f} GFLOP/s")  # fmt: skip
-    print("\n| layer | pass | operations / byte | roof ms | one pass ms | CPU kernels ms (passes) | NumPy twins ms (passes) | "
-          "torch ms (passes) |\n|---|---|---|---|---|---|---|---|")  # fmt: skip
+    bw, peak = machine[f"bandwidth_gbs_{threads}"], machine["blas_peak_gflops"]
+    print(f"memory bandwidth {bw:.1f} GB/s, BLAS peak {peak:.0f} GFLOP/s ({threads} thread{'s' if threads > 1 else ''}); "
+          f"ridge point {peak / bw:.1f} operations per byte")  # fmt: skip
+    print("\n| layer | pass | operations / byte | bound by | roofline ms | CPU kernels ms (x roofline) | "
+          "NumPy twins ms (x roofline) | torch ms (x roofline) |\n|---|---|---|---|---|---|---|---|")  # fmt: skip
     for r in rows:
-        cells = [f"{r[n]['ms']:.1f} ({r[n]['passes']:.1f})" if n in r else "n/a" for n in ("kernels", "twins", "torch")]
-        print(f"| {LABELS[r['op']]} | {r['task'].replace('_', ' + ')} | {r['intensity']:.2f} | {r['roof_ms']:.2f} | "
-              f"{r['pass_ms']:.2f} | " + " | ".join(cells) + " |")  # fmt: skip
+        cells = [f"{r[n]['ms']:.1f} ({r[n]['x_roof']:.1f})" if n in r else "n/a" for n in ("kernels", "twins", "torch")]
+        head = [LABELS[r["op"]], r["task"].replace("_", " + "), f"{r['intensity']:.2f}", r["bound"], f"{r['roof_ms']:.2f}"]
+        print("| " + " | ".join(head + cells) + " |")
     print(f"\n(figure: {args.figure})")
     return 0
 

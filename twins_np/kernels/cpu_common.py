@@ -14,9 +14,9 @@ A kernel's signature is ``kernel(arrays..., scalars..., start, stop)``: it works
 launcher allocated, as a CUDA kernel writes into device memory. An elementwise kernel
 first slices its arrays to ``[start:stop]`` and loops over ``range(x.size)``: an index
 that cannot be negative lets the compiler drop the negative-index check and vectorise the
-loop (``range(start, stop)`` ran 10x slower). Scalars arrive in the arrays'
-dtype (``x.dtype.type(eps)``), so float32 stays float32: numba, like NumPy's scalar rules
-before NumPy 2, computes ``float32 * 0.5`` in float64.
+loop (``range(start, stop)`` ran 10x slower). Scalars arrive in the arrays' dtype
+(``x.dtype.type(eps)``) or are made in it inside the kernel, so float32 stays float32: to
+numba a Python float is a float64, and ``float32 * 0.5`` is computed in float64.
 
 numba is imported here, on the first call of a CPU kernel (``twins_np.kernels.for_array``
 imports this package's ``cpu`` module lazily), never by ``import twins_np``.
