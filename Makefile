@@ -19,15 +19,16 @@ PIP_EDITABLE := PYTHONWARNINGS="ignore:Editable installation" $(BIN)/pip install
 KERNEL_PROFILE := build/ipython/profile_default/ipython_kernel_config.py
 KERNEL_ENV := IPYTHONDIR=$(CURDIR)/build/ipython
 
-.PHONY: demo demo-segment test lint typecheck pytest pytest-standin gpu-check notebooks lab bench docs clean
+.PHONY: demo demo-segment test lint typecheck pytest pytest-nokernels pytest-standin gpu-check notebooks lab bench docs clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-# runtime install (numpy, scipy, matplotlib, tqdm, scikit-learn for the digits data)
+# runtime install (numpy, scipy, matplotlib, tqdm, scikit-learn for the digits data) with the
+# `fast` extra: numba, which compiles the fused CPU kernels
 $(VENV)/.stamp-run: $(BIN)/python setup.cfg pyproject.toml
-	$(PIP_EDITABLE) .
+	$(PIP_EDITABLE) ".[fast]"
 	touch $@
 
 # dev + notebook extras: pytest, hypothesis, ruff, mypy, torch/timm parity oracle, nbmake
@@ -70,6 +71,11 @@ $(VENV)/.stamp-lab: $(BIN)/python setup.cfg pyproject.toml
 lab: $(VENV)/.stamp-lab
 	$(BIN)/jupyter lab notebooks/
 
+# the core suite a second time with the fused CPU kernels switched off, so the NumPy twins
+# (the reference, and what runs without numba) stay tested on their own
+pytest-nokernels: $(VENV)/.stamp-dev
+	TWINS_NP_CPU_KERNELS=0 $(TEST_ENV) $(BIN)/python -m pytest tests/functional tests/nn tests/models -m "not slow" -n $(JOBS) $(PYTEST_ARGS)
+
 # the gpu-marked tests a second time, on the strict NumPy-backed CuPy stand-in
 # (tests/cupy_standin.py): device arrays that refuse implicit host conversion and mixing.
 # It proves which arrays live where and which CuPy APIs are called, not GPU numerics or
@@ -81,7 +87,7 @@ pytest-standin: $(VENV)/.stamp-dev
 notebooks: $(VENV)/.stamp-dev
 	$(BIN)/python tools/sync_notebooks.py
 
-test: lint typecheck pytest pytest-standin docs
+test: lint typecheck pytest pytest-nokernels pytest-standin docs
 
 # The site, with warnings as errors. MathJax 3 is fetched once from the npm registry into
 # docs/_static/mathjax so the built pages render math offline.

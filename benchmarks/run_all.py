@@ -5,6 +5,9 @@
     python -m benchmarks.run_all --device gpu    # CuPy vs PyTorch eager CUDA (needs a GPU)
     python -m benchmarks.run_all --quick         # fewer rounds, for a smoke test
 
+On the CPU (where numba is installed) twins-np runs twice in every round, with its fused CPU
+kernels and with its NumPy twins, so each table has both against torch from the same run.
+
 On the GPU the sizes are the GPU's (GPU_MODELS, GPU_OPS: batch 64 at 224x224 for the small
 models, batch 256 for the teaching configs), float32 with TF32 off on both sides, and each
 row adds the host time and the kernels launched per step; ops are timed unfused, fused
@@ -67,6 +70,7 @@ GPU_OPS = [(op, 64, side, dim, heads, sr) for op, _, side, dim, heads, sr in OPS
 
 
 THREADS = 2  # BLAS / OpenMP threads per process, both libraries (set by --threads)
+CLOCK_KEY = "median_s"  # the worker's wall-clock median; "median_cpu_s" with --clock cpu
 
 
 def _worker(args: list[str]) -> dict:
@@ -80,23 +84,42 @@ def _worker(args: list[str]) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _pair(common: list[str], rounds: int, np_extra: list[str] | None = None) -> dict:
-    """Interleave the two libraries for `rounds` rounds; medians of the per-round medians."""
-    res: dict[str, list[dict]] = {"twins-np": [], "torch": []}
+def _pair(common: list[str], rounds: int, np_extra: list[str] | None = None, twins: bool = False) -> dict:
+    """Interleave the libraries for `rounds` rounds; medians of the per-round medians.
+
+    With ``twins`` (the CPU, where numba is installed) twins-np runs twice per round, with
+    its fused CPU kernels and with its NumPy twins (``--kernels on`` / ``off``), so the two
+    paths and torch are measured side by side; the order rotates from round to round.
+    """
+    runs = {"twins-np": ["--lib", "twins-np", *(np_extra or [])], "torch": ["--lib", "torch"]}
+    if twins:
+        runs["twins-np"] += ["--kernels", "on"]
+        runs["twins-np-twins"] = ["--lib", "twins-np", "--kernels", "off"]
+    names = list(runs)
+    res: dict[str, list[dict]] = {name: [] for name in names}
     for r in range(rounds):
-        order = ["twins-np", "torch"] if r % 2 == 0 else ["torch", "twins-np"]
-        for lib in order:
-            res[lib].append(_worker(["--lib", lib, *common, *((np_extra or []) if lib == "twins-np" else [])]))
-    t_np = statistics.median(x["median_s"] for x in res["twins-np"])
-    t_pt = statistics.median(x["median_s"] for x in res["torch"])
-    m_np = statistics.median(x["peak_mib"] for x in res["twins-np"])
-    m_pt = statistics.median(x["peak_mib"] for x in res["torch"])
-    out = {"twins_np_s": t_np, "torch_s": t_pt, "ratio": t_np / t_pt, "twins_np_mib": m_np, "torch_mib": m_pt,
-           "mem_ratio": (m_np / m_pt) if m_pt > 0 else float("nan")}  # fmt: skip
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            res[name].append(_worker([*runs[name], *common]))
+    t = {name: statistics.median(x[CLOCK_KEY] for x in res[name]) for name in names}
+    m = {name: statistics.median(x["peak_mib"] for x in res[name]) for name in names}
+    out = {"twins_np_s": t["twins-np"], "torch_s": t["torch"], "ratio": t["twins-np"] / t["torch"], "twins_np_mib": m["twins-np"],
+           "torch_mib": m["torch"], "mem_ratio": (m["twins-np"] / m["torch"]) if m["torch"] > 0 else float("nan")}  # fmt: skip
+    if twins:
+        t_tw, m_tw = t["twins-np-twins"], m["twins-np-twins"]
+        mem_ratio = (m_tw / m["torch"]) if m["torch"] > 0 else float("nan")
+        out.update(twins_np_twins_s=t_tw, ratio_twins=t_tw / t["torch"], twins_np_twins_mib=m_tw, mem_ratio_twins=mem_ratio,
+                   kernel_speedup=t_tw / t["twins-np"])  # fmt: skip
     for key in ("host_s", "kernels", "gpu_mib"):  # GPU only: from the first round
         if key in res["twins-np"][0]:
             out[f"twins_np_{key}"], out[f"torch_{key}"] = res["twins-np"][0][key], res["torch"][0][key]
     return out
+
+
+def _cpu_kernels_available() -> bool:
+    """True when twins-np's fused CPU kernels can run here (numba installed)."""
+    out = subprocess.run([sys.executable, "-c", "from twins_np.backend import cpu_kernels_available as f; print(f())"],
+                         capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+    return out.returncode == 0 and out.stdout.strip() == "True"
 
 
 def _fused_available() -> bool:
@@ -168,13 +191,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="1 round, 2 repeats (smoke test)")
     p.add_argument("--threads", type=int, default=2, help="threads per process for both libraries (default 2)")
     p.add_argument("--out", type=pathlib.Path, help="results JSON (default benchmarks/results/<device>.json)")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="time by the wall clock, or by the processes' CPU time (steadier on a shared machine; "
+                        "with --threads 1 the two agree on a quiet one)")  # fmt: skip
+    p.add_argument("--no-twins", action="store_true", help="CPU: time twins-np's default path only, not also its NumPy twins")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    global THREADS
+    global THREADS, CLOCK_KEY
     THREADS = args.threads
+    CLOCK_KEY = "median_cpu_s" if args.clock == "cpu" else "median_s"
     gpu = args.device == "gpu"
     # the scaling table is about CPU time and memory against H*W; on the GPU it is asked for by name
     only = set(args.only or (["models", "ops"] if gpu else ["models", "segmentation", "ops", "scaling"]))
@@ -185,25 +213,40 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {"machine": machine(), "versions": versions(), "device": args.device,
                      "date": time.strftime("%Y-%m-%d"), "models": [], "segmentation": [], "ops": [], "scaling": []}  # fmt: skip
     results["threads"] = THREADS
+    results["clock"] = args.clock
     path = args.out or HERE / "results" / f"{args.device}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
 
     def save() -> None:  # after every row, so a run stopped by a time limit keeps what it measured
         path.write_text(json.dumps(results, indent=2))
-    print(f"# twins-np vs PyTorch ({args.device}, {THREADS} thread(s) per process)")
+    print(f"# twins-np vs PyTorch ({args.device}, {THREADS} thread(s) per process, {args.clock} time)")
     print(f"\n{results['machine']}\n{results['versions']}\n")
 
+    # on the CPU, twins-np with its fused kernels and with its NumPy twins, against torch in the same run
+    twins = not gpu and _cpu_kernels_available() and not args.no_twins
+    results["cpu_kernels_compared"] = twins
     if "models" in only:
-        print("| model | batch | size | task | twins-np s | torch s | time ratio | twins-np MiB | torch MiB | memory ratio |"
-              + (" host ms/step: twins-np | torch | kernels/step: twins-np | torch |" if gpu else ""))  # fmt: skip
-        print("|---|---|---|---|---|---|---|---|---|---|" + ("---|---|---|---|" if gpu else ""))
+        if twins:
+            print("| model | batch | size | task | twins-np s: kernels | NumPy twins | torch s | time ratio: kernels "
+                  "| NumPy twins | twins-np MiB: kernels | NumPy twins | torch MiB | memory ratio: kernels | NumPy twins |")
+            print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        else:
+            print("| model | batch | size | task | twins-np s | torch s | time ratio | twins-np MiB | torch MiB | memory ratio |"
+                  + (" host ms/step: twins-np | torch | kernels/step: twins-np | torch |" if gpu else ""))  # fmt: skip
+            print("|---|---|---|---|---|---|---|---|---|---|" + ("---|---|---|---|" if gpu else ""))
         for name, batch, size in models:
             for task in ("train", "forward") if gpu else ("forward", "train"):  # on the GPU the target first
                 common = ["--task", task, "--model", name, "--batch", str(batch), "--size", str(size), *dev, *rep]
-                r = _pair(common, rounds)
+                r = _pair(common, rounds, twins=twins)
                 results["models"].append({"model": name, "batch": batch, "size": size, "task": task, **r})
-                row = [name, batch, size, task, f"{r['twins_np_s']:.3f}", f"{r['torch_s']:.3f}", f"{r['ratio']:.2f}",
-                       f"{r['twins_np_mib']:.0f}", f"{r['torch_mib']:.0f}", f"{r['mem_ratio']:.2f}"]  # fmt: skip
+                if twins:
+                    row = [name, batch, size, task, *(f"{r[k]:.3f}" for k in ("twins_np_s", "twins_np_twins_s", "torch_s")),
+                           *(f"{r[k]:.2f}" for k in ("ratio", "ratio_twins")),
+                           *(f"{r[k]:.0f}" for k in ("twins_np_mib", "twins_np_twins_mib", "torch_mib")),
+                           *(f"{r[k]:.2f}" for k in ("mem_ratio", "mem_ratio_twins"))]  # fmt: skip
+                else:
+                    row = [name, batch, size, task, f"{r['twins_np_s']:.3f}", f"{r['torch_s']:.3f}", f"{r['ratio']:.2f}",
+                           f"{r['twins_np_mib']:.0f}", f"{r['torch_mib']:.0f}", f"{r['mem_ratio']:.2f}"]  # fmt: skip
                 if gpu:
                     row += [_fmt(r.get("twins_np_host_s"), 1e3), _fmt(r.get("torch_host_s"), 1e3),
                             _fmt(r.get("twins_np_kernels"), 1, ".0f"), _fmt(r.get("torch_kernels"), 1, ".0f")]  # fmt: skip
@@ -225,14 +268,19 @@ def main(argv: list[str] | None = None) -> int:
         print()
 
     if "ops" in only:
-        print("| op | shape | forward: twins-np ms | torch ms | ratio | forward + backward: twins-np ms | torch ms | ratio |")
-        print("|---|---|---|---|---|---|---|---|")
+        if twins:
+            print("| op | shape | forward ms: kernels | NumPy twins | torch | ratio: kernels | NumPy twins |"
+                  " forward + backward ms: kernels | NumPy twins | torch | ratio: kernels | NumPy twins |")  # fmt: skip
+            print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        else:
+            print("| op | shape | forward: twins-np ms | torch ms | ratio | forward + backward: twins-np ms | torch ms | ratio |")
+            print("|---|---|---|---|---|---|---|---|")
         fused = gpu and _fused_available()
         for op, batch, side, dim, heads, sr in ops:
             common = ["--task", "op", "--op", op, "--batch", str(batch), "--size", str(side), "--dim", str(dim),
                       "--heads", str(heads), "--sr", str(sr), *dev, *rep]  # fmt: skip
-            fw = _pair([*common, "--passes", "fwd"], rounds)
-            fb = _pair([*common, "--passes", "fwdbwd"], rounds)
+            fw = _pair([*common, "--passes", "fwd"], rounds, twins=twins)
+            fb = _pair([*common, "--passes", "fwdbwd"], rounds, twins=twins)
             row = {"op": op, "batch": batch, "side": side, "dim": dim, "forward": fw, "forward_backward": fb}
             if fused:  # the same op with the fused kernels: speed-up of fused over unfused
                 ff = _pair([*common, "--passes", "fwdbwd"], rounds, ["--fused"])
@@ -240,6 +288,13 @@ def main(argv: list[str] | None = None) -> int:
                 row["fused_speedup"] = fb["twins_np_s"] / ff["twins_np_s"]
             results["ops"].append(row)
             save()
+            if twins:
+                cells = [f"{1e3 * fw['twins_np_s']:.1f}", f"{1e3 * fw['twins_np_twins_s']:.1f}", f"{1e3 * fw['torch_s']:.1f}",
+                         f"{fw['ratio']:.2f}", f"{fw['ratio_twins']:.2f}", f"{1e3 * fb['twins_np_s']:.1f}",
+                         f"{1e3 * fb['twins_np_twins_s']:.1f}", f"{1e3 * fb['torch_s']:.1f}", f"{fb['ratio']:.2f}",
+                         f"{fb['ratio_twins']:.2f}"]  # fmt: skip
+                print(f"| {op} | B={batch}, {side}x{side}, C={dim} | " + " | ".join(cells) + " |", flush=True)
+                continue
             print(f"| {op} | B={batch}, {side}x{side}, C={dim} | {1e3 * fw['twins_np_s']:.1f} | {1e3 * fw['torch_s']:.1f} | "
                   f"{fw['ratio']:.2f} | {1e3 * fb['twins_np_s']:.1f} | {1e3 * fb['torch_s']:.1f} | {fb['ratio']:.2f} |",
                   flush=True)  # fmt: skip

@@ -12,8 +12,9 @@ twins-np only, for the scaling table).
 
 Each library runs in its own process because NumPy's and torch's thread pools fight for
 the cores when both are loaded. Times are medians over ``--repeats`` runs after
-``--warmup`` runs. Peak memory is the highest resident set size sampled during the runs
-minus the resident size just before them (model, inputs and library already loaded),
+``--warmup`` runs, by the wall clock (``median_s``) and in CPU time (``median_cpu_s``).
+Peak memory is the highest resident set size sampled during the runs minus the resident
+size just before them (model, inputs and library already loaded),
 measured the same way for both libraries: on the GPU it is host memory only.
 
 On the GPU (``--device gpu``) each library synchronises before reading the clock, TF32 is
@@ -24,6 +25,11 @@ time the step is bound by launching kernels, not by the GPU), the kernels launch
 step (counted with torch's profiler, which sees every CUDA kernel of the process, CuPy's
 included; null where it cannot count), and the GPU memory held (CuPy's memory pool, or
 torch's peak allocation). ``--fused`` (twins-np) switches on the fused CUDA kernels.
+
+On the CPU, ``--kernels on|off`` (twins-np) runs with the fused CPU kernels (numba) or the NumPy
+twins; by default the library's own setting (on where numba is installed). ``--threads N``
+sets both libraries' threads: torch's, and twins-np's BLAS (through the environment run_all
+sets) and CPU kernels, as ``twins-np train --threads N`` does.
 """
 
 from __future__ import annotations
@@ -75,21 +81,27 @@ class _PeakRSS:
         self.peak = max(self.peak, _rss_now_mib())
 
 
-def _time(fn: Callable[[], Any], warmup: int, repeats: int, sync: Callable[[], None]) -> tuple[float, list[float], float]:
-    """Median time of ``fn`` and the peak RSS growth over the RSS before the first call."""
+def _time(fn: Callable[[], Any], warmup: int, repeats: int, sync: Callable[[], None]) -> tuple[list[float], list[float], float]:
+    """Wall-clock and CPU times of each timed call of ``fn``, and the peak RSS growth over the RSS before the first call.
+
+    The CPU time is the process's (every thread's, the memory sampler's included): on a machine
+    shared with other work it counts the work done, where the wall clock also counts the waits
+    for a core.
+    """
     sync()
     base = _rss_now_mib()
     with _PeakRSS() as mem:
         for _ in range(warmup):
             fn()
         sync()
-        times = []
+        times, cpu_times = [], []
         for _ in range(repeats):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             fn()
             sync()
             times.append(time.perf_counter() - t0)
-    return statistics.median(times), times, max(0.0, mem.peak - base)
+            cpu_times.append(time.process_time() - c0)
+    return times, cpu_times, max(0.0, mem.peak - base)
 
 
 def _seg_labels(rng: np.random.Generator, batch: int, size: int) -> np.ndarray:
@@ -102,6 +114,33 @@ def _seg_labels(rng: np.random.Generator, batch: int, size: int) -> np.ndarray:
 # --- twins-np ---------------------------------------------------------------------------
 
 
+def _load_cpu_kernels() -> None:
+    """Call every CPU kernel once on tiny float32 arrays: numba and the compiled kernels are loaded.
+
+    They load lazily, on a kernel's first call, and stay resident for the life of the process
+    (about 120 MiB, measured): library code, as torch's own libraries, which ``import torch``
+    loads. Loading them here, before the resident size is read, keeps them out of a step's
+    peak memory, which is then the step's arrays for both libraries.
+    """
+    import twins_np.functional as F
+    from twins_np.backend import cpu_kernels
+    from twins_np.nn.module import Parameter
+    from twins_np.optim import AdamW
+
+    if not cpu_kernels():
+        return
+    x = np.ones((1, 2, 2, 8), np.float32)
+    w, b = np.ones((8, 1, 3, 3), np.float32), np.ones(8, np.float32)
+    F.gelu_backward(x, F.gelu_forward(x)[1])
+    F.layernorm_backward(x, F.layernorm_forward(x, b, b)[1])
+    F.softmax_backward(x, F.softmax_forward(x)[1])
+    F.depthwise_conv3x3_backward(x, F.depthwise_conv3x3_forward(x, w, b)[1])
+    p = Parameter(b.copy())
+    p.grad = b
+    AdamW([p]).step()
+
+
+
 def twins_np_task(args: argparse.Namespace) -> tuple[Callable[[], Any], Callable[[], None]]:
     import twins_np
     import twins_np.functional as F
@@ -109,6 +148,7 @@ def twins_np_task(args: argparse.Namespace) -> tuple[Callable[[], Any], Callable
 
     # time the library as a user imports it: `import twins_np` applies its own malloc tuning
     # (unless TWINS_NP_NO_MALLOC_TUNING=1), nothing more is set here
+    _load_cpu_kernels()
     rng = np.random.default_rng(0)
     dev = args.device
     if args.task == "segtrain":
@@ -352,7 +392,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--fused", action="store_true", help="twins-np: use the fused CUDA kernels (GPU only)")
+    p.add_argument("--kernels", choices=["on", "off"], help="twins-np: the fused CPU kernels on or off (default: the library's)")
     args = p.parse_args(argv)
+    if args.lib == "twins-np":
+        from twins_np import backend
+
+        backend.cpu_kernel_threads(args.threads)
+        if args.kernels is not None:
+            backend.cpu_kernels(args.kernels == "on")
     if args.fused:
         if args.lib != "twins-np" or args.device != "gpu":
             p.error("--fused is for --lib twins-np --device gpu")
@@ -365,8 +412,13 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cuda.matmul.allow_tf32 = False  # float32 on both sides, no TF32 rounding
         torch.backends.cudnn.allow_tf32 = False
     fn, sync = (twins_np_task if args.lib == "twins-np" else torch_task)(args)
-    median, times, peak = _time(fn, args.warmup, args.repeats, sync)
-    row: dict[str, Any] = {"lib": args.lib, "median_s": median, "times_s": times, "peak_mib": peak}
+    times, cpu_times, peak = _time(fn, args.warmup, args.repeats, sync)
+    row: dict[str, Any] = {"lib": args.lib, "median_s": statistics.median(times), "times_s": times,
+                           "median_cpu_s": statistics.median(cpu_times), "cpu_times_s": cpu_times, "peak_mib": peak}  # fmt: skip
+    if args.lib == "twins-np":
+        from twins_np import backend
+
+        row["cpu_kernels"] = backend.cpu_kernels()
     if args.device == "gpu":
         row.update(_gpu_extras(args.lib, fn, sync))
     print(json.dumps(row))

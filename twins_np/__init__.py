@@ -11,7 +11,7 @@ from ._malloc import tune_malloc as _tune_malloc  # noqa: E402
 # see twins_np/_malloc.py for when this is skipped (TWINS_NP_NO_MALLOC_TUNING=1 opts out)
 _tune_malloc()
 
-from .backend import asnumpy, cupy_available, fused_kernels, get_xp, to_device  # noqa: E402
+from .backend import asnumpy, cpu_kernels, cupy_available, fused_kernels, get_xp, to_device  # noqa: E402
 from .io import load_weights, save_weights  # noqa: E402
 from .models import Twins, create_model, create_segmenter, list_models  # noqa: E402
 from .nn.module import no_grad  # noqa: E402
@@ -20,6 +20,7 @@ __all__ = [
     "__version__",
     "Twins",
     "asnumpy",
+    "cpu_kernels",
     "create_model",
     "create_segmenter",
     "cupy_available",

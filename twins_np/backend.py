@@ -14,6 +14,7 @@ a driver, or a machine without a GPU all mean "NumPy only", and
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -45,6 +46,9 @@ __all__ = [
     "row_sums",
     "fused_kernels",
     "fused_kernels_available",
+    "cpu_kernels",
+    "cpu_kernels_available",
+    "cpu_kernel_threads",
     "use_fused",
     "cuda_function",
 ]
@@ -289,25 +293,34 @@ def row_sums(a: Any) -> Any:
     return (a @ get_xp(a).ones(a.shape[-1], dtype=a.dtype))[..., None]
 
 
-# --- fused GPU kernels --------------------------------------------------------------------
-# A few CUDA kernels (twins_np/kernels/*.cu) do in one pass what the readable NumPy/CuPy
-# expression does in several: GELU, LayerNorm, softmax, the PEG's 3x3 depthwise conv and the
-# AdamW update. The expression stays the reference (the "twin") and the default: a kernel is
-# used only after ``fused_kernels(True)``, and only on CuPy arrays. Tests compare each kernel
-# with its twin on a real GPU; until a GPU run has proven them, they stay off by default.
+# --- fused kernels: one switch per device -------------------------------------------------
+# A few operations have fused kernels that do in one pass over memory what the readable
+# NumPy/CuPy expression (the "twin", always the reference) does in several: GELU, LayerNorm,
+# softmax, the PEG's 3x3 depthwise conv and the AdamW update. Which path runs is decided here,
+# per device, and nowhere else:
+#
+#   NumPy arrays: the CPU kernels (twins_np/kernels/*_cpu.py, compiled with numba). On by
+#     default wherever numba is installed, as tests/test_kernels_cpu.py proves them equal to
+#     their twins on this kind of machine; off with TWINS_NP_CPU_KERNELS=0 or cpu_kernels(False).
+#     Without numba everything takes the twins, as before.
+#   CuPy arrays: the CUDA kernels (twins_np/kernels/*.cu). Off by default until a GPU run has
+#     proven them; on with fused_kernels(True).
 
 _FUSED = False
+_CPU_KERNELS: bool | None = None  # None: not decided yet (on first use: the environment, then numba's presence)
+_CPU_THREADS: int | None = None  # None: not decided yet (on first use: TWINS_NP_CPU_THREADS, else 1)
+_KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def fused_kernels_available() -> bool:
-    """True when the fused kernels can run: CuPy with a real CUDA GPU (not a stand-in)."""
+    """True when the fused GPU kernels can run: CuPy with a real CUDA GPU (not a stand-in)."""
     return cupy_available() and not getattr(_cupy, "__twins_np_standin__", False)
 
 
 def fused_kernels(enabled: bool | None = None) -> bool:
     """Switch the fused GPU kernels on or off (default off); returns the setting now in force.
 
-    ``fused_kernels()`` only reads it. NumPy arrays always take the readable path.
+    ``fused_kernels()`` only reads it. NumPy arrays are ruled by :func:`cpu_kernels` instead.
 
     Raises:
         RuntimeError: ``fused_kernels(True)`` where no kernel can run (no GPU, or the test
@@ -324,9 +337,69 @@ def fused_kernels(enabled: bool | None = None) -> bool:
     return _FUSED
 
 
+def cpu_kernels_available() -> bool:
+    """True when numba is installed, so the CPU kernels can be compiled (numba is not imported here)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("numba") is not None
+    except (ImportError, ValueError):  # a broken or half-removed install counts as absent
+        return False
+
+
+def cpu_kernels(enabled: bool | None = None) -> bool:
+    """Switch the CPU kernels on or off; returns the setting now in force.
+
+    The default is on where numba is installed, unless the environment variable
+    ``TWINS_NP_CPU_KERNELS`` is ``0`` (read once, at the first call). ``cpu_kernels()`` only
+    reads the setting. Switching changes which path the next call takes; results agree to the
+    bit or within the few ulp that tests/test_kernels_cpu.py states per kernel.
+
+    Raises:
+        RuntimeError: ``cpu_kernels(True)`` where numba is not installed.
+    """
+    global _CPU_KERNELS
+    if enabled is not None:
+        if enabled and not cpu_kernels_available():
+            raise RuntimeError("cpu_kernels(True) needs numba (pip install numba, or twins-np[fast]); it is not installed")
+        _CPU_KERNELS = bool(enabled)
+    elif _CPU_KERNELS is None:
+        _CPU_KERNELS = os.environ.get("TWINS_NP_CPU_KERNELS", "1").strip() != "0" and cpu_kernels_available()
+    return _CPU_KERNELS
+
+
+def cpu_kernel_threads(n: int | None = None) -> int:
+    """Threads the CPU kernels use (default 1); ``cpu_kernel_threads(n)`` sets it, and returns n.
+
+    The default comes from ``TWINS_NP_CPU_THREADS`` when set, else 1. One thread, because
+    the kernels run between matrix products whose BLAS threads keep spinning on the other
+    cores for a while after each product: a second kernel thread has to fight them for a
+    core, and on a machine shared with other work it waits for one (benchmarks/RESULTS.md
+    measures both). ``twins-np train --threads N`` (``training.blas_threads``) sets BLAS and
+    the kernels to N together.
+
+    Raises:
+        ValueError: for n < 1.
+    """
+    global _CPU_THREADS
+    if n is not None:
+        if int(n) < 1:
+            raise ValueError(f"cpu_kernel_threads: n must be >= 1, got {n}")
+        _CPU_THREADS = int(n)
+    elif _CPU_THREADS is None:
+        value = os.environ.get("TWINS_NP_CPU_THREADS", "").strip()
+        _CPU_THREADS = max(1, int(value)) if value.isdigit() else 1
+    return _CPU_THREADS
+
+
 def use_fused(a: Any) -> bool:
-    """True when ``a`` should take the fused kernel: the switch is on and ``a`` is a CuPy array."""
-    return _FUSED and is_cupy_array(a)
+    """True when ``a`` should take a fused kernel: its device's switch is on and its dtype is float32/float64.
+
+    CuPy arrays: :func:`fused_kernels`; NumPy arrays: :func:`cpu_kernels`.
+    """
+    if is_cupy_array(a):
+        return _FUSED
+    return isinstance(a, np.ndarray) and a.dtype in _KERNEL_DTYPES and cpu_kernels()
 
 
 _MODULES: dict[str, Any] = {}

@@ -519,6 +519,9 @@ json.dump({str(i): v for i, v in status.items()}, open(spec["status"], "w"))
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _ENV_DROP}
     env.update(PYTHONDONTWRITEBYTECODE="1", OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TQDM_DISABLE="1")
+    # the solution regions live in the NumPy twins: a fused CPU kernel would compute the answer
+    # without ever calling the stub (or the reference) that the build's test runs look for
+    env["TWINS_NP_CPU_KERNELS"] = "0"
     return env
 
 

@@ -37,8 +37,8 @@ def gelu_forward(x: Any) -> tuple[Any, GeluCache]:
     check_float("x", x)
     xp = get_xp(x)
     x = xp.ascontiguousarray(x)
-    if use_fused(x):  # one CUDA kernel (twins_np/kernels/gelu.cu), only after backend.fused_kernels(True)
-        out, cdf = kernels.gelu_forward(x)
+    if use_fused(x):  # one fused kernel: twins_np/kernels/gelu_cpu.py (NumPy) or gelu.cu (CuPy)
+        out, cdf = kernels.for_array(x).gelu_forward(x)
         return out, GeluCache(x, cdf)
     out, cdf = xp.empty_like(x), xp.empty_like(x)
     map_blocks(_gelu_forward_block, x.reshape(-1), out=(out.reshape(-1), cdf.reshape(-1)))
@@ -61,8 +61,8 @@ def gelu_backward(dout: Any, cache: GeluCache) -> Any:
     x, cdf = cache
     xp = check_dout(dout, x)
     dout = xp.ascontiguousarray(dout)
-    if use_fused(dout):  # twins_np/kernels/gelu.cu
-        return kernels.gelu_backward(dout, x, cdf)
+    if use_fused(dout):  # twins_np/kernels/gelu_cpu.py or gelu.cu
+        return kernels.for_array(dout).gelu_backward(dout, x, cdf)
     dx = xp.empty_like(dout)
     map_blocks(_gelu_backward_block, dout.reshape(-1), x.reshape(-1), cdf.reshape(-1), out=dx.reshape(-1))
     return dx

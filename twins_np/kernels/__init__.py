@@ -17,15 +17,35 @@ The kernels are compiled on first use through :func:`twins_np.backend.cuda_funct
 backend stays the only module that imports CuPy). They are off by default:
 ``twins_np.backend.fused_kernels(True)`` switches them on once a GPU run has proven them
 (``tests/test_kernels.py`` compares every kernel with its twin).
+
+The CPU kernels (numba, ``*_cpu.py``) have the same names and signatures in
+:mod:`twins_np.kernels.cpu`; :func:`for_array` hands out the set for an array's device.
 """
 
 from __future__ import annotations
 
+import sys
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-from ..backend import cuda_function, get_xp
+from ..backend import cuda_function, get_xp, is_cupy_array
+
+
+def for_array(a: Any) -> ModuleType:
+    """The fused kernels for ``a``'s device, all under the same names and signatures.
+
+    A CuPy array gets the CUDA launchers of this module; a NumPy array gets the numba kernels
+    of :mod:`twins_np.kernels.cpu`, imported here on first use so that ``import twins_np``
+    never imports numba. Whether a kernel runs at all is ``twins_np.backend.use_fused``'s call.
+    """
+    if is_cupy_array(a):
+        return sys.modules[__name__]
+    from . import cpu
+
+    return cpu
+
 
 _THREADS = 256  # threads per block for the elementwise kernels (a multiple of 32)
 _MAX_BLOCKS = 65535  # grid-stride loops cover the rest

@@ -57,7 +57,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..backend import cupy_available, synchronize
+from ..backend import cpu_kernel_threads, cupy_available, synchronize
 from ..data import DataLoader, Dataset
 from ..optim import AdamW, CosineSchedule, clip_grad_norm, param_groups
 from .checkpoint import load_checkpoint, restore_rng_states, save_checkpoint, save_npz
@@ -167,12 +167,13 @@ def _check_some_labelled_pixel(config: TrainConfig, train_set: Dataset) -> None:
 
 @contextlib.contextmanager
 def blas_threads(n: int | None) -> Iterator[None]:
-    """Limit the BLAS library to ``n`` threads inside the block (None: leave it alone).
+    """Limit the BLAS library and the CPU kernels to ``n`` threads inside the block (None: leave them alone).
 
     On a machine whose cores are busy with other work, BLAS worker threads that wait
     for a core can make the many small matrix products of a training step several
     times slower; one thread is then faster. Uses ``threadpoolctl`` (installed with
-    scikit-learn).
+    scikit-learn) for BLAS and :func:`twins_np.backend.cpu_kernel_threads` for the fused
+    CPU kernels, so the two never ask for more cores than ``n``.
     """
     if n is None:
         yield
@@ -183,8 +184,13 @@ def blas_threads(n: int | None) -> Iterator[None]:
         from threadpoolctl import threadpool_limits
     except ImportError as err:  # pragma: no cover - scikit-learn brings it
         raise RuntimeError("limiting the BLAS threads needs the threadpoolctl package: pip install threadpoolctl") from err
-    with threadpool_limits(limits=n, user_api="blas"):
-        yield
+    kernel_threads = cpu_kernel_threads()
+    cpu_kernel_threads(n)
+    try:
+        with threadpool_limits(limits=n, user_api="blas"):
+            yield
+    finally:
+        cpu_kernel_threads(kernel_threads)
 
 
 # --- the trainer ------------------------------------------------------------------------------
