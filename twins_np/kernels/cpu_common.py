@@ -194,23 +194,31 @@ def _exp_for_type(x):  # type: ignore[no-untyped-def]  # numba compares this sig
 # vector width, as BLAS's order does, so a sum can differ from the twin's in its last bits,
 # and between two kinds of CPU; on one machine it is the same bits whatever the thread count
 # (a row is always summed by one thread).
+#
+# The partial sums are float64, whatever the row's dtype, and the total is rounded to the
+# row's dtype once. A float32 row is then summed more exactly than by the twin's float32 BLAS
+# call: in a deep model the gradients that go through a cancelling sum (the queries' in the
+# attention's softmax backward, the LayerNorm's mean terms) pick up visibly less rounding
+# (tests/models/test_twins_parity.py, the base and large models in float32). Converting to
+# float64 costs nothing here: the kernels wait for memory, not for arithmetic.
 
 _REDUCTION_OPTIONS = {**JIT_OPTIONS, "fastmath": {"reassoc"}}
 
 
 @numba.njit(**_REDUCTION_OPTIONS)
 def row_sum(a: Any) -> Any:
-    """sum(a) of a 1-D array, in a's dtype."""
-    s = a.dtype.type(0)
+    """sum(a) of a 1-D array, added in float64, returned in a's dtype."""
+    s = 0.0
     for j in range(a.size):
         s += a[j]
-    return s
+    return a.dtype.type(s)
 
 
 @numba.njit(**_REDUCTION_OPTIONS)
 def row_dot(a: Any, b: Any) -> Any:
-    """sum(a * b) of two 1-D arrays of one length; each product is rounded first, as NumPy's a * b."""
-    s = a.dtype.type(0)
+    """sum(a * b) of two 1-D arrays of one length, added in float64, returned in a's dtype;
+    each product is rounded to a's dtype first, as NumPy's a * b."""
+    s = 0.0
     for j in range(a.size):
         s += a[j] * b[j]
-    return s
+    return a.dtype.type(s)

@@ -10,7 +10,7 @@ are sums over all rows, which the twin's lines compute in either case.
 
 Every step is the twin's, in the twin's order, with one exception: the row sums. The twin
 takes them from BLAS (a matrix-vector product with a vector of ones) and from ``einsum``; the
-kernel adds eight running sums (``cpu_common.row_sum``), so a mean or a variance can differ
+kernel adds them in float64 (``cpu_common.row_sum``), so a mean or a variance can differ
 from the twin's in its last bits, and so can everything computed from it
 (tests/test_kernels_cpu.py states by how much). A row is read from memory once per pass
 over it, and each pass over a row of 32 to 512 channels stays in the CPU's first-level cache.

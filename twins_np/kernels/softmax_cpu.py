@@ -7,7 +7,7 @@ NumPy twin: twins_np.functional.softmax.softmax_forward / softmax_backward (last
 twin's cache is y itself.
 
 The steps are the twin's, in its order. Two differ in their last bits: exp (the kernel's is
-``cpu_common.exp``, NumPy's its own vectorised one) and the row sums (eight running sums
+``cpu_common.exp``, NumPy's its own vectorised one) and the row sums (added in float64
 here, a BLAS matrix-vector product in the twin); tests/test_kernels_cpu.py states by how much.
 """
 
