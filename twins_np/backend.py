@@ -46,6 +46,8 @@ __all__ = [
     "fused_kernels",
     "fused_kernels_available",
     "use_fused",
+    "kernel_available",
+    "KERNEL_FILES",
     "cuda_function",
 ]
 
@@ -324,9 +326,36 @@ def fused_kernels(enabled: bool | None = None) -> bool:
     return _FUSED
 
 
-def use_fused(a: Any) -> bool:
-    """True when ``a`` should take the fused kernel: the switch is on and ``a`` is a CuPy array."""
-    return _FUSED and is_cupy_array(a)
+# Where a kernel's source lives: the kernel NAME of a device is the file KERNEL_FILES[device] % NAME
+# of twins_np/kernels/ (gelu -> gelu.cu). A missing file means "no such kernel here", not an
+# error: the student copy of a course leaves out the kernels of the tasks it asks for (they
+# would compute the answer), and every op then takes its readable twin.
+KERNEL_FILES = {"gpu": "%s.cu", "cpu": "%s_cpu.py"}
+_PRESENT: dict[tuple[str, str], bool] = {}
+
+
+def kernel_available(kernel: str, device: Device = "gpu") -> bool:
+    """True when the source file of the fused kernel ``kernel`` for ``device`` is installed.
+
+    Args:
+        kernel: the kernel's name, as the ops pass it to :func:`use_fused` ("gelu").
+        device: "gpu" (``twins_np/kernels/NAME.cu``) or "cpu" (``twins_np/kernels/NAME_cpu.py``).
+    """
+    key = (kernel, device)
+    if key not in _PRESENT:
+        from importlib import resources
+
+        try:
+            _PRESENT[key] = resources.files("twins_np").joinpath("kernels", KERNEL_FILES[device] % kernel).is_file()
+        except (OSError, KeyError, ModuleNotFoundError):
+            _PRESENT[key] = False
+    return _PRESENT[key]
+
+
+def use_fused(a: Any, kernel: str) -> bool:
+    """True when ``a`` should take the fused kernel ``kernel``: the switch is on, ``a`` is a CuPy
+    array and the kernel's source is installed (:func:`kernel_available`); else the op runs its twin."""
+    return _FUSED and is_cupy_array(a) and kernel_available(kernel, "gpu")
 
 
 _MODULES: dict[str, Any] = {}

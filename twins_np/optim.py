@@ -285,7 +285,7 @@ class AdamW(Optimizer):
         state["step"] += 1
         t = state["step"]
         g, m, v = p.grad, state["exp_avg"], state["exp_avg_sq"]
-        if use_fused(p.data) and g.dtype == p.data.dtype and all(a.flags.c_contiguous for a in (p.data, g, m, v)):
+        if use_fused(p.data, "adamw") and g.dtype == p.data.dtype and all(a.flags.c_contiguous for a in (p.data, g, m, v)):
             # one launch instead of about a dozen (twins_np/kernels/adamw.cu); the lines below are its twin
             kernels.adamw_update(p.data, g, m, v, lr=lr, beta1=beta1, beta2=beta2, eps=eps, wd=wd, t=t)
             return

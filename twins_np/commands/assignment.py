@@ -60,11 +60,12 @@ def _clean_exit(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.
 
     @functools.wraps(run)
     def wrapper(args: argparse.Namespace) -> int:
+        from ..course.extras import MissingPackages
         from ..course.manifest import GradingError
 
         try:
             return run(args)
-        except (OSError, ValueError, GradingError) as e:
+        except (OSError, ValueError, GradingError, MissingPackages) as e:
             what = f"{e.strerror}: {e.filename}" if isinstance(e, OSError) and e.strerror and e.filename else str(e)
             print(f"twins-np assignment {args.verb}: error: {what}", file=sys.stderr)
             return 2

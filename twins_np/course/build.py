@@ -27,13 +27,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import tomllib
 from typing import Any
 
-import tomllib
-
 from . import checks
+from .extras import require
 from .manifest import MANIFEST_VERSION, GradingError, default_manifest, instructor_root
-from .tasks import ASSIGNMENT_TASKS, BEGIN, END, EXERCISES, solution_files, strip_source, task_functions
+from .tasks import ASSIGNMENT_TASKS, BEGIN, END, EXERCISES, kernel_files, solution_files, strip_source, task_functions
 
 __all__ = ["INSTRUCTOR_ONLY", "STUDENT_MANIFEST", "build", "load_config", "project_files"]
 
@@ -123,6 +123,7 @@ def build(
         GradingError: the reference fails a frozen test or a check, the untouched copy passes
             a check, or a task has no test that reaches its code.
     """
+    require("course", "assignment build")
     root = pathlib.Path(root).resolve() if root else instructor_root()
     out = pathlib.Path(out_dir)
     if tasks is not None:
@@ -140,10 +141,15 @@ def build(
     notebooks, library, regions, public = [], {}, [], set()
     from .grader import shingles
 
+    # a fused kernel of a task computes its answer: the copy leaves out those of its tasks (the
+    # library then runs the student's NumPy code), the worker's library those of every task
+    kernels = kernel_files(root)
+    no_copy = {f for t in chosen for f in kernels.get(t, [])}
+    no_worker = {f for files in kernels.values() for f in files}
     for src in project_files(root):
         rel = src.relative_to(root)
         posix = rel.as_posix()
-        if _instructor_only(posix):
+        if _instructor_only(posix) or posix in no_copy:
             continue
         dst = out / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
@@ -160,7 +166,8 @@ def build(
                     where[t].append(posix)
             if rel.parts[0] == "notebooks" and done:
                 notebooks.append(dst)
-            if src.suffix == ".py" and rel.parts[0] == "twins_np" and not posix.startswith("twins_np/course/"):
+            if src.suffix == ".py" and rel.parts[0] == "twins_np" and not posix.startswith("twins_np/course/") \
+                    and posix not in no_worker:
                 # the worker's library has every task stripped, assigned or not: no solution to call
                 library[posix] = strip_source(original, set(ASSIGNMENT_TASKS))[0]
         else:
@@ -180,6 +187,8 @@ def build(
             sys.path.pop(0)
             sys.modules.pop("sync_notebooks", None)
     spec = _manifest(root, chosen, conf, library, regions, public)
+    for t in chosen:
+        spec["tasks"][t]["kernels"] = kernels.get(t, [])
     _write_student_files(out, chosen, where, frozen, spec)
     if manifest is not False:
         mpath = pathlib.Path(manifest) if manifest else default_manifest(root)
@@ -518,7 +527,9 @@ json.dump({str(i): v for i, v in status.items()}, open(spec["status"], "w"))
 
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _ENV_DROP}
-    env.update(PYTHONDONTWRITEBYTECODE="1", OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TQDM_DISABLE="1")
+    # every fused kernel off (the CPU ones where numba is installed): the tests measure the NumPy twins
+    env.update(PYTHONDONTWRITEBYTECODE="1", OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TQDM_DISABLE="1",
+               TWINS_NP_CPU_KERNELS="0")
     return env
 
 
@@ -568,9 +579,13 @@ def _freeze_tests(root: pathlib.Path, tasks: list[str], config: dict[str, Any], 
         tmp = pathlib.Path(tmp_name)
         every = sorted({f for t in tasks for f in pool[t]})
         runs = [(_tree(root, tmp / "_reference", {}), ["-m", "not parity and not gpu", *every], 600.0)]
+        kernels = kernel_files(root)
         for task in tasks:
             overlay = {rel: strip_source((root / rel).read_text(), {task})[0] for rel in files.get(task, [])}
-            runs.append((_tree(root, tmp / task, overlay), ["-m", f"{task} and not parity and not gpu", *pool[task]], 600.0))
+            tree = _tree(root, tmp / task, overlay)
+            for rel in kernels.get(task, []):  # as in the student copy: no kernel computes the stripped task
+                (tree / rel).unlink()
+            runs.append((tree, ["-m", f"{task} and not parity and not gpu", *pool[task]], 600.0))
         outcomes = _run_pytest(runs, jobs)
     (ref, out, _k), stripped_runs = outcomes[0], outcomes[1:]
     if not ref:

@@ -49,8 +49,10 @@ HERE = pathlib.Path(__file__).resolve().parent
 # packages hidden from the worker when the sandbox can hide folders (and blocked in it anyway)
 AUTODIFF = ("torch", "torchvision", "timm", "functorch", "jax", "jaxlib", "autograd", "tensorflow")
 MAX_BYTES = 256 << 20  # of arrays in one message from a worker (the largest case's outputs are a few MB)
+# the worker's whole environment: every fused kernel off (their files are not in its library either)
 _ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "OPENBLAS_NUM_THREADS": "1",
-        "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0"}  # fmt: skip
+        "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0",
+        "TWINS_NP_CPU_KERNELS": "0"}  # fmt: skip
 
 
 class WorkerError(Exception):
@@ -519,7 +521,8 @@ class Reference:
         out_r, out_w = os.pipe()
         code = "import sys; sys.path.insert(0, sys.argv[2]); from twins_np.course.reference import main; main()"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "PYTEST"))}
-        env.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        # the NumPy twins, never a fused kernel: the submissions are compared with and timed against them
+        env.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TWINS_NP_CPU_KERNELS="0")
         self.stderr = tempfile.TemporaryFile()
         self.proc = subprocess.Popen([sys.executable, "-I", "-c", code, str(out_w), str(root)], stdin=subprocess.PIPE,
                                      stdout=subprocess.DEVNULL, stderr=self.stderr, pass_fds=(out_w,), env=env,

@@ -17,6 +17,7 @@ import zipfile
 from typing import Any
 
 from .build import REPORT_PLUGIN, STUDENT_MANIFEST
+from .extras import require
 
 __all__ = ["STUDENT_MANIFEST", "status", "submit"]
 
@@ -35,6 +36,7 @@ def status(path: str | os.PathLike = ".", timeout: float = 600) -> dict[str, dic
     Returns ``{task: {"passed", "total", "failed": [test ids]}}`` (visible tests only).
     """
     root, info = _student_root(path)
+    require("student", "assignment status")
     tests = sorted({t for v in info["tasks"].values() for t in v["tests"]})
     got: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as tmp_name:  # the report plugin stays out of the student's tree

@@ -27,6 +27,8 @@ __all__ = [
     "ASSIGNMENT_TASKS",
     "EXERCISES",
     "Task",
+    "kernel_files",
+    "kernels_of",
     "regions_in",
     "solution_files",
     "strip_source",
@@ -286,3 +288,67 @@ def task_functions(text: str) -> dict[str, list[str]]:
                     for task in reach[node.value.id]:
                         out.setdefault(task, []).append(target.id)
     return out
+
+
+def _function_reach(tree: ast.Module, spans: list[tuple[int, str]]) -> list[tuple[ast.AST, set[str]]]:
+    """Every function and method of a module with the tasks whose regions it runs: those it
+    holds, and those of the module-level functions it names (the closure of :func:`task_functions`)."""
+    funcs = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    top = {n.name: n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    direct = {id(n): {task for line, task in spans if n.lineno <= line <= (n.end_lineno or n.lineno)} for n in funcs}
+    names = {id(n): {m.id for m in ast.walk(n) if isinstance(m, ast.Name)} & set(top) for n in funcs}
+    reach = {k: set(v) for k, v in direct.items()}
+    changed = True
+    while changed:
+        changed = False
+        for n in funcs:
+            for other in names[id(n)]:
+                extra = reach[id(top[other])] - reach[id(n)]
+                if extra:
+                    reach[id(n)] |= extra
+                    changed = True
+    return [(n, reach[id(n)]) for n in funcs]
+
+
+def kernels_of(text: str) -> dict[str, set[str]]:
+    """task -> the fused kernels that a function running its regions may take instead of them.
+
+    An op picks a fused kernel with ``use_fused(array, "NAME")`` (``twins_np.backend``); a
+    kernel named so in a function (or method) that runs a task's region computes that
+    task's answer: ``gelu_backward`` names ``"gelu"``, ``AdamW._update`` names ``"adamw"``.
+    """
+    tree = ast.parse(text)
+    spans = [(i, m["task"]) for i, line in enumerate(text.splitlines(), start=1) if (m := BEGIN.match(line))]
+    out: dict[str, set[str]] = {}
+    for node, tasks in _function_reach(tree, spans):
+        for call in ast.walk(node):
+            if not (isinstance(call, ast.Call) and len(call.args) >= 2 and isinstance(call.args[1], ast.Constant)):
+                continue
+            f = call.func
+            if (f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else "") == "use_fused":
+                for task in tasks:
+                    out.setdefault(task, set()).add(str(call.args[1].value))
+    return out
+
+
+def kernel_files(root: pathlib.Path) -> dict[str, list[str]]:
+    """task -> the files of ``twins_np/kernels/`` that implement its kernels (paths relative to ``root``).
+
+    A kernel NAME's files are those ``twins_np.backend.KERNEL_FILES`` names for any device
+    (``NAME.cu``, ``NAME_cpu.py``) that exist: an instructor-only part of the project when
+    the task is an assignment's, since running the kernel gives the answer.
+    """
+    from ..backend import KERNEL_FILES
+
+    folder = root / "twins_np" / "kernels"
+    present = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+    out: dict[str, list[str]] = {}
+    for task, rels in solution_files(root).items():
+        names: set[str] = set()
+        for rel in rels:
+            names |= kernels_of((root / rel).read_text()).get(task, set())
+        files = sorted({pattern % n for n in names for pattern in KERNEL_FILES.values()} & present)
+        if files:
+            out[task] = [f"twins_np/kernels/{f}" for f in files]
+    return out
+

@@ -37,7 +37,7 @@ def gelu_forward(x: Any) -> tuple[Any, GeluCache]:
     check_float("x", x)
     xp = get_xp(x)
     x = xp.ascontiguousarray(x)
-    if use_fused(x):  # one CUDA kernel (twins_np/kernels/gelu.cu), only after backend.fused_kernels(True)
+    if use_fused(x, "gelu"):  # one CUDA kernel (twins_np/kernels/gelu.cu), only after backend.fused_kernels(True)
         out, cdf = kernels.gelu_forward(x)
         return out, GeluCache(x, cdf)
     out, cdf = xp.empty_like(x), xp.empty_like(x)
@@ -61,7 +61,7 @@ def gelu_backward(dout: Any, cache: GeluCache) -> Any:
     x, cdf = cache
     xp = check_dout(dout, x)
     dout = xp.ascontiguousarray(dout)
-    if use_fused(dout):  # twins_np/kernels/gelu.cu
+    if use_fused(dout, "gelu"):  # twins_np/kernels/gelu.cu
         return kernels.gelu_backward(dout, x, cdf)
     dx = xp.empty_like(dout)
     map_blocks(_gelu_backward_block, dout.reshape(-1), x.reshape(-1), cdf.reshape(-1), out=dx.reshape(-1))

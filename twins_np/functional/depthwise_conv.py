@@ -40,7 +40,7 @@ def depthwise_conv3x3_forward(x: Any, w: Any, b: Any | None) -> tuple[Any, DWCon
     check_same_dtype(x=x, weight=w, bias=b)
     B, H, W, C = x.shape
     check_weight("weight", w, (C, 1, 3, 3))
-    if use_fused(x):  # one CUDA kernel for the nine taps (twins_np/kernels/dwconv3x3.cu)
+    if use_fused(x, "dwconv3x3"):  # one CUDA kernel for the nine taps (twins_np/kernels/dwconv3x3.cu)
         out, xpad = kernels.dwconv3x3_forward(x, w, b)
         return out, DWConvCache(xpad, w)
     # (3, 3, C): one channel vector per tap, made contiguous because a strided vector
@@ -88,7 +88,7 @@ def depthwise_conv3x3_backward(dout: Any, cache: DWConvCache) -> tuple[Any, Any,
     """
     xpad, w = cache
     xp = check_dout(dout, xpad)
-    if use_fused(dout):  # twins_np/kernels/dwconv3x3.cu: dx, and dW per image summed here
+    if use_fused(dout, "dwconv3x3"):  # twins_np/kernels/dwconv3x3.cu: dx, and dW per image summed here
         return kernels.dwconv3x3_backward(dout, xpad, w)
     C = w.shape[0]
     wt = xp.ascontiguousarray(w[:, 0].transpose(1, 2, 0))  # (3, 3, C)

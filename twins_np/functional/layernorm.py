@@ -43,7 +43,7 @@ def layernorm_forward(x: Any, gamma: Any, beta: Any, eps: float = 1e-6) -> tuple
     if gamma.shape != (C,) or beta.shape != (C,):
         raise ValueError(f"layernorm: x has C = {C} channels but gamma/beta have shapes {tuple(gamma.shape)}/{tuple(beta.shape)}")
     xp = get_xp(x)
-    if use_fused(x):  # one CUDA kernel, one block per row (twins_np/kernels/layernorm.cu)
+    if use_fused(x, "layernorm"):  # one CUDA kernel, one block per row (twins_np/kernels/layernorm.cu)
         y, xhat, inv_std = kernels.layernorm_forward(x, gamma, beta, eps)
         return y, LayerNormCache(xhat, inv_std, gamma)
     x2 = x.reshape(-1, C)
@@ -106,7 +106,7 @@ def layernorm_backward(dout: Any, cache: LayerNormCache) -> tuple[Any, Any, Any]
     dgamma = (dout2 * xhat2).sum(axis=0)
     dbeta = dout2.sum(axis=0)
     # END SOLUTION
-    if use_fused(dout):  # dx in one CUDA kernel (twins_np/kernels/layernorm.cu)
+    if use_fused(dout, "layernorm"):  # dx in one CUDA kernel (twins_np/kernels/layernorm.cu)
         return kernels.layernorm_backward_dx(dout, xhat, inv_std, gamma), dgamma, dbeta
     dx = xp.empty(dout2.shape, dtype=dout.dtype)
     map_blocks(lambda d, xh, s, out: _layernorm_rows_backward(d, xh, s, gamma, out), dout2, xhat2, inv_std.reshape(-1, 1), out=dx)

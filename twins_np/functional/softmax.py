@@ -34,7 +34,7 @@ def softmax_forward(x: Any, axis: int = -1) -> tuple[Any, SoftmaxCache]:
     """
     check_float("x", x)
     xp = get_xp(x)
-    if use_fused(x) and axis in (-1, x.ndim - 1) and x.ndim > 0:  # twins_np/kernels/softmax.cu
+    if use_fused(x, "softmax") and axis in (-1, x.ndim - 1) and x.ndim > 0:  # twins_np/kernels/softmax.cu
         y = kernels.softmax_forward(x)
         return y, SoftmaxCache(y, axis)
     y = xp.empty(x.shape, dtype=x.dtype)  # C order, so its reshape below is a view
@@ -67,7 +67,7 @@ def softmax_backward(dout: Any, cache: SoftmaxCache) -> Any:
     """
     y, axis = cache
     xp = check_dout(dout, y)
-    if use_fused(dout) and axis in (-1, y.ndim - 1) and y.ndim > 0:  # twins_np/kernels/softmax.cu
+    if use_fused(dout, "softmax") and axis in (-1, y.ndim - 1) and y.ndim > 0:  # twins_np/kernels/softmax.cu
         return kernels.softmax_backward(dout, y)
     dx = xp.empty(y.shape, dtype=dout.dtype)
     if axis in (-1, y.ndim - 1) and y.ndim > 0:
