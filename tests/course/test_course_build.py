@@ -177,24 +177,29 @@ def test_handout_and_pytest_config(student):
 
 
 def test_stub_todo_lines_say_what_to_do(student):
+    """Each stub states the contract: what to return (the docstring's Returns, with shapes), from
+    which arguments, and what the cache holds (the cache class's fields); no helper's `out`."""
     out, _ = student
-    functional = ("activation", "mlp", "layernorm", "norm2d", "resize")
+    functional = ("activation", "mlp", "layernorm", "norm2d", "resize", "softmax", "depthwise_conv", "gsa")
     files = (*(f"twins_np/functional/{m}.py" for m in functional), "twins_np/optim.py")
     todo = {rel: re.findall(r"# TODO\((\w+)\): (.*)", (out / rel).read_text()) for rel in files}
-    in_place = "write the result into `out` in place (nothing to return)"
-    assert todo["twins_np/functional/activation.py"] == [("gelu_backward", in_place)]
-    assert todo["twins_np/functional/mlp.py"] == [("ffn_backward", "compute and return dx, dfc1_w, dfc1_b, dfc2_w, dfc2_b")]
-    assert todo["twins_np/functional/layernorm.py"] == [
-        ("layernorm_backward", "compute dbeta, dgamma (used after this block)"),
-        ("layernorm_backward", in_place),
-    ]
+    assert todo["twins_np/functional/activation.py"] == [("gelu_backward", "return dx: the shape and dtype of dout")]
+    assert todo["twins_np/functional/mlp.py"] == [
+        ("ffn_backward", "return dx (..., C), dfc1_w (rC, C), dfc1_b (rC,), dfc2_w (C_out, rC), dfc2_b (C_out,)")]
+    assert todo["twins_np/functional/layernorm.py"] == [("layernorm_backward", "return dx (..., C), dgamma (C,), dbeta (C,)")]
     assert todo["twins_np/optim.py"] == [("adamw_step", "update p.data, m, v in place (nothing to return)")]
-    assert todo["twins_np/functional/norm2d.py"] == [
-        ("group_norm_backward", "compute and return dx"),
-        ("group_norm_backward", "compute and return dgamma, dbeta"),
-        ("group_norm_backward", "compute and return dx, dgamma, dbeta"),
-    ]
-    assert todo["twins_np/functional/resize.py"] == [("bilinear_resize_backward", "compute and return dx")]
+    assert [t for t, _ in todo["twins_np/functional/norm2d.py"]] == ["group_norm_backward"] * 3
+    assert todo["twins_np/functional/resize.py"] == [("bilinear_resize_backward", "return dx: (B, H, W, C)")]
+    assert todo["twins_np/functional/gsa.py"][0][1].startswith("return dx (B, N, C), dq_w (C, C), dq_b (C,)")
+    for rel in files:
+        text = (out / rel).read_text()
+        assert "into `out`" not in text and "(used after this block)" not in text, rel  # no scaffolding
+        for stub in re.findall(r"(# TODO\(\w+\):.*?)\n\s*raise NotImplementedError", text, re.S):
+            assert "computed from" in stub or "in place" in stub, stub
+    gelu = (out / "twins_np/functional/activation.py").read_text()
+    assert "`cache` is the forward's GeluCache, which holds: x (the input" in gelu and "cdf (Phi(x)" in gelu
+    ln = (out / "twins_np/functional/layernorm.py").read_text()
+    assert "LayerNormCache, which holds: xhat ((..., C) normalised input); inv_std" in ln
 
 
 def test_pytest_in_the_copy_tests_the_copys_own_code(student):

@@ -173,6 +173,63 @@ def _hint(region: list[str], after: list[str]) -> str:
     return "your code here"
 
 
+def _returns_section(doc: str) -> str:
+    """The first paragraph of a Google-style docstring's ``Returns:`` section, on one line."""
+    m = re.search(r"^\s*Returns:\s*\n((?:[ \t]+\S.*\n?)+)", doc + "\n", re.M)
+    return " ".join(m[1].split()) if m else ""
+
+
+def _cache_fields(tree: ast.Module, lines: list[str], name: str) -> str:
+    """What a NamedTuple cache class of the module holds: ``field (its comment)`` for each field."""
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == name:
+            fields = []
+            for stmt in node.body:
+                if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
+                    note = lines[stmt.lineno - 1].partition("#")[2].strip()
+                    kind = ast.unparse(stmt.annotation)
+                    fields.append(f"{stmt.target.id} ({note})" if note else stmt.target.id if kind == "Any" else
+                                  f"{stmt.target.id} ({kind})")  # fmt: skip
+            return "; ".join(fields)
+    return ""
+
+
+def _contract(tree: ast.Module | None, lines: list[str], begin: int, region: list[str], after: list[str]) -> list[str]:
+    """The stub's TODO lines: what the function takes, what it returns (its docstring's
+    Returns), what its cache holds (the cache class's fields), or what it updates in place.
+
+    ``begin`` is the 0-based line of the region's BEGIN marker in ``lines``; ``tree`` the
+    parsed source (None when it is not Python: a notebook's or page's region gets the
+    region-based hint alone).
+    """
+    hint = _hint(region, after)
+    fn = None
+    if tree is not None:
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.lineno <= begin + 1 <= (node.end_lineno or 0):
+                if fn is None or node.lineno > fn.lineno:
+                    fn = node  # the innermost
+    if fn is None:
+        return [hint]
+    args = [a.arg for a in (*fn.args.posonlyargs, *fn.args.args, *fn.args.kwonlyargs) if a.arg != "self"]
+    doc = ast.get_docstring(fn) or ""
+    returns = _returns_section(doc)
+    given = " and ".join([", ".join(args[:-1]), args[-1]] if len(args) > 1 else args)
+    if hint.startswith("compute and return"):
+        named = hint[len("compute and return ") :]
+        what = returns or (doc.splitlines()[0] if doc and "(see " in named else named)
+        out = [f"return {what.rstrip('.')}", f"computed from {given}: the docstring above gives the shapes and the Math"]
+    else:
+        out = [hint, f"from {given}: the docstring above gives the shapes and the Math"]
+    for a in (*fn.args.args, *fn.args.kwonlyargs):
+        kind = ast.unparse(a.annotation) if a.annotation is not None else ""
+        if kind.endswith("Cache"):
+            held = _cache_fields(tree, lines, kind) if tree is not None else ""
+            if held:
+                out.append(f"`{a.arg}` is the forward's {kind}, which holds: {held}")
+    return out
+
+
 def strip_source(text: str, tasks: set[str] | None = None) -> tuple[str, list[str]]:
     """Replace solution regions by a TODO line and ``raise NotImplementedError``.
 
@@ -192,6 +249,11 @@ def strip_source(text: str, tasks: set[str] | None = None) -> tuple[str, list[st
     out: list[str] = []
     stripped: list[str] = []
     lines = text.splitlines(keepends=True)
+    try:
+        tree: ast.Module | None = ast.parse(text)
+    except (SyntaxError, ValueError):
+        tree = None  # a page, or a notebook with magics: the region's own hint only
+    plain = [ln.rstrip("\n") for ln in lines]
     i = 0
     while i < len(lines):
         m = BEGIN.match(lines[i])
@@ -224,7 +286,12 @@ def strip_source(text: str, tasks: set[str] | None = None) -> tuple[str, list[st
                         break
                     after.append(line)
                 msg = f"{task}: implement {title}" + (f" (see {doc})" if doc else "")
-                out.append(f"{indent}# TODO({task}): {_hint(lines[i + 1 : j], after)}\n")
+                todo = _contract(tree, plain, i, lines[i + 1 : j], after)
+                for k, piece in enumerate(textwrap.wrap(f"TODO({task}): {todo[0]}", 110)):
+                    out.append(f"{indent}# {'    ' if k else ''}{piece}\n")
+                for extra in todo[1:]:
+                    for k, piece in enumerate(textwrap.wrap(extra, 110)):
+                        out.append(f"{indent}# {'    ' if k else ''}{piece}\n")
                 out.append(f"{indent}raise NotImplementedError({msg!r})\n")
             stripped.append(task)
         else:
