@@ -7,6 +7,7 @@ while the same tests pass in the solution tree (the rest of the suite runs them)
 
 from __future__ import annotations
 
+import ast
 import filecmp
 import json
 import os
@@ -14,12 +15,13 @@ import pathlib
 import re
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
 from twins_np.course.build import INSTRUCTOR_ONLY, build, project_files
 from twins_np.course.tasks import ASSIGNMENT_TASKS as TASKS
-from twins_np.course.tasks import BEGIN, END, strip_source, task_functions
+from twins_np.course.tasks import BEGIN, END, kernel_files, solution_files, strip_source, task_functions
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -134,6 +136,10 @@ def test_no_solution_line_anywhere_in_the_copy(student):
             continue
         found, outside[path.relative_to(ROOT)] = _solution_lines(text)
         lines += [(path.relative_to(ROOT), ln) for ln in found]
+    # a line the project also has outside every region (an import, a fence, a formula the docstring
+    # states) was never a secret: only the regions' own lines are searched
+    everywhere = "\n".join(text for rel, text in outside.items() if rel.suffix != ".ipynb")  # a notebook's JSON quotes its source
+    lines = [(src, line) for src, line in lines if line not in everywhere]
     assert len(lines) > 60 and {p.parts[0] for p, _ in lines} >= {"twins_np", "notebooks", "docs"}
     copy = {}
     for path in out.rglob("*"):
@@ -253,3 +259,168 @@ def test_task_functions_follow_the_regions():
     windows = task_functions((ROOT / "twins_np/functional/windows.py").read_text())["windows"]
     assert set(windows) == {"window_partition_forward", "window_partition_backward", "window_reverse_forward",
                             "window_reverse_backward"}  # fmt: skip
+
+
+def _calls(tree: ast.AST) -> set[str]:
+    """The names a piece of code calls (``f(...)`` and ``F.f(...)``)."""
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            f = node.func
+            name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else ""
+            out.add(name)
+    return out
+
+
+def _steps() -> dict[str, set[str]]:
+    """task -> the library's functional ops its solution regions call (LSA's: linear_backward,
+    window_reverse_backward, attention_backward, split_heads, join_qkv, window_partition_backward)."""
+    import twins_np.functional as F
+
+    ops = set(F.__all__)
+    out: dict[str, set[str]] = {}
+    for task, rels in solution_files(ROOT).items():
+        for rel in rels:
+            for region in _region_code((ROOT / rel).read_text(), task):
+                out.setdefault(task, set()).update(_calls(ast.parse(textwrap.dedent(region))) & ops)
+    return out
+
+
+def _region_code(text: str, task: str) -> list[str]:
+    regions, cur = [], None
+    for line in text.splitlines():
+        m = BEGIN.match(line)
+        if m:
+            cur = [] if m["task"] == task else None
+        elif END.match(line):
+            if cur is not None:
+                regions.append("\n".join(cur))
+            cur = None
+        elif cur is not None:
+            cur.append(line)
+    return regions
+
+
+def _pieces(copy: pathlib.Path) -> list[tuple[str, set[str]]]:
+    """Every visible test function, notebook cell and documentation page of a copy, with the names
+    it calls (code) or names in inline code (prose)."""
+    out = []
+    for path in sorted((copy / "tests").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                out.append((f"{path.relative_to(copy)}::{node.name}", _calls(node)))
+    for path in sorted((copy / "notebooks").glob("[0-9]*.py")):
+        for k, cell in enumerate(re.split(r"^# %%", path.read_text(), flags=re.M)):
+            try:
+                out.append((f"{path.relative_to(copy)}, cell {k}", _calls(ast.parse(cell))))
+            except SyntaxError:
+                continue
+    for path in sorted((copy / "docs").rglob("*.md")):
+        text = path.read_text()
+        names = set(re.findall(r"`(?:F\.)?(\w+)(?:\([^`]*\))?`", text))  # inline code: `linear_backward`
+        for block in re.findall(r"```(?:python|\{code-cell\}[^\n]*)\n(.*?)```", text, re.S):
+            try:
+                names |= _calls(ast.parse(re.sub(r"^:\w+:.*$", "", block, flags=re.M)))
+            except SyntaxError:
+                names |= set(re.findall(r"(\w+)\(", block))
+        out.append((str(path.relative_to(copy)), names))
+    return out
+
+
+def test_no_visible_test_notebook_or_page_steps_through_a_stubbed_task(student):
+    """A stubbed task's solution, as a chain of library calls, is in no visible test, notebook cell
+    or page of the copy: none calls three of the functional ops the task's solution calls (a page:
+    names four), or both of a two-op chain (the FFN's). Behaviour tests call the task's own
+    function and compare values; the step-by-step tests live in tests/hidden/ (instructor-only)
+    and the derivation pages keep the forward and the question."""
+    out, where = student
+    steps = {t: ops for t, ops in _steps().items() if t in where and len(ops) >= 2}
+    assert steps["lsa_backward"] >= {"linear_backward", "attention_backward", "window_partition_backward", "join_qkv"}
+    assert steps["gsa_backward"] >= {"linear_backward", "attention_backward", "layernorm_backward", "subsample_backward"}
+    def through(name: str, called: set[str], ops: set[str]) -> bool:  # a page names ops more freely than code calls them
+        return len(ops & called) >= min(4 if name.endswith(".md") else 3, len(ops))
+
+    leaks = []
+    for name, called in _pieces(out):
+        for task, ops in steps.items():
+            if through(name, called, ops):
+                leaks.append(f"{name} steps through {task}: {sorted(ops & called)}")
+    assert not leaks, "\n".join(leaks)
+    # the same rule finds the instructor's own step-by-step tests and pages (they exist, and are left out)
+    found = {name.split("::")[0] for name, called in _pieces(ROOT) for ops in steps.values() if through(name, called, ops)}
+    assert {"tests/hidden/test_recipes.py", "docs/derivations/lsa.md", "docs/derivations/gsa.md"} <= found, found
+
+
+def test_the_instructor_can_reveal_a_derivation(tmp_path):
+    """`reveal = [task]` in the config keeps that task's backward steps on its pages (the code stays stubbed)."""
+    config = tmp_path / "assignment.toml"
+    config.write_text('reveal = ["lsa_backward"]\n')
+    out = tmp_path / "copy"
+    build(out, root=ROOT, tasks=["lsa_backward", "gsa_backward"], config=config, freeze=False, manifest=False)
+    lsa, gsa = (out / "docs/derivations/lsa.md").read_text(), (out / "docs/derivations/gsa.md").read_text()
+    assert "do = window_reverse_backward(dy, rev_cache)" in lsa and "SOLUTION" not in lsa
+    assert "**Your task (`lsa_backward`).**" in lsa and "**Your task (`gsa_backward`).**" in gsa
+    assert "it is the assignment task `gsa_backward`" in gsa and "it is the assignment task `lsa_backward`" not in lsa
+    assert "raise NotImplementedError('lsa_backward:" in (out / "twins_np/functional/lsa.py").read_text()
+    config.write_text('reveal = ["nope"]\n')
+    with pytest.raises(ValueError, match="unknown tasks"):
+        build(tmp_path / "again", root=ROOT, config=config, freeze=False, manifest=False)
+
+
+# --- fused kernels: a kernel of a stubbed task would compute its answer -------------------------
+
+# fused_kernels(True) without asking for a GPU
+_KERNEL_FORCER = "def pytest_configure(config):\n    import twins_np.backend as b\n\n    b._FUSED = True\n"
+
+
+def test_no_kernel_of_a_stubbed_task_in_the_copy_or_the_workers_library(student, tmp_path):
+    """Every kernel source of twins_np/kernels/ (the backend's naming rule: NAME.cu, NAME_cpu.py)
+    is dispatched by name from the ops; those a stubbed task's functions dispatch are left out of
+    the copy, and the grader's worker gets none of any task."""
+    from twins_np.backend import KERNEL_FILES
+
+    out, where = student
+    kernels = kernel_files(ROOT)
+    assert set(kernels) == {"gelu_backward", "layernorm_backward", "attention_backward", "peg_backward", "adamw_step"}
+    dispatched = set()
+    for path in (ROOT / "twins_np").rglob("*.py"):
+        dispatched |= set(re.findall(r'\buse_fused\([^)]*?,\s*"(\w+)"', path.read_text()))
+    patterns = [re.compile("^" + re.escape(p).replace("%s", r"(\w+?)") + "$") for p in KERNEL_FILES.values()]
+    sources = {f.name: m[1] for f in (ROOT / "twins_np/kernels").iterdir() for rx in patterns if (m := rx.match(f.name))}
+    assert sources and set(sources.values()) <= dispatched, "a kernel file no op dispatches by name"
+    owned = {f.rpartition("/")[2] for files in kernels.values() for f in files}
+    assert owned == set(sources), "every kernel source belongs to the task whose function dispatches it"
+    for task in where:
+        for rel in kernels.get(task, []):
+            assert (ROOT / rel).is_file() and not (out / rel).exists(), rel
+    manifest = tmp_path / "m.json"
+    build(tmp_path / "copy", root=ROOT, tasks=["windows"], manifest=manifest, freeze=False, selfcheck=False)
+    library = json.loads(manifest.read_text())["library"]
+    assert not any(rel.rpartition("/")[2] in sources for rel in library), "the worker's library holds a kernel"
+    assert all((tmp_path / "copy" / rel).exists() for files in kernels.values() for rel in files)  # windows has none
+
+
+def test_an_untouched_copy_fails_its_tests_with_every_kernel_switch_on(student, tmp_path):
+    """With the fused-kernel switches on (the CPU one by its variable, the GPU one forced, arrays on
+    the CuPy stand-in), the copy's ops still run the student's stubs: the kernel files are not there.
+    In the instructor's project the same switch sends the same call to the kernel."""
+    out, _ = student
+    (tmp_path / "force_kernels.py").write_text(_KERNEL_FORCER)
+    env = dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{ROOT / 'tests'}", TWINS_NP_CPU_KERNELS="1")
+    probe = ("import cupy_standin; cupy_standin.install(); import cupy, twins_np.backend as b; b._FUSED = True; "
+             "print(all(b.use_fused(cupy.ones(3), k) for k in ('gelu', 'layernorm', 'softmax', 'dwconv3x3', 'adamw')))")
+    for tree, expected in ((out, "False"), (ROOT, "True")):
+        r = subprocess.run([sys.executable, "-c", probe], cwd=tree, env=env, capture_output=True, text=True, timeout=120)
+        assert r.stdout.strip() == expected, (tree, r.stdout + r.stderr)
+    files = {"gelu_backward": "functional/test_f_activation.py", "layernorm_backward": "functional/test_f_layernorm.py",
+             "attention_backward": "functional/test_f_softmax.py", "peg_backward": "functional/test_f_depthwise_conv.py",
+             "adamw_step": "test_optim.py"}  # fmt: skip
+    for task, rel in files.items():
+        args = ["-p", "force_kernels", "--cupy-standin", "-m", f"{task} and gpu", "-q", "-p", "no:cacheprovider", "-rf",
+                f"tests/{rel}"]
+        r = subprocess.run([sys.executable, "-m", "pytest", *args], cwd=out, env={**env, "COLUMNS": "1000"}, capture_output=True,
+                           text=True, timeout=600)  # fmt: skip
+        failed = [ln for ln in r.stdout.splitlines() if ln.startswith("FAILED")]
+        assert r.returncode == 1 and failed, (task, r.stdout[-2000:])
+        assert all(f"NotImplementedError: {task}:" in ln for ln in failed), (task, failed)

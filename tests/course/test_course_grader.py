@@ -22,7 +22,7 @@ from twins_np.course.build import build
 from twins_np.course.manifest import GradingError, load_manifest
 
 CLI = [sys.executable, "-m", "twins_np", "assignment"]
-WRONG_GELU = "xp = get_xp(x)\npdf = xp.exp(-0.5 * x * x) * _INV_SQRT_2PI\nxp.multiply(dout, cdf - x * pdf, out=out)  # sign error"
+WRONG_GELU = "pdf = xp.exp(-0.5 * x * x) * _INV_SQRT_2PI\nreturn dout * (cdf - x * pdf)  # sign error"
 HANG = "import time\nwhile True:  # endless, but idle: the test machine's cores stay free\n    time.sleep(0.5)"
 
 
@@ -76,8 +76,8 @@ def test_the_reference_scores_full_marks(course, tmp_path):
 def test_a_one_term_bug_scores_partial_credit(course, tmp_path):
     """LayerNorm's dx without the path through the variance: dx fails, dgamma and dbeta pass."""
     text = (ROOT / LN).read_text()
-    assert text.count("    xp.multiply(xhat, _row_means_of_product(g, xhat), out=out)\n") == 1
-    text = text.replace("    xp.multiply(xhat, _row_means_of_product(g, xhat), out=out)\n", "    out[...] = 0.0\n")
+    assert text.count("        xp.multiply(xh, _row_means_of_product(g, xh), out=out)\n") == 1
+    text = text.replace("        xp.multiply(xh, _row_means_of_product(g, xh), out=out)\n", "        out[...] = 0.0\n")
     r = _by_task(grader.grade(submission(course, tmp_path, layernorm_backward=text), course.manifest, root=course.root,
                               tasks=["layernorm_backward"]))["layernorm_backward"]  # fmt: skip
     assert r.passed == 6 and r.total == 9 and r.score == pytest.approx(10 * 6 / 9), r.line
@@ -98,10 +98,12 @@ def test_tasks_are_independent(course, tmp_path):
 
 def test_a_skip_and_a_wrong_dtype_fail(course, tmp_path):
     skip = _replace_stub(course.student_file(GELU), "import pytest\npytest.skip('later')")
-    upcast = _replace_stub(course.student_file(LN), "dgamma = (dout2 * xhat2).sum(axis=0).astype('float64')\n"
-                                                    "dbeta = dout2.sum(axis=0)")  # fmt: skip
-    upcast = _replace_stub(upcast, "xp = get_xp(dout)\ng = dout * gamma\nxp.multiply(xhat, _row_means_of_product(g, xhat), "
-                                   "out=out)\nxp.subtract(g, out, out=out)\nout -= _row_means(g)\nout *= inv_std")  # fmt: skip
+    upcast = _replace_stub(course.student_file(LN), "C = xhat.shape[-1]\n"
+                           "dout2, xhat2 = dout.reshape(-1, C), xhat.reshape(-1, C)\n"
+                           "dgamma = (dout2 * xhat2).sum(axis=0).astype('float64')\ndbeta = dout2.sum(axis=0)\n"
+                           "g = dout2 * gamma\n"
+                           "dx = inv_std.reshape(-1, 1) * (g - _row_means(g) - xhat2 * _row_means_of_product(g, xhat2))\n"
+                           "return dx.reshape(dout.shape), dgamma, dbeta")  # fmt: skip
     sub = submission(course, tmp_path, gelu_backward=skip, layernorm_backward=upcast)
     res = _by_task(grader.grade(sub, course.manifest, root=course.root, tasks=["gelu_backward", "layernorm_backward"]))
     assert res["gelu_backward"].score == 0.0 and "Skipped: later" in res["gelu_backward"].line, res["gelu_backward"].line

@@ -44,7 +44,7 @@ class Task:
     title: str
     doc: str  # the derivation page a student should read
     tests: tuple[str, ...]  # test selectors: "file" or "file::substring" (matched on the test id)
-    points: float = 10.0  # an instructor can override them in assignment.toml
+    # points, hours and the assignment a task belongs to: course.toml (twins_np.course.assignments)
 
 
 ASSIGNMENT_TASKS: dict[str, Task] = {
@@ -277,7 +277,7 @@ def strip_source(text: str, tasks: set[str] | None = None) -> tuple[str, list[st
             known = ASSIGNMENT_TASKS.get(task)
             title, doc = (known.title, known.doc) if known else (EXERCISES[task], "")
             if m["c"] == "%":  # a MyST page: the code is the exercise
-                note = f"The code of this step is left out: it is the assignment task `{task}` ({title})."
+                note = f"This part of the derivation is left out of your copy: it is the assignment task `{task}` ({title})."
                 out.append(f"```{{note}}\n{note}\n```\n")
             else:
                 after = []
