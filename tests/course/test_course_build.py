@@ -19,6 +19,7 @@ import textwrap
 
 import pytest
 
+from twins_np.course.assignments import load_course, parse_answers
 from twins_np.course.build import INSTRUCTOR_ONLY, build, project_files
 from twins_np.course.tasks import ASSIGNMENT_TASKS as TASKS
 from twins_np.course.tasks import BEGIN, END, kernel_files, solution_files, strip_source, task_functions
@@ -174,12 +175,66 @@ def test_handout_and_pytest_config(student):
     out, where = student
     handout = (out / "STUDENT.md").read_text()
     for task, files in where.items():
-        assert f"`{task}`" in handout and all(f in handout for f in files) and TASKS[task].doc in handout
+        assert f"`{task}`" in handout and all(f in handout for f in files)
+    for name in ("a1_layers", "a2_attention", "a3_dense"):
+        assert f"(handouts/{name}.md)" in handout and f"`answers/{name}.md`" in handout
     assert "python -m pytest -m" in handout and "assignment submit" in handout and "points" in handout
+    assert "make student" in handout and "no PyTorch" in handout and "`notebooks/04_lsa_windows.ipynb` | " in handout
     assert "STUDENT.md" in (out / "README.md").read_text().splitlines()[0]
     assert "pythonpath = ." in (out / "pytest.ini").read_text()
     info = json.loads((out / "assignment.json").read_text())
-    assert set(info["tasks"]) == set(TASKS)
+    assert set(info["tasks"]) == set(TASKS) and set(info["assignments"]) == {"A1", "A2", "A3"}
+
+
+def test_every_task_belongs_to_exactly_one_assignment(tmp_path):
+    course = load_course()
+    listed = [t for a in course.assignments.values() for t in a.tasks]
+    assert sorted(listed) == sorted(TASKS) and len(listed) == len(set(listed))
+    assert len(set(course.points.values())) > 3, "points are weighted by the work, not all alike"
+    assert all(a.questions and a.goals and a.notebooks for a in course.assignments.values())
+    with pytest.raises(ValueError, match="in two assignments"):
+        load_course({"assignments": {"A3": {"tasks": ["group_norm_backward", "gelu_backward"]}}})
+    with pytest.raises(ValueError, match="in no assignment: bilinear_resize_backward"):
+        load_course({"assignments": {"A3": {"tasks": ["group_norm_backward"]}}})
+    over = load_course({"tasks": {"gelu_backward": {"points": 7}}})
+    assert over.points["gelu_backward"] == 7 and over.points["windows"] == course.points["windows"]
+    config = tmp_path / "assignment.toml"
+    config.write_text("[tasks.gelu_backward]\npoints = 7\n")
+    r = subprocess.run([sys.executable, "-m", "twins_np", "assignment", "list", "--config", str(config)], capture_output=True,
+                       text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT)))  # fmt: skip
+    assert r.returncode == 0 and re.search(r"^  gelu_backward +7 pts", r.stdout, re.M), r.stdout + r.stderr
+    assert sum(ln.startswith("A") for ln in r.stdout.splitlines()) == 3
+
+
+def test_handouts_name_only_existing_files_tests_and_notebooks(student):
+    """Every path a handout names exists in the copy, every `pytest -m X` is a task whose test files
+    exist, every notebook a handout or STUDENT.md names is there; each answer file parses."""
+    out, where = student
+    pages = [*sorted((out / "handouts").glob("*.md")), *sorted((out / "docs/handouts").glob("a*.md"))]
+    assert len(pages) == 6
+    for page in pages:
+        text = page.read_text()
+        paths = re.findall(r"`((?:twins_np|docs|notebooks|answers|tests)/[\w./-]+)`", text)
+        assert paths and all((out / p).exists() for p in paths), (page, [p for p in paths if not (out / p).exists()])
+        marked = re.findall(r"python -m pytest -m (\w+)", text)
+        assert marked and set(marked) <= set(where), page
+        for task in marked:
+            assert all((out / sel.partition("::")[0]).exists() for sel in TASKS[task].tests), task
+        assert re.search(r"\| \d+ \| `\w+` \|.*\| \d+(\.\d+)? h \|", text) and "Written questions" in text
+    assert (out / "docs/handouts/index.md").exists()
+    notebooks = re.findall(r"`notebooks/([\w]+\.ipynb)`", (out / "STUDENT.md").read_text())
+    assert len(notebooks) == 10 and all((out / "notebooks" / n).exists() for n in notebooks)
+    for a in load_course().assignments.values():
+        answers = parse_answers((out / a.answers_path).read_text())
+        assert list(answers) == [q.id for q in a.questions] and not any(answers.values())
+        filled = (out / a.answers_path).read_text().replace("_Your answer here._", "Because.", 1)
+        assert parse_answers(filled)[a.questions[0].id] == "Because."
+
+
+def test_the_docs_handout_pages_are_current():
+    r = subprocess.run([sys.executable, str(ROOT / "tools/make_handouts.py"), "--check"], capture_output=True, text=True,
+                       timeout=120)  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_stub_todo_lines_say_what_to_do(student):

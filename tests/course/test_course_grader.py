@@ -46,7 +46,7 @@ def _by_task(results):
 def test_the_manifest_lists_checks_that_compare_values(course):
     spec = course.manifest["tasks"]
     assert list(spec) == sorted(TASKS)
-    assert spec["gelu_backward"]["points"] == 4 and spec["ffn_backward"]["points"] == 10
+    assert spec["gelu_backward"]["points"] == 4 and spec["ffn_backward"]["points"] == 3  # the config's, course.toml's
     for task in TASKS:
         names = list(spec[task]["checks"])
         assert sorted(names) == sorted(checks.check_names(task)) and len(names) >= 3
@@ -91,7 +91,7 @@ def test_tasks_are_independent(course, tmp_path):
     sub = submission(course, tmp_path, gelu_backward=_replace_stub(course.student_file(GELU), WRONG_GELU),
                      ffn_backward=(ROOT / MLP).read_text())  # fmt: skip
     res = _by_task(grader.grade(sub, course.manifest, root=course.root, tasks=["gelu_backward", "ffn_backward"]))
-    assert res["ffn_backward"].score == res["ffn_backward"].points == 10
+    assert res["ffn_backward"].score == res["ffn_backward"].points == 3
     assert res["gelu_backward"].score == 0.0 and "gradient for x wrong" in res["gelu_backward"].line
     assert all("\n" not in c.reason and c.reason for c in res["gelu_backward"].failed)
 
@@ -138,21 +138,25 @@ def test_the_cli_reports_one_line_per_task_then_details(course, tmp_path):
                      ffn_backward=(ROOT / MLP).read_text(),
                      layernorm_backward=_replace_stub(course.student_file(LN), "return dout, dout, dout"))  # fmt: skip
     out = tmp_path / "grade.json"
-    r = subprocess.run([*CLI, "grade", str(sub), "--manifest", str(course.base / "manifest.json"), "--json", str(out)],
-                       env=_env(), capture_output=True, text=True, timeout=300)  # fmt: skip
+    cmd = [*CLI, "grade", str(sub), "--manifest", str(course.base / "manifest.json"), "--json", str(out)]
+    r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 1, r.stdout + r.stderr  # a syntax error: graded, with an error
+    assert "FAILED" not in r.stdout and "(--verbose: the failed checks" in r.stdout  # the details only when asked
+    assert re.search(r"^written +\d+ questions for \d+ points, graded by hand \(answers/a1_layers\.md", r.stdout, re.M), r.stdout
+    r = subprocess.run([*cmd, "--verbose"], env=_env(), capture_output=True, text=True, timeout=300)
     lines = r.stdout.splitlines()
     first = {ln.split()[0]: ln for ln in lines[: len(TASKS)]}
     assert set(first) == set(TASKS) and lines[len(TASKS)].startswith("total")
     syntax = r"gelu_backward +0\.00 / 4 +does not import: SyntaxError: .*\(activation\.py, line \d+\)"
     assert re.search(syntax, first["gelu_backward"])
-    assert "10.00 / 10  all 10 checks passed" in first["ffn_backward"]
+    assert "3.00 / 3  all 10 checks passed" in first["ffn_backward"]
     wrong = r"layernorm_backward +0\.00 / 10  float64, \(B, N, C\) input: dx: gradient for x wrong"
     assert re.match(wrong, first["layernorm_backward"])
     assert "FAILED float64, (B, N, C) input: dgamma: dgamma has shape" in r.stdout
     assert "sandbox: worker" in r.stdout
     data = json.loads(out.read_text())
-    assert data["tasks"]["ffn_backward"]["score"] == 10.0 and data["errors"][0].startswith("gelu_backward: does not import")
+    assert data["tasks"]["ffn_backward"]["score"] == 3.0 and data["errors"][0].startswith("gelu_backward: does not import")
+    assert data["manual"]["points"] == 8 and [q["id"] for q in data["manual"]["questions"]] == ["A1.1", "A1.2", "A1.3"]
 
 
 def test_a_hang_is_reported_with_a_non_zero_exit(course, tmp_path):
@@ -197,14 +201,16 @@ def test_student_status_and_submit(tmp_path):
     shutil.copytree(base / "student", copy)
     (copy / GELU).write_text((ROOT / GELU).read_text())  # gelu done, ffn not
     r = subprocess.run([*CLI, "status", str(copy)], env=_env(), capture_output=True, text=True, timeout=300)
-    rows = {ln.split()[0]: ln.split() for ln in r.stdout.splitlines()[1:]}
-    assert r.returncode == 1 and rows["gelu_backward"][-1] == "done" and rows["ffn_backward"][-1] == "todo", r.stdout + r.stderr
-    assert rows["ffn_backward"][1] == "0"
+    rows = {ln.split()[0]: ln.split() for ln in r.stdout.splitlines()}
+    assert r.returncode == 1 and rows["gelu_backward"][1] == "done" and rows["ffn_backward"][1] == "todo", r.stdout + r.stderr
+    assert rows["ffn_backward"][2].startswith("0/") and "FAILED" not in r.stdout and "1 of 2 tasks done" in r.stdout
+    r = subprocess.run([*CLI, "status", str(copy), "--verbose"], env=_env(), capture_output=True, text=True, timeout=300)
+    assert "ffn_backward:\n    FAILED tests/" in r.stdout and "NotImplementedError: ffn_backward" in r.stdout, r.stdout
     r = subprocess.run([*CLI, "submit", str(copy)], env=_env(), capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert sorted(zipfile.ZipFile(copy / "submission.zip").namelist()) == [GELU, MLP]
+    assert sorted(zipfile.ZipFile(copy / "submission.zip").namelist()) == ["answers/a1_layers.md", GELU, MLP]
     res = _by_task(grader.grade(copy / "submission.zip", load_manifest(base / "m.json")))
-    assert res["gelu_backward"].score == 10.0 and res["ffn_backward"].score == 0.0
+    assert res["gelu_backward"].score == 4.0 and res["ffn_backward"].score == 0.0
     (copy / MLP).unlink()
     r = subprocess.run([*CLI, "submit", str(copy)], env=_env(), capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "mlp.py missing" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -358,13 +358,14 @@ def _write_student_files(
         for nb, needs in course.notebooks.items() if (out / "notebooks" / f"{nb}.ipynb").exists()
     )  # fmt: skip
     factor = spec["time_factor"]
+    table = handouts_index(course, chosen, link="handouts/{name}.md")
     (out / "STUDENT.md").write_text(f"""# Your assignments: the backward passes of Twins
 
 This is a student copy of twins-np. Your work comes in {len(mine)} assignment(s), each with a handout
 (goals, files to edit, tests and notebooks to run, points, suggested order and hours, written
 questions):
 
-{handouts_index(course, chosen, link="handouts/{{name}}.md")}
+{table}
 
 Total: {code:g} points for the code, graded automatically, and {manual:g} points of written
 questions, graded by hand. In the files the handouts list, each task's code has been replaced by
