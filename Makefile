@@ -19,7 +19,7 @@ PIP_EDITABLE := PYTHONWARNINGS="ignore:Editable installation" $(BIN)/pip install
 KERNEL_PROFILE := build/ipython/profile_default/ipython_kernel_config.py
 KERNEL_ENV := IPYTHONDIR=$(CURDIR)/build/ipython
 
-.PHONY: demo demo-segment course student test lint typecheck pytest pytest-standin gpu-check notebooks lab bench docs clean
+.PHONY: demo demo-segment course student pythons test lint typecheck pytest pytest-standin gpu-check notebooks lab bench docs clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -98,7 +98,13 @@ pytest-standin: $(VENV)/.stamp-dev
 notebooks: $(VENV)/.stamp-dev
 	$(BIN)/python tools/sync_notebooks.py
 
-test: lint typecheck pytest pytest-standin docs
+# the short suite (tests/test_pythons.py: import, a few gradient checks, build and grade two
+# tasks) under the lowest and the highest supported Python found here (PATH or pyenv), each in a
+# virtualenv of its own under build/pythons/ with the course extra only; kept between runs
+pythons:
+	bash tools/short_suite.sh
+
+test: lint typecheck pytest pytest-standin pythons docs
 
 # The site, with warnings as errors. MathJax 3 is fetched once from the npm registry into
 # docs/_static/mathjax so the built pages render math offline.

@@ -162,6 +162,9 @@ def build(
             original = src.read_text()
             # the pages' backward derivations of the tasks the instructor reveals (`reveal` in the config) stay
             text, done = strip_source(original, strip - reveal if src.suffix == ".md" else strip)
+            if rel.parts[0] == "notebooks" and re.fullmatch(r"\d\d_\w+\.py", rel.name):
+                text = _with_cells_guard(text)
+                done = done or ["(guard)"]
             dst.write_text(text)
             regions += _region_texts(original, set(chosen))
             public |= shingles(text)
@@ -202,6 +205,24 @@ def build(
         if selfcheck:
             _selfcheck(root, out, mpath, chosen, spec)
     return where
+
+
+_GUARD_LINES = ("# %load_ext twins_np.course.cells\n",)
+_GUARD_NOTE = ("# (twins_np.course.cells: a cell that needs a task you have not written yet says so in one line,\n"
+               "# and the notebook goes on)\n")  # fmt: skip
+
+
+def _with_cells_guard(text: str) -> str:
+    """A notebook's jupytext source with the cells guard loaded in its first code cell (after
+    ``%autoreload 2``, or as the first line of the first code cell)."""
+    lines = text.splitlines(keepends=True)
+    for i, line in enumerate(lines):
+        if line.strip() == "# %autoreload 2":
+            return "".join([*lines[: i + 1], *_GUARD_LINES, _GUARD_NOTE, *lines[i + 1 :]])
+    for i, line in enumerate(lines):
+        if line.strip() == "# %%":
+            return "".join([*lines[: i + 1], *_GUARD_LINES, _GUARD_NOTE, *lines[i + 1 :]])
+    raise ValueError("a notebook without a code cell")
 
 
 def _region_texts(text: str, tasks: set[str]) -> list[str]:

@@ -96,10 +96,26 @@ def _world_executable(path: str) -> bool:
     return bool(mode & stat.S_IXOTH and mode & stat.S_IROTH)
 
 
-def worker_python(root: bool) -> str:
+def _executable_in_its_view(path: str) -> bool:
+    """Anyone can run ``path`` inside the worker's new root (namespaces): there the folders above
+    the Python's installation, which is bound whole, are new and searchable by every user, so
+    only the installation's own folders and the file count (a pyenv Python under a private home)."""
+    p = pathlib.Path(path).resolve()
+    base = p.parent.parent
+    try:
+        for d in (base, *(q for q in p.parents if base in q.parents)):
+            if not d.stat().st_mode & stat.S_IXOTH:
+                return False
+        mode = p.stat().st_mode
+    except OSError:
+        return False
+    return bool(mode & stat.S_IXOTH and mode & stat.S_IROTH)
+
+
+def worker_python(root: bool, namespaces: bool = False) -> str:
     """The Python the worker runs: this one, or (as root, when another user could not run this
     one) a system Python of the same version."""
-    if not root or _world_executable(sys.executable):
+    if not root or _world_executable(sys.executable) or (namespaces and _executable_in_its_view(sys.executable)):
         return sys.executable
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
     for cand in (shutil.which(version), f"/usr/bin/{version}", f"/usr/local/bin/{version}"):
@@ -171,7 +187,6 @@ def sandbox(namespaces: bool | None = None) -> Sandbox:
         user = os.environ.get("TWINS_NP_WORKER_USER") or f"a user id of its own ({UID_RANGE[0]}-{UID_RANGE[1]}, no account)"
     else:
         user = pwd.getpwuid(os.getuid()).pw_name
-    python = worker_python(root)
     why = "not asked for"
     ns = False
     if namespaces:
@@ -179,6 +194,7 @@ def sandbox(namespaces: bool | None = None) -> Sandbox:
                            text=True, timeout=30)  # fmt: skip
         ns = r.returncode == 0 and r.stdout.strip() == "ok"
         why = "" if ns else (r.stdout.strip() or r.stderr.strip().splitlines()[-1:] or ["unshare failed"])[0]
+    python = worker_python(root, ns)
     _SANDBOX[namespaces] = Sandbox(root, ns, user, python, why)
     return _SANDBOX[namespaces]
 
