@@ -246,7 +246,8 @@ def test_stub_todo_lines_say_what_to_do(student):
     todo = {rel: re.findall(r"# TODO\((\w+)\): (.*)", (out / rel).read_text()) for rel in files}
     assert todo["twins_np/functional/activation.py"] == [("gelu_backward", "return dx: the shape and dtype of dout")]
     assert todo["twins_np/functional/mlp.py"] == [
-        ("ffn_backward", "return dx (..., C), dfc1_w (rC, C), dfc1_b (rC,), dfc2_w (C_out, rC), dfc2_b (C_out,)")]
+        ("ffn_backward", "return dx (..., C), dfc1_w (rC, C), dfc1_b (rC,), dfc2_w (C_out, rC), dfc2_b (C_out,)")
+    ]
     assert todo["twins_np/functional/layernorm.py"] == [("layernorm_backward", "return dx (..., C), dgamma (C,), dbeta (C,)")]
     assert todo["twins_np/optim.py"] == [("adamw_step", "update p.data, m, v in place (nothing to return)")]
     assert [t for t, _ in todo["twins_np/functional/norm2d.py"]] == ["group_norm_backward"] * 3
@@ -393,6 +394,7 @@ def test_no_visible_test_notebook_or_page_steps_through_a_stubbed_task(student):
     steps = {t: ops for t, ops in _steps().items() if t in where and len(ops) >= 2}
     assert steps["lsa_backward"] >= {"linear_backward", "attention_backward", "window_partition_backward", "join_qkv"}
     assert steps["gsa_backward"] >= {"linear_backward", "attention_backward", "layernorm_backward", "subsample_backward"}
+
     def through(name: str, called: set[str], ops: set[str]) -> bool:  # a page names ops more freely than code calls them
         return len(ops & called) >= min(4 if name.endswith(".md") else 3, len(ops))
 
@@ -463,8 +465,10 @@ def test_an_untouched_copy_fails_its_tests_with_every_kernel_switch_on(student, 
     out, _ = student
     (tmp_path / "force_kernels.py").write_text(_KERNEL_FORCER)
     env = dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{ROOT / 'tests'}", TWINS_NP_CPU_KERNELS="1")
-    probe = ("import cupy_standin; cupy_standin.install(); import cupy, twins_np.backend as b; b._FUSED = True; "
-             "print(all(b.use_fused(cupy.ones(3), k) for k in ('gelu', 'layernorm', 'softmax', 'dwconv3x3', 'adamw')))")
+    probe = (
+        "import cupy_standin; cupy_standin.install(); import cupy, twins_np.backend as b; b._FUSED = True; "
+        "print(all(b.use_fused(cupy.ones(3), k) for k in ('gelu', 'layernorm', 'softmax', 'dwconv3x3', 'adamw')))"
+    )
     for tree, expected in ((out, "False"), (ROOT, "True")):
         r = subprocess.run([sys.executable, "-c", probe], cwd=tree, env=env, capture_output=True, text=True, timeout=120)
         assert r.stdout.strip() == expected, (tree, r.stdout + r.stderr)
@@ -472,8 +476,18 @@ def test_an_untouched_copy_fails_its_tests_with_every_kernel_switch_on(student, 
              "attention_backward": "functional/test_f_softmax.py", "peg_backward": "functional/test_f_depthwise_conv.py",
              "adamw_step": "test_optim.py"}  # fmt: skip
     for task, rel in files.items():
-        args = ["-p", "force_kernels", "--cupy-standin", "-m", f"{task} and gpu", "-q", "-p", "no:cacheprovider", "-rf",
-                f"tests/{rel}"]
+        args = [
+            "-p",
+            "force_kernels",
+            "--cupy-standin",
+            "-m",
+            f"{task} and gpu",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-rf",
+            f"tests/{rel}",
+        ]
         r = subprocess.run([sys.executable, "-m", "pytest", *args], cwd=out, env={**env, "COLUMNS": "1000"}, capture_output=True,
                            text=True, timeout=600)  # fmt: skip
         failed = [ln for ln in r.stdout.splitlines() if ln.startswith("FAILED")]

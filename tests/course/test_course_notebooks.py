@@ -41,7 +41,10 @@ def shell():
     InteractiveShell.clear_instance()
 
 
-def test_a_cell_stopped_by_a_stub_says_which_task_and_the_notebook_goes_on(shell, capsys):
+def test_a_cell_stopped_by_a_stub_says_which_task_and_the_notebook_goes_on(shell, capsys, monkeypatch):
+    from twins_np.course import cells
+
+    monkeypatch.setattr(cells, "_in_library", lambda error: True)  # as if `stub` were the library's
     r = shell.run_cell("a = 1\nb = stub()\nc = 3")
     out = capsys.readouterr().out
     assert r.success and len(out.strip().splitlines()) == 1 and "`gelu_backward`" in out and "[skipped]" in out
@@ -55,6 +58,15 @@ def test_a_cell_stopped_by_a_stub_says_which_task_and_the_notebook_goes_on(shell
     assert r.success and r.result == 42
     r = shell.run_cell("b = 2\nb * 2")  # assigning the name again computes it anew
     assert r.success and r.result == 4
+
+
+def test_a_notebooks_own_step_through_says_so(shell, capsys):
+    """A stub raised by the cell itself (a stripped step-through of the notebook) is the student's to
+    write there: the line says so, and the cells reading what it computes say where it comes from."""
+    r = shell.run_cell("dx = stub()")
+    assert r.success and "steps through `gelu_backward` by hand: write its TODO above" in capsys.readouterr().out
+    r = shell.run_cell("print(dx)")
+    assert r.success and "it reads `dx`, which the step-through above computes" in capsys.readouterr().out
 
 
 def test_other_errors_are_raised_as_usual(shell, capsys):

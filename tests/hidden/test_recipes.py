@@ -53,7 +53,6 @@ def test_cropped_query_rows_get_no_gradient_and_padded_keys_do(H, W, ws):
     np.testing.assert_array_equal(dx, F.window_partition_backward(dwin, cache.partition))
 
 
-
 # --- GSA: the query path alone on floor-dropped pixels --------------------------------------
 
 

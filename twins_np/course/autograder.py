@@ -44,6 +44,11 @@ cd "$(dirname "$0")"
 if ! command -v python3 >/dev/null || ! python3 -m pip --version >/dev/null 2>&1; then
     apt-get update && apt-get install -y python3 python3-pip
 fi
+# twins-np needs Python 3.11+ (setup.cfg); Gradescope's Ubuntu 24.04 base image has 3.12, its 22.04 one 3.10
+if ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    echo "twins-np needs Python 3.11 or newer, this image has $(python3 -V 2>&1): choose the Ubuntu 24.04 base image" >&2
+    exit 1
+fi
 python3 -m pip install --no-cache-dir -r requirements.txt || \\
     python3 -m pip install --no-cache-dir --break-system-packages -r requirements.txt
 """

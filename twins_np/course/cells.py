@@ -7,7 +7,9 @@ as written, except that:
 - when a task's stub raises its ``NotImplementedError`` (the message starts with the task id:
   ``"lsa_backward: implement ..."``), the cell stops there and prints one line instead of a
   traceback: which task it needs and the command that checks it. The names the cell assigns
-  are remembered as depending on that task;
+  are remembered as depending on that task. When the stub is the notebook's own (a
+  step-through of the task stripped from the cell itself, which the student writes there too),
+  the line says so;
 - a later cell that reads one of those names is not run; it prints the same kind of line (as
   does a cell that meets a name no cell defined, once a stub has stopped one: the stripped
   region of a step-through was to define it).
@@ -74,9 +76,9 @@ class Guard(ast.NodeTransformer):
 
     def __init__(self, tasks: set[str]) -> None:
         self.tasks = tasks  # the task ids a stub may name
-        self.missing: dict[str, str] = {}  # name -> the task a stopped cell needed to compute it
+        self.missing: dict[str, tuple[str, bool]] = {}  # name -> (the task a stopped cell needed, a notebook's own stub)
         self.step = 0  # the top-level statement of the cell now running
-        self.stopped: list[str] = []  # the tasks whose stubs stopped a cell, in order
+        self.stopped: list[tuple[str, bool]] = []  # (task, a notebook's own stub) of the stubs that stopped a cell
 
     # called from the rewritten cells --------------------------------------------------------
     def at(self, step: int) -> None:
@@ -88,43 +90,52 @@ class Guard(ast.NodeTransformer):
         m = _STUB.match(str(error))
         if not m or m[1] not in self.tasks:
             raise error
-        if _in_library(error):
-            print(_line(m[1]))
-        else:  # the notebook's own step-through of the task, stripped here: the TODO is in this cell
+        local = not _in_library(error)
+        if local:  # the notebook's own step-through of the task, stripped here: the TODO is in this cell
             print(f"[skipped] this cell steps through `{m[1]}` by hand: write its TODO above (your `{m[1]}` is the "
                   "model), then run the notebook again")  # fmt: skip
-        self.stopped.append(m[1])
-        for names in stores[self.step :]:
-            for name in names:
-                self.missing[name] = m[1]
+        else:
+            print(_line(m[1]))
+        self.stopped.append((m[1], local))
+        self._forget(stores[self.step :], m[1], local)
 
     def undefined(self, error: NameError, stores: list[list[str]]) -> None:
         """A name no cell defined: the code that would have defined it was a stub's region in an
         earlier cell that stopped (a stripped region assigns nothing). Else a plain NameError."""
         if not self.stopped:
             raise error
-        task = self.stopped[-1]
-        print(_line(task, f" (through `{getattr(error, 'name', None) or error}`, which a cell that needed it would define)"))
-        for names in stores[self.step :]:
-            for name in names:
-                self.missing[name] = task
+        task, local = self.stopped[-1]
+        self._say(task, local, getattr(error, "name", None) or str(error))
+        self._forget(stores[self.step :], task, local)
 
-    def skip(self, task: str, via: str, stores: list[str]) -> None:
-        print(_line(task, f" (through `{via}`, from a cell that needed it)"))
-        for name in stores:
-            self.missing[name] = task
+    def skip(self, task: str, local: bool, via: str, stores: list[str]) -> None:
+        self._say(task, local, via)
+        self._forget([stores], task, local)
+
+    def _say(self, task: str, local: bool, via: str) -> None:
+        if local:
+            print(f"[skipped] this cell steps through `{task}` too: it reads `{via}`, which the step-through above computes")
+        else:
+            print(_line(task, f" (through `{via}`, from a cell that needed it)"))
+
+    def _forget(self, stores: list[list[str]], task: str, local: bool) -> None:
+        for names in stores:
+            for name in names:
+                self.missing[name] = (task, local)
 
     # the rewriting -------------------------------------------------------------------------
     def visit_Module(self, node: ast.Module) -> ast.Module:
         if not node.body:
             return node
         stores = sorted(_stores(node) - {_LAST, _GUARD})
-        needed, assigned = [], set()  # a name the cell assigns before it reads it is the cell's own
+        needed: list[str] = []
+        assigned: set[str] = set()  # a name the cell assigns before it reads it is the cell's own
         for stmt in node.body:
             needed += sorted((_loads(stmt) & set(self.missing)) - assigned)
             assigned |= _stores(stmt)
         if needed:
-            call = f"{_GUARD}.skip({self.missing[needed[0]]!r}, {needed[0]!r}, {stores!r})"
+            task, local = self.missing[needed[0]]
+            call = f"{_GUARD}.skip({task!r}, {local!r}, {needed[0]!r}, {stores!r})"
             return ast.fix_missing_locations(ast.Module(body=ast.parse(call).body, type_ignores=[]))
         for name in stores:  # a cell that assigns a name again computes it anew
             self.missing.pop(name, None)
@@ -143,7 +154,7 @@ class Guard(ast.NodeTransformer):
                             f"    {_LAST} = None").body[0]  # fmt: skip
         assert isinstance(handler, ast.Try)
         handler.body = body
-        new = [handler, *ast.parse(_LAST).body] if last is not None else [handler]
+        new: list[ast.stmt] = [handler, *ast.parse(_LAST).body] if last is not None else [handler]
         return ast.fix_missing_locations(ast.Module(body=new, type_ignores=[]))
 
 

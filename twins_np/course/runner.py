@@ -114,13 +114,18 @@ def _executable_in_its_view(path: str) -> bool:
 
 def worker_python(root: bool, namespaces: bool = False) -> str:
     """The Python the worker runs: this one, or (as root, when another user could not run this
-    one) a system Python of the same version."""
-    if not root or _world_executable(sys.executable) or (namespaces and _executable_in_its_view(sys.executable)):
+    one) a system Python of the same version, or, with namespaces and no such Python, this one
+    when its installation can be bound into the worker's view (a pyenv Python under a private
+    home: the worker then sees that installation, nothing else of the home)."""
+    if not root or _world_executable(sys.executable):
         return sys.executable
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
     for cand in (shutil.which(version), f"/usr/bin/{version}", f"/usr/local/bin/{version}"):
         if cand and _world_executable(cand):
             return cand
+    if namespaces and _executable_in_its_view(sys.executable):
+        # the only one is under a private home (pyenv's): its installation alone is bound in the worker's view
+        return sys.executable
     raise RuntimeError(
         f"as root the worker runs as another user, who cannot run {sys.executable}; install {version} "
         "where every user can run it (e.g. the system's python3)"

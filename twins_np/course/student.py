@@ -58,8 +58,12 @@ def status(path: str | os.PathLike = ".", timeout: float = 600) -> dict[str, dic
     res = {}
     for task, v in info["tasks"].items():
         failed = [t for t in v["tests"] if got.get(t) != "passed"]
-        res[task] = {"passed": len(v["tests"]) - len(failed), "total": len(v["tests"]), "failed": failed,
-                     "reasons": {t: reasons.get(t, "not run") for t in failed}}
+        res[task] = {
+            "passed": len(v["tests"]) - len(failed),
+            "total": len(v["tests"]),
+            "failed": failed,
+            "reasons": {t: reasons.get(t, "not run") for t in failed},
+        }
     return res
 
 

@@ -70,6 +70,7 @@ def gelu_backward(dout: Any, cache: GeluCache) -> Any:
     dout = xp.ascontiguousarray(dout)
     if use_fused(dout, "gelu"):  # twins_np/kernels/gelu.cu
         return kernels.gelu_backward(dout, x, cdf)
+
     # BEGIN SOLUTION gelu_backward
     def block(d: Any, x_: Any, cdf_: Any, out: Any) -> None:  # dout * (Phi(x) + x phi(x)) for one block, into out
         pdf = xp.exp(-0.5 * x_ * x_)

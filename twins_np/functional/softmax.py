@@ -77,6 +77,7 @@ def softmax_backward(dout: Any, cache: SoftmaxCache) -> Any:
     last = axis in (-1, y.ndim - 1) and y.ndim > 0
     if use_fused(dout, "softmax") and last:  # twins_np/kernels/softmax.cu
         return kernels.softmax_backward(dout, y)
+
     # BEGIN SOLUTION attention_backward
     def rows(d: Any, y_: Any, out: Any, ax: int = -1) -> None:  # y * (dout - sum(dout * y)) along ax, into out
         xp.multiply(d, y_, out=out)
