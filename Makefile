@@ -102,7 +102,7 @@ notebooks: $(VENV)/.stamp-dev
 # tasks) under the lowest and the highest supported Python found here (PATH or pyenv), each in a
 # virtualenv of its own under build/pythons/ with the course extra only; kept between runs
 pythons:
-	bash tools/short_suite.sh
+	PYTHON=$(PY) bash tools/short_suite.sh
 
 test: lint typecheck pytest pytest-standin pythons docs
 

@@ -60,3 +60,26 @@ def test_build_and_grade_two_tasks(tmp_path):
         shutil.copyfile(ROOT / rel, ref / rel)
     assert all(r.score == r.points for r in grade(ref, manifest, root=ROOT))
     assert all(r.score == 0.0 for r in grade(tmp_path / "student", manifest, root=ROOT))
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="tools/short_suite.sh is a bash script")
+def test_the_short_suite_runs_on_the_one_python_a_machine_has(tmp_path):
+    """`make test` must not fail for want of a second Python: with one supported Python found, the
+    short suite runs under it alone and says so (only the choice is run here: --which)."""
+    import os
+    import subprocess
+
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    bin_ = tmp_path / "bin"  # a PATH with this Python and the tools the choice uses, nothing else
+    bin_.mkdir()
+    (bin_ / f"python{version}").symlink_to(sys.executable)
+    for tool in ("dirname", "ls", "sort", "tail"):
+        (bin_ / tool).symlink_to(shutil.which(tool))
+    env = dict(os.environ, PATH=str(bin_), PYENV_ROOT=str(tmp_path / "none"), PYTHON=str(bin_ / f"python{version}"))
+    r = subprocess.run([shutil.which("bash"), str(ROOT / "tools" / "short_suite.sh"), "--which"], env=env,
+                       capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.splitlines() == [
+        f"short suite: only Python {version} found here (of 3.11 3.12 3.13 3.14 3.15): it runs under that one alone",
+        f"{version} {bin_ / f'python{version}'}",
+    ]

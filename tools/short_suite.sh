@@ -4,9 +4,12 @@
 # under build/pythons/ with twins-np's `course` extra only (no PyTorch). A virtualenv is made
 # once and kept while setup.cfg and pyproject.toml stay the same, so a second run installs nothing.
 #   bash tools/short_suite.sh [VERSION ...]     (default: the lowest and the highest found)
+#   bash tools/short_suite.sh --which           (only say which Pythons it would run under)
 set -euo pipefail
+which_only=0
+[ "${1:-}" = "--which" ] && { which_only=1; shift; }
 cd "$(dirname "$0")/.."
-SUPPORTED="3.11 3.12 3.13 3.14"
+SUPPORTED="3.11 3.12 3.13 3.14 3.15"
 PYENV_ROOT="${PYENV_ROOT:-$HOME/.pyenv}"
 
 find_python() {  # the interpreter of version $1: on PATH (if it runs), else installed by pyenv
@@ -16,7 +19,11 @@ find_python() {  # the interpreter of version $1: on PATH (if it runs), else ins
         echo "$p"; return
     fi
     p="$(ls -d "$PYENV_ROOT"/versions/"$1".*/bin/python"$1" 2>/dev/null | sort -V | tail -1 || true)"
-    [ -n "$p" ] && echo "$p"
+    if [ -n "$p" ]; then echo "$p"; return; fi
+    p="$(command -v "${PYTHON:-python3}" 2>/dev/null || true)"  # the Python that runs make
+    if [ -n "$p" ] && "$p" -c "import sys; sys.exit(sys.version_info[:2] != tuple(map(int, '$1'.split('.'))))" 2>/dev/null; then
+        echo "$p"
+    fi
 }
 
 if [ "$#" -gt 0 ]; then
@@ -24,10 +31,23 @@ if [ "$#" -gt 0 ]; then
 else
     found=""
     for v in $SUPPORTED; do [ -n "$(find_python "$v")" ] && found="$found $v"; done
-    [ -n "$found" ] || { echo "short suite: no Python of $SUPPORTED found"; exit 1; }
+    if [ -z "$found" ]; then  # none of the known versions: the Python that runs make, if setup.cfg admits it
+        v="$("${PYTHON:-python3}" -c 'import sys; print("%d.%d" % sys.version_info[:2]) if sys.version_info >= (3, 11) else None' 2>/dev/null || true)"
+        [ -n "$v" ] && [ "$v" != None ] && [ -n "$(find_python "$v")" ] && found="$v"
+    fi
+    [ -n "$found" ] || { echo "short suite: no Python of $SUPPORTED found (setup.cfg: 3.11 or newer)"; exit 1; }
     set -- $found
     first="$1"; last="${!#}"
     wanted="$first"; [ "$last" != "$first" ] && wanted="$first $last"
+    if [ "$last" = "$first" ]; then
+        echo "short suite: only Python $first found here (of $SUPPORTED): it runs under that one alone"
+    else
+        echo "short suite: Pythons found:$found; running under the lowest ($first) and the highest ($last)"
+    fi
+fi
+if [ "$which_only" = 1 ]; then
+    for v in $wanted; do echo "$v $(find_python "$v")"; done
+    exit 0
 fi
 key="$(cat setup.cfg pyproject.toml | sha256sum | cut -c1-16)"
 status=0
