@@ -280,6 +280,39 @@ def test_pytest_in_the_copy_tests_the_copys_own_code(student):
     assert r.returncode == 4 and "not this copy's twins_np" in r.stdout + r.stderr, (r.stdout + r.stderr)[-2000:]
 
 
+_BLOCKER = """
+import sys
+
+BLOCKED = {"torch", "torchvision", "timm", "hypothesis", "nbmake", "jupytext", "numba", "xdist", "cupy", "cupyx"}
+
+
+class Block:  # what the student extra does not install is not there
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+
+sys.meta_path.insert(0, Block())
+"""
+
+
+def test_a_task_runs_its_tests_in_the_students_set_up(student, tmp_path):
+    """`pytest -m TASK` in the copy with only the student extra: no PyTorch, timm, hypothesis, nbmake,
+    numba or pytest plugins (they are made unimportable). The collection has no error, the parity
+    tests skip, and the task's tests fail on its stub."""
+    out, _ = student
+    (tmp_path / "sitecustomize.py").write_text(_BLOCKER)
+    env = dict(os.environ, PYTHONPATH=str(tmp_path), PYTEST_DISABLE_PLUGIN_AUTOLOAD="1")
+    probe = subprocess.run([sys.executable, "-c", "import torch"], env=env, capture_output=True, text=True)
+    assert probe.returncode == 1 and "No module named 'torch'" in probe.stderr  # the blocker works
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gelu_backward"], cwd=out,
+                       env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    tail = r.stdout.strip().splitlines()[-1]
+    assert r.returncode == 1 and re.search(r"\d+ failed", tail) and re.search(r"\d+ skipped", tail), r.stdout[-3000:]
+    assert not re.search(r"\d+ errors?", tail) and "NotImplementedError: gelu_backward: implement" in r.stdout, r.stdout[-3000:]
+
+
 def test_docs_of_the_copy_have_no_source_pages(student):
     out, _ = student
     ns: dict = {"__file__": str(out / "docs" / "conf.py")}
