@@ -19,7 +19,7 @@ PIP_EDITABLE := PYTHONWARNINGS="ignore:Editable installation" $(BIN)/pip install
 KERNEL_PROFILE := build/ipython/profile_default/ipython_kernel_config.py
 KERNEL_ENV := IPYTHONDIR=$(CURDIR)/build/ipython
 
-.PHONY: demo demo-segment test lint typecheck pytest pytest-nokernels pytest-standin gpu-check notebooks lab bench docs clean
+.PHONY: demo demo-segment course student pythons test lint typecheck pytest pytest-nokernels pytest-standin gpu-check notebooks lab bench docs clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -33,8 +33,25 @@ $(VENV)/.stamp-run: $(BIN)/python setup.cfg pyproject.toml
 
 # dev + notebook extras: pytest, hypothesis, ruff, mypy, torch/timm parity oracle, nbmake
 $(VENV)/.stamp-dev: $(BIN)/python setup.cfg pyproject.toml
-	$(PIP_EDITABLE) ".[dev,notebooks,docs]"
-	touch $@ $(VENV)/.stamp-run $(VENV)/.stamp-docs
+	$(PIP_EDITABLE) ".[dev,notebooks,docs,course,student]"
+	touch $@ $(VENV)/.stamp-run $(VENV)/.stamp-docs $(VENV)/.stamp-course $(VENV)/.stamp-student
+
+# the instructor's course tools: `twins-np assignment build` needs pytest and jupytext
+# (docs/instructors.md); grading and the Gradescope zip need nothing more than `make demo`'s install
+$(VENV)/.stamp-course: $(BIN)/python setup.cfg pyproject.toml
+	$(PIP_EDITABLE) ".[course]"
+	touch $@ $(VENV)/.stamp-run
+
+course: $(VENV)/.stamp-course
+	@echo "course tools installed: $(BIN)/twins-np assignment build OUT_DIR (docs/instructors.md)"
+
+# a student's set-up, in a student copy: pytest, JupyterLab and a kernel; no PyTorch (STUDENT.md)
+$(VENV)/.stamp-student: $(BIN)/python setup.cfg pyproject.toml
+	$(PIP_EDITABLE) ".[student]"
+	touch $@ $(VENV)/.stamp-run
+
+student: $(VENV)/.stamp-student
+	@echo "ready: $(BIN)/python -m pytest -m TASK, $(BIN)/twins-np assignment status, $(BIN)/jupyter lab notebooks/"
 
 # the main job: gradient check of every layer, then train the SVT teaching config on the
 # digits and report its test accuracy; figures go to outputs/
@@ -87,7 +104,13 @@ pytest-standin: $(VENV)/.stamp-dev
 notebooks: $(VENV)/.stamp-dev
 	$(BIN)/python tools/sync_notebooks.py
 
-test: lint typecheck pytest pytest-nokernels pytest-standin docs
+# the short suite (tests/test_pythons.py: import, a few gradient checks, build and grade two
+# tasks) under the lowest and the highest supported Python found here (PATH or pyenv), each in a
+# virtualenv of its own under build/pythons/ with the course extra only; kept between runs
+pythons:
+	PYTHON=$(PY) bash tools/short_suite.sh
+
+test: lint typecheck pytest pytest-nokernels pytest-standin pythons docs
 
 # The site, with warnings as errors. MathJax 3 is fetched once from the npm registry into
 # docs/_static/mathjax so the built pages render math offline.

@@ -3,6 +3,11 @@
 NumPy on the CPU, CuPy on the GPU, one code path. See README.md for the two commands.
 """
 
+import sys
+
+if sys.version_info < (3, 11):  # noqa: UP036 - a clear error on the Pythons setup.cfg refuses (python_requires)
+    raise ImportError(f"twins-np needs Python 3.11 or newer; this is Python {sys.version.split()[0]}")
+
 __version__ = "0.1.0"
 
 from ._malloc import tune_malloc as _tune_malloc  # noqa: E402

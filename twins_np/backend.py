@@ -50,6 +50,8 @@ __all__ = [
     "cpu_kernels_available",
     "cpu_kernel_threads",
     "use_fused",
+    "kernel_available",
+    "KERNEL_FILES",
     "cuda_function",
 ]
 
@@ -392,14 +394,43 @@ def cpu_kernel_threads(n: int | None = None) -> int:
     return _CPU_THREADS
 
 
-def use_fused(a: Any) -> bool:
-    """True when ``a`` should take a fused kernel: its device's switch is on and its dtype is float32/float64.
+# Where a kernel's source lives: the kernel NAME of a device is the file KERNEL_FILES[device] % NAME
+# of twins_np/kernels/ (gelu -> gelu.cu). A missing file means "no such kernel here", not an
+# error: the student copy of a course leaves out the kernels of the tasks it asks for (they
+# would compute the answer), and every op then takes its readable twin.
+KERNEL_FILES = {"gpu": "%s.cu", "cpu": "%s_cpu.py"}
+_PRESENT: dict[tuple[str, str], bool] = {}
 
-    CuPy arrays: :func:`fused_kernels`; NumPy arrays: :func:`cpu_kernels`.
+
+def kernel_available(kernel: str, device: Device = "gpu") -> bool:
+    """True when the source file of the fused kernel ``kernel`` for ``device`` is installed.
+
+    Args:
+        kernel: the kernel's name, as the ops pass it to :func:`use_fused` ("gelu").
+        device: "gpu" (``twins_np/kernels/NAME.cu``) or "cpu" (``twins_np/kernels/NAME_cpu.py``).
+    """
+    key = (kernel, device)
+    if key not in _PRESENT:
+        from importlib import resources
+
+        try:
+            _PRESENT[key] = resources.files("twins_np").joinpath("kernels", KERNEL_FILES[device] % kernel).is_file()
+        except (OSError, KeyError, ModuleNotFoundError):
+            _PRESENT[key] = False
+    return _PRESENT[key]
+
+
+def use_fused(a: Any, kernel: str) -> bool:
+    """True when ``a`` should take the fused kernel ``kernel`` ("gelu"): its device's switch is on,
+    its dtype is float32/float64 and the kernel's source is installed (:func:`kernel_available`);
+    else the op runs its twin.
+
+    CuPy arrays: :func:`fused_kernels` and ``kernels/NAME.cu``; NumPy arrays: :func:`cpu_kernels`
+    and ``kernels/NAME_cpu.py``.
     """
     if is_cupy_array(a):
-        return _FUSED
-    return isinstance(a, np.ndarray) and a.dtype in _KERNEL_DTYPES and cpu_kernels()
+        return _FUSED and kernel_available(kernel, "gpu")
+    return isinstance(a, np.ndarray) and a.dtype in _KERNEL_DTYPES and cpu_kernels() and kernel_available(kernel, "cpu")
 
 
 _MODULES: dict[str, Any] = {}

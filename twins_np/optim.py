@@ -274,6 +274,17 @@ class AdamW(Optimizer):
         _check_nonneg("weight_decay", group["weight_decay"], where)
 
     def _update(self, p: Parameter, group: dict[str, Any], state: dict[str, Any]) -> None:
+        """One AdamW step of one parameter, in place (the Math of the class docstring).
+
+        Args:
+            p: the parameter; ``p.data`` (any shape) is updated in place, ``p.grad`` (its
+                shape and dtype) is the gradient g.
+            group: its hyperparameters: ``lr``, ``betas`` = (beta1, beta2), ``eps``,
+                ``weight_decay`` (wd).
+            state: its state: ``step`` (t, already counted for this update, from 1),
+                ``exp_avg`` m and ``exp_avg_sq`` v (p.data's shape and dtype, zeros before
+                the first update), updated in place.
+        """
         xp = get_xp(param=p.data, grad=p.grad)
         # Python floats: a NumPy float64 scalar would upcast float32 arrays (NumPy 2).
         lr, eps, wd = float(group["lr"]), float(group["eps"]), float(group["weight_decay"])
@@ -285,7 +296,7 @@ class AdamW(Optimizer):
         state["step"] += 1
         t = state["step"]
         g, m, v = p.grad, state["exp_avg"], state["exp_avg_sq"]
-        if use_fused(p.data) and g.dtype == p.data.dtype and all(a.flags.c_contiguous for a in (p.data, g, m, v)):
+        if use_fused(p.data, "adamw") and g.dtype == p.data.dtype and all(a.flags.c_contiguous for a in (p.data, g, m, v)):
             # one pass instead of about a dozen (twins_np/kernels/adamw_cpu.py or adamw.cu); the lines below are its twin
             kernels.for_array(p.data).adamw_update(p.data, g, m, v, lr=lr, beta1=beta1, beta2=beta2, eps=eps, wd=wd, t=t)
             return

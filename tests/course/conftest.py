@@ -20,7 +20,11 @@ from twins_np.course.manifest import load_manifest
 def course(tmp_path_factory) -> Course:
     base = tmp_path_factory.mktemp("course")
     config = base / "assignment.toml"
-    config.write_text(f'timeout = {TIMEOUT}\n[tasks.gelu_backward]\npoints = 4\nhidden = ["float32"]\n')
+    # 10 points each but GELU's 4 (course.toml's defaults overridden: the tests read scores as fractions of 10)
+    config.write_text(
+        f'timeout = {TIMEOUT}\n[tasks.gelu_backward]\npoints = 4\nhidden = ["float32"]\n'
+        + "".join(f"[tasks.{t}]\npoints = 10\n" for t in TASKS if t != "gelu_backward")
+    )
     build(base / "student", root=ROOT, tasks=TASKS, manifest=base / "manifest.json", config=config, freeze=False, selfcheck=False)
     # the instructor's copy as Gradescope keeps it: in a folder only its owner can enter
     private = tmp_path_factory.mktemp("instructor")

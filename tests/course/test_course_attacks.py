@@ -86,7 +86,7 @@ def test_a_dependency_answers_only_the_reference_calls(course, mode, tmp_path):
 def test_the_ffn_uses_the_gelu_backward_of_the_reference_not_the_students(course, mode, tmp_path):
     """A correct FFN scores full marks beside a GELU stub, and a wrong GELU does not cost it."""
     stub = "    raise NotImplementedError('gelu_backward"
-    wrong_gelu = course.student_file(GELU).replace(stub, "    out[...] = dout  # wrong\n    return\n" + stub)
+    wrong_gelu = course.student_file(GELU).replace(stub, "    return dout  # wrong\n" + stub)
     sub = submission(course, tmp_path, ffn_backward=reference_file("ffn_backward"), gelu_backward=wrong_gelu)
     res = mode.grade(course, sub, tasks=["gelu_backward", "ffn_backward"])
     assert res["ffn_backward"].score == 10.0 and res["gelu_backward"].score == 0.0, res["gelu_backward"].line

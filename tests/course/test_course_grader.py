@@ -22,7 +22,7 @@ from twins_np.course.build import build
 from twins_np.course.manifest import GradingError, load_manifest
 
 CLI = [sys.executable, "-m", "twins_np", "assignment"]
-WRONG_GELU = "xp = get_xp(x)\npdf = xp.exp(-0.5 * x * x) * _INV_SQRT_2PI\nxp.multiply(dout, cdf - x * pdf, out=out)  # sign error"
+WRONG_GELU = "pdf = xp.exp(-0.5 * x * x) * _INV_SQRT_2PI\nreturn dout * (cdf - x * pdf)  # sign error"
 HANG = "import time\nwhile True:  # endless, but idle: the test machine's cores stay free\n    time.sleep(0.5)"
 
 
@@ -46,7 +46,7 @@ def _by_task(results):
 def test_the_manifest_lists_checks_that_compare_values(course):
     spec = course.manifest["tasks"]
     assert list(spec) == sorted(TASKS)
-    assert spec["gelu_backward"]["points"] == 4 and spec["ffn_backward"]["points"] == 10
+    assert spec["gelu_backward"]["points"] == 4 and spec["ffn_backward"]["points"] == 10  # the config's, over course.toml's 3
     for task in TASKS:
         names = list(spec[task]["checks"])
         assert sorted(names) == sorted(checks.check_names(task)) and len(names) >= 3
@@ -76,8 +76,8 @@ def test_the_reference_scores_full_marks(course, tmp_path):
 def test_a_one_term_bug_scores_partial_credit(course, tmp_path):
     """LayerNorm's dx without the path through the variance: dx fails, dgamma and dbeta pass."""
     text = (ROOT / LN).read_text()
-    assert text.count("    xp.multiply(xhat, _row_means_of_product(g, xhat), out=out)\n") == 1
-    text = text.replace("    xp.multiply(xhat, _row_means_of_product(g, xhat), out=out)\n", "    out[...] = 0.0\n")
+    assert text.count("        xp.multiply(xh, _row_means_of_product(g, xh), out=out)\n") == 1
+    text = text.replace("        xp.multiply(xh, _row_means_of_product(g, xh), out=out)\n", "        out[...] = 0.0\n")
     r = _by_task(grader.grade(submission(course, tmp_path, layernorm_backward=text), course.manifest, root=course.root,
                               tasks=["layernorm_backward"]))["layernorm_backward"]  # fmt: skip
     assert r.passed == 6 and r.total == 9 and r.score == pytest.approx(10 * 6 / 9), r.line
@@ -98,10 +98,12 @@ def test_tasks_are_independent(course, tmp_path):
 
 def test_a_skip_and_a_wrong_dtype_fail(course, tmp_path):
     skip = _replace_stub(course.student_file(GELU), "import pytest\npytest.skip('later')")
-    upcast = _replace_stub(course.student_file(LN), "dgamma = (dout2 * xhat2).sum(axis=0).astype('float64')\n"
-                                                    "dbeta = dout2.sum(axis=0)")  # fmt: skip
-    upcast = _replace_stub(upcast, "xp = get_xp(dout)\ng = dout * gamma\nxp.multiply(xhat, _row_means_of_product(g, xhat), "
-                                   "out=out)\nxp.subtract(g, out, out=out)\nout -= _row_means(g)\nout *= inv_std")  # fmt: skip
+    upcast = _replace_stub(course.student_file(LN), "C = xhat.shape[-1]\n"
+                           "dout2, xhat2 = dout.reshape(-1, C), xhat.reshape(-1, C)\n"
+                           "dgamma = (dout2 * xhat2).sum(axis=0).astype('float64')\ndbeta = dout2.sum(axis=0)\n"
+                           "g = dout2 * gamma\n"
+                           "dx = inv_std.reshape(-1, 1) * (g - _row_means(g) - xhat2 * _row_means_of_product(g, xhat2))\n"
+                           "return dx.reshape(dout.shape), dgamma, dbeta")  # fmt: skip
     sub = submission(course, tmp_path, gelu_backward=skip, layernorm_backward=upcast)
     res = _by_task(grader.grade(sub, course.manifest, root=course.root, tasks=["gelu_backward", "layernorm_backward"]))
     assert res["gelu_backward"].score == 0.0 and "Skipped: later" in res["gelu_backward"].line, res["gelu_backward"].line
@@ -136,9 +138,12 @@ def test_the_cli_reports_one_line_per_task_then_details(course, tmp_path):
                      ffn_backward=(ROOT / MLP).read_text(),
                      layernorm_backward=_replace_stub(course.student_file(LN), "return dout, dout, dout"))  # fmt: skip
     out = tmp_path / "grade.json"
-    r = subprocess.run([*CLI, "grade", str(sub), "--manifest", str(course.base / "manifest.json"), "--json", str(out)],
-                       env=_env(), capture_output=True, text=True, timeout=300)  # fmt: skip
+    cmd = [*CLI, "grade", str(sub), "--manifest", str(course.base / "manifest.json"), "--json", str(out)]
+    r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 1, r.stdout + r.stderr  # a syntax error: graded, with an error
+    assert "FAILED" not in r.stdout and "(--verbose: the failed checks" in r.stdout  # the details only when asked
+    assert re.search(r"^written +\d+ questions for \d+ points, graded by hand \(answers/a1_layers\.md", r.stdout, re.M), r.stdout
+    r = subprocess.run([*cmd, "--verbose"], env=_env(), capture_output=True, text=True, timeout=300)
     lines = r.stdout.splitlines()
     first = {ln.split()[0]: ln for ln in lines[: len(TASKS)]}
     assert set(first) == set(TASKS) and lines[len(TASKS)].startswith("total")
@@ -151,6 +156,9 @@ def test_the_cli_reports_one_line_per_task_then_details(course, tmp_path):
     assert "sandbox: worker" in r.stdout
     data = json.loads(out.read_text())
     assert data["tasks"]["ffn_backward"]["score"] == 10.0 and data["errors"][0].startswith("gelu_backward: does not import")
+    # the written questions of A1 (gelu, ffn, layernorm) and A3 (group norm), counted apart from the score
+    assert data["manual"]["points"] == 14 and [q["id"] for q in data["manual"]["questions"]] == ["A1.1", "A1.2", "A1.3", "A3.1",
+                                                                                                  "A3.2"]  # fmt: skip
 
 
 def test_a_hang_is_reported_with_a_non_zero_exit(course, tmp_path):
@@ -195,14 +203,16 @@ def test_student_status_and_submit(tmp_path):
     shutil.copytree(base / "student", copy)
     (copy / GELU).write_text((ROOT / GELU).read_text())  # gelu done, ffn not
     r = subprocess.run([*CLI, "status", str(copy)], env=_env(), capture_output=True, text=True, timeout=300)
-    rows = {ln.split()[0]: ln.split() for ln in r.stdout.splitlines()[1:]}
-    assert r.returncode == 1 and rows["gelu_backward"][-1] == "done" and rows["ffn_backward"][-1] == "todo", r.stdout + r.stderr
-    assert rows["ffn_backward"][1] == "0"
+    rows = {ln.split()[0]: ln.split() for ln in r.stdout.splitlines()}
+    assert r.returncode == 1 and rows["gelu_backward"][1] == "done" and rows["ffn_backward"][1] == "todo", r.stdout + r.stderr
+    assert rows["ffn_backward"][2].startswith("0/") and "FAILED" not in r.stdout and "1 of 2 tasks done" in r.stdout
+    r = subprocess.run([*CLI, "status", str(copy), "--verbose"], env=_env(), capture_output=True, text=True, timeout=300)
+    assert "ffn_backward:\n    FAILED tests/" in r.stdout and "NotImplementedError: ffn_backward" in r.stdout, r.stdout
     r = subprocess.run([*CLI, "submit", str(copy)], env=_env(), capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert sorted(zipfile.ZipFile(copy / "submission.zip").namelist()) == [GELU, MLP]
+    assert sorted(zipfile.ZipFile(copy / "submission.zip").namelist()) == ["answers/a1_layers.md", GELU, MLP]
     res = _by_task(grader.grade(copy / "submission.zip", load_manifest(base / "m.json")))
-    assert res["gelu_backward"].score == 10.0 and res["ffn_backward"].score == 0.0
+    assert res["gelu_backward"].score == 4.0 and res["ffn_backward"].score == 0.0
     (copy / MLP).unlink()
     r = subprocess.run([*CLI, "submit", str(copy)], env=_env(), capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "mlp.py missing" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
@@ -225,7 +235,7 @@ def test_the_dense_head_tasks_build_self_check_and_grade(tmp_path):
     shutil.copyfile(ROOT / resize, ref / resize)
     res = _by_task(grader.grade(ref, manifest))
     gn = res["group_norm_backward"]
-    assert 0.0 < gn.score < 10.0 and res["bilinear_resize_backward"].score == 10.0, gn.line
+    assert 0.0 < gn.score < gn.points and res["bilinear_resize_backward"].score == res["bilinear_resize_backward"].points, gn.line
     assert {c.name.rsplit(": ", 1)[1] for c in gn.failed} == {"dx"}
 
 

@@ -37,16 +37,19 @@ def add_parser(sub: Any, name: str) -> None:
     g.add_argument("--seed", type=int, help="the secret seed of the inputs (default: a new one; give one to repeat a run)")
     g.add_argument("--json", default=None, help="also write the grade as JSON to this file")
     g.add_argument("--gradescope", default=None, help="also write Gradescope's results.json to this file")
+    g.add_argument("--verbose", "-v", action="store_true", help="after the line per task, every failed check, note and flag")
     g.set_defaults(func=run_grade)
     a = verbs.add_parser("autograder", help="write the zip Gradescope's autograder expects (setup.sh, run_autograder)")
     a.add_argument("out_zip")
     a.add_argument("--manifest", help="the grading manifest written by `build` (default: build/assignment/manifest.json)")
     a.add_argument("--timeout", type=finite_float, default=600, help="seconds for the whole grading run (default 600)")
     a.set_defaults(func=run_autograder)
-    ls = verbs.add_parser("list", help="list the tasks")
+    ls = verbs.add_parser("list", help="list the assignments and their tasks, points and suggested hours")
+    ls.add_argument("--config", help="your assignment.toml (default: assignment.toml here, if any)")
     ls.set_defaults(func=run_list)
     st = verbs.add_parser("status", help="(in a student copy) which tasks pass")
     st.add_argument("dir", nargs="?", default=".")
+    st.add_argument("--verbose", "-v", action="store_true", help="after the line per task, its failing tests and why")
     st.set_defaults(func=run_status)
     sm = verbs.add_parser("submit", help="(in a student copy) zip the files to hand in")
     sm.add_argument("dir", nargs="?", default=".")
@@ -60,11 +63,12 @@ def _clean_exit(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.
 
     @functools.wraps(run)
     def wrapper(args: argparse.Namespace) -> int:
+        from ..course.extras import MissingPackages
         from ..course.manifest import GradingError
 
         try:
             return run(args)
-        except (OSError, ValueError, GradingError) as e:
+        except (OSError, ValueError, GradingError, MissingPackages) as e:
             what = f"{e.strerror}: {e.filename}" if isinstance(e, OSError) and e.strerror and e.filename else str(e)
             print(f"twins-np assignment {args.verb}: error: {what}", file=sys.stderr)
             return 2
@@ -77,12 +81,22 @@ def _width(tasks: Iterable[str]) -> int:
     return max([20, *(len(t) + 1 for t in tasks)])
 
 
+@_clean_exit
 def run_list(args: argparse.Namespace) -> int:
+    from ..course.assignments import load_course
+    from ..course.build import load_config
+    from ..course.manifest import instructor_root
     from ..course.tasks import ASSIGNMENT_TASKS
 
+    course = load_course(load_config(args.config, instructor_root()))
     w = _width(ASSIGNMENT_TASKS)
-    for name, task in ASSIGNMENT_TASKS.items():
-        print(f"{name:<{w}} {task.points:>4g} pts  {task.title}  ({task.doc})")
+    for a in course.assignments.values():
+        code = sum(course.points[t] for t in a.tasks)
+        print(f"{a.key}: {a.title}  ({code:g} points of code, {len(a.questions)} written questions for "
+              f"{a.manual_points:g} points; handout handouts/{a.name}.md)")  # fmt: skip
+        for name in a.tasks:
+            task = ASSIGNMENT_TASKS[name]
+            print(f"  {name:<{w}} {course.points[name]:>4g} pts {course.hours[name]:>4g} h  {task.title}  ({task.doc})")
     return 0
 
 
@@ -118,11 +132,16 @@ def run_grade(args: argparse.Namespace) -> int:
                                      "visibility": "visible", "tests": []})  # fmt: skip
         raise
     seconds = time.perf_counter() - t0
-    summary = grader.summary(results)
+    summary = grader.summary(results, manifest)
     w = _width(r.task for r in results)
     for r in results:  # one line per task first: points and why
         print(f"{r.task:<{w}} {r.line}")
     print(f"{'total':<{w}} {summary['score']:.2f} / {summary['max_score']:g}  ({summary['percent']:.0f} %, {seconds:.0f} s)")
+    manual = summary["manual"]
+    if manual["questions"]:
+        print(f"{'written':<{w}} {len(manual['questions'])} questions for {manual['points']:g} points, graded by hand "
+              f"({', '.join(q['answers'] for q in manual['assignments'])})")  # fmt: skip
+    details = []
     for r in results:  # then the details (not when every check failed for the reason on the task's line)
         hidden = [c for c in r.failed if c.visibility == "hidden"]
         same = len(r.failed) == r.total and len({c.reason for c in r.failed}) == 1 and r.failed[0].reason in r.line
@@ -130,8 +149,11 @@ def run_grade(args: argparse.Namespace) -> int:
         lines += [f"    {len(hidden)} hidden checks failed"] if hidden and not same else []
         lines += [f"    note: {n}" for n in r.notes] + [f"    REVIEW {f}" for f in r.review]
         if lines:
-            print(f"\n{r.task}:")
-            print("\n".join(lines))
+            details.append(f"\n{r.task}:\n" + "\n".join(lines))
+    if args.verbose:
+        print("".join(details))
+    elif details:
+        print(f"(--verbose: the failed checks, notes and review flags of {len(details)} task(s))")
     box = runner.sandbox()
     print(f"\nsandbox: {box.describe()}")
     if not box.namespaces:  # then only file permissions keep the solutions from the workers
@@ -158,11 +180,21 @@ def _write(path: str, data: dict[str, Any]) -> None:
 
 @_clean_exit
 def run_autograder(args: argparse.Namespace) -> int:
-    from ..course.autograder import write_autograder
-    from ..course.manifest import default_manifest
+    from ..course.autograder import gradescope_outline, write_autograder
+    from ..course.grader import manual_questions
+    from ..course.manifest import default_manifest, load_manifest
 
-    files = write_autograder(args.out_zip, args.manifest or default_manifest(), timeout=args.timeout)
+    manifest_path = args.manifest or default_manifest()
+    files = write_autograder(args.out_zip, manifest_path, timeout=args.timeout)
+    manifest = load_manifest(manifest_path)
+    outline = pathlib.Path(args.out_zip).with_suffix(".outline.md")
+    outline.write_text(gradescope_outline(manifest))
+    manual = manual_questions(manifest)
+    auto = sum(float(t["points"]) for t in manifest["tasks"].values())
     print(f"Gradescope autograder written to {args.out_zip} ({len(files)} files); upload it under 'Configure Autograder'")
+    if manual["questions"]:
+        print(f"the assignment's outline: the autograder, {auto:g} points, and {len(manual['questions'])} questions graded by "
+              f"hand, {manual['points']:g} points ({', '.join(q['id'] for q in manual['questions'])}): {outline}")  # fmt: skip
     return 0
 
 
@@ -172,10 +204,19 @@ def run_status(args: argparse.Namespace) -> int:
 
     res = status(args.dir)
     w = _width(res)
-    print(f"{'task':<{w}}{'passed':>8}{'tests':>7}")
-    for task, r in res.items():
+    for task, r in res.items():  # one line per task
         mark = "done" if r["passed"] == r["total"] and r["total"] else "todo"
-        print(f"{task:<{w}}{r['passed']:>8}{r['total']:>7}  {mark}")
+        why = f"  first failing: {r['failed'][0]}" if r["failed"] and mark == "todo" and r["passed"] else ""
+        print(f"{task:<{w}} {mark}  {r['passed']}/{r['total']} tests pass{why}")
+    done = sum(r["passed"] == r["total"] and r["total"] > 0 for r in res.values())
+    print(f"{'total':<{w}} {done} of {len(res)} tasks done")
+    if args.verbose:
+        for task, r in res.items():
+            if r["failed"]:
+                print(f"\n{task}:")
+                print("\n".join(f"    FAILED {t}" + (f": {r['reasons'][t]}" if r["reasons"].get(t) else "") for t in r["failed"]))
+    elif any(r["failed"] for r in res.values()):
+        print("(--verbose: every failing test and why; python -m pytest -m TASK runs one task's tests)")
     return 0 if all(r["passed"] == r["total"] for r in res.values()) else 1
 
 

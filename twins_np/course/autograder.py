@@ -27,10 +27,10 @@ import zipfile
 from typing import Any
 
 from .build import project_files
-from .grader import TaskResult
+from .grader import TaskResult, manual_questions
 from .manifest import instructor_root, load_manifest
 
-__all__ = ["RUN_AUTOGRADER", "SETUP_SH", "gradescope_results", "write_autograder"]
+__all__ = ["RUN_AUTOGRADER", "SETUP_SH", "gradescope_outline", "gradescope_results", "write_autograder"]
 
 # what the grading needs from the instructor's project (no tests, notebooks, docs or benchmarks)
 _SOURCE = ("twins_np/", "setup.cfg", "pyproject.toml")
@@ -43,6 +43,11 @@ set -euo pipefail
 cd "$(dirname "$0")"
 if ! command -v python3 >/dev/null || ! python3 -m pip --version >/dev/null 2>&1; then
     apt-get update && apt-get install -y python3 python3-pip
+fi
+# twins-np needs Python 3.11+ (setup.cfg); Gradescope's Ubuntu 24.04 base image has 3.12, its 22.04 one 3.10
+if ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    echo "twins-np needs Python 3.11 or newer, this image has $(python3 -V 2>&1): choose the Ubuntu 24.04 base image" >&2
+    exit 1
 fi
 python3 -m pip install --no-cache-dir -r requirements.txt || \\
     python3 -m pip install --no-cache-dir --break-system-packages -r requirements.txt
@@ -158,6 +163,10 @@ def gradescope_results(results: list[TaskResult], manifest: dict[str, Any], seco
                           "output": "\n".join(r.review), "visibility": "hidden"})  # fmt: skip
     total = sum(r.score for r in results)
     output = f"Score {total:.2f} / {sum(r.points for r in results):g}.\n" + "\n".join(f"{r.task}: {r.line}" for r in results)
+    manual = manual_questions(manifest, [r.task for r in results])
+    if manual["questions"]:
+        output += (f"\nWritten questions ({', '.join(q['id'] for q in manual['questions'])}: {manual['points']:g} points) "
+                   "are graded by hand, apart from this score.")  # fmt: skip
     return {
         "score": round(total, 4),
         "execution_time": round(seconds, 2),
@@ -165,3 +174,22 @@ def gradescope_results(results: list[TaskResult], manifest: dict[str, Any], seco
         "visibility": "visible",
         "tests": tests,
     }
+
+
+def gradescope_outline(manifest: dict[str, Any]) -> str:
+    """What to set up on Gradescope beside the zip (Markdown): the autograder's points and, for
+    manual grading, one question per written question, with its points and text."""
+    auto = sum(float(t["points"]) for t in manifest["tasks"].values())
+    manual = manual_questions(manifest)
+    lines = ["# The assignment's outline on Gradescope", "",
+             f"- **Autograder**: {auto:g} points (`autograder.zip`; one test entry per task).", ""]  # fmt: skip
+    if manual["questions"]:
+        lines += [f"- **Graded by hand** ({manual['points']:g} points): enable manual grading, then under *Edit Outline* add "
+                  "one question per row below. Students hand in their answers in the files named here, inside "
+                  "`submission.zip`; the code view shows them.", "",
+                  "| question | points | answers in | text |", "|---|---|---|---|"]  # fmt: skip
+        for a in manifest.get("assignments", {}).values():
+            for q in a["questions"]:
+                lines.append(f"| {q['id']} | {float(q['points']):g} | `{a['answers']}` | {q['text']} |")
+        lines += ["", f"Total: {auto + manual['points']:g} points."]
+    return "\n".join(lines) + "\n"

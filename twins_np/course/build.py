@@ -27,15 +27,16 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import tomllib
 from typing import Any
 
-import tomllib
-
 from . import checks
+from .assignments import Course, answers_template, handout, handouts_index, load_course
+from .extras import require
 from .manifest import MANIFEST_VERSION, GradingError, default_manifest, instructor_root
-from .tasks import ASSIGNMENT_TASKS, BEGIN, END, EXERCISES, solution_files, strip_source, task_functions
+from .tasks import ASSIGNMENT_TASKS, BEGIN, END, EXERCISES, kernel_files, solution_files, strip_source, task_functions
 
-__all__ = ["INSTRUCTOR_ONLY", "STUDENT_MANIFEST", "build", "load_config", "project_files"]
+__all__ = ["INSTRUCTOR_ONLY", "STUDENT_MANIFEST", "build", "load_config", "project_files", "write_handout_pages"]
 
 # never copied into a student tree
 _SKIP_DIRS = {".git", ".venv", "build", "dist", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache",
@@ -43,7 +44,8 @@ _SKIP_DIRS = {".git", ".venv", "build", "dist", "__pycache__", ".pytest_cache", 
 # what only an instructor needs: left out of the copy (docs/instructors.md becomes a stub page);
 # a name ending in "/" is a folder
 # (the executed notebook copies of notebooks/rendered/ show the instructor's solutions)
-INSTRUCTOR_ONLY = ("tests/course/", "assignment.toml", "notebooks/rendered/", "tests/test_rendered_notebooks.py")
+# (tests/hidden/ steps through solutions one call at a time: recipes, not behaviour)
+INSTRUCTOR_ONLY = ("tests/course/", "tests/hidden/", "assignment.toml", "notebooks/rendered/", "tests/test_rendered_notebooks.py")
 _INSTRUCTORS_STUB = """# For instructors
 
 This page is not part of a student copy. Start with `STUDENT.md` at the top of the project.
@@ -83,7 +85,7 @@ def load_config(path: str | os.PathLike | None, root: pathlib.Path) -> dict[str,
         return {}
     with p.open("rb") as f:
         config = tomllib.load(f)
-    unknown = sorted(set(config.get("tasks", {})) - set(ASSIGNMENT_TASKS))
+    unknown = sorted((set(config.get("tasks", {})) | set(config.get("reveal", []))) - set(ASSIGNMENT_TASKS))
     if unknown:
         raise ValueError(f"{p}: unknown tasks {unknown}; known: {', '.join(ASSIGNMENT_TASKS)}")
     return config
@@ -123,6 +125,7 @@ def build(
         GradingError: the reference fails a frozen test or a check, the untouched copy passes
             a check, or a task has no test that reaches its code.
     """
+    require("course", "assignment build")
     root = pathlib.Path(root).resolve() if root else instructor_root()
     out = pathlib.Path(out_dir)
     if tasks is not None:
@@ -136,14 +139,20 @@ def build(
     out.mkdir(parents=True, exist_ok=True)  # a file in the way, or a read-only disk, fails here, before the tests run
     frozen = _freeze_tests(root, chosen, conf) if freeze else None
     strip = set(chosen) | set(EXERCISES)
+    reveal = set(conf.get("reveal", []))
     where: dict[str, list[str]] = {t: [] for t in chosen}
     notebooks, library, regions, public = [], {}, [], set()
     from .grader import shingles
 
+    # a fused kernel of a task computes its answer: the copy leaves out those of its tasks (the
+    # library then runs the student's NumPy code), the worker's library those of every task
+    kernels = kernel_files(root)
+    no_copy = {f for t in chosen for f in kernels.get(t, [])}
+    no_worker = {f for files in kernels.values() for f in files}
     for src in project_files(root):
         rel = src.relative_to(root)
         posix = rel.as_posix()
-        if _instructor_only(posix):
+        if _instructor_only(posix) or posix in no_copy:
             continue
         dst = out / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
@@ -151,7 +160,11 @@ def build(
             dst.write_text(_INSTRUCTORS_STUB)
         elif (src.suffix, rel.parts[0]) in ((".py", "twins_np"), (".py", "notebooks"), (".md", "docs")):
             original = src.read_text()
-            text, done = strip_source(original, strip)
+            # the pages' backward derivations of the tasks the instructor reveals (`reveal` in the config) stay
+            text, done = strip_source(original, strip - reveal if src.suffix == ".md" else strip)
+            if rel.parts[0] == "notebooks" and re.fullmatch(r"\d\d_\w+\.py", rel.name):
+                text = _with_cells_guard(text)
+                done = done or ["(guard)"]
             dst.write_text(text)
             regions += _region_texts(original, set(chosen))
             public |= shingles(text)
@@ -160,7 +173,8 @@ def build(
                     where[t].append(posix)
             if rel.parts[0] == "notebooks" and done:
                 notebooks.append(dst)
-            if src.suffix == ".py" and rel.parts[0] == "twins_np" and not posix.startswith("twins_np/course/"):
+            if src.suffix == ".py" and rel.parts[0] == "twins_np" and not posix.startswith("twins_np/course/") \
+                    and posix not in no_worker:
                 # the worker's library has every task stripped, assigned or not: no solution to call
                 library[posix] = strip_source(original, set(ASSIGNMENT_TASKS))[0]
         else:
@@ -179,8 +193,11 @@ def build(
         finally:
             sys.path.pop(0)
             sys.modules.pop("sync_notebooks", None)
-    spec = _manifest(root, chosen, conf, library, regions, public)
-    _write_student_files(out, chosen, where, frozen, spec)
+    course = load_course(conf)
+    spec = _manifest(root, chosen, conf, library, regions, public, course)
+    for t in chosen:
+        spec["tasks"][t]["kernels"] = kernels.get(t, [])
+    _write_student_files(out, chosen, where, frozen, spec, course)
     if manifest is not False:
         mpath = pathlib.Path(manifest) if manifest else default_manifest(root)
         mpath.parent.mkdir(parents=True, exist_ok=True)
@@ -188,6 +205,24 @@ def build(
         if selfcheck:
             _selfcheck(root, out, mpath, chosen, spec)
     return where
+
+
+_GUARD_LINES = ("# %load_ext twins_np.course.cells\n",)
+_GUARD_NOTE = ("# (twins_np.course.cells: a cell that needs a task you have not written yet says so in one line,\n"
+               "# and the notebook goes on)\n")  # fmt: skip
+
+
+def _with_cells_guard(text: str) -> str:
+    """A notebook's jupytext source with the cells guard loaded in its first code cell (after
+    ``%autoreload 2``, or as the first line of the first code cell)."""
+    lines = text.splitlines(keepends=True)
+    for i, line in enumerate(lines):
+        if line.strip() == "# %autoreload 2":
+            return "".join([*lines[: i + 1], *_GUARD_LINES, _GUARD_NOTE, *lines[i + 1 :]])
+    for i, line in enumerate(lines):
+        if line.strip() == "# %%":
+            return "".join([*lines[: i + 1], *_GUARD_LINES, _GUARD_NOTE, *lines[i + 1 :]])
+    raise ValueError("a notebook without a code cell")
 
 
 def _region_texts(text: str, tasks: set[str]) -> list[str]:
@@ -212,8 +247,9 @@ def _module(rel: str) -> str:
 
 
 def _manifest(
-    root: pathlib.Path, chosen: list[str], conf: dict[str, Any], library: dict[str, str], regions: list[str], public: set[str]
-) -> dict[str, Any]:
+    root: pathlib.Path, chosen: list[str], conf: dict[str, Any], library: dict[str, str], regions: list[str], public: set[str],
+    course: Course,
+) -> dict[str, Any]:  # fmt: skip
     from .grader import shingles
 
     files = solution_files(root)
@@ -245,7 +281,7 @@ def _manifest(
         manifest["tasks"][task] = {
             "title": spec.title,
             "doc": spec.doc,
-            "points": float(tconf.get("points", spec.points)),
+            "points": course.points[task],
             "visibility": tconf.get("visibility", "visible"),
             "files": files[task],
             "modules": [_module(rel) for rel in files[task]],
@@ -255,6 +291,12 @@ def _manifest(
         }
         if "timeout" in tconf:
             manifest["tasks"][task]["timeout"] = float(tconf["timeout"])
+    # the written questions of the assignments in this build: graded by hand, counted apart (Gradescope: manual questions)
+    manifest["assignments"] = {
+        a.key: {"title": a.title, "tasks": [t for t in a.tasks if t in chosen], "answers": a.answers_path,
+                "questions": [{"id": q.id, "points": q.points, "text": q.text} for q in a.questions]}
+        for a in course.assignments.values() if any(t in chosen for t in a.tasks)
+    }  # fmt: skip
     return manifest
 
 
@@ -291,9 +333,13 @@ def _selfcheck(root: pathlib.Path, copy: pathlib.Path, mpath: pathlib.Path, chos
 
 def _write_student_files(
     out: pathlib.Path, chosen: list[str], where: dict[str, list[str]], frozen: dict[str, list[str]] | None, spec: dict[str, Any],
+    course: Course,
 ) -> None:  # fmt: skip
-    """STUDENT.md, assignment.json, a README that points to them, and the copy's pytest.ini."""
-    info: dict[str, Any] = {"tasks": {}}
+    """STUDENT.md, the handouts and answer files, assignment.json, a README that points to them,
+    and the copy's pytest.ini."""
+    docs = {t: spec["tasks"][t]["doc"] for t in chosen}
+    mine = [a for a in course.assignments.values() if any(t in chosen for t in a.tasks)]
+    info: dict[str, Any] = {"tasks": {}, "assignments": {}}
     for t in chosen:
         task = spec["tasks"][t]
         info["tasks"][t] = {
@@ -301,49 +347,90 @@ def _write_student_files(
             "doc": task["doc"],
             "files": where[t],
             "points": task["points"],
+            "assignment": course.assignment_of(t).key,
             "tests": frozen[t] if frozen else [],  # the copy's own tests that reach the task's code
             "checks": sorted(k for k, v in task["checks"].items() if v == "visible"),  # what the grader checks
             "hidden_checks": sum(v == "hidden" for v in task["checks"].values()),
         }
+    pages = out / "docs" / "handouts"
+    pages.mkdir(parents=True, exist_ok=True)
+    for old in pages.glob("*.md"):  # the instructor's pages (every task, the default points) give way to this build's
+        old.unlink()
+    for a in mine:
+        text = handout(a, course, chosen, where, docs)
+        for dest in (out / a.handout_path, pages / f"{a.name}.md"):
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_text(text)
+        if a.questions:
+            (out / a.answers_path).parent.mkdir(parents=True, exist_ok=True)
+            (out / a.answers_path).write_text(answers_template(a))
+        info["assignments"][a.key] = {"title": a.title, "handout": a.handout_path, "tasks": [t for t in a.tasks if t in chosen],
+                                      "answers": a.answers_path if a.questions else None,
+                                      "questions": {q.id: q.points for q in a.questions}}  # fmt: skip
+    index = _HANDOUTS_PAGE.format(table=handouts_index(course, chosen), pages="\n".join(a.name for a in mine))
+    (pages / "index.md").write_text(index)
     (out / STUDENT_MANIFEST).write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
-    total = sum(v["points"] for v in info["tasks"].values())
-    rows = "\n".join(
-        f"| `{t}` | {v['title']} | {', '.join(f'`{f}`' for f in v['files'])} | `{v['doc']}` | {v['points']:g} |"
-        for t, v in info["tasks"].items()
-    )
+    code = sum(v["points"] for v in info["tasks"].values())
+    manual = sum(a.manual_points for a in mine)
     files = sorted({f for v in info["tasks"].values() for f in v["files"]})
+    answers = [a.answers_path for a in mine if a.questions]
+    notebooks = "\n".join(
+        f"| `notebooks/{nb}.ipynb` | " + (", ".join(f"`{t}`" for t in needs if t in chosen) or "none") + " |"
+        for nb, needs in course.notebooks.items() if (out / "notebooks" / f"{nb}.ipynb").exists()
+    )  # fmt: skip
     factor = spec["time_factor"]
-    (out / "STUDENT.md").write_text(f"""# Your assignment: the backward passes of Twins
+    table = handouts_index(course, chosen, link="handouts/{name}.md")
+    (out / "STUDENT.md").write_text(f"""# Your assignments: the backward passes of Twins
 
-This is a student copy of twins-np. In the files below, each task's code has been replaced by a
-`TODO(task)` line saying what to compute, return or write, and a `raise NotImplementedError`.
-Replace those two lines by your code; keep the function's signature and docstring (the
-docstring gives the shapes and, under *Math*, the formula).
+This is a student copy of twins-np. Your work comes in {len(mine)} assignment(s), each with a handout
+(goals, files to edit, tests and notebooks to run, points, suggested order and hours, written
+questions):
 
-| task | what to implement | where | read first | points |
-|---|---|---|---|---|
-{rows}
+{table}
 
-Total: {total:g} points. The derivation pages are in `docs/derivations/` (`make docs` builds
-them as a website under `docs/_build/html`).
+Total: {code:g} points for the code, graded automatically, and {manual:g} points of written
+questions, graded by hand. In the files the handouts list, each task's code has been replaced by
+a `TODO(task)` comment that states the function's contract (what it takes and returns, with
+shapes, and what its cache holds) and a `raise NotImplementedError`. Replace those lines by your
+code; keep the function's signature and docstring (its *Math* section has the formula). The
+derivation pages are in `docs/derivations/`: each keeps the forward and asks the question whose
+answer is your task.
+
+## Setting up (no PyTorch needed)
+
+With Python 3.11 or newer, in this folder:
+
+```bash
+make student                                 # .venv with twins-np, pytest and JupyterLab (no PyTorch)
+source .venv/bin/activate                    # or: pip install -e ".[student]" in an environment of yours
+```
 
 ## Checking your work
 
 ```bash
-pip install -e ".[dev]"                      # once: numpy, scipy, pytest, ...
-python -m pytest -m layernorm_backward       # one task's tests (any task id above)
-twins-np assignment status                   # which tasks pass, in one table
+python -m pytest -m gelu_backward            # one task's tests (any task id of the handouts)
+twins-np assignment status                   # one line per task; --verbose names the failing tests
 twins-np gradcheck                           # finite-difference check of every layer (TODO = not written yet)
 ```
 
-`make demo` (gradient check, then training on the digits) works once every task is done;
-before that its gradient check lists the layers still to do and training stops at the first
-`NotImplementedError`.
+Tests that compare with PyTorch are skipped without it; the others run with pytest alone.
+`make demo` (gradient check, then training on the digits) works once every task is done.
 
 `pytest` here always imports this folder's `twins_np` (the `pytest.ini` sets `pythonpath`,
 and `tests/conftest.py` stops with a message if another copy was imported): do not
 `pip install twins-np` from PyPI next to it. The published package and its documentation
-contain the solutions; your copy does not.
+contain the solutions; your copy does not. Nor does it hold the fused kernels
+(`twins_np/kernels/`) of your tasks: here the library always runs the NumPy code you write.
+
+## The notebooks
+
+`jupyter lab notebooks/` opens them. They work at any stage: a cell that needs a task you have
+not written yet prints one line saying which task and how to check it, and the notebook goes
+on. What each needs:
+
+| notebook | needs |
+|---|---|
+{notebooks}
 
 ## Handing in
 
@@ -351,16 +438,17 @@ contain the solutions; your copy does not.
 twins-np assignment submit                   # writes submission.zip with the files to hand in
 ```
 
-The zip holds exactly these files: {', '.join(f'`{f}`' for f in files)}. Upload it (or the files) as
-your course asks.
+The zip holds exactly these files: {', '.join(f'`{f}`' for f in [*files, *answers])}. Upload it (or the
+files) as your course asks.
 
 ## How you are graded
 
-Only the files above are taken from your submission, and each task is graded on its own: your
-file of that task with the rest of this copy's library, in a separate process without network
-or access to other files. Where a task calls another task's function (the FFN calls the GELU
-backward), that call is answered with the correct values, so a bug in one task cannot cost you
-another, and no task can use another's solution.
+The written answers (`answers/`) are read and graded by your instructor. For the code, only the
+files above are taken from your submission, and each task is graded on its own: your file of that
+task with the rest of this copy's library, in a separate process without network or access to
+other files. Where a task calls another task's function (the FFN calls the GELU backward), that
+call is answered with the correct values, so a bug in one task cannot cost you another, and no
+task can use another's solution.
 
 The grader calls your functions on inputs it draws at random when it grades (values, and
 shapes in the ranges the docstrings allow), float64 and float32, and compares every output
@@ -375,14 +463,48 @@ when grading.
 """)
     readme = out / "README.md"
     if readme.exists():
-        readme.write_text("> **Student copy of twins-np: start with [STUDENT.md](STUDENT.md)** (your tasks, how to check\n"
-                          "> them and how you are graded).\n\n" + readme.read_text())  # fmt: skip
+        readme.write_text("> **Student copy of twins-np: start with [STUDENT.md](STUDENT.md)** (your assignments, how to\n"
+                          "> set up without PyTorch, check your work and hand it in).\n\n" + readme.read_text())  # fmt: skip
     ini = out / "pytest.ini"
     if ini.exists():
         text = ini.read_text()
         if "pythonpath" not in text:
             # this folder first on sys.path: `pytest -m TASK` tests the student's code, never an installed twins_np
             ini.write_text(text.replace("[pytest]\n", "[pytest]\npythonpath = .\n", 1))
+
+
+# the docs site's index of the handout pages (docs/handouts/index.md), in the project and in a copy
+_HANDOUTS_PAGE = """# Handouts
+
+One page per assignment: its goals, the files to edit, the tests and notebooks to run, the
+points, the suggested order and hours, and the written questions.
+
+{table}
+
+```{{toctree}}
+:maxdepth: 1
+
+{pages}
+```
+"""
+
+
+def write_handout_pages(folder: pathlib.Path, root: pathlib.Path, config: dict[str, Any] | None = None) -> list[pathlib.Path]:
+    """The docs site's handout pages for the whole course (every task), into ``folder``."""
+    course = load_course(config)
+    chosen = list(ASSIGNMENT_TASKS)
+    files = solution_files(root)
+    docs = {t: ASSIGNMENT_TASKS[t].doc for t in chosen}
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for a in course.assignments.values():
+        path = folder / f"{a.name}.md"
+        path.write_text(handout(a, course, chosen, files, docs))
+        written.append(path)
+    index = folder / "index.md"
+    names = "\n".join(a.name for a in course.assignments.values())
+    index.write_text(_HANDOUTS_PAGE.format(table=handouts_index(course, chosen), pages=names))
+    return [index, *written]
 
 
 # --- the student's tests: which tests of each task reach its code ---------------------------
@@ -518,10 +640,9 @@ json.dump({str(i): v for i, v in status.items()}, open(spec["status"], "w"))
 
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _ENV_DROP}
-    env.update(PYTHONDONTWRITEBYTECODE="1", OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TQDM_DISABLE="1")
-    # the solution regions live in the NumPy twins: a fused CPU kernel would compute the answer
-    # without ever calling the stub (or the reference) that the build's test runs look for
-    env["TWINS_NP_CPU_KERNELS"] = "0"
+    # every fused kernel off (the CPU ones where numba is installed): the tests measure the NumPy twins
+    env.update(PYTHONDONTWRITEBYTECODE="1", OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TQDM_DISABLE="1",
+               TWINS_NP_CPU_KERNELS="0")
     return env
 
 
@@ -571,9 +692,13 @@ def _freeze_tests(root: pathlib.Path, tasks: list[str], config: dict[str, Any], 
         tmp = pathlib.Path(tmp_name)
         every = sorted({f for t in tasks for f in pool[t]})
         runs = [(_tree(root, tmp / "_reference", {}), ["-m", "not parity and not gpu", *every], 600.0)]
+        kernels = kernel_files(root)
         for task in tasks:
             overlay = {rel: strip_source((root / rel).read_text(), {task})[0] for rel in files.get(task, [])}
-            runs.append((_tree(root, tmp / task, overlay), ["-m", f"{task} and not parity and not gpu", *pool[task]], 600.0))
+            tree = _tree(root, tmp / task, overlay)
+            for rel in kernels.get(task, []):  # as in the student copy: no kernel computes the stripped task
+                (tree / rel).unlink()
+            runs.append((tree, ["-m", f"{task} and not parity and not gpu", *pool[task]], 600.0))
         outcomes = _run_pytest(runs, jobs)
     (ref, out, _k), stripped_runs = outcomes[0], outcomes[1:]
     if not ref:

@@ -49,7 +49,7 @@ import numpy as np
 from . import runner
 from .manifest import GradingError, instructor_root
 
-__all__ = ["CheckResult", "GradingError", "TaskResult", "grade", "review", "scrub", "summary"]
+__all__ = ["CheckResult", "GradingError", "TaskResult", "grade", "manual_questions", "review", "scrub", "summary"]
 
 LIMITS = {"memory_mb": 3072, "processes": 16, "file_mb": 16, "open_files": 64}
 STARTUP_S = 60.0  # importing the library and the student's files
@@ -692,8 +692,17 @@ def _line(res: TaskResult) -> str:
     return f"{head}  {why}; {len(failed)} of {res.total} checks failed"
 
 
-def summary(results: list[TaskResult]) -> dict[str, Any]:
-    """The grade as plain data (what ``--json`` writes)."""
+def manual_questions(manifest: dict[str, Any], tasks: list[str] | None = None) -> dict[str, Any]:
+    """The written questions of the assignments graded (those with a task in ``tasks``): graded by
+    hand, so counted apart from the score (Gradescope: questions of the assignment's outline)."""
+    chosen = [a for a in manifest.get("assignments", {}).values() if tasks is None or set(a["tasks"]) & set(tasks)]
+    questions = [q for a in chosen for q in a["questions"]]
+    return {"points": sum(float(q["points"]) for q in questions), "questions": questions,
+            "assignments": [{"answers": a["answers"], "title": a["title"]} for a in chosen if a["questions"]]}  # fmt: skip
+
+
+def summary(results: list[TaskResult], manifest: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The grade as plain data (what ``--json`` writes); ``manual``: the written questions, graded by hand."""
     score = sum(r.score for r in results)
     points = sum(r.points for r in results)
     return {
@@ -703,4 +712,5 @@ def summary(results: list[TaskResult]) -> dict[str, Any]:
         "errors": [f"{r.task}: {r.error}" for r in results if r.status != "ok"],
         "review": {r.task: r.review for r in results if r.review},
         "tasks": {r.task: {k: v for k, v in asdict(r).items() if k != "task"} for r in results},
+        "manual": manual_questions(manifest or {}, [r.task for r in results]),
     }

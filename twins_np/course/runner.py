@@ -49,9 +49,9 @@ HERE = pathlib.Path(__file__).resolve().parent
 # packages hidden from the worker when the sandbox can hide folders (and blocked in it anyway)
 AUTODIFF = ("torch", "torchvision", "timm", "functorch", "jax", "jaxlib", "autograd", "tensorflow")
 MAX_BYTES = 256 << 20  # of arrays in one message from a worker (the largest case's outputs are a few MB)
+# the worker's whole environment: every fused kernel off (their files are not in its library either)
 _ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "OPENBLAS_NUM_THREADS": "1",
         "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0",
-        # the tasks live in the NumPy twins: a fused CPU kernel would answer without the code graded
         "TWINS_NP_CPU_KERNELS": "0"}  # fmt: skip
 
 
@@ -96,15 +96,36 @@ def _world_executable(path: str) -> bool:
     return bool(mode & stat.S_IXOTH and mode & stat.S_IROTH)
 
 
-def worker_python(root: bool) -> str:
+def _executable_in_its_view(path: str) -> bool:
+    """Anyone can run ``path`` inside the worker's new root (namespaces): there the folders above
+    the Python's installation, which is bound whole, are new and searchable by every user, so
+    only the installation's own folders and the file count (a pyenv Python under a private home)."""
+    p = pathlib.Path(path).resolve()
+    base = p.parent.parent
+    try:
+        for d in (base, *(q for q in p.parents if base in q.parents)):
+            if not d.stat().st_mode & stat.S_IXOTH:
+                return False
+        mode = p.stat().st_mode
+    except OSError:
+        return False
+    return bool(mode & stat.S_IXOTH and mode & stat.S_IROTH)
+
+
+def worker_python(root: bool, namespaces: bool = False) -> str:
     """The Python the worker runs: this one, or (as root, when another user could not run this
-    one) a system Python of the same version."""
+    one) a system Python of the same version, or, with namespaces and no such Python, this one
+    when its installation can be bound into the worker's view (a pyenv Python under a private
+    home: the worker then sees that installation, nothing else of the home)."""
     if not root or _world_executable(sys.executable):
         return sys.executable
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
     for cand in (shutil.which(version), f"/usr/bin/{version}", f"/usr/local/bin/{version}"):
         if cand and _world_executable(cand):
             return cand
+    if namespaces and _executable_in_its_view(sys.executable):
+        # the only one is under a private home (pyenv's): its installation alone is bound in the worker's view
+        return sys.executable
     raise RuntimeError(
         f"as root the worker runs as another user, who cannot run {sys.executable}; install {version} "
         "where every user can run it (e.g. the system's python3)"
@@ -171,7 +192,6 @@ def sandbox(namespaces: bool | None = None) -> Sandbox:
         user = os.environ.get("TWINS_NP_WORKER_USER") or f"a user id of its own ({UID_RANGE[0]}-{UID_RANGE[1]}, no account)"
     else:
         user = pwd.getpwuid(os.getuid()).pw_name
-    python = worker_python(root)
     why = "not asked for"
     ns = False
     if namespaces:
@@ -179,6 +199,7 @@ def sandbox(namespaces: bool | None = None) -> Sandbox:
                            text=True, timeout=30)  # fmt: skip
         ns = r.returncode == 0 and r.stdout.strip() == "ok"
         why = "" if ns else (r.stdout.strip() or r.stderr.strip().splitlines()[-1:] or ["unshare failed"])[0]
+    python = worker_python(root, ns)
     _SANDBOX[namespaces] = Sandbox(root, ns, user, python, why)
     return _SANDBOX[namespaces]
 
@@ -521,6 +542,7 @@ class Reference:
         out_r, out_w = os.pipe()
         code = "import sys; sys.path.insert(0, sys.argv[2]); from twins_np.course.reference import main; main()"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "PYTEST"))}
+        # the NumPy twins, never a fused kernel: the submissions are compared with and timed against them
         env.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TWINS_NP_CPU_KERNELS="0")
         self.stderr = tempfile.TemporaryFile()
         self.proc = subprocess.Popen([sys.executable, "-I", "-c", code, str(out_w), str(root)], stdin=subprocess.PIPE,

@@ -27,6 +27,8 @@ __all__ = [
     "ASSIGNMENT_TASKS",
     "EXERCISES",
     "Task",
+    "kernel_files",
+    "kernels_of",
     "regions_in",
     "solution_files",
     "strip_source",
@@ -42,7 +44,7 @@ class Task:
     title: str
     doc: str  # the derivation page a student should read
     tests: tuple[str, ...]  # test selectors: "file" or "file::substring" (matched on the test id)
-    points: float = 10.0  # an instructor can override them in assignment.toml
+    # points, hours and the assignment a task belongs to: course.toml (twins_np.course.assignments)
 
 
 ASSIGNMENT_TASKS: dict[str, Task] = {
@@ -171,6 +173,63 @@ def _hint(region: list[str], after: list[str]) -> str:
     return "your code here"
 
 
+def _returns_section(doc: str) -> str:
+    """The first paragraph of a Google-style docstring's ``Returns:`` section, on one line."""
+    m = re.search(r"^\s*Returns:\s*\n((?:[ \t]+\S.*\n?)+)", doc + "\n", re.M)
+    return " ".join(m[1].split()) if m else ""
+
+
+def _cache_fields(tree: ast.Module, lines: list[str], name: str) -> str:
+    """What a NamedTuple cache class of the module holds: ``field (its comment)`` for each field."""
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == name:
+            fields = []
+            for stmt in node.body:
+                if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
+                    note = lines[stmt.lineno - 1].partition("#")[2].strip()
+                    kind = ast.unparse(stmt.annotation)
+                    fields.append(f"{stmt.target.id} ({note})" if note else stmt.target.id if kind == "Any" else
+                                  f"{stmt.target.id} ({kind})")  # fmt: skip
+            return "; ".join(fields)
+    return ""
+
+
+def _contract(tree: ast.Module | None, lines: list[str], begin: int, region: list[str], after: list[str]) -> list[str]:
+    """The stub's TODO lines: what the function takes, what it returns (its docstring's
+    Returns), what its cache holds (the cache class's fields), or what it updates in place.
+
+    ``begin`` is the 0-based line of the region's BEGIN marker in ``lines``; ``tree`` the
+    parsed source (None when it is not Python: a notebook's or page's region gets the
+    region-based hint alone).
+    """
+    hint = _hint(region, after)
+    fn = None
+    if tree is not None:
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.lineno <= begin + 1 <= (node.end_lineno or 0):
+                if fn is None or node.lineno > fn.lineno:
+                    fn = node  # the innermost
+    if fn is None:
+        return [hint]
+    args = [a.arg for a in (*fn.args.posonlyargs, *fn.args.args, *fn.args.kwonlyargs) if a.arg != "self"]
+    doc = ast.get_docstring(fn) or ""
+    returns = _returns_section(doc)
+    given = " and ".join([", ".join(args[:-1]), args[-1]] if len(args) > 1 else args)
+    if hint.startswith("compute and return"):
+        named = hint[len("compute and return ") :]
+        what = returns or (doc.splitlines()[0] if doc and "(see " in named else named)
+        out = [f"return {what.rstrip('.')}", f"computed from {given}: the docstring above gives the shapes and the Math"]
+    else:
+        out = [hint, f"from {given}: the docstring above gives the shapes and the Math"]
+    for a in (*fn.args.args, *fn.args.kwonlyargs):
+        kind = ast.unparse(a.annotation) if a.annotation is not None else ""
+        if kind.endswith("Cache"):
+            held = _cache_fields(tree, lines, kind) if tree is not None else ""
+            if held:
+                out.append(f"`{a.arg}` is the forward's {kind}, which holds: {held}")
+    return out
+
+
 def strip_source(text: str, tasks: set[str] | None = None) -> tuple[str, list[str]]:
     """Replace solution regions by a TODO line and ``raise NotImplementedError``.
 
@@ -190,6 +249,11 @@ def strip_source(text: str, tasks: set[str] | None = None) -> tuple[str, list[st
     out: list[str] = []
     stripped: list[str] = []
     lines = text.splitlines(keepends=True)
+    try:
+        tree: ast.Module | None = ast.parse(text)
+    except (SyntaxError, ValueError):
+        tree = None  # a page, or a notebook with magics: the region's own hint only
+    plain = [ln.rstrip("\n") for ln in lines]
     i = 0
     while i < len(lines):
         m = BEGIN.match(lines[i])
@@ -213,7 +277,7 @@ def strip_source(text: str, tasks: set[str] | None = None) -> tuple[str, list[st
             known = ASSIGNMENT_TASKS.get(task)
             title, doc = (known.title, known.doc) if known else (EXERCISES[task], "")
             if m["c"] == "%":  # a MyST page: the code is the exercise
-                note = f"The code of this step is left out: it is the assignment task `{task}` ({title})."
+                note = f"This part of the derivation is left out of your copy: it is the assignment task `{task}` ({title})."
                 out.append(f"```{{note}}\n{note}\n```\n")
             else:
                 after = []
@@ -222,7 +286,12 @@ def strip_source(text: str, tasks: set[str] | None = None) -> tuple[str, list[st
                         break
                     after.append(line)
                 msg = f"{task}: implement {title}" + (f" (see {doc})" if doc else "")
-                out.append(f"{indent}# TODO({task}): {_hint(lines[i + 1 : j], after)}\n")
+                todo = _contract(tree, plain, i, lines[i + 1 : j], after)
+                for k, piece in enumerate(textwrap.wrap(f"TODO({task}): {todo[0]}", 110)):
+                    out.append(f"{indent}# {'    ' if k else ''}{piece}\n")
+                for extra in todo[1:]:
+                    for k, piece in enumerate(textwrap.wrap(extra, 110)):
+                        out.append(f"{indent}# {'    ' if k else ''}{piece}\n")
                 out.append(f"{indent}raise NotImplementedError({msg!r})\n")
             stripped.append(task)
         else:
@@ -286,3 +355,67 @@ def task_functions(text: str) -> dict[str, list[str]]:
                     for task in reach[node.value.id]:
                         out.setdefault(task, []).append(target.id)
     return out
+
+
+def _function_reach(tree: ast.Module, spans: list[tuple[int, str]]) -> list[tuple[ast.AST, set[str]]]:
+    """Every function and method of a module with the tasks whose regions it runs: those it
+    holds, and those of the module-level functions it names (the closure of :func:`task_functions`)."""
+    funcs = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    top = {n.name: n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    direct = {id(n): {task for line, task in spans if n.lineno <= line <= (n.end_lineno or n.lineno)} for n in funcs}
+    names = {id(n): {m.id for m in ast.walk(n) if isinstance(m, ast.Name)} & set(top) for n in funcs}
+    reach = {k: set(v) for k, v in direct.items()}
+    changed = True
+    while changed:
+        changed = False
+        for n in funcs:
+            for other in names[id(n)]:
+                extra = reach[id(top[other])] - reach[id(n)]
+                if extra:
+                    reach[id(n)] |= extra
+                    changed = True
+    return [(n, reach[id(n)]) for n in funcs]
+
+
+def kernels_of(text: str) -> dict[str, set[str]]:
+    """task -> the fused kernels that a function running its regions may take instead of them.
+
+    An op picks a fused kernel with ``use_fused(array, "NAME")`` (``twins_np.backend``); a
+    kernel named so in a function (or method) that runs a task's region computes that
+    task's answer: ``gelu_backward`` names ``"gelu"``, ``AdamW._update`` names ``"adamw"``.
+    """
+    tree = ast.parse(text)
+    spans = [(i, m["task"]) for i, line in enumerate(text.splitlines(), start=1) if (m := BEGIN.match(line))]
+    out: dict[str, set[str]] = {}
+    for node, tasks in _function_reach(tree, spans):
+        for call in ast.walk(node):
+            if not (isinstance(call, ast.Call) and len(call.args) >= 2 and isinstance(call.args[1], ast.Constant)):
+                continue
+            f = call.func
+            if (f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else "") == "use_fused":
+                for task in tasks:
+                    out.setdefault(task, set()).add(str(call.args[1].value))
+    return out
+
+
+def kernel_files(root: pathlib.Path) -> dict[str, list[str]]:
+    """task -> the files of ``twins_np/kernels/`` that implement its kernels (paths relative to ``root``).
+
+    A kernel NAME's files are those ``twins_np.backend.KERNEL_FILES`` names for any device
+    (``NAME.cu``, ``NAME_cpu.py``) that exist: an instructor-only part of the project when
+    the task is an assignment's, since running the kernel gives the answer.
+    """
+    from ..backend import KERNEL_FILES
+
+    folder = root / "twins_np" / "kernels"
+    present = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+    out: dict[str, list[str]] = {}
+    for task, rels in solution_files(root).items():
+        names: set[str] = set()
+        for rel in rels:
+            names |= kernels_of((root / rel).read_text()).get(task, set())
+        files = sorted({pattern % n for n in names for pattern in KERNEL_FILES.values()} & present)
+        if files:
+            out[task] = [f"twins_np/kernels/{f}" for f in files]
+    return out
+

@@ -37,7 +37,7 @@ def gelu_forward(x: Any) -> tuple[Any, GeluCache]:
     check_float("x", x)
     xp = get_xp(x)
     x = xp.ascontiguousarray(x)
-    if use_fused(x):  # one fused kernel: twins_np/kernels/gelu_cpu.py (NumPy) or gelu.cu (CuPy)
+    if use_fused(x, "gelu"):  # one fused kernel (twins_np/kernels/gelu_cpu.py or gelu.cu)
         out, cdf = kernels.for_array(x).gelu_forward(x)
         return out, GeluCache(x, cdf)
     out, cdf = xp.empty_like(x), xp.empty_like(x)
@@ -55,28 +55,33 @@ def _gelu_forward_block(x: Any, out: tuple[Any, Any]) -> None:
 def gelu_backward(dout: Any, cache: GeluCache) -> Any:
     """Gradient of the exact GELU.
 
+    Args:
+        dout: upstream gradient, the shape and dtype of the forward's input x.
+        cache: the forward's :class:`GeluCache`: x (the input) and cdf = Phi(x).
+
+    Returns:
+        dx: the shape and dtype of dout.
+
     Math:
         d/dx [x Phi(x)] = Phi(x) + x phi(x),   phi(x) = exp(-x^2 / 2) / sqrt(2 pi).
     """
     x, cdf = cache
     xp = check_dout(dout, x)
     dout = xp.ascontiguousarray(dout)
-    if use_fused(dout):  # twins_np/kernels/gelu_cpu.py or gelu.cu
+    if use_fused(dout, "gelu"):  # twins_np/kernels/gelu_cpu.py or gelu.cu
         return kernels.for_array(dout).gelu_backward(dout, x, cdf)
-    dx = xp.empty_like(dout)
-    map_blocks(_gelu_backward_block, dout.reshape(-1), x.reshape(-1), cdf.reshape(-1), out=dx.reshape(-1))
-    return dx
 
-
-def _gelu_backward_block(dout: Any, x: Any, cdf: Any, out: Any) -> None:
-    """Writes dout * (Phi(x) + x phi(x)) for one block into out (all of one shape)."""
     # BEGIN SOLUTION gelu_backward
-    xp = get_xp(x)
-    pdf = xp.exp(-0.5 * x * x)
-    pdf *= _INV_SQRT_2PI
-    pdf *= x
-    pdf += cdf
-    xp.multiply(dout, pdf, out=out)
+    def block(d: Any, x_: Any, cdf_: Any, out: Any) -> None:  # dout * (Phi(x) + x phi(x)) for one block, into out
+        pdf = xp.exp(-0.5 * x_ * x_)
+        pdf *= _INV_SQRT_2PI
+        pdf *= x_
+        pdf += cdf_
+        xp.multiply(d, pdf, out=out)
+
+    dx = xp.empty_like(dout)
+    map_blocks(block, dout.reshape(-1), x.reshape(-1), cdf.reshape(-1), out=dx.reshape(-1))  # cache-sized blocks
+    return dx
     # END SOLUTION
 
 

@@ -40,7 +40,7 @@ def depthwise_conv3x3_forward(x: Any, w: Any, b: Any | None) -> tuple[Any, DWCon
     check_same_dtype(x=x, weight=w, bias=b)
     B, H, W, C = x.shape
     check_weight("weight", w, (C, 1, 3, 3))
-    if use_fused(x):  # one fused kernel for the nine taps (twins_np/kernels/dwconv3x3_cpu.py or dwconv3x3.cu)
+    if use_fused(x, "dwconv3x3"):  # one fused kernel for the nine taps (twins_np/kernels/dwconv3x3_cpu.py or dwconv3x3.cu)
         out, xpad = kernels.for_array(x).dwconv3x3_forward(x, w, b)
         return out, DWConvCache(xpad, w)
     # (3, 3, C): one channel vector per tap, made contiguous because a strided vector
@@ -78,49 +78,47 @@ def _dwconv3x3_images(x: Any, wt: Any, b: Any | None, out: tuple[Any, Any]) -> N
 def depthwise_conv3x3_backward(dout: Any, cache: DWConvCache) -> tuple[Any, Any, Any]:
     """Gradients of :func:`depthwise_conv3x3_forward`.
 
+    Args:
+        dout: upstream gradient (B, H, W, C), the shape and dtype of the forward's output.
+        cache: the forward's :class:`DWConvCache`: xpad (B, H+2, W+2, C), the input with a
+            zero border of one pixel, and w (C, 1, 3, 3).
+
+    Returns:
+        dx (B, H, W, C), dw (C, 1, 3, 3), db (C,).
+
     Math: each tap (u, v) is a shifted elementwise product, so
         dW[c, 0, u, v] = sum_{b,i,j} dout[b,i,j,c] * xpad[b, i+u, j+v, c]
         dxpad[:, i+u, j+v] += dout * w[:, 0, u, v]   (then crop the pad)
         db = sum dout
-
-    Returns:
-        dx (B, H, W, C), dw (C, 1, 3, 3), db (C,).
     """
     xpad, w = cache
     xp = check_dout(dout, xpad)
-    if use_fused(dout):  # twins_np/kernels/dwconv3x3_cpu.py or dwconv3x3.cu: dx, and dW per image summed there
+    if use_fused(dout, "dwconv3x3"):  # twins_np/kernels/dwconv3x3_cpu.py or dwconv3x3.cu: dx, and dW per image summed there
         return kernels.for_array(dout).dwconv3x3_backward(dout, xpad, w)
+    # BEGIN SOLUTION peg_backward
     C = w.shape[0]
     wt = xp.ascontiguousarray(w[:, 0].transpose(1, 2, 0))  # (3, 3, C)
-    # per image: dx and that image's share of dW (summed over the batch below)
     B, H, W, _ = dout.shape
+
+    def images(d: Any, xpad_: Any, out: tuple[Any, Any]) -> None:  # (dx, each image's share of dW) of a block of images
+        dx_, dwt = out
+        dxpad = xp.zeros_like(xpad_)
+        tmp = xp.empty_like(d)  # one scratch array for the 9 taps instead of 9 temporaries
+        for u in range(3):
+            for v in range(3):
+                window = xpad_[:, u : u + H, v : v + W, :]
+                # sum over (H, W) of dout * window, per image and channel: einsum contracts
+                # without materialising the (n, H, W, C) product
+                dwt[:, u, v] = xp.einsum("bhwc,bhwc->bc", d, window)
+                xp.multiply(d, wt[u, v], out=tmp)
+                dxpad[:, u : u + H, v : v + W, :] += tmp
+        dx_[...] = dxpad[:, 1:-1, 1:-1, :]
+
+    # per image: dx and that image's share of dW (summed over the batch below)
     dx = xp.empty((B, H, W, C), dtype=dout.dtype)
     dwt_per_image = xp.empty((B, 3, 3, C), dtype=dout.dtype)
-    map_blocks(lambda d, xp_, out: _dwconv3x3_images_backward(d, xp_, wt, out), dout, xpad, out=(dx, dwt_per_image))
+    map_blocks(images, dout, xpad, out=(dx, dwt_per_image))
     dw = dwt_per_image.sum(axis=0).transpose(2, 0, 1).reshape(C, 1, 3, 3)
     db = dout.reshape(-1, C).sum(axis=0)
     return dx, dw, db
-
-
-def _dwconv3x3_images_backward(dout: Any, xpad: Any, wt: Any, out: tuple[Any, Any]) -> None:
-    """Writes (dx, dW per image) for a block of images into out.
-
-    dout (n, H, W, C) and xpad (n, H+2, W+2, C) in; dx (n, H, W, C) and dwt (n, 3, 3, C),
-    tap (u, v) of image i's contribution to dW, out.
-    """
-    # BEGIN SOLUTION peg_backward
-    dx, dwt = out
-    xp = get_xp(dout)
-    H, W = dout.shape[1:3]
-    dxpad = xp.zeros_like(xpad)
-    tmp = xp.empty_like(dout)  # one scratch array for the 9 taps instead of 9 temporaries
-    for u in range(3):
-        for v in range(3):
-            window = xpad[:, u : u + H, v : v + W, :]
-            # sum over (H, W) of dout * window, per image and channel: einsum contracts
-            # without materialising the (n, H, W, C) product
-            dwt[:, u, v] = xp.einsum("bhwc,bhwc->bc", dout, window)
-            xp.multiply(dout, wt[u, v], out=tmp)
-            dxpad[:, u : u + H, v : v + W, :] += tmp
-    dx[...] = dxpad[:, 1:-1, 1:-1, :]
     # END SOLUTION

@@ -43,7 +43,7 @@ def layernorm_forward(x: Any, gamma: Any, beta: Any, eps: float = 1e-6) -> tuple
     if gamma.shape != (C,) or beta.shape != (C,):
         raise ValueError(f"layernorm: x has C = {C} channels but gamma/beta have shapes {tuple(gamma.shape)}/{tuple(beta.shape)}")
     xp = get_xp(x)
-    if use_fused(x):  # one fused kernel (twins_np/kernels/layernorm_cpu.py or layernorm.cu)
+    if use_fused(x, "layernorm"):  # one fused kernel, one block of rows at a time (twins_np/kernels/layernorm_cpu.py or layernorm.cu)
         y, xhat, inv_std = kernels.for_array(x).layernorm_forward(x, gamma, beta, eps)
         return y, LayerNormCache(xhat, inv_std, gamma)
     x2 = x.reshape(-1, C)
@@ -86,41 +86,42 @@ def _layernorm_rows(x: Any, gamma: Any, beta: Any, eps: float, out: tuple[Any, A
 def layernorm_backward(dout: Any, cache: LayerNormCache) -> tuple[Any, Any, Any]:
     """Gradients of :func:`layernorm_forward`.
 
+    Args:
+        dout: upstream gradient (..., C), the shape and dtype of the forward's x.
+        cache: the forward's :class:`LayerNormCache`: xhat (..., C) the normalised input,
+            inv_std (..., 1) = 1 / sqrt(var + eps) per row, gamma (C,).
+
+    Returns:
+        dx (..., C), dgamma (C,), dbeta (C,).
+
     Math (per row, C channels, g = dout * gamma):
         dx = inv_std * (g - mean(g) - xhat * mean(g * xhat))
         dgamma = sum_rows dout * xhat,   dbeta = sum_rows dout
 
     The three terms: the direct path, the path through the mean, and the path through
     the variance (see docs/derivations/layernorm.md).
-
-    Returns:
-        dx (..., C), dgamma (C,), dbeta (C,).
     """
     xhat, inv_std, gamma = cache
     check_dout(dout, xhat)
+    # BEGIN SOLUTION layernorm_backward
     C = xhat.shape[-1]
     dout2, xhat2 = dout.reshape(-1, C), xhat.reshape(-1, C)
     xp = get_xp(dout)
-    # BEGIN SOLUTION layernorm_backward
     # sums over all B*N rows: NumPy's pairwise summation keeps float32 accurate there
     dgamma = (dout2 * xhat2).sum(axis=0)
     dbeta = dout2.sum(axis=0)
-    # END SOLUTION
-    if use_fused(dout):  # dx in one fused kernel (twins_np/kernels/layernorm_cpu.py or layernorm.cu)
+    if use_fused(dout, "layernorm"):  # dx in one fused kernel (twins_np/kernels/layernorm_cpu.py or layernorm.cu)
         return kernels.for_array(dout).layernorm_backward_dx(dout, xhat, inv_std, gamma), dgamma, dbeta
+
+    def rows(d: Any, xh: Any, s: Any, out: Any) -> None:  # dx of a block of rows, assembled in place in out
+        g = d * gamma
+        # dx = inv_std * (g - mean(g) - xhat * mean(g * xhat))
+        xp.multiply(xh, _row_means_of_product(g, xh), out=out)
+        xp.subtract(g, out, out=out)
+        out -= _row_means(g)
+        out *= s
+
     dx = xp.empty(dout2.shape, dtype=dout.dtype)
-    map_blocks(lambda d, xh, s, out: _layernorm_rows_backward(d, xh, s, gamma, out), dout2, xhat2, inv_std.reshape(-1, 1), out=dx)
+    map_blocks(rows, dout2, xhat2, inv_std.reshape(-1, 1), out=dx)
     return dx.reshape(dout.shape), dgamma, dbeta
-
-
-def _layernorm_rows_backward(dout: Any, xhat: Any, inv_std: Any, gamma: Any, out: Any) -> None:
-    """Writes dx for a block of rows into out: dout, xhat and out (R, C), inv_std (R, 1)."""
-    # BEGIN SOLUTION layernorm_backward
-    xp = get_xp(dout)
-    g = dout * gamma
-    # dx = inv_std * (g - mean(g) - xhat * mean(g * xhat)), assembled in place in out
-    xp.multiply(xhat, _row_means_of_product(g, xhat), out=out)
-    xp.subtract(g, out, out=out)
-    out -= _row_means(g)
-    out *= inv_std
     # END SOLUTION

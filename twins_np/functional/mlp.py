@@ -38,8 +38,16 @@ def mlp_forward(x: Any, fc1_w: Any, fc1_b: Any, fc2_w: Any, fc2_b: Any) -> tuple
 def mlp_backward(dout: Any, cache: MlpCache) -> tuple[Any, Any, Any, Any, Any]:
     """Gradients of :func:`mlp_forward`.
 
+    Args:
+        dout: upstream gradient (..., C_out), the forward's output shape and dtype.
+        cache: the forward's :class:`MlpCache`: the caches of its three steps, fc1
+            (a :class:`LinearCache`), act (a :class:`GeluCache`) and fc2 (a :class:`LinearCache`).
+
     Returns:
-        dx, dfc1_w, dfc1_b, dfc2_w, dfc2_b.
+        dx (..., C), dfc1_w (rC, C), dfc1_b (rC,), dfc2_w (C_out, rC), dfc2_b (C_out,).
+
+    Math:
+        out = fc2(gelu(fc1(x))): the chain rule through the three steps, last first.
     """
     # BEGIN SOLUTION ffn_backward
     da, dfc2_w, dfc2_b = linear_backward(dout, cache.fc2)

@@ -34,7 +34,7 @@ def softmax_forward(x: Any, axis: int = -1) -> tuple[Any, SoftmaxCache]:
     """
     check_float("x", x)
     xp = get_xp(x)
-    if use_fused(x) and axis in (-1, x.ndim - 1) and x.ndim > 0:  # twins_np/kernels/softmax_cpu.py or softmax.cu
+    if use_fused(x, "softmax") and axis in (-1, x.ndim - 1) and x.ndim > 0:  # twins_np/kernels/softmax_cpu.py or softmax.cu
         y = kernels.for_array(x).softmax_forward(x)
         return y, SoftmaxCache(y, axis)
     y = xp.empty(x.shape, dtype=x.dtype)  # C order, so its reshape below is a view
@@ -62,25 +62,32 @@ def _sum(a: Any, axis: int) -> Any:
 def softmax_backward(dout: Any, cache: SoftmaxCache) -> Any:
     """Jacobian-vector product of softmax, without forming the Jacobian.
 
+    Args:
+        dout: upstream gradient, the shape and dtype of the forward's output y.
+        cache: the forward's :class:`SoftmaxCache`: y (the softmax) and the axis it ran over.
+
+    Returns:
+        dx: the shape and dtype of dout.
+
     Math:
         J = diag(y) - y y^T, so  dx = J^T dout = y * (dout - sum(dout * y)).
     """
     y, axis = cache
     xp = check_dout(dout, y)
-    if use_fused(dout) and axis in (-1, y.ndim - 1) and y.ndim > 0:  # twins_np/kernels/softmax_cpu.py or softmax.cu
+    last = axis in (-1, y.ndim - 1) and y.ndim > 0
+    if use_fused(dout, "softmax") and last:  # twins_np/kernels/softmax_cpu.py or softmax.cu
         return kernels.for_array(dout).softmax_backward(dout, y)
-    dx = xp.empty(y.shape, dtype=dout.dtype)
-    if axis in (-1, y.ndim - 1) and y.ndim > 0:
-        n = y.shape[-1]
-        map_blocks(_softmax_rows_backward, dout.reshape(-1, n), y.reshape(-1, n), out=dx.reshape(-1, n))
-    else:
-        _softmax_rows_backward(dout, y, out=dx, axis=axis)
-    return dx
 
-
-def _softmax_rows_backward(dout: Any, y: Any, out: Any, axis: int = -1) -> None:
-    """Writes y * (dout - sum(dout * y)) along ``axis`` into out."""
     # BEGIN SOLUTION attention_backward
-    get_xp(y).multiply(dout, y, out=out)
-    out -= y * _sum(out, axis)
+    def rows(d: Any, y_: Any, out: Any, ax: int = -1) -> None:  # y * (dout - sum(dout * y)) along ax, into out
+        xp.multiply(d, y_, out=out)
+        out -= y_ * _sum(out, ax)
+
+    dx = xp.empty(y.shape, dtype=dout.dtype)
+    if last:  # in cache-sized blocks of rows
+        n = y.shape[-1]
+        map_blocks(rows, dout.reshape(-1, n), y.reshape(-1, n), out=dx.reshape(-1, n))
+    else:
+        rows(dout, y, out=dx, ax=axis)
+    return dx
     # END SOLUTION

@@ -13,27 +13,38 @@ dwconv3x3_forward / _bwd     dwconv3x3_cpu.py    twins_np.functional.depthwise_c
 adamw_update                 adamw_cpu.py        twins_np.optim.AdamW._update
 ===========================  ==================  ======================================================
 
-This module imports numba (through the kernel files), so nothing imports it until a CPU
-kernel is first needed: ``twins_np.kernels.for_array`` does, on the first NumPy array that
-``twins_np.backend.use_fused`` sends to a kernel. Every function takes NumPy arrays only.
+Each kernel file is imported on the first use of one of its functions (this module's
+``__getattr__``), and that file imports numba, so ``import twins_np`` never does:
+``twins_np.kernels.for_array`` hands this module out on the first NumPy array that
+``twins_np.backend.use_fused`` sends to a kernel. A kernel file may be absent (a course's
+student copy leaves out the kernels of its tasks): ``use_fused`` then never sends an array
+here for it, and the other kernels still load. Every function takes NumPy arrays only.
 """
 
 from __future__ import annotations
 
-from .adamw_cpu import adamw_update
-from .dwconv3x3_cpu import dwconv3x3_backward, dwconv3x3_forward
-from .gelu_cpu import gelu_backward, gelu_forward
-from .layernorm_cpu import layernorm_backward_dx, layernorm_forward
-from .softmax_cpu import softmax_backward, softmax_forward
+import importlib
+from typing import Any
 
-__all__ = [
-    "adamw_update",
-    "dwconv3x3_backward",
-    "dwconv3x3_forward",
-    "gelu_backward",
-    "gelu_forward",
-    "layernorm_backward_dx",
-    "layernorm_forward",
-    "softmax_backward",
-    "softmax_forward",
-]
+# function -> the kernel file (twins_np/kernels/NAME_cpu.py) that defines it
+_FILES = {
+    "adamw_update": "adamw",
+    "dwconv3x3_backward": "dwconv3x3",
+    "dwconv3x3_forward": "dwconv3x3",
+    "gelu_backward": "gelu",
+    "gelu_forward": "gelu",
+    "layernorm_backward_dx": "layernorm",
+    "layernorm_forward": "layernorm",
+    "softmax_backward": "softmax",
+    "softmax_forward": "softmax",
+}
+
+__all__ = sorted(_FILES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _FILES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    function = getattr(importlib.import_module(f"{__package__}.{_FILES[name]}_cpu"), name)
+    globals()[name] = function  # found directly from now on
+    return function
