@@ -43,7 +43,7 @@ def layernorm_forward(x: Any, gamma: Any, beta: Any, eps: float = 1e-6) -> tuple
     if gamma.shape != (C,) or beta.shape != (C,):
         raise ValueError(f"layernorm: x has C = {C} channels but gamma/beta have shapes {tuple(gamma.shape)}/{tuple(beta.shape)}")
     xp = get_xp(x)
-    if use_fused(x, "layernorm"):  # one fused kernel, one block of rows at a time (twins_np/kernels/layernorm_cpu.py or layernorm.cu)
+    if use_fused(x, "layernorm"):  # one fused kernel (twins_np/kernels/layernorm_cpu.py or layernorm.cu)
         y, xhat, inv_std = kernels.for_array(x).layernorm_forward(x, gamma, beta, eps)
         return y, LayerNormCache(xhat, inv_std, gamma)
     x2 = x.reshape(-1, C)
