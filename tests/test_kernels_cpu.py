@@ -116,10 +116,11 @@ def test_kernels_are_on_by_default_where_numba_is_installed():
 def test_use_fused_picks_numpy_float_arrays_only_when_on():
     x = np.ones(3, np.float32)
     backend.cpu_kernels(True)
-    assert backend.use_fused(x) and backend.use_fused(x.astype(np.float64))
-    assert not backend.use_fused(x.astype(np.float16)) and not backend.use_fused([1.0])
+    assert backend.use_fused(x, "gelu") and backend.use_fused(x.astype(np.float64), "gelu")
+    assert not backend.use_fused(x.astype(np.float16), "gelu") and not backend.use_fused([1.0], "gelu")
+    assert not backend.use_fused(x, "no_such_kernel")  # no twins_np/kernels/no_such_kernel_cpu.py: the twin
     backend.cpu_kernels(False)
-    assert not backend.use_fused(x)
+    assert not backend.use_fused(x, "gelu")
     assert twins_np.cpu_kernels is backend.cpu_kernels
 
 
