@@ -21,27 +21,10 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-_WARM = """
-import numpy as np
-import twins_np.functional as F
-from twins_np.nn.module import Parameter
-from twins_np.optim import AdamW
-for dt in (np.float32, np.float64):
-    x = np.ones((1, 2, 2, 8), dt)
-    w, b = np.ones((8, 1, 3, 3), dt), np.ones(8, dt)
-    F.gelu_backward(x, F.gelu_forward(x)[1])
-    F.layernorm_backward(x, F.layernorm_forward(x, b, b)[1])
-    F.softmax_backward(x, F.softmax_forward(x)[1])
-    F.depthwise_conv3x3_backward(x, F.depthwise_conv3x3_forward(x, w, b)[1])
-    p = Parameter(b.copy())
-    p.grad = b
-    AdamW([p]).step()
-"""
-
-
 def warm() -> None:
     """Compile every CPU kernel for float32 and float64 into numba's disk cache (untimed)."""
-    subprocess.run([sys.executable, "-c", _WARM], check=True, env={**os.environ, "TWINS_NP_CPU_KERNELS": "1"})
+    code = "import numpy as np; from benchmarks.worker import load_cpu_kernels; load_cpu_kernels((np.float32, np.float64))"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env={**os.environ, "TWINS_NP_CPU_KERNELS": "1"})
 
 
 def run(path: pathlib.Path, kernels: bool) -> tuple[float, float]:

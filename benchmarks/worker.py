@@ -114,8 +114,9 @@ def _seg_labels(rng: np.random.Generator, batch: int, size: int) -> np.ndarray:
 # --- twins-np ---------------------------------------------------------------------------
 
 
-def _load_cpu_kernels() -> None:
-    """Call every CPU kernel once on tiny float32 arrays: numba and the compiled kernels are loaded.
+def load_cpu_kernels(dtypes: tuple[Any, ...] = (np.float32,)) -> None:
+    """Call every CPU kernel once on tiny arrays of each dtype: numba and the compiled kernels are loaded
+    (compiled first, into numba's disk cache, where the cache does not have them yet).
 
     They load lazily, on a kernel's first call, and stay resident for the life of the process
     (about 120 MiB, measured): library code, as torch's own libraries, which ``import torch``
@@ -129,16 +130,16 @@ def _load_cpu_kernels() -> None:
 
     if not cpu_kernels():
         return
-    x = np.ones((1, 2, 2, 8), np.float32)
-    w, b = np.ones((8, 1, 3, 3), np.float32), np.ones(8, np.float32)
-    F.gelu_backward(x, F.gelu_forward(x)[1])
-    F.layernorm_backward(x, F.layernorm_forward(x, b, b)[1])
-    F.softmax_backward(x, F.softmax_forward(x)[1])
-    F.depthwise_conv3x3_backward(x, F.depthwise_conv3x3_forward(x, w, b)[1])
-    p = Parameter(b.copy())
-    p.grad = b
-    AdamW([p]).step()
-
+    for dtype in dtypes:
+        x = np.ones((1, 2, 2, 8), dtype)
+        w, b = np.ones((8, 1, 3, 3), dtype), np.ones(8, dtype)
+        F.gelu_backward(x, F.gelu_forward(x)[1])
+        F.layernorm_backward(x, F.layernorm_forward(x, b, b)[1])
+        F.softmax_backward(x, F.softmax_forward(x)[1])
+        F.depthwise_conv3x3_backward(x, F.depthwise_conv3x3_forward(x, w, b)[1])
+        p = Parameter(b.copy())
+        p.grad = b
+        AdamW([p]).step()
 
 
 def twins_np_task(args: argparse.Namespace) -> tuple[Callable[[], Any], Callable[[], None]]:
@@ -148,7 +149,7 @@ def twins_np_task(args: argparse.Namespace) -> tuple[Callable[[], Any], Callable
 
     # time the library as a user imports it: `import twins_np` applies its own malloc tuning
     # (unless TWINS_NP_NO_MALLOC_TUNING=1), nothing more is set here
-    _load_cpu_kernels()
+    load_cpu_kernels()
     rng = np.random.default_rng(0)
     dev = args.device
     if args.task == "segtrain":

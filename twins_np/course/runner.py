@@ -35,6 +35,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,14 +87,7 @@ _SANDBOX: dict[bool, Sandbox] = {}
 def _world_executable(path: str) -> bool:
     """Every folder on the way is searchable and the file readable and executable by anyone."""
     p = pathlib.Path(path).resolve()
-    try:
-        for d in p.parents:
-            if not d.stat().st_mode & stat.S_IXOTH:
-                return False
-        mode = p.stat().st_mode
-    except OSError:
-        return False
-    return bool(mode & stat.S_IXOTH and mode & stat.S_IROTH)
+    return _runnable_by_anyone(p, p.parents)
 
 
 def _executable_in_its_view(path: str) -> bool:
@@ -102,10 +96,14 @@ def _executable_in_its_view(path: str) -> bool:
     only the installation's own folders and the file count (a pyenv Python under a private home)."""
     p = pathlib.Path(path).resolve()
     base = p.parent.parent
+    return _runnable_by_anyone(p, (base, *(q for q in p.parents if base in q.parents)))
+
+
+def _runnable_by_anyone(p: pathlib.Path, folders: Iterable[pathlib.Path]) -> bool:
+    """The folders are searchable and the file readable and executable by every user."""
     try:
-        for d in (base, *(q for q in p.parents if base in q.parents)):
-            if not d.stat().st_mode & stat.S_IXOTH:
-                return False
+        if any(not d.stat().st_mode & stat.S_IXOTH for d in folders):
+            return False
         mode = p.stat().st_mode
     except OSError:
         return False
