@@ -38,19 +38,19 @@ MODEL_CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 
+# The six models of the paper, by timm's names.
+PAPER_MODELS = (
+    "twins_pcpvt_small",
+    "twins_pcpvt_base",
+    "twins_pcpvt_large",
+    "twins_svt_small",
+    "twins_svt_base",
+    "twins_svt_large",
+)
+
 # The models whose ImageNet-1k weights timm publishes on the Hugging Face Hub, as the Hub
 # repository holding them (file model.safetensors); twins-np reads them but downloads nothing.
-PUBLISHED_WEIGHTS: dict[str, str] = {
-    name: f"timm/{name}.in1k"
-    for name in (
-        "twins_pcpvt_small",
-        "twins_pcpvt_base",
-        "twins_pcpvt_large",
-        "twins_svt_small",
-        "twins_svt_base",
-        "twins_svt_large",
-    )
-}
+PUBLISHED_WEIGHTS: dict[str, str] = {name: f"timm/{name}.in1k" for name in PAPER_MODELS}
 
 
 def _patterns(patterns: str | Sequence[str]) -> list[str]:

@@ -51,7 +51,7 @@ from ..functional._checks import check_float, check_ndim
 from ..nn import AdaptiveAvgPool2d, Conv2d, ConvModule, Dropout2d, Module, ModuleList, Sequential, Upsample
 from ..nn.init import Rng
 from .base import LossModel
-from .registry import MODEL_CONFIGS, create_model
+from .registry import MODEL_CONFIGS, PAPER_MODELS, create_model
 from .twins import Twins
 
 
@@ -656,23 +656,15 @@ _MMSEG_UPER = dict(
     dropout_ratio=0.1,
     **_ADE20K,
 )
-_PAPER_BACKBONES = (
-    "twins_pcpvt_small",
-    "twins_pcpvt_base",
-    "twins_pcpvt_large",
-    "twins_svt_small",
-    "twins_svt_base",
-    "twins_svt_large",
-)
 
 SEGMENTER_CONFIGS: dict[str, dict[str, Any]] = {
-    **{f"{b}_fpn": dict(_PAPER, backbone=b) for b in _PAPER_BACKBONES},
+    **{f"{b}_fpn": dict(_PAPER, backbone=b) for b in PAPER_MODELS},
     **{
         f"{b}_fpn": dict(_TEACH, backbone=b)
         for b in ("twins_svt_teach32", "twins_pcpvt_teach32", "twins_svt_teach64", "twins_pcpvt_teach64")
     },
-    **{f"{b}_fpn_ade20k": dict(_MMSEG_FPN, backbone=b) for b in _PAPER_BACKBONES},
-    **{f"{b}_uperhead_ade20k": dict(_MMSEG_UPER, backbone=b) for b in _PAPER_BACKBONES},
+    **{f"{b}_fpn_ade20k": dict(_MMSEG_FPN, backbone=b) for b in PAPER_MODELS},
+    **{f"{b}_uperhead_ade20k": dict(_MMSEG_UPER, backbone=b) for b in PAPER_MODELS},
 }
 
 # what create_segmenter's overrides may replace, per head
@@ -681,7 +673,7 @@ HEAD_OPTIONS = {
     "uper": ("head_channels", "aux_channels", "aux_weight", "norm", "num_groups", "dropout_ratio", "test_cfg"),
 }
 
-_PAPER_NAMES = {n for n, c in SEGMENTER_CONFIGS.items() if c["backbone"] in _PAPER_BACKBONES}
+_PAPER_NAMES = {n for n, c in SEGMENTER_CONFIGS.items() if c["backbone"] in PAPER_MODELS}
 
 
 def list_segmenters() -> list[str]:
