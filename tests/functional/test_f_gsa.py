@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from attention_inputs import gsa_call, gsa_params
 from f_helpers import assert_grad_close, rel_err
 
 from twins_np import functional as F
@@ -14,38 +15,6 @@ from twins_np.gradcheck import TOLERANCES, check_backward
 
 BASE = ["q_w", "q_b", "kv_w", "kv_b", "proj_w", "proj_b"]
 SR = ["sr_w", "sr_b", "norm_w", "norm_b"]
-
-
-def make_params(seed: int, B: int, H: int, W: int, C: int, sr: int) -> dict:
-    """x and every weight, random; gamma around 1 (not 1), biases nonzero."""
-    r = np.random.default_rng(seed)
-    s = 1.0 / math.sqrt(C)
-    p = {
-        "x": r.standard_normal((B, H * W, C)),
-        "q_w": s * r.standard_normal((C, C)),
-        "q_b": 0.5 * r.standard_normal(C),
-        "kv_w": s * r.standard_normal((2 * C, C)),
-        "kv_b": 0.5 * r.standard_normal(2 * C),
-        "proj_w": s * r.standard_normal((C, C)),
-        "proj_b": 0.5 * r.standard_normal(C),
-    }
-    if sr > 1:
-        p["sr_w"] = s / sr * r.standard_normal((C, C, sr, sr))
-        p["sr_b"] = 0.5 * r.standard_normal(C)
-        p["norm_w"] = 1.0 + 0.3 * r.standard_normal(C)
-        p["norm_b"] = 0.5 * r.standard_normal(C)
-    return p
-
-
-def call(p: dict, size, heads: int, sr: int, dtype=None, xp=np):
-    def cast(a):
-        if not isinstance(a, np.ndarray):  # already on the GPU (the mixed-device test): leave it there
-            return a
-        return xp.asarray(a if dtype is None else a.astype(dtype))
-
-    kw = {k: cast(v) for k, v in p.items() if k != "x"}
-    sub = {"sr_params": (kw.pop("sr_w"), kw.pop("sr_b"))} if "sr_w" in kw else {}
-    return F.gsa_forward(cast(p["x"]), size, num_heads=heads, sr_ratio=sr, **kw, **sub)
 
 
 def by_name(g: tuple) -> dict:
@@ -101,8 +70,8 @@ CASES = [(7, 5, 1), (7, 5, 2), (7, 5, 4), (1, 1, 1), (5, 6, 2), (4, 4, 4)]
 
 @pytest.mark.parametrize(("H", "W", "sr"), CASES)
 def test_forward_matches_loop(xp, H, W, sr):
-    p = make_params(1, 2, H, W, 4, sr)
-    out, cache = call(p, (H, W), 2, sr, xp=xp)
+    p = gsa_params(1, 2, H, W, 4, sr)
+    out, cache = gsa_call(p, (H, W), 2, sr, xp=xp)
     assert rel_err(out, gsa_loop(p, (H, W), 2, sr)) < TOLERANCES["parity_f64_rel"]
     assert cache.attn.k.shape[-2] == (H // sr) * (W // sr)  # number of keys: floored
 
@@ -110,7 +79,7 @@ def test_forward_matches_loop(xp, H, W, sr):
 @pytest.mark.parametrize(("H", "W", "sr"), CASES)
 def test_gradcheck(xp, H, W, sr):
     device = "cpu" if xp is np else "gpu"
-    p = make_params(2, 2, H, W, 4, sr)
+    p = gsa_params(2, 2, H, W, 4, sr)
     names = ["x"] + BASE + (SR if sr > 1 else [])
 
     def fwd(x, *params):
@@ -123,8 +92,8 @@ def test_gradcheck(xp, H, W, sr):
 
 
 def test_sr_one_has_no_conv_and_no_norm():
-    p = make_params(3, 1, 3, 4, 4, 1)
-    _, cache = call(p, (3, 4), 2, 1)
+    p = gsa_params(3, 1, 3, 4, 4, 1)
+    _, cache = gsa_call(p, (3, 4), 2, 1)
     assert cache.sr is None and cache.norm is None
     g = F.gsa_backward(np.random.default_rng(4).standard_normal((1, 12, 4)), cache)
     assert len(g) == 10 and g[7] == () and g[8] is None and g[9] is None  # no sub-sampling, no norm
@@ -132,8 +101,8 @@ def test_sr_one_has_no_conv_and_no_norm():
 
 def test_single_key_gives_zero_query_gradient():
     """7x5 with sr 4 leaves one key: attention is constant, so q_w, q_b and the key rows of kv_w get exactly 0."""
-    p = make_params(5, 2, 7, 5, 4, 4)
-    out, cache = call(p, (7, 5), 2, 4)
+    p = gsa_params(5, 2, 7, 5, 4, 4)
+    out, cache = gsa_call(p, (7, 5), 2, 4)
     g = by_name(F.gsa_backward(np.random.default_rng(6).standard_normal(out.shape), cache))
     np.testing.assert_array_equal(g["q_w"], 0.0)
     np.testing.assert_array_equal(g["q_b"], 0.0)
@@ -146,8 +115,8 @@ def test_single_key_gives_zero_query_gradient():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("sr", [1, 2])
 def test_dtype_preserved(xp, dtype, sr):
-    p = make_params(9, 2, 5, 6, 4, sr)
-    out, cache = call(p, (5, 6), 2, sr, dtype=dtype, xp=xp)
+    p = gsa_params(9, 2, 5, 6, 4, sr)
+    out, cache = gsa_call(p, (5, 6), 2, sr, dtype=dtype, xp=xp)
     assert out.dtype == dtype
     g = by_name(F.gsa_backward(xp.asarray(np.random.default_rng(10).standard_normal(out.shape).astype(dtype)), cache))
     assert set(g) == {"x", *BASE, *(SR if sr > 1 else [])}
@@ -192,8 +161,8 @@ def test_parity_with_timm(dtype, tol, B, H, W, sr):
     """Stage maps of TWINS_SPEC section 3 at inputs 224, 230, 100, 64x96, 32; C = 16."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("timm")
-    p = {k: v.astype(dtype) for k, v in make_params(11, B, H, W, 16, sr).items()}
-    out, cache = call(p, (H, W), 2, sr)
+    p = {k: v.astype(dtype) for k, v in gsa_params(11, B, H, W, 16, sr).items()}
+    out, cache = gsa_call(p, (H, W), 2, sr)
     dout = np.random.default_rng(12).standard_normal(out.shape).astype(dtype)
     g = by_name(F.gsa_backward(dout, cache))
     t_out, t_g = timm_gsa(torch, p, (H, W), 2, sr, dout)
@@ -208,62 +177,62 @@ def test_parity_with_timm(dtype, tol, B, H, W, sr):
 
 
 def test_sr_larger_than_map_raises():
-    p = make_params(13, 1, 7, 5, 4, 8)
+    p = gsa_params(13, 1, 7, 5, 4, 8)
     with pytest.raises(ValueError, match="sr = 8 is larger than the 7x5 map"):
-        call(p, (7, 5), 2, 8)
+        gsa_call(p, (7, 5), 2, 8)
 
 
 @pytest.mark.parametrize("sr", [0, -1, 1.5])
 def test_bad_sr_ratio_raises(sr):
-    p = make_params(14, 1, 5, 6, 4, 1)
+    p = gsa_params(14, 1, 5, 6, 4, 1)
     with pytest.raises(ValueError, match="sr_ratio must be a positive integer"):
-        call(p, (5, 6), 2, sr)
+        gsa_call(p, (5, 6), 2, sr)
 
 
 def test_sr_without_conv_weights_raises():
-    p = make_params(15, 1, 5, 6, 4, 1)
+    p = gsa_params(15, 1, 5, 6, 4, 1)
     with pytest.raises(ValueError, match=r"needs sr_params = \(sr_w, sr_b\), norm_w, norm_b"):
-        call(p, (5, 6), 2, 2)
+        gsa_call(p, (5, 6), 2, 2)
 
 
 @pytest.mark.parametrize(("name", "shape"), [("q_w", (4, 5)), ("kv_w", (4, 4)), ("proj_w", (8, 4)), ("sr_w", (4, 4, 3, 3))])
 def test_weight_wrong_shape_raises(name, shape):
-    p = make_params(16, 1, 6, 6, 4, 2)
+    p = gsa_params(16, 1, 6, 6, 4, 2)
     p[name] = np.zeros(shape)
     with pytest.raises(ValueError, match=f"'{name}' must have shape"):
-        call(p, (6, 6), 2, 2)
+        gsa_call(p, (6, 6), 2, 2)
 
 
 def test_heads_not_dividing_channels_raises():
     with pytest.raises(ValueError, match="dim = 4 is not divisible by num_heads = 3"):
-        call(make_params(17, 1, 5, 6, 4, 1), (5, 6), 3, 1)
+        gsa_call(gsa_params(17, 1, 5, 6, 4, 1), (5, 6), 3, 1)
 
 
 def test_token_count_mismatch_raises():
     with pytest.raises(ValueError, match=r"N = 30 tokens but size \(H, W\) = \(6, 6\) needs H\*W = 36"):
-        call(make_params(18, 1, 5, 6, 4, 1), (6, 6), 2, 1)
+        gsa_call(gsa_params(18, 1, 5, 6, 4, 1), (6, 6), 2, 1)
 
 
 def test_wrong_ndim_raises():
-    p = make_params(19, 1, 5, 6, 4, 1)
+    p = gsa_params(19, 1, 5, 6, 4, 1)
     p["x"] = p["x"].reshape(1, 5, 6, 4)
     with pytest.raises(ValueError, match=r"'x' must have shape \(B, N, C\)"):
-        call(p, (5, 6), 2, 1)
+        gsa_call(p, (5, 6), 2, 1)
 
 
 def test_integer_and_float16_inputs_raise():
-    p = make_params(20, 1, 5, 6, 4, 2)
+    p = gsa_params(20, 1, 5, 6, 4, 2)
     with pytest.raises(TypeError, match="got int64"):
-        call({**p, "x": np.ones((1, 30, 4), dtype=np.int64)}, (5, 6), 2, 2)
+        gsa_call({**p, "x": np.ones((1, 30, 4), dtype=np.int64)}, (5, 6), 2, 2)
     with pytest.raises(TypeError, match="got float16"):
-        call(p, (5, 6), 2, 2, dtype=np.float16)
+        gsa_call(p, (5, 6), 2, 2, dtype=np.float16)
 
 
 def test_mixed_precision_raises():
-    p = make_params(21, 1, 6, 6, 4, 2)
+    p = gsa_params(21, 1, 6, 6, 4, 2)
     p["sr_w"] = p["sr_w"].astype(np.float32)
     with pytest.raises(TypeError, match="'weight' is float32 but 'x' is float64"):
-        call(p, (6, 6), 2, 2)
+        gsa_call(p, (6, 6), 2, 2)
 
 
 @pytest.mark.gpu
@@ -272,8 +241,8 @@ def test_mixed_numpy_cupy_raises():
         pytest.skip("CuPy with a CUDA GPU is not available")
     import cupy
 
-    p = make_params(22, 1, 6, 6, 4, 2)
+    p = gsa_params(22, 1, 6, 6, 4, 2)
     p["kv_w"] = cupy.asarray(p["kv_w"])
     # GSA's own argument is named, before anything is computed (not its inner Linear's 'weight')
     with pytest.raises(TypeError, match=r"'kv_w' is a CuPy \(GPU\) array but 'x' is a NumPy \(CPU\) array"):
-        call(p, (6, 6), 2, 2)
+        gsa_call(p, (6, 6), 2, 2)

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from attention_inputs import lsa_params
 from f_helpers import rel_err
 
 from twins_np import functional as F
@@ -13,17 +14,6 @@ from twins_np.backend import asnumpy, cupy_available
 from twins_np.gradcheck import TOLERANCES, check_backward
 
 NAMES = ["x", "qkv_w", "qkv_b", "proj_w", "proj_b"]
-
-
-def make_params(seed: int, B: int, H: int, W: int, C: int):
-    """x (B, H*W, C) and random qkv/proj weights and biases (biases nonzero: padded keys are the bias)."""
-    r = np.random.default_rng(seed)
-    x = r.standard_normal((B, H * W, C))
-    qkv_w = r.standard_normal((3 * C, C)) / math.sqrt(C)
-    qkv_b = 0.5 * r.standard_normal(3 * C)
-    proj_w = r.standard_normal((C, C)) / math.sqrt(C)
-    proj_b = 0.5 * r.standard_normal(C)
-    return x, qkv_w, qkv_b, proj_w, proj_b
 
 
 def lsa_loop(x, size, qkv_w, qkv_b, proj_w, proj_b, heads, ws, mask_padded=False):
@@ -90,7 +80,7 @@ SMALL = [(5, 6, 3), (5, 6, 4), (1, 1, 7), (6, 6, 3), (4, 9, 3), (3, 2, 2)]
 
 @pytest.mark.parametrize(("H", "W", "ws"), SMALL)
 def test_forward_matches_loop(xp, H, W, ws):
-    args = make_params(2, 2, H, W, 4)
+    args = lsa_params(2, 2, H, W, 4)
     out, _ = F.lsa_forward(xp.asarray(args[0]), (H, W), *(xp.asarray(a) for a in args[1:]), num_heads=2, ws=ws)
     ref = lsa_loop(args[0], (H, W), *args[1:], heads=2, ws=ws)
     assert rel_err(out, ref) < TOLERANCES["parity_f64_rel"]
@@ -99,7 +89,7 @@ def test_forward_matches_loop(xp, H, W, ws):
 @pytest.mark.parametrize(("H", "W", "ws"), [(5, 6, 4), (8, 8, 7), (1, 1, 7), (4, 9, 3)])
 def test_padded_tokens_are_not_masked(H, W, ws):
     """On a padded map the output differs from a masked variant (by far more than rounding) and equals the unmasked loop."""
-    args = make_params(3, 1, H, W, 4)
+    args = lsa_params(3, 1, H, W, 4)
     out, _ = F.lsa_forward(args[0], (H, W), *args[1:], num_heads=2, ws=ws)
     masked = lsa_loop(args[0], (H, W), *args[1:], heads=2, ws=ws, mask_padded=True)
     assert rel_err(out, lsa_loop(args[0], (H, W), *args[1:], heads=2, ws=ws)) < TOLERANCES["parity_f64_rel"]
@@ -107,7 +97,7 @@ def test_padded_tokens_are_not_masked(H, W, ws):
 
 
 def test_divisible_map_has_nothing_to_mask():
-    args = make_params(4, 1, 6, 6, 4)
+    args = lsa_params(4, 1, 6, 6, 4)
     out, _ = F.lsa_forward(args[0], (6, 6), *args[1:], num_heads=2, ws=3)
     masked = lsa_loop(args[0], (6, 6), *args[1:], heads=2, ws=3, mask_padded=True)
     assert rel_err(out, masked) < TOLERANCES["parity_f64_rel"]
@@ -116,7 +106,7 @@ def test_divisible_map_has_nothing_to_mask():
 def test_padded_keys_and_values_are_the_qkv_bias():
     """Padding comes before the qkv Linear, so a padded token's k and v are b_k and b_v."""
     C, heads, ws = 4, 2, 4
-    x, qkv_w, qkv_b, proj_w, proj_b = make_params(5, 1, 5, 6, C)
+    x, qkv_w, qkv_b, proj_w, proj_b = lsa_params(5, 1, 5, 6, C)
     _, cache = F.lsa_forward(x, (5, 6), qkv_w, qkv_b, proj_w, proj_b, num_heads=heads, ws=ws)
     k, v = cache.attn.k, cache.attn.v  # (B, nW, heads, T, hd)
     # the last window (bottom right) holds padded slots in row 1 (row 5 of the map) onwards
@@ -132,7 +122,7 @@ def test_padded_keys_and_values_are_the_qkv_bias():
 @pytest.mark.parametrize(("H", "W", "ws"), [(5, 6, 3), (5, 6, 4), (1, 1, 7), (6, 6, 3), (3, 2, 2)])
 def test_gradcheck(xp, H, W, ws):
     device = "cpu" if xp is np else "gpu"
-    x, *params = make_params(6, 2, H, W, 4)
+    x, *params = lsa_params(6, 2, H, W, 4)
     rows = check_backward(
         F.lsa_forward, F.lsa_backward, [x, (H, W), *params, 2, ws], wrt=[0, 2, 3, 4, 5], names=NAMES, device=device
     )
@@ -142,7 +132,7 @@ def test_gradcheck(xp, H, W, ws):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(("H", "W", "ws"), [(5, 6, 4), (7, 7, 7)])
 def test_dtype_preserved(xp, dtype, H, W, ws):
-    x, *params = (xp.asarray(a.astype(dtype)) for a in make_params(9, 2, H, W, 4))
+    x, *params = (xp.asarray(a.astype(dtype)) for a in lsa_params(9, 2, H, W, 4))
     out, cache = F.lsa_forward(x, (H, W), *params, num_heads=2, ws=ws)
     assert out.dtype == dtype
     grads = F.lsa_backward(xp.asarray(np.random.default_rng(10).standard_normal(out.shape).astype(dtype)), cache)
@@ -152,7 +142,7 @@ def test_dtype_preserved(xp, dtype, H, W, ws):
 
 
 def test_float32_close_to_float64():
-    args = make_params(11, 1, 8, 8, 8)
+    args = lsa_params(11, 1, 8, 8, 8)
     out64, _ = F.lsa_forward(args[0], (8, 8), *args[1:], num_heads=2, ws=7)
     out32, _ = F.lsa_forward(args[0].astype(np.float32), (8, 8), *(a.astype(np.float32) for a in args[1:]), num_heads=2, ws=7)
     assert rel_err(out32, out64) < TOLERANCES["f32_vs_f64_rel"]
@@ -187,7 +177,7 @@ def test_parity_with_timm(dtype, tol, B, H, W):
     """The map sizes of TWINS_SPEC section 3 (stage grids at inputs 224, 100, 32, 64x96, 230), C = 16, ws = 7."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("timm")
-    args = [a.astype(dtype) for a in make_params(12, B, H, W, 16)]
+    args = [a.astype(dtype) for a in lsa_params(12, B, H, W, 16)]
     out, cache = F.lsa_forward(args[0], (H, W), *args[1:], num_heads=2, ws=7)
     dout = np.random.default_rng(13).standard_normal(out.shape).astype(dtype)
     grads = F.lsa_backward(dout, cache)
@@ -203,7 +193,7 @@ def test_masked_variant_differs_from_timm():
     """What the spec's table says: masking the pad moves the output far from timm on a padded map."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("timm")
-    args = make_params(14, 1, 8, 8, 4)
+    args = lsa_params(14, 1, 8, 8, 4)
     t_out, _ = timm_lsa(torch, args, (8, 8), 2, 7, np.zeros((1, 64, 4)))
     masked = lsa_loop(args[0], (8, 8), *args[1:], heads=2, ws=7, mask_padded=True)
     assert rel_err(masked, t_out) > 1e-2
@@ -213,7 +203,7 @@ def test_masked_variant_differs_from_timm():
 
 
 def _call(x=None, size=(5, 6), heads=2, ws=3, **over):
-    args = make_params(15, 1, 5, 6, 4)
+    args = lsa_params(15, 1, 5, 6, 4)
     p = dict(zip(["qkv_w", "qkv_b", "proj_w", "proj_b"], args[1:]))
     p.update(over)
     return F.lsa_forward(args[0] if x is None else x, size, num_heads=heads, ws=ws, **p)
@@ -252,7 +242,7 @@ def test_integer_input_raises():
 
 
 def test_float16_raises():
-    args = [a.astype(np.float16) for a in make_params(16, 1, 5, 6, 4)]
+    args = [a.astype(np.float16) for a in lsa_params(16, 1, 5, 6, 4)]
     with pytest.raises(TypeError, match="got float16"):
         F.lsa_forward(args[0], (5, 6), *args[1:], num_heads=2, ws=3)
 
@@ -281,7 +271,7 @@ MASKED = [(9, 10, 4), (5, 7, 3), (6, 5, 3)]  # both pads > 0; only the rows padd
 def test_masked_lsa_matches_loop(H, W, ws):
     """pad_mask="padded" leaves the padded tokens out of every real query's keys (exp(-1000) is 0 in
     float64); "mmseg" does so only where both pads are positive, and is timm's unmasked LSA otherwise."""
-    x, *params = make_params(40, 2, H, W, 4)
+    x, *params = lsa_params(40, 2, H, W, 4)
     masked = lsa_loop(x, (H, W), *params, 2, ws, mask_padded=True)
     unmasked = lsa_loop(x, (H, W), *params, 2, ws)
     out, _ = F.lsa_forward(x, (H, W), *params, num_heads=2, ws=ws, pad_mask="padded")
@@ -297,7 +287,7 @@ def test_masked_lsa_matches_loop(H, W, ws):
 def test_masked_lsa_gradcheck(xp, rule, H, W, ws):
     """The mask is a constant added to the scores: the backward is unchanged, and finite differences agree."""
     device = "cpu" if xp is np else "gpu"
-    x, *params = make_params(41, 2, H, W, 4)
+    x, *params = lsa_params(41, 2, H, W, 4)
     rows = check_backward(
         F.lsa_forward, F.lsa_backward, [x, (H, W), *params, 2, ws, 0.0, None, True, rule], wrt=[0, 2, 3, 4, 5],
         names=NAMES, device=device,
@@ -312,7 +302,7 @@ def test_mmseg_lsa_parity_with_torch(H, W, ws):
     torch = pytest.importorskip("torch")
     import mmseg_reference as ref
 
-    x, qkv_w, qkv_b, proj_w, proj_b = make_params(42, 2, H, W, 4)
+    x, qkv_w, qkv_b, proj_w, proj_b = lsa_params(42, 2, H, W, 4)
     m = ref.LocallyGroupedSelfAttention(4, 2, ws).double()
     with torch.no_grad():
         for p, v in ((m.qkv.weight, qkv_w), (m.qkv.bias, qkv_b), (m.proj.weight, proj_w), (m.proj.bias, proj_b)):
@@ -330,6 +320,6 @@ def test_mmseg_lsa_parity_with_torch(H, W, ws):
 
 
 def test_masked_lsa_keeps_float32():
-    x, *params = (a.astype(np.float32) for a in make_params(44, 1, 5, 7, 4))
+    x, *params = (a.astype(np.float32) for a in lsa_params(44, 1, 5, 7, 4))
     out, cache = F.lsa_forward(x, (5, 7), *params, num_heads=2, ws=3, pad_mask="padded")
     assert out.dtype == np.float32 and all(g.dtype == np.float32 for g in F.lsa_backward(np.ones_like(out), cache))

@@ -9,25 +9,13 @@ of a copy steps through a stubbed task this way.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
+from attention_inputs import gsa_call, gsa_params, lsa_params
 
 from twins_np import functional as F
 
 # --- LSA: the padded tokens through the backward chain --------------------------------------
-
-
-def lsa_params(seed: int, B: int, H: int, W: int, C: int):
-    """x (B, H*W, C) and random qkv/proj weights and biases (biases nonzero: padded keys are the bias)."""
-    r = np.random.default_rng(seed)
-    x = r.standard_normal((B, H * W, C))
-    qkv_w = r.standard_normal((3 * C, C)) / math.sqrt(C)
-    qkv_b = 0.5 * r.standard_normal(3 * C)
-    proj_w = r.standard_normal((C, C)) / math.sqrt(C)
-    proj_b = 0.5 * r.standard_normal(C)
-    return x, qkv_w, qkv_b, proj_w, proj_b
 
 
 @pytest.mark.parametrize(("H", "W", "ws"), [(5, 6, 4), (1, 1, 7), (4, 9, 3)])
@@ -54,38 +42,6 @@ def test_cropped_query_rows_get_no_gradient_and_padded_keys_do(H, W, ws):
 
 
 # --- GSA: the query path alone on floor-dropped pixels --------------------------------------
-
-
-def gsa_params(seed: int, B: int, H: int, W: int, C: int, sr: int) -> dict:
-    """x and every weight, random; gamma around 1 (not 1), biases nonzero."""
-    r = np.random.default_rng(seed)
-    s = 1.0 / math.sqrt(C)
-    p = {
-        "x": r.standard_normal((B, H * W, C)),
-        "q_w": s * r.standard_normal((C, C)),
-        "q_b": 0.5 * r.standard_normal(C),
-        "kv_w": s * r.standard_normal((2 * C, C)),
-        "kv_b": 0.5 * r.standard_normal(2 * C),
-        "proj_w": s * r.standard_normal((C, C)),
-        "proj_b": 0.5 * r.standard_normal(C),
-    }
-    if sr > 1:
-        p["sr_w"] = s / sr * r.standard_normal((C, C, sr, sr))
-        p["sr_b"] = 0.5 * r.standard_normal(C)
-        p["norm_w"] = 1.0 + 0.3 * r.standard_normal(C)
-        p["norm_b"] = 0.5 * r.standard_normal(C)
-    return p
-
-
-def gsa_call(p: dict, size, heads: int, sr: int, dtype=None, xp=np):
-    def cast(a):
-        if not isinstance(a, np.ndarray):  # already on the GPU (the mixed-device test): leave it there
-            return a
-        return xp.asarray(a if dtype is None else a.astype(dtype))
-
-    kw = {k: cast(v) for k, v in p.items() if k != "x"}
-    sub = {"sr_params": (kw.pop("sr_w"), kw.pop("sr_b"))} if "sr_w" in kw else {}
-    return F.gsa_forward(cast(p["x"]), size, num_heads=heads, sr_ratio=sr, **kw, **sub)
 
 
 @pytest.mark.parametrize(("H", "W", "sr"), [(7, 5, 2), (7, 5, 4), (57, 9, 8)])
