@@ -51,21 +51,37 @@ _MMSEG_MARKERS = ("backbone.layers.", "backbone.position_encodings.")
 
 _S = r"(\d+)"
 _P = r"(weight|bias)"
-# mmsegmentation backbone key (after "backbone.") -> twins-np's, one-to-one
-_RENAMES: list[tuple[re.Pattern[str], str]] = [
-    (re.compile(rf"patch_embeds\.{_S}\.projection\.{_P}"), r"patch_embeds.\1.proj.\2"),
-    (re.compile(rf"patch_embeds\.{_S}\.norm\.{_P}"), r"patch_embeds.\1.norm.\2"),
-    (re.compile(rf"position_encodings\.{_S}\.proj\.{_P}"), r"pos_block.\1.proj.0.\2"),
-    (re.compile(rf"layers\.{_S}\.{_S}\.norm([12])\.{_P}"), r"blocks.\1.\2.norm\3.\4"),
-    (re.compile(rf"layers\.{_S}\.{_S}\.attn\.qkv\.{_P}"), r"blocks.\1.\2.attn.qkv.\3"),
-    (re.compile(rf"layers\.{_S}\.{_S}\.attn\.proj\.{_P}"), r"blocks.\1.\2.attn.proj.\3"),
-    (re.compile(rf"layers\.{_S}\.{_S}\.attn\.attn\.out_proj\.{_P}"), r"blocks.\1.\2.attn.proj.\3"),
-    (re.compile(rf"layers\.{_S}\.{_S}\.attn\.sr\.{_P}"), r"blocks.\1.\2.attn.sr.\3"),
-    (re.compile(rf"layers\.{_S}\.{_S}\.attn\.norm\.{_P}"), r"blocks.\1.\2.attn.norm.\3"),
-    (re.compile(rf"layers\.{_S}\.{_S}\.ffn\.layers\.0\.0\.{_P}"), r"blocks.\1.\2.mlp.fc1.\3"),
-    (re.compile(rf"layers\.{_S}\.{_S}\.ffn\.layers\.1\.{_P}"), r"blocks.\1.\2.mlp.fc2.\3"),
-    (re.compile(rf"norm_list\.{_S}\.{_P}"), r"norm_list.\1.\2"),
+# mmsegmentation backbone key (after "backbone.") <-> twins-np's, one-to-one both ways; {S} is a
+# stage, {I} a block, {N} 1 or 2, {P} weight or bias
+_PAIRS = [
+    ("patch_embeds.{S}.projection.{P}", "patch_embeds.{S}.proj.{P}"),
+    ("patch_embeds.{S}.norm.{P}", "patch_embeds.{S}.norm.{P}"),
+    ("position_encodings.{S}.proj.{P}", "pos_block.{S}.proj.0.{P}"),
+    ("layers.{S}.{I}.norm{N}.{P}", "blocks.{S}.{I}.norm{N}.{P}"),
+    ("layers.{S}.{I}.attn.qkv.{P}", "blocks.{S}.{I}.attn.qkv.{P}"),
+    ("layers.{S}.{I}.attn.sr.{P}", "blocks.{S}.{I}.attn.sr.{P}"),
+    ("layers.{S}.{I}.attn.norm.{P}", "blocks.{S}.{I}.attn.norm.{P}"),
+    ("layers.{S}.{I}.ffn.layers.0.0.{P}", "blocks.{S}.{I}.mlp.fc1.{P}"),
+    ("layers.{S}.{I}.ffn.layers.1.{P}", "blocks.{S}.{I}.mlp.fc2.{P}"),
+    ("norm_list.{S}.{P}", "norm_list.{S}.{P}"),
 ]
+# the output projection: LSA's and GSA's (inside nn.MultiheadAttention) both become attn.proj;
+# the way back needs to know which block is which (to_mmseg)
+_PROJ_PAIRS = [
+    ("layers.{S}.{I}.attn.proj.{P}", "blocks.{S}.{I}.attn.proj.{P}"),
+    ("layers.{S}.{I}.attn.attn.out_proj.{P}", "blocks.{S}.{I}.attn.proj.{P}"),
+]
+_FIELDS = {"S": r"(?P<S>\d+)", "I": r"(?P<I>\d+)", "N": "(?P<N>[12])", "P": "(?P<P>weight|bias)"}
+
+
+def _rule(source: str, target: str) -> tuple[re.Pattern[str], str]:
+    """The key template ``source`` as a regex, and ``target`` as its replacement."""
+    parts = re.split(r"\{(\w)\}", source)  # text, field, text, field, ..., text
+    regex = "".join(_FIELDS[part] if k % 2 else re.escape(part) for k, part in enumerate(parts))
+    return re.compile(regex), re.sub(r"\{(\w)\}", r"\\g<\1>", target)
+
+
+_RENAMES = [_rule(mmseg, ours) for mmseg, ours in _PAIRS + _PROJ_PAIRS]
 # GSA's packed projection: one mmsegmentation key -> twins-np's q and kv (split after C rows)
 _IN_PROJ = re.compile(rf"layers\.{_S}\.{_S}\.attn\.attn\.in_proj_(weight|bias)")
 
@@ -121,19 +137,8 @@ def from_mmseg(state: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-# twins-np backbone key (after "backbone.") -> mmsegmentation's, one-to-one (the inverse of _RENAMES)
-_BACK: list[tuple[re.Pattern[str], str]] = [
-    (re.compile(rf"patch_embeds\.{_S}\.proj\.{_P}"), r"patch_embeds.\1.projection.\2"),
-    (re.compile(rf"patch_embeds\.{_S}\.norm\.{_P}"), r"patch_embeds.\1.norm.\2"),
-    (re.compile(rf"pos_block\.{_S}\.proj\.0\.{_P}"), r"position_encodings.\1.proj.\2"),
-    (re.compile(rf"blocks\.{_S}\.{_S}\.norm([12])\.{_P}"), r"layers.\1.\2.norm\3.\4"),
-    (re.compile(rf"blocks\.{_S}\.{_S}\.attn\.qkv\.{_P}"), r"layers.\1.\2.attn.qkv.\3"),
-    (re.compile(rf"blocks\.{_S}\.{_S}\.attn\.sr\.{_P}"), r"layers.\1.\2.attn.sr.\3"),
-    (re.compile(rf"blocks\.{_S}\.{_S}\.attn\.norm\.{_P}"), r"layers.\1.\2.attn.norm.\3"),
-    (re.compile(rf"blocks\.{_S}\.{_S}\.mlp\.fc1\.{_P}"), r"layers.\1.\2.ffn.layers.0.0.\3"),
-    (re.compile(rf"blocks\.{_S}\.{_S}\.mlp\.fc2\.{_P}"), r"layers.\1.\2.ffn.layers.1.\3"),
-    (re.compile(rf"norm_list\.{_S}\.{_P}"), r"norm_list.\1.\2"),
-]
+# twins-np backbone key (after "backbone.") -> mmsegmentation's: _PAIRS the other way
+_BACK = [_rule(ours, mmseg) for mmseg, ours in _PAIRS]
 _PROJ = re.compile(rf"blocks\.{_S}\.{_S}\.attn\.proj\.{_P}")
 _Q = re.compile(rf"blocks\.{_S}\.{_S}\.attn\.q\.{_P}")
 _KV = re.compile(rf"blocks\.{_S}\.{_S}\.attn\.kv\.{_P}")
