@@ -20,7 +20,7 @@ import textwrap
 import pytest
 
 from twins_np.course.assignments import load_course, parse_answers
-from twins_np.course.build import INSTRUCTOR_ONLY, build, project_files
+from twins_np.course.build import INSTRUCTOR_ONLY, _region_texts, build, project_files
 from twins_np.course.tasks import ASSIGNMENT_TASKS as TASKS
 from twins_np.course.tasks import BEGIN, END, kernel_files, solution_files, strip_source, task_functions
 
@@ -371,24 +371,9 @@ def _steps() -> dict[str, set[str]]:
     out: dict[str, set[str]] = {}
     for task, rels in solution_files(ROOT).items():
         for rel in rels:
-            for region in _region_code((ROOT / rel).read_text(), task):
+            for region in _region_texts((ROOT / rel).read_text(), {task}):
                 out.setdefault(task, set()).update(_calls(ast.parse(textwrap.dedent(region))) & ops)
     return out
-
-
-def _region_code(text: str, task: str) -> list[str]:
-    regions, cur = [], None
-    for line in text.splitlines():
-        m = BEGIN.match(line)
-        if m:
-            cur = [] if m["task"] == task else None
-        elif END.match(line):
-            if cur is not None:
-                regions.append("\n".join(cur))
-            cur = None
-        elif cur is not None:
-            cur.append(line)
-    return regions
 
 
 def _pieces(copy: pathlib.Path) -> list[tuple[str, set[str]]]:
