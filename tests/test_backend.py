@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +28,7 @@ from twins_np.backend import (
 )
 from twins_np.gradcheck import TOLERANCES
 
+ROOT = Path(__file__).resolve().parents[1]
 needs_gpu = pytest.mark.skipif(not cupy_available(), reason="CuPy with a CUDA GPU is not available")
 
 
@@ -196,3 +202,47 @@ def test_mixed_arrays_name_the_argument():
         get_xp(x=np.zeros(2), weight=cupy.zeros(2))
     with pytest.raises(TypeError, match="'argument 1' is a NumPy"):
         get_xp(cupy.zeros(2), np.zeros(2))
+
+
+def test_a_numba_that_does_not_import_turns_the_cpu_kernels_off(tmp_path):
+    """numba installed but broken (its import raises, as with a NumPy newer than it supports):
+    one warning naming numba's error, the switch reads off, cpu_kernels(True) refuses with that
+    error, and a model gives the bits of the kernels-off path instead of failing every forward."""
+    fake = tmp_path / "numba"
+    fake.mkdir()
+    (fake / "__init__.py").write_text('raise ImportError("Numba needs NumPy 2.3 or less. Got NumPy 9.9.")\n')
+    code = textwrap.dedent("""
+        import sys, warnings
+        import numpy as np
+        import twins_np
+        from twins_np import backend
+        model = twins_np.create_model("twins_svt_teach32", num_classes=10, seed=0)
+        x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            logits = model(x)
+            model(x)
+        messages = [str(w.message) for w in caught if "numba" in str(w.message)]
+        if sys.argv[2] == "broken":
+            assert len(messages) == 1, messages
+            assert "Got NumPy 9.9" in messages[0] and "TWINS_NP_CPU_KERNELS=0" in messages[0], messages[0]
+            try:
+                backend.cpu_kernels(True)
+            except RuntimeError as err:
+                assert "does not import" in str(err) and "Got NumPy 9.9" in str(err), err
+            else:
+                raise AssertionError("cpu_kernels(True) did not refuse")
+        assert backend.cpu_kernels() is False and not messages[1:]
+        np.save(sys.argv[1], logits)
+    """)
+    outputs = {}
+    for name, extra in (("broken", {"PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}), ("off", {"TWINS_NP_CPU_KERNELS": "0"})):
+        env = {k: v for k, v in os.environ.items() if k != "TWINS_NP_CPU_KERNELS"}
+        env.update({"PYTHONPATH": str(ROOT), **extra})
+        target = tmp_path / f"{name}.npy"
+        res = subprocess.run(
+            [sys.executable, "-c", code, str(target), name], capture_output=True, text=True, env=env, timeout=300
+        )
+        assert res.returncode == 0, res.stderr[-3000:]
+        outputs[name] = np.load(target)
+    np.testing.assert_array_equal(outputs["broken"], outputs["off"])

@@ -304,13 +304,16 @@ def row_sums(a: Any) -> Any:
 #   NumPy arrays: the CPU kernels (twins_np/kernels/*_cpu.py, compiled with numba). On by
 #     default wherever numba is installed, as tests/test_kernels_cpu.py proves them equal to
 #     their twins on this kind of machine; off with TWINS_NP_CPU_KERNELS=0 or cpu_kernels(False).
-#     Without numba everything takes the twins, as before.
+#     Without numba everything takes the twins, as before; so does a numba whose import fails
+#     (one warning says why, see _cpu_kernels_load).
 #   CuPy arrays: the CUDA kernels (twins_np/kernels/*.cu). Off by default until a GPU run has
 #     proven them; on with fused_kernels(True).
 
 _FUSED = False
 _CPU_KERNELS: bool | None = None  # None: not decided yet (on first use: the environment, then numba's presence)
 _CPU_THREADS: int | None = None  # None: not decided yet (on first use: TWINS_NP_CPU_THREADS, else 1)
+_NUMBA_ERROR: str | None = None  # why numba did not import, once a kernel has tried (see _cpu_kernels_load)
+_NUMBA_TRIED = False
 _KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -364,6 +367,8 @@ def cpu_kernels(enabled: bool | None = None) -> bool:
     if enabled is not None:
         if enabled and not cpu_kernels_available():
             raise RuntimeError("cpu_kernels(True) needs numba (pip install numba, or twins-np[fast]); it is not installed")
+        if enabled and not _cpu_kernels_load(warn=False):
+            raise RuntimeError(f"cpu_kernels(True): numba is installed but does not import ({_NUMBA_ERROR})")
         _CPU_KERNELS = bool(enabled)
     elif _CPU_KERNELS is None:
         _CPU_KERNELS = os.environ.get("TWINS_NP_CPU_KERNELS", "1").strip() != "0" and cpu_kernels_available()
@@ -430,7 +435,46 @@ def use_fused(a: Any, kernel: str) -> bool:
     """
     if is_cupy_array(a):
         return _FUSED and kernel_available(kernel, "gpu")
-    return isinstance(a, np.ndarray) and a.dtype in _KERNEL_DTYPES and cpu_kernels() and kernel_available(kernel, "cpu")
+    return (
+        isinstance(a, np.ndarray)
+        and a.dtype in _KERNEL_DTYPES
+        and cpu_kernels()
+        and kernel_available(kernel, "cpu")
+        and _cpu_kernels_load()
+    )
+
+
+def _cpu_kernels_load(warn: bool = True) -> bool:
+    """True when numba imports, tried once, the first time a CPU kernel would run.
+
+    "Installed" (:func:`cpu_kernels_available`, which only looks for the package) is not
+    "works": a NumPy newer than the installed numba supports, or a broken llvmlite, makes
+    ``import numba`` raise. Then every op takes its twin, as without numba, and one warning
+    says why, instead of every forward failing with numba's ImportError. The import is the
+    kernels' own (``twins_np.kernels.cpu_common``, the one module that imports numba), by name,
+    because the backend sits below the kernels.
+    """
+    global _NUMBA_TRIED, _NUMBA_ERROR, _CPU_KERNELS
+    if not _NUMBA_TRIED:
+        import importlib
+
+        _NUMBA_TRIED = True
+        try:
+            importlib.import_module(f"{__package__}.kernels.cpu_common")
+        except Exception as e:  # noqa: BLE001 - any failure of numba's import means "no kernels"
+            _NUMBA_ERROR = f"{type(e).__name__}: {e}"
+            _CPU_KERNELS = False
+            if warn:
+                import warnings
+
+                warnings.warn(
+                    f"numba is installed but does not import ({_NUMBA_ERROR}); the CPU kernels are off and "
+                    "every op runs its NumPy twin (same results, slower). Repair numba (pip install -U numba) "
+                    "or set TWINS_NP_CPU_KERNELS=0 to silence this warning.",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+    return _NUMBA_ERROR is None
 
 
 _MODULES: dict[str, Any] = {}
