@@ -128,3 +128,39 @@ def test_the_launch_bound_notebooks_start_early_and_step_4_waits_for_them(fake_r
         assert (out / "notebooks" / f"{name}.rc").read_text().split()[0] == "0", name
     step4 = (out / "report.md").read_text().split("## 4. ", 1)[1].split("## 5. ", 1)[0]
     assert all(f"{p.stem}: ok" in step4 for p in NOTEBOOKS)
+
+
+def test_the_gpu_benchmark_runs_twins_np_on_device_arrays():
+    """Every twins-np measurement the GPU benchmark makes (benchmarks.run_all's GPU_MODELS and
+    GPU_OPS, steps 6 and 7 of the check) runs through benchmarks/worker.py with --device gpu
+    under the CuPy stand-in (on a GPU machine, on the GPU), at small sizes: the same code
+    path, each row the JSON the benchmark reads, with the GPU extras (host time, memory)."""
+    import json
+
+    from benchmarks.run_all import GPU_MODELS, GPU_OPS
+
+    runs = [["--task", task, "--model", name, "--batch", "2", "--size", "32"] for name, _, _ in GPU_MODELS
+            for task in ("forward", "train")]  # fmt: skip
+    for op, _, _, dim, heads, _ in GPU_OPS:
+        for passes in ("fwd", "fwdbwd"):
+            runs.append(["--task", "op", "--op", op, "--batch", "2", "--size", "14", "--dim", str(dim),
+                         "--heads", str(heads), "--sr", "2", "--passes", passes])  # fmt: skip
+    code = (
+        "import json, sys, cupy_standin\n"
+        "cupy_standin.install()\n"
+        "from benchmarks.worker import main\n"
+        "common = ['--lib', 'twins-np', '--device', 'gpu', '--warmup', '1', '--repeats', '1', '--threads', '1']\n"
+        "for args in json.loads(sys.argv[1]):\n"
+        "    assert main([*common, *args]) == 0\n"
+        "print('device arrays', cupy_standin.DEVICE_ARRAYS[0] if cupy_standin.is_active() else 'real GPU')\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), str(ROOT)]), OPENBLAS_NUM_THREADS="1")
+    res = subprocess.run([sys.executable, "-W", "ignore", "-c", code, json.dumps(runs)], capture_output=True, text=True,
+                         env=env, cwd=ROOT, timeout=600)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+    assert len(rows) == len(runs)
+    made = res.stdout.strip().splitlines()[-1]
+    assert made == "device arrays real GPU" or int(made.split()[-1]) > 1000, made  # the work ran on device arrays
+    for row in rows:
+        assert row["lib"] == "twins-np" and row["median_s"] > 0 and row["host_s"] > 0 and "gpu_mib" in row, row
