@@ -211,6 +211,39 @@ def test_a_validation_split_without_the_rarest_class_trains_and_evaluates(tmp_pa
     assert "2 train / 1 test images, 32x32 pixels, 3 channel(s), 5 classes" in out and "finished" in out
 
 
+def test_num_classes_gives_the_model_classes_the_label_maps_do_not_show(tmp_path: Path, capsys) -> None:
+    """--num-classes 7 on label maps holding 0-3: a 7-class model, recorded, and evaluate rebuilds it from the record."""
+    _ade_like(tmp_path / "data", [[0, 1, 2, 3], [0, 1]], [[0, 1, 2]])
+    argv = [a if a != "shapes" else f"folder:{tmp_path / 'data'}" for a in QUICK]
+    run = tmp_path / "run"
+    assert main(["train", *argv, "--num-classes", "7", "--epochs", "1", "--out", str(run)]) == 0
+    assert "2 train / 1 test images, 32x32 pixels, 3 channel(s), 7 classes" in capsys.readouterr().out
+    with np.load(run / "weights.npz") as weights:
+        assert weights["decode_head.conv_seg.weight"].shape[0] == 7
+    assert main(["evaluate", "--weights", str(run / "weights.npz"), "--out", str(tmp_path / "eval")]) == 0
+    assert "class 6" in capsys.readouterr().out  # the IoU table has the model's 7 classes
+    report = json.loads((tmp_path / "eval" / "evaluation_test.json").read_text())
+    assert len(report["iou"]) == 7 and len(report["area_union"]) == 7, report.keys()
+
+
+@pytest.mark.parametrize(
+    "extra, classes_txt, message",
+    [
+        (["--num-classes", "3"], None, "holds 3, outside [0, 3) and not the ignore index 255 (num_classes gives 3 classes)"),
+        (["--num-classes", "5"], "a\nb\nc\nd\n", "classes.txt names 4 classes but num_classes is 5"),
+        (["--num-classes", "0"], None, "--num-classes must be an integer from 1 to 65536"),
+    ],
+)
+def test_num_classes_that_does_not_fit_the_folder_exits_2(tmp_path: Path, capsys, extra, classes_txt, message) -> None:
+    _ade_like(tmp_path / "data", [[0, 1, 2, 3]], [[0, 1]])
+    if classes_txt is not None:
+        (tmp_path / "data" / "classes.txt").write_text(classes_txt)
+    argv = [a if a != "shapes" else f"folder:{tmp_path / 'data'}" for a in QUICK]
+    assert main(["train", *argv, *extra, "--epochs", "1", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("twins-np train: error: ") and err.count("\n") == 1 and message in err, err
+
+
 def test_batches_without_a_labelled_pixel_are_skipped_and_named_once(tmp_path: Path, capsys) -> None:
     """--reduce-zero-label and an all-background label map, batch 1: skipped (counted, named once), not a stop;
     the skipping is part of the run, so a resumed run is still bit-identical."""
@@ -238,6 +271,10 @@ def test_batches_without_a_labelled_pixel_are_skipped_and_named_once(tmp_path: P
         (["--model", MODEL], "--model: 'twins_svt_teach32_fpn' is a segmenter"),
         (["--data", "shapes"], "--data: 'shapes' has per-pixel labels"),
         (["--task", "segment", "--model", MODEL, "--data", "shapes", "--reduce-zero-label"], "--reduce-zero-label is for"),
+        (["--task", "segment", "--model", MODEL, "--data", "shapes", "--num-classes", "5"], "--num-classes is for"),
+        (["--model", "twins_svt_teach32", "--num-classes", "5"], "--num-classes is for segmentation folders"),
+        (["--task", "segment", "--model", "twins_svt_small_fpn_ade20k", "--data", "folder:/x", "--num-classes", "5"],
+         "--num-classes 5: twins_svt_small_fpn_ade20k is mmsegmentation's configuration for ade20k, whose 150 classes"),
         (["--task", "segment", "--model", MODEL, "--data", "folder:/nonexistent/x"], "does not exist"),
         (["--task", "segment", "--model", MODEL, "--data", "shapes", "--model-overrides", '{"head_channels": 0}'],
          "head_channels must be an integer >= 1"),

@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     state, saved = read_model_weights(weights, args.model, advice="drop --model to evaluate them as recorded")
     setting = {
         k: getattr(args, k) if getattr(args, k) is not None else saved.get(k)
-        for k in ("model", "model_overrides", "data", "data_dir", "data_seed", "image_size", "reduce_zero_label")
+        for k in ("model", "model_overrides", "data", "data_dir", "data_seed", "image_size", "reduce_zero_label", "num_classes")
     }
     if setting["model"] is None:
         raise CommandError(
@@ -147,6 +147,7 @@ def _config(model: str, overrides: Any, setting: dict[str, Any], args: argparse.
         data_seed=setting.get("data_seed") or 0,
         image_size=setting.get("image_size"),
         reduce_zero_label=bool(setting.get("reduce_zero_label")),
+        num_classes=setting.get("num_classes"),
         batch_size=args.batch_size,
     )
 

@@ -32,6 +32,7 @@ _CONFIG_OPTIONS = (
     "task",
     "image_size",
     "reduce_zero_label",
+    "num_classes",
     "epochs",
     "batch_size",
     "lr",
@@ -61,8 +62,8 @@ def json_object(text: str) -> dict[str, Any]:
 
 
 def add_model_data_options(p: argparse.ArgumentParser, defaults: Any) -> None:
-    """--model, --model-overrides, --data, --data-dir, --data-seed, --image-size, --reduce-zero-label
-    (shared with ``evaluate``)."""
+    """--model, --model-overrides, --data, --data-dir, --data-seed, --image-size, --reduce-zero-label,
+    --num-classes (shared with ``evaluate``)."""
     from ..data import DATASETS
     from ..models import list_models, list_segmenters
     from ..training.tasks import SEGMENTATION_DATA
@@ -101,6 +102,13 @@ def add_model_data_options(p: argparse.ArgumentParser, defaults: Any) -> None:
         "--reduce-zero-label",
         action=argparse.BooleanOptionalAction,
         help="folder:PATH as ADE20K labels it: label 0 ('other') is ignored, every other label k becomes k - 1 (default off)",
+    )
+    p.add_argument(
+        "--num-classes",
+        type=int,
+        metavar="K",
+        help="folder:PATH: the model's K classes, for label maps that do not show every class (default: the count "
+        "in PATH/classes.txt, else the largest label of both splits + 1)",
     )
 
 

@@ -570,7 +570,7 @@ def load_segmentation_folder(
     else:
         origin = "num_classes" if num_classes is not None else "the largest label of both splits"
     if names is not None and num_classes is not None and len(names) != num_classes:
-        raise ValueError(f"{len(names)} class names given for num_classes={num_classes}")
+        raise ValueError(f"{origin} names {len(names)} classes but num_classes is {num_classes}")
     images, labels, pairs, largest = [], [], _pairs(root, split), -1
     for img_path, ann_path in pairs:
         try:  # both headers first: nothing is decoded for a pair that cannot fit

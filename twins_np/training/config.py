@@ -31,6 +31,8 @@ FLOAT_SETTINGS = ("lr", "weight_decay", "warmup_epochs", "warmup_lr", "min_lr", 
 # the largest image side a run may ask for: a 4096x4096 RGB image is 192 MiB as float32 on
 # its own, and a model's activations are many times that; larger is refused, not tried
 MAX_IMAGE_SIZE = 4096
+# the most classes <num_classes> may ask for: label maps are 8- or 16-bit, so labels lie in [0, 65535]
+MAX_CLASSES = 65536
 
 
 class SettingsMessage:
@@ -73,6 +75,9 @@ class TrainConfig:
             :data:`MAX_IMAGE_SIZE`.
         reduce_zero_label: ADE20K's convention for ``folder:PATH``: label 0 is ignored
             and every other label k becomes k - 1.
+        num_classes: K for ``folder:PATH`` (the model's outputs), for a folder whose label
+            maps do not show every class; None: from the folder's ``classes.txt``, else the
+            largest label of both splits + 1. With a ``classes.txt`` it must equal its count.
         data_seed: seed of the digits train/test split and of the long-range draws;
             apart from ``seed`` so that runs with different seeds share one test set.
         epochs: E, number of passes over the training split.
@@ -100,6 +105,7 @@ class TrainConfig:
     task: str = "classify"
     image_size: int | None = None
     reduce_zero_label: bool = False
+    num_classes: int | None = None
     data_seed: int = 0
     epochs: int = 10
     batch_size: int = 64
@@ -133,6 +139,12 @@ class TrainConfig:
                 f"<image_size> {self.image_size} is larger than twins-np trains on (at most {MAX_IMAGE_SIZE} pixels a "
                 f"side): one {self.image_size}x{self.image_size} RGB image alone is {gib:,.1f} GiB as float32, before "
                 "any layer's activations"
+            )
+        k = self.num_classes
+        if k is not None and (not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_CLASSES):
+            raise ConfigError(
+                f"<num_classes> must be an integer from 1 to {MAX_CLASSES} (a label map holds at most 16-bit values), "
+                f"got {self.num_classes!r}"
             )
         if self.device not in ("cpu", "gpu"):
             raise ConfigError(f"<device> must be 'cpu' or 'gpu', got {self.device!r}")

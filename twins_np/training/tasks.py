@@ -181,6 +181,8 @@ def load_split(config: TrainConfig, split: str) -> Dataset:
     options: dict[str, Any] = {}
     if config.reduce_zero_label:
         options["reduce_zero_label"] = True
+    if config.num_classes is not None:
+        options["num_classes"] = config.num_classes
     data = load_dataset(
         config.data, split, image_size=config.image_size, data_dir=config.data_dir, seed=config.data_seed, **options
     )
@@ -499,8 +501,9 @@ class ClassifyTask(Task):
             )
         if config.data not in DATASETS:
             raise ConfigError(f"<data>: unknown dataset {config.data!r}; choose one of {', '.join(DATASETS)}")
-        if config.reduce_zero_label:
-            raise ConfigError("<reduce_zero_label> is for segmentation folders (<data> folder:PATH)")
+        for name in ("reduce_zero_label", "num_classes"):  # a classification set has its own classes
+            if getattr(config, name) not in (None, False):
+                raise ConfigError(f"<{name}> is for segmentation folders (<data> folder:PATH)")
         _check_overrides(config.model, config.model_overrides, config.batch_size)
 
     def create_model(self, config: TrainConfig, train_set: Dataset) -> Module:
@@ -590,8 +593,17 @@ class SegmentTask(Task):
             raise ConfigError(
                 f"<data>: unknown segmentation data {config.data!r}; choose one of {', '.join(SEGMENTATION_DATA)}"
             )
-        if config.reduce_zero_label and not config.data.startswith("folder:"):
-            raise ConfigError(f"<reduce_zero_label> is for segmentation folders (<data> folder:PATH), not {config.data}")
+        for name in ("reduce_zero_label", "num_classes"):  # the synthetic sets have their own classes
+            if getattr(config, name) not in (None, False) and not config.data.startswith("folder:"):
+                raise ConfigError(f"<{name}> is for segmentation folders (<data> folder:PATH), not {config.data}")
+        dataset = SEGMENTER_CONFIGS[config.model].get("dataset")
+        if dataset is not None and config.num_classes is not None:
+            classes = len(MMSEG_DATASETS[str(dataset)]["classes"])
+            if config.num_classes != classes:
+                raise ConfigError(
+                    f"<num_classes> {config.num_classes}: {config.model} is mmsegmentation's configuration for "
+                    f"{dataset}, whose {classes} classes it predicts"
+                )
         overrides = config.model_overrides
         if not isinstance(overrides, dict):
             raise ConfigError(f"<model_overrides> must be a JSON object (a dict), got {type(overrides).__name__}")
