@@ -244,7 +244,10 @@ def test_sigterm_ends_training_like_ctrl_c(tmp_path: Path, signame: str, code: i
     out = tmp_path / "run"
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
     argv = [sys.executable, "-m", "twins_np", "train", "--epochs", "100", *QUICK, "--threads", "1", "--out", str(out)]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # the default disposition of SIGINT for the child, as in a terminal: a suite started in the
+    # background (`make test &`, nohup) passes SIGINT on ignored, and twins-np then keeps Ctrl-C ignored
+    default_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=default_sigint)
     try:
         deadline = time.monotonic() + 240
         while not (out / "checkpoint.npz").exists():  # the first epoch is done and saved
