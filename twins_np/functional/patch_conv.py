@@ -29,7 +29,7 @@ from ._checks import check_dout, check_float, check_ndim, check_same_dtype, chec
 
 
 class PatchConvCache(NamedTuple):
-    cols: Any  # (B*Ho*Wo, k*k*C_in) the patches, entries in (u, v, c) order, needed for dW
+    cols: Any  # (B*Ho*Wo, C_in*k*k) the patches, needed for dW
     w: Any  # (C_out, C_in, k, k)
     x_shape: tuple[int, int, int, int]  # (B, H, W, C_in) to restore floor-dropped pixels
 
@@ -61,28 +61,19 @@ def patch_conv_forward(x: Any, w: Any, b: Any | None) -> tuple[Any, PatchConvCac
             f"the map must be at least {k}x{k} (for a whole Twins model, images at least 32x32)"
         )
     Ho, Wo = H // k, W // k
-    # (B, Ho, k, Wo, k, Cin) -> (B, Ho, Wo, k, k, Cin): each patch's entries in (u, v, c) order,
-    # as in conv2d. The channels stay the innermost axis, so the copy moves whole runs of C_in
-    # values (the (c, u, v) order of PyTorch's weight took 2-10x longer); the small weight is
-    # the one reordered to match.
+    # (B, Ho, k, Wo, k, Cin) -> (B, Ho, Wo, Cin, k, k): patch pixels in the weight's order
     patches = x[:, : Ho * k, : Wo * k, :].reshape(B, Ho, k, Wo, k, Cin)
-    cols = patches.transpose(0, 1, 3, 2, 4, 5).reshape(B * Ho * Wo, k * k * Cin)
-    out = cols @ _weight_matrix(w).T
+    cols = patches.transpose(0, 1, 3, 5, 2, 4).reshape(B * Ho * Wo, Cin * k * k)
+    out = cols @ w.reshape(Cout, -1).T
     if b is not None:
         out += b
     return out.reshape(B, Ho, Wo, Cout), PatchConvCache(cols, w, (B, H, W, Cin))
 
 
-def _weight_matrix(w: Any) -> Any:
-    """(C_out, C_in, k, k) -> (C_out, k*k*C_in), columns in (u, v, c) order like cols' columns."""
-    return w.transpose(0, 2, 3, 1).reshape(w.shape[0], -1)
-
-
 def patch_conv_backward(dout: Any, cache: PatchConvCache) -> tuple[Any, Any, Any]:
     """Gradients of :func:`patch_conv_forward`.
 
-    Math: with cols the patch matrix and W the weight as a (C_out, k*k*C_in) matrix,
-    out = cols W^T + b, so::
+    Math: with cols the patch matrix, out = cols W^T + b, so::
 
         dcols = dout W,  dW = dout^T cols,  db = sum dout
 
@@ -97,12 +88,10 @@ def patch_conv_backward(dout: Any, cache: PatchConvCache) -> tuple[Any, Any, Any
     Cout, k = w.shape[0], w.shape[-1]
     Ho, Wo = dout.shape[1], dout.shape[2]
     dout2 = dout.reshape(-1, Cout)
-    # dW in cols' (u, v, c) order, back to PyTorch's (C_out, C_in, k, k) layout
-    dw = xp.ascontiguousarray((dout2.T @ cols).reshape(Cout, k, k, Cin).transpose(0, 3, 1, 2))
+    dw = (dout2.T @ cols).reshape(w.shape)
     db = dout2.sum(axis=0)
-    dcols = (dout2 @ _weight_matrix(w)).reshape(B, Ho, Wo, k, k, Cin)
-    # the forward's transpose (0, 1, 3, 2, 4, 5) swaps two axes, so it is its own inverse
-    dpatch = dcols.transpose(0, 1, 3, 2, 4, 5).reshape(B, Ho * k, Wo * k, Cin)
+    dcols = (dout2 @ w.reshape(Cout, -1)).reshape(B, Ho, Wo, Cin, k, k)
+    dpatch = dcols.transpose(0, 1, 4, 2, 5, 3).reshape(B, Ho * k, Wo * k, Cin)
     if Ho * k == H and Wo * k == W:
         return dpatch, dw, db
     dx = xp.zeros((B, H, W, Cin), dtype=dout.dtype)
