@@ -269,6 +269,37 @@ def test_sigterm_ends_training_like_ctrl_c(tmp_path: Path, signame: str, code: i
     assert main(["train", "--resume", "--out", str(out), "--stop-after", "1"]) == 0
 
 
+def test_an_ignored_ctrl_c_stays_ignored_and_sigterm_still_stops(tmp_path: Path) -> None:
+    """Started with SIGINT ignored (``nohup``, ``cmd &`` in a script), a run keeps ignoring Ctrl-C,
+    as any program should there; ``kill PID`` still ends it with one line and exit 143."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    argv = [sys.executable, "-m", "twins_np", "train", "--epochs", "100", *QUICK, "--threads", "1", "--out", str(out)]
+    ignore_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)  # noqa: E731
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=ignore_sigint)
+    try:
+        deadline = time.monotonic() + 240
+        while not (out / "checkpoint.npz").exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no checkpoint after 240 s"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(1.0)
+        assert proc.poll() is None, proc.communicate()  # still training
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 143 and stderr.splitlines() == ["twins-np train: terminated (SIGTERM)"], (stdout, stderr)
+
+
 def test_memory_advice_names_the_knobs_of_the_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     """Out of memory in predict (no --batch-size there), evaluate and train: each names its own flags."""
 
