@@ -9,13 +9,19 @@ by a NaN (``tests/training/test_train_cli.py``).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import pickle
+import signal
+import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -228,39 +234,41 @@ def test_flops_bad_sizes_name_the_flags(capsys) -> None:
 
 
 # -- signals ------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    "signame, code, line",
-    [("SIGTERM", 143, "twins-np train: terminated (SIGTERM)"), ("SIGINT", 130, "twins-np train: interrupted")],
-)
-def test_sigterm_ends_training_like_ctrl_c(tmp_path: Path, signame: str, code: int, line: str) -> None:
-    """``kill PID`` or Ctrl-C mid-run: one line, exit 143 or 130, the last checkpoint intact and resumable (a real process)."""
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    from twins_np.training import load_checkpoint
-
-    out = tmp_path / "run"
+@contextlib.contextmanager
+def _training_process(out: Path, sigint: Any) -> Iterator[subprocess.Popen]:
+    """A real ``twins-np train`` of 100 epochs into ``out``, handed over once its first checkpoint is
+    saved, started with SIGINT's disposition ``sigint`` (SIG_DFL as in a terminal, SIG_IGN as under
+    ``nohup``: a suite started in the background passes SIGINT on ignored); killed if still running."""
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
     argv = [sys.executable, "-m", "twins_np", "train", "--epochs", "100", *QUICK, "--threads", "1", "--out", str(out)]
-    # the default disposition of SIGINT for the child, as in a terminal: a suite started in the
-    # background (`make test &`, nohup) passes SIGINT on ignored, and twins-np then keeps Ctrl-C ignored
-    default_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=default_sigint)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, sigint))  # fmt: skip
     try:
         deadline = time.monotonic() + 240
         while not (out / "checkpoint.npz").exists():  # the first epoch is done and saved
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "no checkpoint after 240 s"
             time.sleep(0.05)
-        time.sleep(0.5)  # inside the next epoch
-        proc.send_signal(getattr(signal, signame))
-        stdout, stderr = proc.communicate(timeout=120)
+        yield proc
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+
+
+@pytest.mark.parametrize(
+    "signame, code, line",
+    [("SIGTERM", 143, "twins-np train: terminated (SIGTERM)"), ("SIGINT", 130, "twins-np train: interrupted")],
+)
+def test_sigterm_ends_training_like_ctrl_c(tmp_path: Path, signame: str, code: int, line: str) -> None:
+    """``kill PID`` or Ctrl-C mid-run: one line, exit 143 or 130, the last checkpoint intact and resumable (a real process)."""
+    from twins_np.training import load_checkpoint
+
+    out = tmp_path / "run"
+    with _training_process(out, signal.SIG_DFL) as proc:
+        time.sleep(0.5)  # inside the next epoch
+        proc.send_signal(getattr(signal, signame))
+        stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == code, (stdout, stderr)
     assert stderr.splitlines() == [line], stderr
     ckpt = load_checkpoint(out / "checkpoint.npz")  # intact: written atomically, never half
@@ -272,31 +280,12 @@ def test_sigterm_ends_training_like_ctrl_c(tmp_path: Path, signame: str, code: i
 def test_an_ignored_ctrl_c_stays_ignored_and_sigterm_still_stops(tmp_path: Path) -> None:
     """Started with SIGINT ignored (``nohup``, ``cmd &`` in a script), a run keeps ignoring Ctrl-C,
     as any program should there; ``kill PID`` still ends it with one line and exit 143."""
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    out = tmp_path / "run"
-    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
-    argv = [sys.executable, "-m", "twins_np", "train", "--epochs", "100", *QUICK, "--threads", "1", "--out", str(out)]
-    ignore_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)  # noqa: E731
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=ignore_sigint)
-    try:
-        deadline = time.monotonic() + 240
-        while not (out / "checkpoint.npz").exists():
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "no checkpoint after 240 s"
-            time.sleep(0.05)
+    with _training_process(tmp_path / "run", signal.SIG_IGN) as proc:
         proc.send_signal(signal.SIGINT)
         time.sleep(1.0)
         assert proc.poll() is None, proc.communicate()  # still training
         proc.send_signal(signal.SIGTERM)
         stdout, stderr = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 143 and stderr.splitlines() == ["twins-np train: terminated (SIGTERM)"], (stdout, stderr)
 
 
