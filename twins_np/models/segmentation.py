@@ -157,9 +157,7 @@ class FPNHead(Module):
                     layers.append(Upsample(scale_factor=2, mode="bilinear", align_corners=False))
             self.scale_heads.append(Sequential(layers))
         self.dropout = Dropout2d(dropout_ratio, g)
-        self.conv_seg = Conv2d(channels, num_classes, 1, rng=g, dtype=dtype)
-        # mmsegmentation initialises the classifier with N(0, 0.01) and a zero bias
-        self.conv_seg.weight.data = (0.01 * g.standard_normal(self.conv_seg.weight.shape)).astype(dtype)
+        self.conv_seg = _classifier(channels, num_classes, g, dtype)
 
     def forward(self, feats: Sequence[Any]) -> Any:  # type: ignore[override]
         _check_levels("FPNHead", feats, self.in_channels)
